@@ -1,0 +1,187 @@
+"""Read and check relaywatch.toml. Every problem names its key; nothing is guessed.
+
+A missing file means the defaults (as documented in conf/relaywatch.toml);
+an unknown key is an error, since a typo would otherwise silently keep a default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .model import ConfigError
+from .policy import DEFAULT_RULES, DIMS, Network, Rule
+
+_DURATION = re.compile(r"(\d+)\s*([smhdw]?)")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+@dataclass(frozen=True)
+class Config:
+    source_path: str = "/var/log/mail.log"
+    database: str = "/var/lib/relaywatch/state.db"
+    config_directory: str | None = "/etc/postfix"
+    client_access_map: str = "hash:/etc/postfix/relaywatch_clients"
+    sasl_access_map: str = "hash:/etc/postfix/relaywatch_sasl"
+    local_domains: tuple[str, ...] = ()
+    syslog_names: tuple[str, ...] = ("postfix",)
+    allow_networks: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+    allow_sasl_users: tuple[str, ...] = ()
+    block_s: int = 86400
+    notify_urls: tuple[str, ...] = ()
+    queue_hold: bool = True
+    rules: tuple[Rule, ...] = field(default=DEFAULT_RULES)
+
+    @property
+    def longest_window_s(self) -> int:
+        return max((r.window_s for r in self.rules), default=0)
+
+
+def parse_duration(value: object, key: str) -> int:
+    """Seconds from 600, "600", "10m", "1h", "1d"; a clear error otherwise."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str):
+        m = _DURATION.fullmatch(value.strip())
+        if m and int(m[1]) > 0:
+            return int(m[1]) * _UNITS[m[2]]
+    raise ConfigError(f"{key}: {value!r} is not a duration (use seconds or e.g. \"10m\", \"1h\", \"1d\")")
+
+
+class _Section:
+    """Typed access to one TOML table that remembers which keys were read."""
+
+    def __init__(self, name: str, table: object) -> None:
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{name}] must be a table")
+        self.name, self.table, self.used = name, table, set()
+
+    def get(self, key: str, kind: type, default: Any) -> Any:
+        self.used.add(key)
+        if key not in self.table:
+            return default
+        value = self.table[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ConfigError(f"[{self.name}] {key}: expected {kind.__name__}, got {value!r}")
+        return value
+
+    def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.get(key, list, None)
+        if value is None:
+            return default
+        if not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"[{self.name}] {key}: expected a list of strings")
+        return tuple(value)
+
+    def done(self) -> None:
+        unknown = sorted(set(self.table) - self.used)
+        if unknown:
+            raise ConfigError(f"[{self.name}]: unknown key {', '.join(unknown)}")
+
+
+def _rule(name: str, table: object, base: Rule | None) -> Rule | None:
+    s = _Section(f"rules.{name}", table)
+    if not s.get("enabled", bool, True):
+        s.get("dim", str, "")
+        return None
+    dim = s.get("dim", str, base.dim if base else None)
+    if dim not in DIMS:
+        raise ConfigError(f"[rules.{name}] dim: must be one of {', '.join(DIMS)}")
+    action = s.get("action", str, base.action if base else "alert")
+    if action not in ("block", "alert"):
+        raise ConfigError(f"[rules.{name}] action: must be \"block\" or \"alert\"")
+    threshold = s.get("threshold", int, base.threshold if base else None)
+    if threshold is None or threshold < 1:
+        raise ConfigError(f"[rules.{name}] threshold: must be a whole number >= 1")
+    window = s.table.get("window", base.window_s if base else None)
+    s.used.add("window")
+    rule = Rule(
+        name=name,
+        dim=dim,
+        action=action,
+        threshold=threshold,
+        window_s=parse_duration(window, f"[rules.{name}] window"),
+        prefix_v4=s.get("prefix_v4", int, base.prefix_v4 if base else 0),
+        prefix_v6=s.get("prefix_v6", int, base.prefix_v6 if base else 0),
+        min_clients=s.get("min_clients", int, base.min_clients if base else 0),
+    )
+    s.done()
+    if rule.prefix_v4 and (dim != "client" or not 8 <= rule.prefix_v4 <= 31 or not 16 <= rule.prefix_v6 <= 127):
+        raise ConfigError(f"[rules.{name}] prefix_v4/prefix_v6: need dim = \"client\", 8..31 and 16..127")
+    if action == "block" and dim in ("sender", "domain"):
+        raise ConfigError(f"[rules.{name}] action: senders and domains can be alerted on, not blocked")
+    return rule
+
+
+def _networks(s: _Section) -> tuple[Network, ...]:
+    nets = []
+    for text in s.strings("networks", ("127.0.0.0/8", "::1/128")):
+        try:
+            nets.append(ipaddress.ip_network(text, strict=False))
+        except ValueError as exc:
+            raise ConfigError(f"[allow] networks: {exc}") from exc
+    return tuple(nets)
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    sections = {name: _Section(name, data.get(name, {})) for name in
+                ("source", "state", "postfix", "allow", "block", "notify", "queue")}
+    unknown = sorted(set(data) - set(sections) - {"rules"})
+    if unknown:
+        raise ConfigError(f"unknown section [{', '.join(unknown)}]")
+    d = Config()
+    src, st, pf, allow = sections["source"], sections["state"], sections["postfix"], sections["allow"]
+    config = replace(
+        d,
+        source_path=src.get("path", str, d.source_path),
+        database=st.get("database", str, d.database),
+        config_directory=pf.get("config_directory", str, d.config_directory) or None,
+        client_access_map=pf.get("client_access_map", str, d.client_access_map),
+        sasl_access_map=pf.get("sasl_access_map", str, d.sasl_access_map),
+        local_domains=tuple(x.lower() for x in pf.strings("local_domains", d.local_domains)),
+        syslog_names=pf.strings("syslog_names", d.syslog_names),
+        allow_networks=_networks(allow),
+        allow_sasl_users=allow.strings("sasl_users", d.allow_sasl_users),
+        block_s=parse_duration(sections["block"].get("duration", object, "1d"), "[block] duration"),
+        notify_urls=sections["notify"].strings("urls", d.notify_urls),
+        queue_hold=sections["queue"].get("hold", bool, d.queue_hold),
+        rules=_rules(data.get("rules", {})),
+    )
+    for s in sections.values():
+        s.done()
+    return config
+
+
+def _rules(table: object) -> tuple[Rule, ...]:
+    if not isinstance(table, dict):
+        raise ConfigError("[rules] must be a table of tables")
+    defaults = {r.name: r for r in DEFAULT_RULES}
+    rules = []
+    for name in dict.fromkeys([*defaults, *table]):
+        rule = _rule(name, table[name], defaults.get(name)) if name in table else defaults[name]
+        if rule is not None:
+            rules.append(rule)
+    return tuple(rules)
+
+
+def load(path: str | Path | None) -> Config:
+    """The configuration in `path`, or the defaults when `path` is None."""
+    if path is None:
+        return Config()
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such file") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from exc
+    try:
+        return from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc

@@ -1,0 +1,53 @@
+"""Read Postfix's effective configuration through `postconf`, never by parsing main.cf."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from .model import PostfixError
+
+POSTCONF = "postconf"
+
+
+def _run(args: list[str], config_directory: str | Path | None) -> str:
+    cmd = [POSTCONF]
+    if config_directory is not None:
+        cmd += ["-c", str(config_directory)]
+    cmd += args
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+    except FileNotFoundError as exc:
+        raise PostfixError(f"{POSTCONF} not found: is Postfix installed? ({exc})") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise PostfixError(f"{' '.join(cmd)} took longer than 30 s") from exc
+    if done.returncode != 0:
+        raise PostfixError(f"{' '.join(cmd)} failed: {done.stderr.strip() or done.returncode}")
+    return done.stdout
+
+
+def _pairs(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition(" = ")
+        if sep:
+            out[name.strip()] = value.strip()
+        elif line.endswith(" ="):
+            out[line[:-2].strip()] = ""
+    return out
+
+
+def postconf(config_directory: str | Path | None = None, names: tuple[str, ...] = ()) -> dict[str, str]:
+    """Effective main.cf parameters, `$name` references expanded (`postconf -x`)."""
+    return _pairs(_run(["-x", *names], config_directory))
+
+
+def postconf_services(config_directory: str | Path | None = None) -> dict[str, dict[str, str]]:
+    """Per-service `-o` overrides from master.cf (`postconf -P`), keyed by "service/type"."""
+    services: dict[str, dict[str, str]] = {}
+    for key, value in _pairs(_run(["-P"], config_directory)).items():
+        service, _, rest = key.partition("/")
+        kind, _, param = rest.partition("/")
+        if param:
+            services.setdefault(f"{service}/{kind}", {})[param] = value
+    return services

@@ -1,0 +1,155 @@
+"""What a replay found, as admins read it: a summary, the decisions, the top tables.
+
+The JSON shape is a contract other tools rely on: add fields, never rename.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from .model import Decision, Relayed
+
+if TYPE_CHECKING:
+    from .engine import ReplayResult
+
+TOP = 10
+
+
+class BoundedCounter:
+    """Exact counts until `cap` keys, then the smaller half is dropped.
+
+    A flood over a million IPv6 addresses must not grow memory; the heavy
+    hitters the top tables show survive every pruning.
+    """
+
+    __slots__ = ("cap", "counts", "approximate")
+
+    def __init__(self, cap: int = 20_000) -> None:
+        self.cap = cap
+        self.counts: dict[str, int] = {}
+        self.approximate = False
+
+    def add(self, key: str, n: int = 1) -> None:
+        counts = self.counts
+        counts[key] = counts.get(key, 0) + n
+        if len(counts) > self.cap:
+            keep = sorted(counts.items(), key=lambda kv: kv[1], reverse=True)[: self.cap // 2]
+            self.counts = dict(keep)
+            self.approximate = True
+
+    def top(self, n: int = TOP) -> list[tuple[str, int]]:
+        return sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+
+class Tally:
+    """The pflogsumm-like tables of relayed mail."""
+
+    def __init__(self) -> None:
+        self.clients = BoundedCounter()
+        self.senders = BoundedCounter()
+        self.domains = BoundedCounter()
+        self.sasl_users = BoundedCounter()
+        self.relay_denied = BoundedCounter()
+
+    def add_relayed(self, fact: Relayed) -> None:
+        self.clients.add(fact.client)
+        self.senders.add(fact.sender or "<>")
+        if fact.domain:
+            self.domains.add(fact.domain)
+        if fact.sasl_user:
+            self.sasl_users.add(fact.sasl_user)
+
+    def tables(self) -> dict[str, list[tuple[str, int]]]:
+        return {
+            "clients": self.clients.top(),
+            "senders": self.senders.top(),
+            "domains": self.domains.top(),
+            "sasl_users": self.sasl_users.top(),
+            "relay_denied": self.relay_denied.top(),
+        }
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
+
+
+def decision_dict(d: Decision) -> dict:
+    return {
+        "time": iso(d.time),
+        "action": d.action,
+        "kind": d.kind,
+        "target": d.target,
+        "rule": d.rule,
+        "count": d.count,
+        "window_s": d.window_s,
+        "clients": d.clients,
+        "evidence": list(d.evidence),
+        "sample_qids": list(d.sample_qids),
+    }
+
+
+def to_json(result: ReplayResult) -> str:
+    t = result.totals
+    return json.dumps(
+        {
+            "lines": t.lines,
+            "unparsed": t.unparsed,
+            "messages": result.messages,
+            "relayed": t.relayed,
+            "relay_denied": t.relay_denied,
+            "first_time": iso(t.first_time) if t.first_time is not None else None,
+            "last_time": iso(t.last_time) if t.last_time is not None else None,
+            "decisions": [decision_dict(d) for d in result.decisions],
+            "top": {name: [{"key": k, "count": n} for k, n in rows] for name, rows in result.tally.tables().items()},
+        },
+        indent=2,
+    )
+
+
+def _describe(d: Decision) -> str:
+    what = f"{d.count} relayed recipients" if d.rule != "relay_probe" else f"{d.count} relay attempts refused"
+    if d.clients:
+        what += f" from {d.clients} clients"
+    return f"{what} in {d.window_s // 60 or 1} min (rule {d.rule})"
+
+
+def to_text(result: ReplayResult, dry_run: bool = True) -> str:
+    t = result.totals
+    out = []
+    span = f"{iso(t.first_time)} .. {iso(t.last_time)}" if t.first_time is not None else "no timestamps"
+    out.append(f"relaywatch replay: {span}")
+    out.append(
+        f"  {t.lines:,} lines, {t.unparsed:,} unparsed, {result.messages:,} messages, "
+        f"{t.relayed:,} relayed recipients, {t.relay_denied:,} relay attempts refused"
+    )
+    out.append("")
+    verb = "would " if dry_run else ""
+    out.append(f"Decisions ({len(result.decisions)}){' - dry run, nothing was changed' if dry_run else ''}:")
+    if not result.decisions:
+        out.append("  none")
+    for d in result.decisions:
+        action = f"{verb}block" if d.action == "block" else "alert"
+        out.append(f"  {iso(d.time)}  {action:<11} {d.kind:<11} {d.target:<22} {_describe(d)}")
+        for line in d.evidence[-2:]:
+            out.append(f"      | {line[:160]}")
+    titles = {
+        "clients": "Top relaying clients",
+        "senders": "Top senders of relayed mail",
+        "domains": "Top destination domains",
+        "sasl_users": "Top SASL users (relayed)",
+        "relay_denied": "Top clients refused relay",
+    }
+    for name, rows in result.tally.tables().items():
+        out.append("")
+        out.append(f"{titles[name]}:")
+        if not rows:
+            out.append("  none")
+        for key, n in rows:
+            out.append(f"  {n:>8,}  {key}")
+    if t.unparsed_samples:
+        out.append("")
+        out.append("First unparsed lines:")
+        out.extend(f"  {line}" for line in t.unparsed_samples)
+    return "\n".join(out) + "\n"

@@ -1,0 +1,28 @@
+#!/bin/sh
+# Set relaywatch up in ./.venv on a Debian 12 machine that has only python3.
+#   sh scripts/bootstrap.sh          relaywatch itself
+#   sh scripts/bootstrap.sh --test   plus the test tools and Debian's postfix (never configured
+#                                    system-wide: "No configuration"; tests run private instances)
+set -eu
+cd "$(dirname "$0")/.."
+
+packages=""
+python3 -c 'import ensurepip, venv' 2>/dev/null || packages="python3-venv"
+if [ "${1-}" = "--test" ]; then
+    command -v postconf >/dev/null 2>&1 || [ -x /usr/sbin/postconf ] || packages="$packages postfix"
+fi
+if [ -n "$packages" ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "postfix postfix/main_mailer_type select No configuration" | $sudo debconf-set-selections
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    # shellcheck disable=SC2086  # a list of package names
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $packages >/dev/null
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+if [ "${1-}" = "--test" ]; then
+    .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+else
+    .venv/bin/pip install -q --disable-pip-version-check .
+fi

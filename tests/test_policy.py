@@ -1,0 +1,117 @@
+"""Decisions from facts: thresholds, subnets, allowlists, quiet periods, evidence."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from relaywatch.model import Relayed, RelayDenied
+from relaywatch.policy import DEFAULT_RULES, Detector, Rule
+
+
+def relayed(t: float, client: str, n: int = 0, sender: str = "spam@x.example", sasl: str | None = None,
+            domain: str = "hanmail.net") -> Relayed:
+    return Relayed(t, f"Q{n:08X}", client, sasl, sender, f"r{n}@{domain}", domain, "deferred")
+
+
+def feed(detector: Detector, facts) -> list:
+    out = []
+    for f in facts:
+        out.extend(detector.observe(f, f"line for {f.qid}"))
+    return out
+
+
+def test_a_single_client_over_threshold_is_blocked_once_with_evidence():
+    d = Detector()
+    decisions = feed(d, [relayed(1000 + i, "203.0.113.5", i) for i in range(200)])
+    blocks = [x for x in decisions if x.action == "block"]
+    assert [(x.kind, x.target, x.count) for x in blocks] == [("client", "203.0.113.5", 60)]
+    assert blocks[0].time == 1059 and blocks[0].window_s == 600
+    assert blocks[0].evidence[-1] == "line for Q0000003B" and len(blocks[0].evidence) == 5
+    assert blocks[0].sample_qids[-1] == "Q0000003B"
+
+
+def test_below_threshold_in_every_window_is_never_blocked():
+    d = Detector()
+    # 50 per 10 minutes, for a day: a LAN host or a small newsletter
+    decisions = feed(d, [relayed(i * 12.0, "192.168.0.10", i) for i in range(7200)])
+    assert [x for x in decisions if x.kind == "client"] == []
+
+
+def test_rotation_inside_a_16_is_blocked_as_a_subnet():
+    d = Detector()
+    facts = [relayed(1000 + i * 1.5, f"218.144.{100 + i % 20}.{(i * 37) % 250 + 1}", i) for i in range(400)]
+    decisions = feed(d, facts)
+    blocks = [x for x in decisions if x.action == "block"]
+    assert blocks[0].kind == "subnet" and blocks[0].target == "218.144.0.0/16"
+    assert blocks[0].clients >= 8 and blocks[0].count == 60
+    assert blocks[0].time - 1000 < 120
+    assert all(ipaddress.ip_address(f.client) in ipaddress.ip_network("218.144.0.0/16") for f in facts)
+    # once the /16 is blocked, nothing inside it needs a block of its own
+    assert [x.target for x in blocks] == ["218.144.0.0/16"]
+
+
+def test_a_private_lan_is_never_blocked_as_a_subnet():
+    d = Detector()
+    decisions = feed(d, [relayed(1000 + i, f"192.168.0.{i % 50 + 1}", i) for i in range(200)])
+    assert [x.kind for x in decisions if x.action == "block"] == []
+
+
+def test_allowlisted_networks_are_never_blocked():
+    d = Detector(allow_networks=[ipaddress.ip_network("203.0.113.0/24")])
+    decisions = feed(d, [relayed(1000 + i, "203.0.113.5", i) for i in range(200)])
+    assert [x for x in decisions if x.action == "block"] == []
+
+
+def test_loopback_is_allowlisted_by_default():
+    d = Detector()
+    decisions = feed(d, [relayed(1000 + i, "127.0.0.1", i) for i in range(200)])
+    assert [x for x in decisions if x.action == "block"] == []
+
+
+def test_a_compromised_sasl_account_is_blocked_but_an_allowlisted_one_is_not():
+    facts = [relayed(1000 + i * 5, f"198.51.100.{i % 200}", i, sasl="alice", domain=f"d{i}.example")
+             for i in range(400)]
+    blocks = [x for x in feed(Detector(), facts) if x.action == "block"]
+    assert [(x.kind, x.target, x.count) for x in blocks] == [("sasl_user", "alice", 150)]
+    assert [x for x in feed(Detector(allow_sasl_users=["alice"]), facts) if x.action == "block"] == []
+
+
+def test_sender_and_destination_floods_are_alerts_not_blocks():
+    facts = [relayed(1000 + i, f"10.{i % 250}.{i // 250}.1", i) for i in range(150)]
+    decisions = feed(Detector(), facts)
+    assert sorted((x.action, x.kind, x.target) for x in decisions) == [
+        ("alert", "destination", "hanmail.net"), ("alert", "sender", "spam@x.example")]
+
+
+def test_relay_probes_raise_an_alert_for_the_client():
+    decisions = feed(Detector(), [RelayDenied(1000 + i, "192.0.2.66", None) for i in range(25)])
+    assert [(x.action, x.kind, x.target, x.rule, x.count) for x in decisions] == [
+        ("alert", "client", "192.0.2.66", "relay_probe", 20)]
+
+
+def test_a_decided_target_stays_quiet_until_its_block_ends():
+    d = Detector(block_s=3600)
+    first = feed(d, [relayed(1000 + i, "203.0.113.5", i) for i in range(100)])
+    again = feed(d, [relayed(5000 + i, "203.0.113.5", i) for i in range(100)])
+    assert [x.time for x in first + again if x.kind == "client"] == [1059, 5059]
+
+
+def test_restored_counts_continue_the_window():
+    d = Detector()
+    for bucket in range(100, 105):
+        d.restore("client", bucket, "203.0.113.5", 11)
+    decisions = feed(d, [relayed(1049 + i, "203.0.113.5", i) for i in range(10)])
+    assert [(x.kind, x.count) for x in decisions if x.action == "block"] == [("client", 60)]
+
+
+def test_rules_can_be_replaced():
+    d = Detector(rules=[Rule("tiny", "client", "block", threshold=3, window_s=60)])
+    decisions = feed(d, [relayed(1000 + i, "203.0.113.5", i) for i in range(5)])
+    assert [(x.rule, x.count) for x in decisions] == [("tiny", 3)]
+    assert {r.name for r in DEFAULT_RULES} >= {"client", "subnet", "wide_subnet", "sasl_user"}
+
+
+def test_ipv6_rotation_inside_a_48_is_seen():
+    facts = [relayed(1000 + i, f"2a02:8109:b240:{i}::1", i) for i in range(100)]
+    blocks = [x for x in feed(Detector(), facts) if x.action == "block"]
+    assert [(x.kind, x.target) for x in blocks] == [("subnet", "2a02:8109:b240::/48")]

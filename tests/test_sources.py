@@ -1,0 +1,56 @@
+"""Reading whole logs for replay: compression by magic bytes, stdin, bad bytes."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+import sys
+
+import pytest
+
+from relaywatch import sources
+from relaywatch.model import RelaywatchError
+
+LINES = ["Mar 16 01:59:38 zebra postfix/smtpd[29327]: connect from unknown[218.144.108.161]", "second \u00e9"]
+DATA = ("\n".join(LINES) + "\n").encode()
+
+
+@pytest.mark.parametrize("name, compress", [
+    ("plain.log", lambda b: b), ("mail.log.1.gz", gzip.compress), ("renamed.1", gzip.compress),
+    ("x.bz2", bz2.compress), ("x.xz", lzma.compress)])
+def test_every_compression_reads_the_same(tmp_path, name, compress):
+    path = tmp_path / name
+    path.write_bytes(compress(DATA))
+    assert list(sources.read_lines(str(path))) == LINES
+
+
+def test_stdin(monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(DATA)))
+    assert list(sources.read_lines("-")) == LINES
+
+
+def test_bad_bytes_nuls_and_a_missing_final_newline(tmp_path):
+    path = tmp_path / "bad.log"
+    path.write_bytes(b"ok\n\xff\xfe\x00broken\nlast without newline")
+    assert list(sources.read_lines(str(path))) == ["ok", "\ufffd\ufffd\x00broken", "last without newline"]
+
+
+def test_overlong_lines_are_cut(tmp_path):
+    path = tmp_path / "long.log"
+    path.write_text("x" * 100_000 + "\nnext\n")
+    lines = list(sources.read_lines(str(path)))
+    assert [len(line) for line in lines] == [sources.MAX_LINE, 4]
+
+
+def test_a_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(RelaywatchError, match="No such file"):
+        list(sources.read_lines(str(tmp_path / "nope.log")))
+
+
+def test_a_truncated_gzip_is_a_clear_error(tmp_path):
+    path = tmp_path / "cut.gz"
+    path.write_bytes(gzip.compress(DATA * 100)[:60])
+    with pytest.raises(RelaywatchError, match="cannot read further"):
+        list(sources.read_lines(str(path)))

@@ -1,0 +1,62 @@
+"""The state database, on real SQLite files."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from relaywatch.model import Decision
+from relaywatch.store import Store
+
+
+def decision(t: float = 1000.0) -> Decision:
+    return Decision(t, "block", "subnet", "218.144.0.0/16", "wide_subnet", 60, 600, 40,
+                    ("line one", "line two"), ("8D076AE17",))
+
+
+def test_counts_add_up_and_come_back_oldest_first(tmp_path):
+    store = Store(tmp_path / "state.db")
+    store.commit_batch([("client", 101, "1.2.3.4", 2), ("client", 100, "1.2.3.4", 1)])
+    store.commit_batch([("client", 101, "1.2.3.4", 3)])
+    assert list(store.counts_since(100)) == [("client", 100, "1.2.3.4", 1), ("client", 101, "1.2.3.4", 5)]
+    assert list(store.counts_since(101)) == [("client", 101, "1.2.3.4", 5)]
+
+
+def test_decisions_and_position_survive_a_reopen(tmp_path):
+    path = tmp_path / "state.db"
+    store = Store(path)
+    store.commit_batch([], [decision()], ("/var/log/mail.log", {"inode": 7, "offset": 1234}))
+    store.close()
+    again = Store(path)
+    assert again.decisions() == [decision()]
+    assert again.position("/var/log/mail.log") == {"inode": 7, "offset": 1234}
+    assert again.position("journal") is None
+
+
+def test_a_failed_batch_leaves_nothing_behind(tmp_path):
+    store = Store(tmp_path / "state.db")
+    store.commit_batch([("client", 100, "1.2.3.4", 1)], position=("src", {"offset": 10}))
+    try:
+        store.commit_batch([("client", 100, "1.2.3.4", 1), ("client", None, "x", 1)], position=("src", {"offset": 20}))
+    except sqlite3.IntegrityError:
+        pass
+    assert list(store.counts_since(0)) == [("client", 100, "1.2.3.4", 1)]
+    assert store.position("src") == {"offset": 10}
+
+
+def test_prune_forgets_old_buckets(tmp_path):
+    store = Store(tmp_path / "state.db")
+    store.commit_batch([("client", b, "1.2.3.4", 1) for b in range(100, 110)])
+    assert store.prune(105) == 5
+    assert [row[1] for row in store.counts_since(0)] == list(range(105, 110))
+
+
+def test_the_database_uses_wal_and_full_sync(tmp_path):
+    store = Store(tmp_path / "state.db")
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2
+
+
+def test_memory_store_for_dry_runs():
+    store = Store(None)
+    store.commit_batch([("client", 1, "k", 1)], [decision()])
+    assert store.decisions() == [decision()]
