@@ -37,15 +37,18 @@ def _pairs(text: str) -> dict[str, str]:
     return out
 
 
-def postconf(config_directory: str | Path | None = None, names: tuple[str, ...] = ()) -> dict[str, str]:
-    """Effective main.cf parameters, `$name` references expanded (`postconf -x`)."""
-    return _pairs(_run(["-x", *names], config_directory))
+def postconf(
+    config_directory: str | Path | None = None, names: tuple[str, ...] = (), *, explicit_only: bool = False
+) -> dict[str, str]:
+    """Effective main.cf parameters, `$name` references expanded (`postconf -x`);
+    with `explicit_only`, only those set in main.cf (`-n`)."""
+    return _pairs(_run(["-x", *(["-n"] if explicit_only else []), *names], config_directory))
 
 
 def postconf_services(config_directory: str | Path | None = None) -> dict[str, dict[str, str]]:
-    """Per-service `-o` overrides from master.cf (`postconf -P`), keyed by "service/type"."""
+    """Per-service `-o` overrides from master.cf (`postconf -P -x`), keyed by "service/type"."""
     services: dict[str, dict[str, str]] = {}
-    for key, value in _pairs(_run(["-P"], config_directory)).items():
+    for key, value in _pairs(_run(["-P", "-x"], config_directory)).items():
         service, _, rest = key.partition("/")
         kind, _, param = rest.partition("/")
         if param:
