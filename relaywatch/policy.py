@@ -95,8 +95,9 @@ class _Watch:
 class Detector:
     """Holds one sliding window per rule and turns crossings into decisions.
 
-    A target decided once stays quiet for `block_s` (blocks) or its window
-    (alerts); a client inside a blocked subnet needs no block of its own.
+    A target decided once stays quiet for `block_s` (blocks) or an hour
+    (alerts: one push per flood, not one per window); a client inside a
+    blocked subnet needs no block of its own.
     """
 
     def __init__(
@@ -107,9 +108,11 @@ class Detector:
         block_s: int = 86400,
         bucket_s: int = BUCKET_S,
         evidence: int = 512,
+        alert_quiet_s: int = 3600,
     ) -> None:
         self.bucket_s = bucket_s
         self.block_s = block_s
+        self.alert_quiet_s = alert_quiet_s
         self.allow = tuple(allow_networks)
         self.allow_sasl_users = frozenset(allow_sasl_users)
         self._watches: dict[str, list[_Watch]] = {dim: [] for dim in DIMS}
@@ -126,6 +129,12 @@ class Detector:
         """Replay a stored count (oldest bucket first) into the windows."""
         for watch in self._watches.get(dim, ()):
             watch.counter.add(bucket, key, n)
+
+    def remember_block(self, kind: str, target: str, until: float) -> None:
+        """A block already in force (after a restart): no new decision for it or inside it."""
+        self._quiet[(kind, target)] = until
+        if kind == "subnet":
+            self._blocked_nets[ipaddress.ip_network(target)] = until
 
     def observe(self, fact: Relayed | RelayDenied, line: str) -> list[Decision]:
         self._recent.append((fact, line))
@@ -167,7 +176,9 @@ class Detector:
             return None
         if len(self._quiet) > 10_000:
             self._quiet = {k: until for k, until in self._quiet.items() if until > t}
-        self._quiet[(kind, target)] = t + (self.block_s if rule.action == "block" else rule.window_s)
+            self._blocked_nets = {n: until for n, until in self._blocked_nets.items() if until > t}
+        quiet = self.block_s if rule.action == "block" else max(rule.window_s, self.alert_quiet_s)
+        self._quiet[(kind, target)] = t + quiet
         if rule.action == "block" and kind == "subnet":
             self._blocked_nets[ipaddress.ip_network(target)] = t + self.block_s
         evidence = [(f, line) for f, line in self._recent if self._target_of(watch, f) == target][-5:]

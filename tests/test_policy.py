@@ -115,3 +115,10 @@ def test_ipv6_rotation_inside_a_48_is_seen():
     facts = [relayed(1000 + i, f"2a02:8109:b240:{i}::1", i) for i in range(100)]
     blocks = [x for x in feed(Detector(), facts) if x.action == "block"]
     assert [(x.kind, x.target) for x in blocks] == [("subnet", "2a02:8109:b240::/48")]
+
+
+def test_a_remembered_subnet_block_covers_its_clients():
+    d = Detector()
+    d.remember_block("subnet", "203.0.113.0/24", until=10_000)
+    decisions = feed(d, [relayed(1000 + i, "203.0.113.5", i) for i in range(100)])
+    assert [x for x in decisions if x.action == "block"] == []
