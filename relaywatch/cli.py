@@ -1,9 +1,15 @@
-"""The `relaywatch` command. Exit codes: 0 ok, 1 runtime error, 2 usage, 78 bad configuration."""
+"""The `relaywatch` command.
+
+Exit codes: 0 ok, 1 runtime error, 2 usage, 3 the audit found an error-level hole, 78 bad configuration.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
+import time
 from collections.abc import Sequence
 from importlib import resources
 
@@ -11,10 +17,14 @@ import click
 
 from . import config as config_mod
 from . import report
+from .blocking import Blocker, maps_from_config, target_kind
 from .engine import ReplayResult
 from .engine import replay as run_replay
 from .model import Decision, RelaywatchError
+from .postfix import Postfix, default_database_type
+from .store import Store
 
+DEFAULT_CONFIG = "/etc/relaywatch/relaywatch.toml"
 SAMPLE = "sample-2003-03-16.log.gz"
 SAMPLE_YEAR = 2003
 log = logging.getLogger("relaywatch")
@@ -23,6 +33,25 @@ log = logging.getLogger("relaywatch")
 def _fail(exc: RelaywatchError) -> None:
     click.echo(f"relaywatch: {exc}", err=True)
     sys.exit(exc.exit_code)
+
+
+def _load(config_path: str | None) -> config_mod.Config:
+    """The named config, else /etc/relaywatch/relaywatch.toml when it exists, else the defaults."""
+    if config_path is None and os.path.exists(DEFAULT_CONFIG):
+        config_path = DEFAULT_CONFIG
+    return config_mod.load(config_path)
+
+
+def _blocker(cfg: config_mod.Config, store: Store) -> Blocker:
+    specs = (cfg.client_access_map, cfg.sasl_access_map)
+    typed = all(":" in s and not s.startswith("/") for s in specs if s)
+    default_type = "hash" if typed else default_database_type(cfg.config_directory)
+    maps = maps_from_config(cfg.client_access_map, cfg.sasl_access_map, default_type)
+    return Blocker(store, Postfix(cfg.config_directory), maps, cfg.block_s)
+
+
+config_option = click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
+                             help=f"relaywatch.toml to use (default: {DEFAULT_CONFIG} if it exists).")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -38,13 +67,14 @@ def main(verbose: bool) -> None:
 
 @main.command()
 @click.argument("logs", nargs=-1, type=click.Path(allow_dash=True))
-@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), help="relaywatch.toml to use.")
+@config_option
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--year", type=click.IntRange(1970, 2200), help="Year of the first line (classic syslog has none).")
 @click.option("--apply", is_flag=True, help="Perform the decisions (default: dry run, report only).")
 @click.option("--sample", is_flag=True, help=f"Replay the bundled sample day ({SAMPLE}).")
+@click.option("--notify", "notify", is_flag=True, help="Send the decisions to the [notify] targets (one digest).")
 def replay(logs: tuple[str, ...], config_path: str | None, fmt: str, year: int | None, apply: bool,
-           sample: bool) -> None:
+           sample: bool, notify: bool) -> None:
     """Replay old logs (plain, .gz, .bz2, .xz or - for stdin) and report what relaywatch would do.
 
     Give a rotated set oldest first. Classic syslog lines carry no year: it is
@@ -52,18 +82,43 @@ def replay(logs: tuple[str, ...], config_path: str | None, fmt: str, year: int |
     """
     if sample == bool(logs):
         raise click.UsageError("give LOG files to replay, or --sample for the bundled sample day")
-    if apply:
-        raise click.UsageError("--apply needs the blocking actions, which this version does not have yet")
     try:
-        cfg = config_mod.load(config_path)
+        cfg = _load(config_path)
         if sample:
             with resources.as_file(resources.files("relaywatch") / "data" / SAMPLE) as path:
                 result = _run(cfg, [str(path)], year or SAMPLE_YEAR)
         else:
             result = _run(cfg, list(logs), year)
+        pending = _apply(cfg, result.decisions) if apply else False
+        if notify:
+            _notify(cfg, result.decisions)
     except RelaywatchError as exc:
         _fail(exc)
     click.echo(report.to_json(result) if fmt == "json" else report.to_text(result, dry_run=not apply), nl=False)
+    if pending:
+        click.echo(f"relaywatch: the blocks are recorded but pending: {pending}", err=True)
+        sys.exit(1)
+
+
+def _notify(cfg: config_mod.Config, decisions: Sequence[Decision]) -> None:
+    from .notify import Notifier, notice_for_decision
+
+    if not cfg.notify_urls and not cfg.notify_config:
+        raise click.UsageError("--notify needs [notify] urls or config in the configuration")
+    with Notifier(cfg.notify_urls, cfg.notify_config, coalesce_s=0, timeout_s=cfg.notify_timeout_s,
+                  retries=cfg.notify_retries) as notifier:
+        for d in decisions:
+            notifier.submit(notice_for_decision(d))
+
+
+def _apply(cfg: config_mod.Config, decisions: Sequence[Decision]) -> str | None:
+    """Block now what the replay decided to block; the error text if the maps could not be written."""
+    store = Store(cfg.database)
+    blocker = _blocker(cfg, store)
+    for d in decisions:
+        if d.action == "block":
+            blocker.block(d.kind, d.target, report.describe(d), rule=d.rule)
+    return None if blocker.sync() else blocker.last_error
 
 
 def _run(cfg: config_mod.Config, paths: list[str], year: int | None) -> ReplayResult:
@@ -81,3 +136,124 @@ def _run(cfg: config_mod.Config, paths: list[str], year: int | None) -> ReplayRe
     if tty:
         click.echo("\r" + " " * 30 + "\r", err=True, nl=False)
     return result
+
+
+@main.command()
+@click.argument("target")
+@click.option("--reason", default="blocked by hand", show_default=True, help="Why; shown in the map's REJECT text.")
+@click.option("--for", "duration", help="How long, e.g. 1h, 2d (default: [block] duration, doubled per repeat).")
+@click.option("--permanent", is_flag=True, help="Never expires.")
+@config_option
+def block(target: str, reason: str, duration: str | None, permanent: bool, config_path: str | None) -> None:
+    """Block TARGET now: a client IP, a subnet (218.144.0.0/16) or a SASL login name."""
+    if duration and permanent:
+        raise click.UsageError("--for and --permanent exclude each other")
+    try:
+        cfg = _load(config_path)
+        kind, canonical = target_kind(target)
+        seconds = config_mod.parse_duration(duration, "--for") if duration else None
+        store = Store(cfg.database)
+        blocker = _blocker(cfg, store)
+        row = blocker.block(kind, canonical, reason, duration=seconds, permanent=permanent)
+        synced = blocker.sync()
+    except RelaywatchError as exc:
+        _fail(exc)
+    until = "permanently" if row.until is None else f"until {report.iso(row.until)}"
+    click.echo(f"blocked {kind} {canonical} {until}")
+    if not synced:
+        click.echo(f"relaywatch: the block is recorded but pending: {blocker.last_error}", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("target")
+@config_option
+def unblock(target: str, config_path: str | None) -> None:
+    """Lift the block on TARGET (client IP, subnet or SASL login name)."""
+    try:
+        cfg = _load(config_path)
+        kind, canonical = target_kind(target)
+        store = Store(cfg.database)
+        blocker = _blocker(cfg, store)
+        removed = blocker.unblock(kind, canonical)
+        synced = blocker.sync()
+    except RelaywatchError as exc:
+        _fail(exc)
+    click.echo(f"unblocked {kind} {canonical}" if removed else f"{kind} {canonical} was not blocked")
+    if not synced:
+        click.echo(f"relaywatch: the change is recorded but pending: {blocker.last_error}", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON document for scripts.")
+@config_option
+def blocks(as_json: bool, config_path: str | None) -> None:
+    """List the blocks in force, and whether the maps are up to date."""
+    try:
+        cfg = _load(config_path)
+        store = Store(cfg.database)
+    except RelaywatchError as exc:
+        _fail(exc)
+    now = time.time()
+    rows = store.blocks(now)
+    pending = store.meta("map_pending")
+    if as_json:
+        click.echo(json.dumps({
+            "pending": pending,
+            "blocks": [{"kind": b.kind, "target": b.target, "reason": b.reason, "rule": b.rule,
+                        "since": report.iso(b.since), "until": None if b.until is None else report.iso(b.until),
+                        "offences": b.offences} for b in rows]}, indent=2))
+        return
+    if pending:
+        click.echo(f"PENDING: the maps do not yet hold these blocks: {pending.get('error', 'not written yet')}")
+    if not rows:
+        click.echo("no blocks in force")
+    for b in rows:
+        until = "permanent" if b.until is None else f"until {report.iso(b.until)}"
+        click.echo(f"{b.kind:<9} {b.target:<24} {until:<32} {b.rule}: {b.reason} (offence {b.offences})")
+
+
+@main.command()
+@config_option
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--address", "addresses", multiple=True, metavar="IP",
+              help="Also say whether this address may relay (repeatable).")
+def audit(config_path: str | None, fmt: str, addresses: tuple[str, ...]) -> None:
+    """Find the holes in Postfix's configuration: mynetworks, restriction order, stale maps.
+
+    Exit status 3 when an error-level finding exists (usable from cron and CI).
+    """
+    from . import audit as audit_mod
+
+    try:
+        cfg = _load(config_path)
+        maps = audit_mod.AuditMaps(cfg.client_access_map, cfg.sasl_access_map or None)
+        findings = audit_mod.run_audit(cfg.config_directory, maps, addresses)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--address") from None
+    except RelaywatchError as exc:
+        _fail(exc)
+    click.echo(audit_mod.to_json(findings) if fmt == "json" else audit_mod.format_text(findings), nl=False)
+    sys.exit(audit_mod.exit_code(findings))
+
+
+@main.command("notify-test")
+@config_option
+@click.option("--url", "urls", multiple=True, help="Test this Apprise URL instead of the configured ones.")
+def notify_test(config_path: str | None, urls: tuple[str, ...]) -> None:
+    """Send a test message to every notification target and say which one got it."""
+    from .notify import send_test
+
+    try:
+        cfg = _load(config_path)
+        if not urls and not cfg.notify_urls and not cfg.notify_config:
+            raise click.UsageError("no targets: set [notify] urls or config, or give --url")
+        results = send_test(urls or cfg.notify_urls, None if urls else cfg.notify_config,
+                            timeout_s=cfg.notify_timeout_s)
+    except RelaywatchError as exc:
+        _fail(exc)
+    for r in results:
+        click.echo(f"{'ok    ' if r.ok else 'FAILED'} {r.url}{'' if r.ok else f': {r.error}'}")
+    if not all(r.ok for r in results):
+        sys.exit(1)

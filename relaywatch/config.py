@@ -33,6 +33,11 @@ class Config:
     allow_sasl_users: tuple[str, ...] = ()
     block_s: int = 86400
     notify_urls: tuple[str, ...] = ()
+    notify_config: str | None = None
+    notify_coalesce_s: int = 10
+    notify_cooldown_s: int = 300
+    notify_timeout_s: int = 10
+    notify_retries: int = 3
     queue_hold: bool = True
     rules: tuple[Rule, ...] = field(default=DEFAULT_RULES)
 
@@ -148,6 +153,11 @@ def from_dict(data: dict[str, Any]) -> Config:
         allow_sasl_users=allow.strings("sasl_users", d.allow_sasl_users),
         block_s=parse_duration(sections["block"].get("duration", object, "1d"), "[block] duration"),
         notify_urls=sections["notify"].strings("urls", d.notify_urls),
+        notify_config=sections["notify"].get("config", str, None) or None,
+        notify_coalesce_s=parse_duration(sections["notify"].get("coalesce", object, "10s"), "[notify] coalesce"),
+        notify_cooldown_s=parse_duration(sections["notify"].get("cooldown", object, "5m"), "[notify] cooldown"),
+        notify_timeout_s=parse_duration(sections["notify"].get("timeout", object, "10s"), "[notify] timeout"),
+        notify_retries=sections["notify"].get("retries", int, d.notify_retries),
         queue_hold=sections["queue"].get("hold", bool, d.queue_hold),
         rules=_rules(data.get("rules", {})),
     )

@@ -101,3 +101,36 @@ def test_a_missing_log_exits_1(tmp_path):
 @pytest.mark.parametrize("args", [[], ["--sample", "x.log"]])
 def test_usage_errors_exit_2(args):
     assert CliRunner().invoke(main, ["replay", *args]).exit_code == 2
+
+
+@pytest.fixture
+def sink():
+    from http_sink import Sink
+
+    s = Sink()
+    yield s
+    s.server.shutdown()
+    s.server.server_close()
+
+
+def test_notify_test_reports_each_target(sink, tmp_path):
+    good, bad = sink.url("json", "/chat"), sink.url("json", "/fail")
+    cfg = tmp_path / "rw.toml"
+    cfg.write_text(f'[notify]\nurls = ["{good}", "{bad}"]\ntimeout = "5s"\nretries = 0\n')
+    result = CliRunner().invoke(main, ["notify-test", "--config", str(cfg)])
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert lines[0].startswith("ok ") and "/chat" in lines[0]
+    assert lines[1].startswith("FAILED") and "/fail" in lines[1]
+    assert "relaywatch" in sink.wait_for("/chat", 1)[0]["title"].lower()
+
+
+def test_replay_notify_sends_one_digest(sink, tmp_path):
+    log = tmp_path / "mail.log"
+    log.write_text(FLOOD)
+    cfg = tmp_path / "rw.toml"
+    cfg.write_text(f'[notify]\nurls = ["{sink.url("json", "/chat")}"]\n')
+    result = invoke("replay", "--notify", "--year", "2003", "--config", str(cfg), str(log))
+    assert result.exit_code == 0
+    [message] = sink.wait_for("/chat", 1)
+    assert "203.0.113.5" in message["title"] + message["message"]

@@ -1,0 +1,273 @@
+"""The notifier with real apprise against real HTTP servers on 127.0.0.1.
+
+A path containing "fail" answers 500; the `hang` server accepts connections
+and never answers. Coalescing is tested with an injected clock, so a slow
+machine cannot split a burst.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+from http_sink import Hang, Sink
+
+from relaywatch.model import ConfigError, Decision
+from relaywatch.notify import Notice, Notifier, notice_for_decision, notice_for_text, redact, send_test
+
+SECRETS = ("s3cretpw", "k3y123abc", "t0ken99")
+
+BLOCK = Decision(
+    time=1_700_000_000.0, action="block", kind="subnet", target="218.144.0.0/16", rule="wide_subnet",
+    count=412, window_s=600, clients=9,
+    evidence=(
+        "Nov 14 22:13:01 mx postfix/smtp[811]: 4Tq1: to=<a@victim.example>, relay=mx.victim.example[1.2.3.4]:25",
+        "Nov 14 22:13:02 mx postfix/smtpd[812]: 4Tq2: client=unknown[218.144.7.9]",
+        "Nov 14 22:13:03 mx postfix/smtp[813]: 4Tq2: to=<b@victim.example>, status=sent",
+    ),
+    sample_qids=("4Tq1", "4Tq2"),
+)
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    s = Sink()
+    yield s
+    s.server.shutdown()
+    s.server.server_close()
+
+
+@pytest.fixture
+def hang() -> Iterator[Hang]:
+    h = Hang()
+    yield h
+    h.close()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def wait_until(pred, timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def decision(i: int) -> Decision:
+    return Decision(time=1_700_000_000.0 + i, action="block", kind="client", target=f"203.0.113.{i}",
+                    rule="client", count=60 + i, window_s=600)
+
+
+# --- formatting --------------------------------------------------------------
+
+
+def test_block_notice_says_what_why_and_how_to_undo() -> None:
+    n = notice_for_decision(BLOCK, held=37)
+    assert n.title == "relaywatch: blocked 218.144.0.0/16"
+    assert n.severity == "warning"
+    assert n.tags == ("block", "subnet", "warning")
+    assert "Blocked subnet 218.144.0.0/16 at " in n.body
+    assert "412 relayed recipients from 9 clients in 10 min (rule wide_subnet)" in n.body
+    assert "In effect for new SMTP sessions" in n.body
+    assert "Queued messages held: 37." in n.body
+    assert "Undo: relaywatch unblock 218.144.0.0/16" in n.body
+    assert "  | Nov 14 22:13:02 mx postfix/smtpd[812]: 4Tq2: client=unknown[218.144.7.9]" in n.body
+    assert "Queue IDs: 4Tq1, 4Tq2" in n.body
+
+
+def test_ineffective_block_is_a_failure_with_the_warning() -> None:
+    trap = "218.144.0.0/16 is inside mynetworks (permit_mynetworks comes first): Postfix still relays for it."
+    n = notice_for_decision(BLOCK, effective=trap)
+    assert n.title == "relaywatch: blocked 218.144.0.0/16 - NOT effective"
+    assert n.severity == "failure" and "failure" in n.tags
+    assert f"NOT EFFECTIVE: {trap}" in n.body
+    assert "Queued messages held" not in n.body  # unknown, so not claimed
+
+
+def test_alert_and_text_notices() -> None:
+    probe = Decision(time=0.0, action="alert", kind="client", target="198.51.100.7", rule="relay_probe",
+                     count=25, window_s=600)
+    n = notice_for_decision(probe)
+    assert n.title == "relaywatch: alert 198.51.100.7"
+    assert n.severity == "info"
+    assert "25 relay attempts refused in 10 min (rule relay_probe)" in n.body
+    assert "Undo" not in n.body
+    sasl = notice_for_decision(Decision(time=0.0, action="block", kind="sasl_user", target="bob o'hara",
+                                        rule="sasl_user", count=150, window_s=3600))
+    assert sasl.title == "relaywatch: blocked SASL user bob o'hara"
+    assert "in 1 h (rule sasl_user)" in sasl.body
+    assert """Undo: relaywatch unblock 'bob o'"'"'hara'""" in sasl.body
+    t = notice_for_text("failure", "daemon stopped", "postfix log unreadable\n", ("error",))
+    assert t == Notice("failure", "relaywatch: daemon stopped", "postfix log unreadable", ("error",))
+    with pytest.raises(ValueError):
+        notice_for_text("urgent", "x", "y")
+
+
+def test_redact_hides_secrets() -> None:
+    url = "json://user:s3cretpw@127.0.0.1:8080/hook?-apikey=k3y123abc&+Authorization=Bearer%20t0ken99&cto=2"
+    shown = redact(url)
+    assert shown == "json://user:****@127.0.0.1:8080/hook?-apikey=****&+Authorization=****&cto=2"
+    ntfy = redact("ntfys://ntfy.example.com/topic?token=tk_s3cretpw")
+    assert ntfy.startswith("ntfys://") and ntfy.endswith("@ntfy.example.com/topic?token=****") and "s3cret" not in ntfy
+    assert "AAsecretTOKENvalue" not in redact("tgram://123456789:AAsecretTOKENvalue/4242")
+    assert redact("nosuchservice://user:s3cretpw@host/x") == "nosuchservice://..."
+
+
+# --- delivery ----------------------------------------------------------------
+
+
+def test_block_notification_arrives_over_json_and_form(sink: Sink) -> None:
+    notice = notice_for_decision(BLOCK, held=37)
+    with Notifier((sink.url("json", "/json"), sink.url("form", "/form")), coalesce_s=0) as notifier:
+        notifier.submit(notice)
+        [as_json] = sink.wait_for("/json", 1)
+        [as_form] = sink.wait_for("/form", 1)
+    for payload in (as_json, as_form):
+        assert payload["title"] == "relaywatch: blocked 218.144.0.0/16"
+        assert payload["message"] == notice.body
+        assert payload["type"] == "warning"
+    assert notifier.status()["sent"] == 2
+
+
+def test_a_burst_is_one_digest(sink: Sink) -> None:
+    clock = FakeClock()
+    with Notifier((sink.url("json", "/chat"),), coalesce_s=0.2, cooldown_s=60, clock=clock) as notifier:
+        for i in range(50):
+            notifier.submit(notice_for_decision(decision(i)))
+        clock.now = 1.0  # the coalescing window is over
+        [digest] = sink.wait_for("/chat", 1)
+    assert len(sink.to("/chat")) == 1
+    assert digest["title"] == "relaywatch: 50 events (50 block)"
+    assert digest["type"] == "warning"
+    assert "- blocked 203.0.113.0\n" in digest["message"] and "- ... and 10 more" in digest["message"]
+    assert "Undo: relaywatch unblock 203.0.113.0" in digest["message"]
+    assert notifier.status() | {"last_success": None} == {
+        "targets": [{"url": f"json://127.0.0.1:{sink.port}/chat", "tags": []}],
+        "sent": 1, "failed": 0, "dropped": 0, "pending": 0, "last_error": None, "last_success": None}
+
+
+def test_cooldown_merges_later_notices_into_the_next_digest(sink: Sink) -> None:
+    clock = FakeClock()
+    with Notifier((sink.url("json", "/phone"),), coalesce_s=0, cooldown_s=100, clock=clock) as notifier:
+        notifier.submit(notice_for_text("warning", "first", "a"))
+        sink.wait_for("/phone", 1)
+        clock.now = 1
+        notifier.submit(notice_for_text("warning", "second", "b"))
+        clock.now = 101  # cooldown over; the next notice wakes the worker
+        notifier.submit(notice_for_text("failure", "third", "c"))
+        first, merged = sink.wait_for("/phone", 2)
+    assert len(sink.to("/phone")) == 2
+    assert first["title"] == "relaywatch: first"
+    assert merged["title"] == "relaywatch: 2 events (2 other)" and merged["type"] == "failure"
+    assert merged["message"].startswith("- third\n- second\n")  # the failure first
+
+
+def test_a_failing_target_is_retried_then_counted_and_redacted(sink: Sink, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    url = sink.url("json", "/fail").replace("://", "://user:s3cretpw@") + \
+        "?-apikey=k3y123abc&+Authorization=Bearer%20t0ken99"
+    with Notifier((url,), coalesce_s=0, retries=2, backoff_s=0.01) as notifier:
+        notifier.submit(notice_for_decision(BLOCK))
+        wait_until(lambda: notifier.status()["failed"] == 1)
+        status = notifier.status()
+    assert len(sink.to("/fail")) == 3  # one try and two retries, no more
+    assert status["sent"] == 0 and status["pending"] == 0
+    shown = f"json://user:****@127.0.0.1:{sink.port}/fail?-apikey=****&+Authorization=****"
+    assert status["targets"] == [{"url": shown, "tags": []}]
+    assert f"{shown}: failure: " in status["last_error"] and "error=500" in status["last_error"]
+    assert "failed after 3 attempts" in caplog.text
+    assert "Loaded JSON URL" in caplog.text  # apprise's own debug line, scrubbed
+    for secret in SECRETS:
+        assert secret not in caplog.text and secret not in str(status)
+
+
+def test_a_hanging_target_times_out_without_holding_anyone_up(sink: Sink, hang: Hang) -> None:
+    hung = f"json://127.0.0.1:{hang.port}/hook"
+    notifier = Notifier((hung, sink.url("json", "/good")), coalesce_s=0, cooldown_s=0, timeout_s=0.5,
+                        retries=0, queue_size=3)
+    notifier.submit(notice_for_decision(BLOCK))
+    assert hang.accepted.wait(5)
+    sink.wait_for("/good", 1)  # delivered while the other target hangs
+    for i in range(5):  # the worker is busy: three fit the queue, two are dropped, none waits
+        notifier.submit(notice_for_decision(decision(i)))
+    during = notifier.status()
+    wait_until(lambda: notifier.status()["failed"] == 1)
+    notifier.close(timeout=3)
+    assert during["failed"] == 0 and during["dropped"] == 2
+    status = notifier.status()
+    assert f" json://127.0.0.1:{hang.port}/hook: timeout" in status["last_error"]
+    assert status["failed"] == 2 and status["sent"] == 2 and status["pending"] == 0
+    assert sink.to("/good")[1]["title"] == "relaywatch: 3 events (3 block)"
+
+
+def test_close_delivers_what_is_pending(sink: Sink) -> None:
+    notifier = Notifier((sink.url("form", "/chat"),), coalesce_s=3600)
+    for word in ("one", "two", "three"):
+        notifier.submit(notice_for_text("info", word, word))
+    assert notifier.status()["pending"] == 3
+    notifier.close(timeout=5)
+    [digest] = sink.to("/chat")
+    assert digest["message"].startswith("- one\n- two\n- three\n")
+    assert notifier.status()["pending"] == 0
+    notifier.submit(notice_for_text("info", "late", "after close"))
+    assert notifier.status()["dropped"] == 1
+
+
+def test_tags_route_notices_from_a_config_file(sink: Sink, tmp_path) -> None:
+    config = tmp_path / "apprise.yml"
+    config.write_text(f"""
+urls:
+  - {sink.url("json", "/phone")}:
+      tag: block, failure
+  - {sink.url("form", "/chat")}:
+      tag: digest
+""")
+    clock = FakeClock()
+    with Notifier((sink.url("json", "/all"),), str(config), coalesce_s=1, clock=clock) as notifier:
+        assert [t["tags"] for t in notifier.status()["targets"]] == [[], ["block", "failure"], ["digest"]]
+        notifier.submit(notice_for_decision(BLOCK))
+        notifier.submit(notice_for_text("info", "daily digest", "3 blocks today", ("digest",)))
+        clock.now = 2
+        sink.wait_for("/all", 1)
+        sink.wait_for("/phone", 1)
+        sink.wait_for("/chat", 1)
+    assert [p["title"] for p in sink.to("/phone")] == ["relaywatch: blocked 218.144.0.0/16"]
+    assert [p["title"] for p in sink.to("/chat")] == ["relaywatch: daily digest"]
+    assert [p["title"] for p in sink.to("/all")] == ["relaywatch: 2 events (1 block, 1 digest)"]
+
+
+def test_send_test_reports_each_target(sink: Sink) -> None:
+    results = send_test((sink.url("json", "/ok"), sink.url("form", "/fail?token=s3cretpw")), timeout_s=2)
+    assert [(r.url, r.ok) for r in results] == [
+        (f"json://127.0.0.1:{sink.port}/ok", True), (f"form://127.0.0.1:{sink.port}/fail?token=****", False)]
+    assert "error=500" in results[1].error
+    assert sink.to("/ok")[0]["title"] == "relaywatch: test notification"
+
+
+def test_bad_configuration_is_a_config_error(tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"#2 \(nosuchservice://\.\.\.\): not a valid Apprise URL") as e:
+        Notifier(("json://127.0.0.1:9/x", "nosuchservice://user:s3cretpw@host"))
+    assert "s3cretpw" not in str(e.value)
+    with pytest.raises(ConfigError, match="No such file"):
+        send_test(config_file=str(tmp_path / "missing.yml"))
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    with pytest.raises(ConfigError, match="no usable Apprise URL"):
+        Notifier(config_file=str(tmp_path / "empty.txt"))
+
+
+def test_without_targets_apprise_is_never_imported() -> None:
+    code = ("import sys; from relaywatch.notify import Notifier, notice_for_text as t\n"
+            "n = Notifier(); n.submit(t('info', 'x', 'y')); n.close()\n"
+            "assert n.status()['sent'] == 0 and 'apprise' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
