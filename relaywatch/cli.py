@@ -68,13 +68,14 @@ def main(verbose: bool) -> None:
 @main.command()
 @click.argument("logs", nargs=-1, type=click.Path(allow_dash=True))
 @config_option
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "html"]), default="text", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the report to this file (default: stdout).")
 @click.option("--year", type=click.IntRange(1970, 2200), help="Year of the first line (classic syslog has none).")
 @click.option("--apply", is_flag=True, help="Perform the decisions (default: dry run, report only).")
 @click.option("--sample", is_flag=True, help=f"Replay the bundled sample day ({SAMPLE}).")
 @click.option("--notify", "notify", is_flag=True, help="Send the decisions to the [notify] targets (one digest).")
-def replay(logs: tuple[str, ...], config_path: str | None, fmt: str, year: int | None, apply: bool,
-           sample: bool, notify: bool) -> None:
+def replay(logs: tuple[str, ...], config_path: str | None, fmt: str, output: str | None, year: int | None,
+           apply: bool, sample: bool, notify: bool) -> None:
     """Replay old logs (plain, .gz, .bz2, .xz or - for stdin) and report what relaywatch would do.
 
     Give a rotated set oldest first. Classic syslog lines carry no year: it is
@@ -94,10 +95,31 @@ def replay(logs: tuple[str, ...], config_path: str | None, fmt: str, year: int |
             _notify(cfg, result.decisions)
     except RelaywatchError as exc:
         _fail(exc)
-    click.echo(report.to_json(result) if fmt == "json" else report.to_text(result, dry_run=not apply), nl=False)
+    if fmt == "html":
+        from .htmlreport import render_html
+
+        text = render_html(result, result.timeline)
+    else:
+        text = report.to_json(result) if fmt == "json" else report.to_text(result, dry_run=not apply)
+    if output:
+        _write_atomically(output, text)
+    else:
+        click.echo(text, nl=False)
     if pending:
         click.echo(f"relaywatch: the blocks are recorded but pending: {pending}", err=True)
         sys.exit(1)
+
+
+def _write_atomically(path: str, text: str) -> None:
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise RelaywatchError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 def _notify(cfg: config_mod.Config, decisions: Sequence[Decision]) -> None:

@@ -18,6 +18,7 @@ from .parse import LineParser, YearResolver
 from .policy import Detector
 from .report import Tally
 from .store import Store
+from .timeline import Timeline
 
 _NOTHING: Sequence[Decision] = ()
 FLUSH_EVERY = 20_000
@@ -42,6 +43,7 @@ class Pipeline:
         self.detector = Detector(config.rules, config.allow_networks, config.allow_sasl_users, config.block_s)
         self.totals = Totals()
         self.tally = Tally()
+        self.timeline = Timeline(config.rules)
         self._counts: dict[tuple[str, int, str], int] = {}
         self._decisions: list[Decision] = []
 
@@ -50,6 +52,8 @@ class Pipeline:
         since = self.detector.bucket(now - self.config.longest_window_s)
         for dim, bucket, key, n in self.store.counts_since(since):
             self.detector.restore(dim, bucket, key, n)
+        for b in self.store.blocks(now):
+            self.detector.remember_block(b.kind, b.target, float("inf") if b.until is None else b.until)
 
     def feed(self, line: str, parser: LineParser) -> Sequence[Decision]:
         totals = self.totals
@@ -70,9 +74,12 @@ class Pipeline:
         if fact is None:
             return _NOTHING
         self._count(fact)
+        self.timeline.observe(fact)
         decisions = self.detector.observe(fact, line)
         if decisions:
             self._decisions.extend(decisions)
+            for d in decisions:
+                self.timeline.decision(d)
         return decisions
 
     def _count(self, fact: Relayed | RelayDenied) -> None:
@@ -115,6 +122,7 @@ class ReplayResult:
     messages: int
     decisions: list[Decision]
     tally: Tally
+    timeline: Timeline = field(default_factory=Timeline)
 
 
 def replay(
@@ -144,6 +152,6 @@ def replay(
                 if on_progress is not None:
                     on_progress(pipeline.totals.lines)
     pipeline.flush()
-    result = ReplayResult(pipeline.totals, pipeline.messages, store.decisions(), pipeline.tally)
+    result = ReplayResult(pipeline.totals, pipeline.messages, store.decisions(), pipeline.tally, pipeline.timeline)
     store.close()
     return result

@@ -45,26 +45,10 @@ class Unparsed(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class Connect(Event):
-    """smtpd `connect from name[addr]`; the session is (host, pid)."""
-
-    session: tuple[str, int]
-    client: str
-    client_name: str
-
-
-@dataclass(frozen=True, slots=True)
-class Disconnect(Event):
-    session: tuple[str, int]
-    client: str
-
-
-@dataclass(frozen=True, slots=True)
 class ClientSeen(Event):
     """smtpd `QID: client=name[addr]`: a message enters the queue from a client."""
 
     qid: str
-    session: tuple[str, int]
     client: str
     client_name: str
     sasl_user: str | None

@@ -14,13 +14,13 @@ import ipaddress
 import json
 import re
 import time as _time
+from collections.abc import Callable
 from datetime import datetime
+from functools import lru_cache
 
 from .model import (
     ClientSeen,
-    Connect,
     Delivery,
-    Disconnect,
     Event,
     Pickup,
     QueueActive,
@@ -31,8 +31,9 @@ from .model import (
 
 # --- envelope ----------------------------------------------------------------
 
-_TAG = r"(?P<host>\S+) (?P<tag>[^\s\[:]+)(?:\[(?P<pid>\d+)\])?:? (?P<msg>.*)"
-_BSD = re.compile(r"(?P<mon>[A-Z][a-z]{2}) {1,2}(?P<day>\d{1,2}) (?P<hms>\d\d:\d\d:\d\d) " + _TAG, re.S)
+# host, then the syslog tag split into "postfix/submission/" and the program ("smtpd"), pid, message
+_TAG = r"\S+ (?P<prefix>[^\s\[:]*/)?(?P<daemon>[^\s\[:/]+)(?:\[\d+\])?:? (?P<msg>.*)"
+_BSD = re.compile(r"(?P<stamp>(?P<mon>[A-Z][a-z]{2}) {1,2}(?P<day>\d{1,2}) (?P<hms>\d\d:\d\d:\d\d)) " + _TAG, re.S)
 _RFC3339 = re.compile(
     r"(?P<sec>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?P<frac>\.\d{1,9})?(?P<tz>Z|[+-]\d\d:\d\d) " + _TAG, re.S
 )
@@ -45,9 +46,7 @@ _BASE51 = "0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-y"
 QUEUE_ID = rf"(?:[0-9A-F]{{6,}}|[{_BASE52}]{{10,}}z[{_BASE51}]+)"
 _PEER = r"(?P<name>[^\s\[\]]*)\[(?P<addr>[^\]\s]+)\](?::\d+)?"
 
-_CONNECT = re.compile(r"connect from " + _PEER + r"$")
-_DISCONNECT = re.compile(r"disconnect from " + _PEER + r"(?: .*)?$", re.S)
-_QID_MSG = re.compile(rf"(?P<qid>{QUEUE_ID}|NOQUEUE): (?P<rest>.*)", re.S)
+_QID = re.compile(QUEUE_ID)
 _CLIENT = re.compile(
     r"client=" + _PEER
     + r"(?:, sasl_method=[^,\s]*)?(?:, sasl_username=(?P<user>[^,]*))?(?:, sasl_sender=[^,]*)?"
@@ -62,7 +61,11 @@ _CLEANUP_DROP = re.compile(r"(?:reject|discard): (?:header|body) ")
 _RELAY_DENIED = re.compile(
     r"[45]\d\d [45]\.\d{1,3}\.\d{1,3} <.*?>: (?:Recipient address rejected: )?Relay access denied(?:;|$)", re.S
 )
-_QMGR_FROM = re.compile(r"from=<(?P<sender>.*)>, size=(?P<size>\d+), nrcpt=(?P<nrcpt>\d+) \(queue active\)$", re.S)
+_QMGR = re.compile(
+    rf"(?P<qid>{QUEUE_ID}): (?:(?P<removed>removed)|(?P<from>from=<(?P<sender>.*)>, size=(?P<size>\d+), "
+    r"nrcpt=(?P<nrcpt>\d+) \(queue active\)))$",
+    re.S,
+)
 _PICKUP = re.compile(r"uid=(?P<uid>\d+) from=<(?P<sender>.*)>$", re.S)
 _DELIVERY_TAIL = re.compile(
     r'(?:orig_to=<(?P<orig>"(?:[^"\\]|\\.)*"[^>]*|[^>]*)>, )?'
@@ -76,6 +79,7 @@ SMTPD = frozenset({"smtpd"})
 DELIVERY_AGENTS = frozenset({"smtp", "lmtp", "local", "virtual", "pipe", "error", "retry", "discard"})
 
 
+@lru_cache(maxsize=16384)
 def client_address(addr: str) -> str | None:
     """The canonical text of a client address, or None when Postfix did not log one."""
     if addr.startswith("IPv6:"):
@@ -89,38 +93,36 @@ def client_address(addr: str) -> str | None:
 # --- message grammars, one per daemon family ---------------------------------
 
 
-def _smtpd(t: float, host: str, pid: int, msg: str) -> Event | None:
-    if msg.startswith("connect from "):
-        m = _CONNECT.match(msg)
-        addr = m and client_address(m["addr"])
-        if addr is None:
-            return Unparsed(t, "smtpd connect")
-        return Connect(t, (host, pid), addr, m["name"])
-    if msg.startswith("disconnect from "):
-        m = _DISCONNECT.match(msg)
-        addr = m and client_address(m["addr"])
-        if addr is None:
-            return Unparsed(t, "smtpd disconnect")
-        return Disconnect(t, (host, pid), addr)
-    m = _QID_MSG.match(msg)
-    if m is None:
-        return None
-    qid, rest = m["qid"], m["rest"]
+def _split(msg: str) -> tuple[str, str]:
+    """(what stands before the first ": ", the rest): a queue id, NOQUEUE, or anything else.
+
+    Callers check the keyword of the rest first (cheap) and validate the queue id after.
+    """
+    i = msg.find(": ", 0, 40)
+    return (msg[:i], msg[i + 2 :]) if i > 0 else ("", msg)
+
+
+def _is_qid(text: str) -> bool:
+    return _QID.fullmatch(text) is not None
+
+
+def _smtpd(t: float, daemon: str, msg: str) -> Event | None:
+    qid, rest = _split(msg)
     if rest.startswith("client="):
-        if qid == "NOQUEUE":
-            return None
+        if not _is_qid(qid):
+            return None  # NOQUEUE: client= (a before-queue proxy) starts no message
         c = _CLIENT.match(rest)
         addr = c and client_address(c["addr"])
         if addr is None:
             return Unparsed(t, "smtpd client=")
         orig = client_address(c["oaddr"]) if c["oaddr"] else None
-        return ClientSeen(t, qid, (host, pid), addr, c["name"], c["user"] or None, orig)
+        return ClientSeen(t, qid, addr, c["name"], c["user"] or None, orig)
     return _reject(t, qid, rest)
 
 
 def _reject(t: float, qid: str, rest: str) -> Event | None:
     m = _REJECT.match(rest)
-    if m is None:
+    if m is None or not (qid == "NOQUEUE" or _is_qid(qid)):
         return None
     addr = client_address(m["addr"])
     if addr is None:
@@ -132,48 +134,39 @@ def _reject(t: float, qid: str, rest: str) -> Event | None:
     )
 
 
-def _qmgr(t: float, msg: str) -> Event | None:
-    m = _QID_MSG.match(msg)
-    if m is None or m["qid"] == "NOQUEUE":
-        return None
-    rest = m["rest"]
-    if rest == "removed":
-        return Removed(t, m["qid"])
-    if rest.startswith("from=<") and rest.endswith("(queue active)"):
-        f = _QMGR_FROM.match(rest)
-        if f is None:
+def _qmgr(t: float, daemon: str, msg: str) -> Event | None:
+    m = _QMGR.match(msg)
+    if m is None:
+        if msg.endswith("(queue active)"):
             return Unparsed(t, "qmgr from=")
-        return QueueActive(t, m["qid"], f["sender"], int(f["size"]), int(f["nrcpt"]))
-    return None
-
-
-def _pickup(t: float, msg: str) -> Event | None:
-    m = _QID_MSG.match(msg)
-    if m is None or m["qid"] == "NOQUEUE":
         return None
-    p = _PICKUP.match(m["rest"])
+    if m["removed"]:
+        return Removed(t, m["qid"])
+    return QueueActive(t, m["qid"], m["sender"], int(m["size"]), int(m["nrcpt"]))
+
+
+def _pickup(t: float, daemon: str, msg: str) -> Event | None:
+    qid, rest = _split(msg)
+    if not rest.startswith("uid=") or not _is_qid(qid):
+        return None
+    p = _PICKUP.match(rest)
     if p is None:
         return Unparsed(t, "pickup")
-    return Pickup(t, m["qid"], int(p["uid"]), p["sender"])
+    return Pickup(t, qid, int(p["uid"]), p["sender"])
 
 
-def _cleanup(t: float, msg: str) -> Event | None:
-    m = _QID_MSG.match(msg)
-    if m is None:
-        return None
-    rest = m["rest"]
+def _cleanup(t: float, daemon: str, msg: str) -> Event | None:
+    qid, rest = _split(msg)
     if rest.startswith("message-id="):
         return None
-    if m["qid"] != "NOQUEUE" and (rest.startswith("removed") or _CLEANUP_DROP.match(rest)):
-        return Removed(t, m["qid"])
-    return _reject(t, m["qid"], rest)
+    if (rest.startswith("removed") or _CLEANUP_DROP.match(rest)) and _is_qid(qid):
+        return Removed(t, qid)
+    return _reject(t, qid, rest)
 
 
-def _postsuper(t: float, msg: str) -> Event | None:
-    m = _QID_MSG.match(msg)
-    if m is None or m["rest"] != "removed":
-        return None
-    return Removed(t, m["qid"])
+def _postsuper(t: float, daemon: str, msg: str) -> Event | None:
+    qid, rest = _split(msg)
+    return Removed(t, qid) if rest == "removed" and _is_qid(qid) else None
 
 
 def _address_ends(text: str, start: int) -> list[int]:
@@ -203,11 +196,8 @@ def _address_ends(text: str, start: int) -> list[int]:
 
 
 def _delivery(t: float, agent: str, msg: str) -> Event | None:
-    m = _QID_MSG.match(msg)
-    if m is None or m["qid"] == "NOQUEUE":
-        return None
-    rest = m["rest"]
-    if not rest.startswith("to="):
+    qid, rest = _split(msg)
+    if not rest.startswith("to=") or not _is_qid(qid):
         return None
     for end in _address_ends(rest, 4):
         tail = _DELIVERY_TAIL.match(rest, end + 3)
@@ -220,29 +210,32 @@ def _delivery(t: float, agent: str, msg: str) -> Event | None:
             # keep the delivery but trust no relay it names.
             relay, raddr = "?", None
         return Delivery(
-            t, m["qid"], agent, rest[4:end], tail["orig"], relay, raddr, tail["status"], tail["reply"] or ""
+            t, qid, agent, rest[4:end], tail["orig"], relay, raddr, tail["status"], tail["reply"] or ""
         )
     return Unparsed(t, f"{agent} to=")
 
 
-def parse_message(daemon: str, t: float, host: str, pid: int, msg: str) -> Event | None:
-    """The event a Postfix daemon's message carries; None for lines with nothing relaywatch uses."""
-    if daemon in DELIVERY_AGENTS:
-        return _delivery(t, daemon, msg)
-    if daemon == "smtpd":
-        return _smtpd(t, host, pid, msg)
-    if daemon == "qmgr" or daemon == "nqmgr":
-        return _qmgr(t, msg)
-    if daemon == "cleanup":
-        return _cleanup(t, msg)
-    if daemon == "pickup":
-        return _pickup(t, msg)
-    if daemon == "postscreen":
-        m = _QID_MSG.match(msg)
-        return _reject(t, m["qid"], m["rest"]) if m and m["qid"] == "NOQUEUE" else None
-    if daemon == "postsuper":
-        return _postsuper(t, msg)
-    return None
+def _postscreen(t: float, daemon: str, msg: str) -> Event | None:
+    qid, rest = _split(msg)
+    return _reject(t, qid, rest) if qid == "NOQUEUE" else None
+
+
+GRAMMARS: dict[str, Callable[[float, str, str], Event | None]] = {
+    "smtpd": _smtpd,
+    "qmgr": _qmgr,
+    "nqmgr": _qmgr,
+    "cleanup": _cleanup,
+    "pickup": _pickup,
+    "postscreen": _postscreen,
+    "postsuper": _postsuper,
+    **{agent: _delivery for agent in DELIVERY_AGENTS},
+}
+
+
+def parse_message(daemon: str, t: float, msg: str) -> Event | None:
+    """The event a Postfix program's message carries; None for lines with nothing relaywatch uses."""
+    grammar = GRAMMARS.get(daemon)
+    return grammar(t, daemon, msg) if grammar is not None else None
 
 
 # --- timestamps --------------------------------------------------------------
@@ -253,12 +246,13 @@ class YearResolver:
 
     With an explicit first year, a jump back of more than six months (Dec -> Jan)
     starts the next year. Without one, each stamp takes the year that puts it
-    at or before `reference` (the file's mtime: the log cannot be from the future).
+    at or before `reference` (the file's mtime, or now for a live log: a log
+    line cannot be from the future).
     """
 
     def __init__(self, year: int | None = None, reference: float | None = None) -> None:
         self.year = year
-        self.reference = _time.time() if reference is None else reference
+        self.reference = reference  # None: now, for a live log that crosses New Year
         self._last_month = 0
 
     def epoch(self, month: int, day: int, hms: str) -> float:
@@ -268,9 +262,10 @@ class YearResolver:
                 self.year += 1
             self._last_month = month
             return _local_epoch(self.year, month, day, h, mi, s)
-        year = _time.localtime(self.reference).tm_year
+        reference = _time.time() if self.reference is None else self.reference
+        year = _time.localtime(reference).tm_year
         t = _local_epoch(year, month, day, h, mi, s)
-        if t > self.reference + 2 * 86400:
+        if t > reference + 2 * 86400:
             t = _local_epoch(year - 1, month, day, h, mi, s)
         return t
 
@@ -293,46 +288,46 @@ class LineParser:
     def __init__(self, years: YearResolver | None = None, syslog_names: tuple[str, ...] = ("postfix",)) -> None:
         self.years = years or YearResolver()
         self.syslog_names = syslog_names
-        self._stamps: dict[tuple[str, ...], float] = {}
+        self._stamps: dict[str, float] = {}
 
     def parse(self, line: str) -> Event | None:
         """One event per line: a fact, Unparsed, or None (a line with nothing relaywatch uses)."""
         first = line[:1]
         if first == "{":
             return self._journal(line)
-        if first.isdigit():
-            m = _RFC3339.match(line)
-            if m is None:
-                return Unparsed(0.0, "no syslog envelope")
-            t = self._rfc3339(m["sec"], m["frac"], m["tz"])
-        else:
-            m = _BSD.match(line)
-            if m is None:
-                return Unparsed(0.0, "no syslog envelope")
-            t = self._bsd(m["mon"], m["day"], m["hms"])
+        rfc3339 = first.isdigit()
+        m = (_RFC3339 if rfc3339 else _BSD).match(line)
+        if m is None:
+            return Unparsed(0.0, "no syslog envelope")
+        prefix, daemon, msg = m.group("prefix", "daemon", "msg")
+        grammar = GRAMMARS.get(daemon)
+        if grammar is None or prefix is None or not prefix.startswith(self.syslog_names):
+            return None
+        t = self._rfc3339(m) if rfc3339 else self._bsd(m)
         if t != t:
             return Unparsed(0.0, "impossible timestamp")
-        pid = m["pid"]
-        return self._message(m["tag"], t, m["host"], int(pid) if pid else 0, m["msg"])
+        if msg[-1:] == "\r":
+            msg = msg.rstrip("\r")
+        return grammar(t, daemon, msg)
 
-    def _message(self, tag: str, t: float, host: str, pid: int, msg: str) -> Event | None:
-        name, _, rest = tag.partition("/")
-        if not rest or not name.startswith(self.syslog_names):
+    def _daemon(self, tag: str) -> str | None:
+        """The Postfix program a syslog tag names (the last component), or None for other programs."""
+        slash = tag.rfind("/")
+        if slash < 0 or not tag.startswith(self.syslog_names):
             return None
-        daemon = rest.rpartition("/")[2]
-        return parse_message(daemon, t, host, pid, msg.rstrip("\r\n"))
+        return tag[slash + 1:]
 
-    def _bsd(self, mon: str, day: str, hms: str) -> float:
-        key = (mon, day, hms)
-        t = self._stamps.get(key)
+    def _bsd(self, m: re.Match[str]) -> float:
+        t = self._stamps.get(m["stamp"])
         if t is None:
-            month = _MONTHS.get(mon)
-            t = self.years.epoch(month, int(day), hms) if month else float("nan")
-            self._remember(key, t)
+            month = _MONTHS.get(m["mon"])
+            t = self.years.epoch(month, int(m["day"]), m["hms"]) if month else float("nan")
+            self._remember(m["stamp"], t)
         return t
 
-    def _rfc3339(self, sec: str, frac: str | None, tz: str) -> float:
-        key = (sec, tz)
+    def _rfc3339(self, m: re.Match[str]) -> float:
+        sec, frac, tz = m.group("sec", "frac", "tz")
+        key = sec + tz
         t = self._stamps.get(key)
         if t is None:
             try:
@@ -342,7 +337,7 @@ class LineParser:
             self._remember(key, t)
         return t + float(frac) if frac else t
 
-    def _remember(self, key: tuple[str, ...], t: float) -> None:
+    def _remember(self, key: str, t: float) -> None:
         if len(self._stamps) >= 4096:
             self._stamps.clear()
         self._stamps[key] = t
@@ -356,9 +351,11 @@ class LineParser:
             if isinstance(msg, list):
                 msg = bytes(msg).decode("utf-8", "replace")
             t = int(rec["__REALTIME_TIMESTAMP"]) / 1e6
-            pid = int(rec.get("SYSLOG_PID") or rec.get("_PID") or 0)
         except (ValueError, TypeError, KeyError, AttributeError):
             return Unparsed(0.0, "journal record")
         if not isinstance(ident, str) or not isinstance(msg, str):
             return Unparsed(t, "journal record without identifier or message")
-        return self._message(ident, t, str(rec.get("_HOSTNAME", "")), pid, msg)
+        daemon = self._daemon(ident)
+        if daemon is None:
+            return None
+        return parse_message(daemon, t, msg.rstrip("\r\n"))

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from .model import Decision, Relayed
+from .timeline import text_block
 
 if TYPE_CHECKING:
     from .engine import ReplayResult
@@ -108,7 +109,7 @@ def to_json(result: ReplayResult) -> str:
     )
 
 
-def _describe(d: Decision) -> str:
+def describe(d: Decision) -> str:
     what = f"{d.count} relayed recipients" if d.rule != "relay_probe" else f"{d.count} relay attempts refused"
     if d.clients:
         what += f" from {d.clients} clients"
@@ -131,9 +132,11 @@ def to_text(result: ReplayResult, dry_run: bool = True) -> str:
         out.append("  none")
     for d in result.decisions:
         action = f"{verb}block" if d.action == "block" else "alert"
-        out.append(f"  {iso(d.time)}  {action:<11} {d.kind:<11} {d.target:<22} {_describe(d)}")
+        out.append(f"  {iso(d.time)}  {action:<11} {d.kind:<11} {d.target:<22} {describe(d)}")
         for line in d.evidence[-2:]:
             out.append(f"      | {line[:160]}")
+    out.append("")
+    out.append(text_block(result.timeline).rstrip("\n"))
     titles = {
         "clients": "Top relaying clients",
         "senders": "Top senders of relayed mail",

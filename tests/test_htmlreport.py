@@ -1,0 +1,166 @@
+"""The HTML report for a seed-like flood day: markers at their times, top tables, escaping, no fetches."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from datetime import datetime
+from html.parser import HTMLParser
+
+import pytest
+
+from relaywatch.audit import Finding
+from relaywatch.engine import ReplayResult, Totals
+from relaywatch.htmlreport import esc, render_html
+from relaywatch.model import Decision, Relayed, RelayDenied
+from relaywatch.report import Tally
+from relaywatch.timeline import Timeline
+
+T0 = 1_047_772_800.0  # 2003-03-16 00:00 UTC
+FLOOD = T0 + 2 * 3600 - 22  # 01:59:38, as in the thread
+HOSTILE = '<script>alert("x")</script>@evil.example'
+SVG_NS = "{http://www.w3.org/2000/svg}"
+
+
+def seed_day() -> tuple[ReplayResult, Timeline, list[Decision]]:
+    """A LAN host all day, a rotating /16 flood for an hour, a relay probe, one hostile sender."""
+    facts: list[Relayed | RelayDenied] = []
+    for i in range(24 * 10):
+        facts.append(Relayed(T0 + i * 360, f"L{i}", "192.168.0.10", None, "zebra@woodelf.org", f"u{i}@gmail.com",
+                             "gmail.com", "sent"))
+    for i in range(2400):
+        client = f"218.144.{100 + i % 21}.{i * 7 % 250 + 1}"
+        facts.append(Relayed(FLOOD + i * 1.5, f"F{i}", client, None, "journeypark@hananet.net",
+                             f"r{i}@hanmail.net", "hanmail.net", "deferred" if i % 2 else "sent"))
+    facts += [RelayDenied(T0 + 14 * 3600 + i, "211.72.97.40", None) for i in range(30)]
+    facts.append(Relayed(T0 + 5 * 3600, "H1", "203.0.113.9", "<b>user</b>", HOSTILE, "a@x.example", "x.example",
+                         "sent"))
+    decisions = [
+        Decision(FLOOD + 94, "block", "subnet", "218.144.0.0/16", "wide_subnet", 60, 600, clients=26),
+        Decision(FLOOD + 153, "alert", "sender", "journeypark@hananet.net", "sender", 100, 600),
+        Decision(T0 + 5 * 3600, "alert", "sender", HOSTILE, "sender", 100, 600),
+        Decision(T0 + 14 * 3600 + 19, "alert", "client", "211.72.97.40", "relay_probe", 20, 600),
+    ]
+    totals, tally, tl = Totals(), Tally(), Timeline()
+    for f in sorted(facts, key=lambda f: f.time):
+        tl.observe(f)
+        if isinstance(f, Relayed):
+            totals.relayed += 1
+            tally.add_relayed(f)
+        else:
+            totals.relay_denied += 1
+            tally.relay_denied.add(f.client)
+    for d in decisions:
+        tl.decision(d)
+    tl.note(T0 + 20 * 3600, "unblock", "218.144.0.0/16")
+    totals.first_time, totals.last_time, totals.lines = T0, T0 + 86399, 25944
+    return ReplayResult(totals, len(facts), decisions, tally), tl, decisions
+
+
+@pytest.fixture(scope="module")
+def day() -> tuple[str, list[Decision]]:
+    result, tl, decisions = seed_day()
+    findings = [Finding("error", "mynetworks-public", "mynetworks trusts 2 public /8 networks",
+                        "Anyone in 61.0.0.0/8 may relay <through> you.", "Set mynetworks = 127.0.0.0/8")]
+    return render_html(result, tl, findings), decisions
+
+
+def svgs(page: str) -> list[ET.Element]:
+    return [ET.fromstring(m) for m in re.findall(r"<svg\b.*?</svg>", page, re.S)]
+
+
+class Tables(HTMLParser):
+    """h3 title -> rows of cell texts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self.title: str | None = None
+        self.tag = ""
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        self.tag = tag
+        if tag == "tr" and self.title is not None:
+            self.tables[self.title].append([])
+
+    def handle_data(self, data: str) -> None:
+        if self.tag == "h3":
+            self.title = data
+            self.tables[data] = []
+        elif self.tag in ("td", "th", "span") and self.title is not None and self.tables[self.title]:
+            self.tables[self.title][-1].append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        self.tag = ""
+
+
+def test_blocks_and_alerts_are_on_the_time_axis_at_their_times(day):
+    page, decisions = day
+    chart = svgs(page)[0]
+    t0, t1 = float(chart.get("data-t0")), float(chart.get("data-t1"))
+    x0, x1 = float(chart.get("data-x0")), float(chart.get("data-x1"))
+    lines = {float(e.get("data-t")): float(e.get("x1")) for e in chart.iter(f"{SVG_NS}line")
+             if e.get("class") == "marker"}
+    assert t0 <= T0 and t1 >= T0 + 20 * 3600
+    for d in decisions:
+        assert lines[d.time] == pytest.approx(x0 + (d.time - t0) / (t1 - t0) * (x1 - x0), abs=0.06)
+    assert T0 + 20 * 3600 in lines  # the unblock
+    labels = [e.text for e in chart.iter(f"{SVG_NS}text")]
+    assert "1 block 218.144.0.0/16" in labels
+
+
+def test_the_zoom_shows_the_first_block_inside_its_two_hours(day):
+    page, decisions = day
+    zoom = svgs(page)[1]
+    t0, t1 = float(zoom.get("data-t0")), float(zoom.get("data-t1"))
+    assert t1 - t0 == 7200 and t0 < decisions[0].time < t1
+    times = [float(e.get("data-t")) for e in zoom.iter(f"{SVG_NS}line") if e.get("class") == "marker"]
+    assert times == [decisions[0].time, decisions[1].time]
+
+
+def test_the_tables_hold_the_top_entries(day):
+    page, _ = day
+    parser = Tables()
+    parser.feed(page)
+    tables = parser.tables
+    assert tables["Top relaying clients"][1] == ["192.168.0.10", "240"]
+    assert tables["Top senders of relayed mail"][1] == ["journeypark@hananet.net", "2,400"]
+    assert tables["Top destination domains"][1] == ["hanmail.net", "2,400", "1,200 (50%)", "0"]
+    assert tables["Highest deferral ratio (10+ recipients)"][1][0] == "hanmail.net"
+    assert tables["Top clients refused relay"][1] == ["211.72.97.40", "30"]
+    assert tables["Top SASL users (relayed)"][1] == ["<b>user</b>", "1"]
+    events = tables["Decisions on the timeline"]
+    when = datetime.fromtimestamp(FLOOD + 94).astimezone().strftime("%Y-%m-%d %H:%M:%S")  # local time, as iso()
+    assert events[1][:5] == ["1", when, "block", "subnet", "218.144.0.0/16"]
+    assert events[-1][2] == "unblock"
+
+
+def test_findings_come_first_and_every_log_string_is_escaped(day):
+    page, _ = day
+    assert page.index("mynetworks trusts 2 public /8 networks") < page.index("<h2>Timeline</h2>")
+    assert "<script" not in page and "<b>user" not in page and "<through>" not in page
+    assert esc(HOSTILE) in page and "&lt;b&gt;user&lt;/b&gt;" in page
+    assert esc(HOSTILE) == "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;@evil.example"
+
+
+def test_the_page_fetches_nothing_and_its_svg_is_xml(day):
+    page, _ = day
+    assert not re.search(r"""\b(src|href|xlink:href)\s*=\s*["']?\s*(https?:)?//""", page, re.I)
+    assert "@import" not in page and "url(" not in page and "<link" not in page and "<img" not in page
+    assert len(svgs(page)) == 2  # the day, and the zoom on the first block
+
+
+def test_control_characters_from_the_log_cannot_break_the_svg():
+    tl = Timeline()
+    tl.observe(Relayed(T0, "Q", "203.0.113.9", None, "a\x00\x1b\ud800b@x.example", "r@x.example", "x.example",
+                       "sent"))
+    result = ReplayResult(Totals(relayed=1, first_time=T0, last_time=T0), 1, [], Tally())
+    page = render_html(result, tl)
+    assert "\x00" not in page and "\x1b" not in page
+    page.encode("utf-8")
+    svgs(page)
+
+
+def test_an_empty_period_still_renders():
+    page = render_html(ReplayResult(Totals(), 0, [], Tally()), Timeline())
+    assert "Nothing was relayed" in page and "<svg" not in page
