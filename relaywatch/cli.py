@@ -50,6 +50,22 @@ def _blocker(cfg: config_mod.Config, store: Store) -> Blocker:
     return Blocker(store, Postfix(cfg.config_directory), maps, cfg.block_s)
 
 
+def _warn_if_ineffective(cfg: config_mod.Config, kind: str, target: str) -> None:
+    """The 2003 trap: a map consulted after permit_mynetworks blocks nobody inside mynetworks."""
+    from .audit import AuditMaps, block_ineffective_reason
+    from .postconf import postconf, postconf_services
+
+    try:
+        reason = block_ineffective_reason(
+            postconf(cfg.config_directory), postconf_services(cfg.config_directory), kind, target,
+            AuditMaps(cfg.client_access_map, cfg.sasl_access_map or None))
+    except (RelaywatchError, ValueError) as exc:
+        log.warning("cannot check whether Postfix enforces this block: %s", exc)
+        return
+    if reason:
+        click.echo(f"relaywatch: WARNING: Postfix will not enforce this block: {reason}", err=True)
+
+
 config_option = click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
                              help=f"relaywatch.toml to use (default: {DEFAULT_CONFIG} if it exists).")
 
@@ -182,6 +198,7 @@ def block(target: str, reason: str, duration: str | None, permanent: bool, confi
         _fail(exc)
     until = "permanently" if row.until is None else f"until {report.iso(row.until)}"
     click.echo(f"blocked {kind} {canonical} {until}")
+    _warn_if_ineffective(cfg, kind, canonical)
     if not synced:
         click.echo(f"relaywatch: the block is recorded but pending: {blocker.last_error}", err=True)
         sys.exit(1)
@@ -279,3 +296,79 @@ def notify_test(config_path: str | None, urls: tuple[str, ...]) -> None:
         click.echo(f"{'ok    ' if r.ok else 'FAILED'} {r.url}{'' if r.ok else f': {r.error}'}")
     if not all(r.ok for r in results):
         sys.exit(1)
+
+
+@main.command()
+@config_option
+def run(config_path: str | None) -> None:
+    """Follow the live mail log and act on it: the systemd service (SIGHUP reloads the config)."""
+    from .daemon import Daemon
+
+    if config_path is None and os.path.exists(DEFAULT_CONFIG):
+        config_path = DEFAULT_CONFIG
+    try:
+        daemon = Daemon(config_path, config_mod.load(config_path), _blocker)
+        code = daemon.run()
+    except RelaywatchError as exc:
+        log.error("%s", exc)
+        _fail(exc)
+    sys.exit(code)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON document for scripts.")
+@config_option
+def status(as_json: bool, config_path: str | None) -> None:
+    """Whether the daemon runs, where it is in the log, lag, busiest counters, blocks in force."""
+    try:
+        cfg = _load(config_path)
+        if not os.path.exists(cfg.database):
+            raise RelaywatchError(f"{cfg.database} does not exist: relaywatch has not run with this configuration")
+        store = Store(cfg.database)
+    except RelaywatchError as exc:
+        _fail(exc)
+    now = time.time()
+    daemon = store.meta("daemon") or {}
+    pid = daemon.get("pid")
+    running = bool(pid) and _alive(pid) and now - daemon.get("heartbeat", 0) < 30
+    last = daemon.get("last_log_time")
+    info = {
+        "running": running,
+        "pid": pid if running else None,
+        "source": daemon.get("source"),
+        "position": store.position(daemon["source"]) if daemon.get("source") else None,
+        "lines": daemon.get("lines"),
+        "relayed": daemon.get("relayed"),
+        "lag_s": round(now - last, 1) if running and last else None,
+        "busiest": store.busiest(int((now - 600) // 10)),
+        "blocks": [{"kind": b.kind, "target": b.target, "rule": b.rule,
+                    "until": None if b.until is None else report.iso(b.until)} for b in store.blocks(now)],
+        "pending": store.meta("map_pending"),
+        "notify": daemon.get("notify"),
+    }
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"relaywatch is {'running (pid %d)' % pid if running else 'not running'}")
+    click.echo(f"  source {info['source']}, position {json.dumps(info['position'])}")
+    click.echo(f"  {info['lines'] or 0:,} lines read, {info['relayed'] or 0:,} relayed"
+               + (f", lag {info['lag_s']} s" if info["lag_s"] is not None else ""))
+    for dim, rows in info["busiest"].items():
+        click.echo(f"  busiest {dim} (10 min): " + ", ".join(f"{k} {n}" for k, n in rows))
+    click.echo(f"  {len(info['blocks'])} blocks in force" + (" (PENDING: maps not yet written)" if info["pending"] else ""))
+    for b in info["blocks"]:
+        click.echo(f"    {b['kind']:<9} {b['target']:<24} {b['rule']:<12} until {b['until'] or 'forever'}")
+    if info["notify"]:
+        n = info["notify"]
+        click.echo(f"  notifications: {n.get('sent', 0)} sent, {n.get('failed', 0)} failed, "
+                   f"{n.get('pending', 0)} pending" + (f"; last error: {n['last_error']}" if n.get("last_error") else ""))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

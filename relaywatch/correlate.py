@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .model import (
@@ -54,18 +55,29 @@ class LocalDomains:
     """The domains Postfix accepts mail for (mydestination, virtual_*_domains, relay_domains).
 
     Mail to them is not relayed, whoever sent it: a backup MX forwarding to
-    the primary is doing its job. A leading dot matches subdomains.
+    the primary is doing its job. A leading dot matches subdomains. An empty
+    set can still be known (a pure relay host): `known` says whether the
+    domain of a recipient may decide at all.
     """
 
-    def __init__(self, domains: tuple[str, ...] = ()) -> None:
+    def __init__(self, domains: tuple[str, ...] = (), known: bool | None = None) -> None:
         self.exact = frozenset(d.lower() for d in domains if d and not d.startswith("."))
         self.parents = tuple(d.lower() for d in domains if d.startswith("."))
+        self.known = bool(domains) if known is None else known
 
     def __bool__(self) -> bool:
-        return bool(self.exact or self.parents)
+        return self.known
 
     def __contains__(self, domain: str) -> bool:
         return domain in self.exact or (bool(self.parents) and domain.endswith(self.parents))
+
+
+def _remote_host(addr: str) -> bool:
+    """A relay address that is another machine (not loopback, not a unix socket)."""
+    try:
+        return not ipaddress.ip_address(addr).is_loopback
+    except ValueError:
+        return False
 
 
 class Correlator:
@@ -74,6 +86,7 @@ class Correlator:
         local_domains: LocalDomains | None = None,
         max_messages: int = 100_000,
         max_idle_s: float = 6 * 3600,
+        track_changes: bool = False,
     ) -> None:
         self.local_domains = local_domains or LocalDomains()
         self.max_messages = max_messages
@@ -82,9 +95,45 @@ class Correlator:
         self._inherited: OrderedDict[str, tuple[str | None, str | None]] = OrderedDict()
         self.messages = 0
         self.evicted = 0
+        # queue ids whose state changed since `changes()`: the daemon persists them with its position
+        self._changed: set[str] | None = set() if track_changes else None
+        # where queued mail came from, until its queue file is removed: what `queue hold` needs
+        self._arrived: list[tuple[str, str, str | None, float]] = []
+        self._departed: list[str] = []
 
     def __len__(self) -> int:
         return len(self._open)
+
+    def _touch(self, qid: str) -> None:
+        if self._changed is not None:
+            self._changed.add(qid)
+
+    def origins(self) -> tuple[list[tuple[str, str, str | None, float]], list[str]]:
+        """Since the last call: (qid, client, sasl_user, time) of messages queued from a client,
+        and the queue ids Postfix removed. Kept only with `track_changes`."""
+        arrived, departed = self._arrived, self._departed
+        self._arrived, self._departed = [], []
+        return arrived, departed
+
+    def changes(self) -> tuple[list[tuple], list[str]]:
+        """Open messages changed since the last call, as rows (qid, first_seen, last_seen,
+        client, sasl_user, sender, nrcpt, recipients seen), and the queue ids now forgotten."""
+        rows, gone = [], []
+        for qid in self._changed or ():
+            msg = self._open.get(qid)
+            if msg is None:
+                gone.append(qid)
+            else:
+                rows.append((qid, msg.first_seen, msg.last_seen, msg.client, msg.sasl_user, msg.sender, msg.nrcpt,
+                             tuple(sorted(msg.seen))))
+        if self._changed is not None:
+            self._changed.clear()
+        return rows, gone
+
+    def load(self, rows: Iterable[tuple]) -> None:
+        """Open messages as `changes()` gave them, oldest first (a restarted daemon)."""
+        for qid, first, last, client, sasl_user, sender, nrcpt, seen in rows:
+            self._open[qid] = _Message(first, last, client, sasl_user, sender, nrcpt, set(seen))
 
     def feed(self, event: Event) -> Relayed | RelayDenied | None:
         """The fact this event completes, if any."""
@@ -96,10 +145,14 @@ class Correlator:
             if msg is not None:
                 msg.sender, msg.nrcpt, msg.last_seen = event.sender, event.nrcpt, event.time
                 self._open.move_to_end(event.qid)
+                self._touch(event.qid)
         elif kind is ClientSeen:
             self._client(event)
         elif kind is Removed:
-            self._open.pop(event.qid, None)
+            if self._open.pop(event.qid, None) is not None:
+                self._touch(event.qid)
+            if self._changed is not None:
+                self._departed.append(event.qid)
         elif kind is Reject:
             return self._reject(event)
         elif kind is Pickup:
@@ -109,6 +162,7 @@ class Correlator:
     def _start(self, qid: str, t: float, client: str | None, sasl_user: str | None) -> _Message:
         self._open.pop(qid, None)  # short ids are reused: a new client= is a new message
         msg = self._open[qid] = _Message(t, t, client, sasl_user)
+        self._touch(qid)
         self.messages += 1
         self._evict(t)
         return msg
@@ -124,10 +178,13 @@ class Correlator:
             elif inherited is not None:
                 client, sasl_user = inherited[0], sasl_user or inherited[1]
         self._start(e.qid, e.time, client, sasl_user)
+        if self._changed is not None:
+            self._arrived.append((e.qid, client, sasl_user, e.time))
 
     def _reject(self, e: Reject) -> RelayDenied | None:
         if e.qid is not None and e.stage in _ENDS_MESSAGE and e.action in _DROPS_MESSAGE:
-            self._open.pop(e.qid, None)
+            if self._open.pop(e.qid, None) is not None:
+                self._touch(e.qid)
         if e.relay_denied:
             return RelayDenied(e.time, e.client, e.qid)
         return None
@@ -143,6 +200,7 @@ class Correlator:
         msg.seen.add(d.recipient)
         msg.last_seen = d.time
         self._open.move_to_end(d.qid)
+        self._touch(d.qid)
         if msg.nrcpt and len(msg.seen) >= msg.nrcpt:
             del self._open[d.qid]
         if msg.client is None or not self._outbound(d):
@@ -152,17 +210,16 @@ class Correlator:
     def _outbound(self, d: Delivery) -> bool:
         if d.orig_to is not None and d.orig_to != d.recipient:
             return False  # an alias or .forward of a local recipient, not a relay
+        remote = d.agent in REMOTE_AGENTS
+        # relay=none (no MX answered) and an untrusted relay= (relay_addr None) count as remote
+        on_this_host = remote and d.relay_addr is not None and not _remote_host(d.relay_addr)
+        if not self.local_domains:
+            return remote and not on_this_host
         domain = domain_of(d.recipient)
-        if self.local_domains and domain in self.local_domains:
+        if not domain or domain in self.local_domains:
             return False
-        if d.agent in REMOTE_AGENTS:
-            if d.relay_addr is None:
-                return True  # relay=none (no MX reachable) or a relay= we must not trust
-            try:
-                return not ipaddress.ip_address(d.relay_addr).is_loopback
-            except ValueError:
-                return False  # a unix socket: local LMTP
-        return bool(self.local_domains) and bool(domain)
+        # a content filter's "queued as" hand-off: the re-injected copy is what counts
+        return not (on_this_host and d.status == "sent" and _QUEUED_AS.match(d.reply) is not None)
 
     def _link_filtered(self, d: Delivery, msg: _Message) -> None:
         """`250 ... queued as NEWQID` from our own loopback filter carries the origin on
@@ -178,14 +235,18 @@ class Correlator:
                 self._inherited.popitem(last=False)
         elif reinjected.client is not None and is_loopback(reinjected.client):
             reinjected.client, reinjected.sasl_user = msg.client, reinjected.sasl_user or msg.sasl_user
+            self._touch(new_qid)
+            if self._changed is not None and msg.client is not None:
+                self._arrived.append((new_qid, msg.client, reinjected.sasl_user, d.time))
 
     def _evict(self, now: float) -> None:
         while len(self._open) > self.max_messages:
-            self._open.popitem(last=False)
+            self._touch(self._open.popitem(last=False)[0])
             self.evicted += 1
         while self._open:
             qid, oldest = next(iter(self._open.items()))
             if now - oldest.last_seen <= self.max_idle_s:
                 break
             del self._open[qid]
+            self._touch(qid)
             self.evicted += 1

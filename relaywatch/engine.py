@@ -36,10 +36,14 @@ class Totals:
 
 
 class Pipeline:
-    def __init__(self, config: Config, store: Store) -> None:
+    def __init__(self, config: Config, store: Store, local_domains: LocalDomains | None = None,
+                 persist_messages: bool = False) -> None:
+        """`persist_messages`: keep open messages in the store too, so that a restarted
+        daemon still correlates a delivery whose client= line it read before."""
         self.config = config
         self.store = store
-        self.correlator = Correlator(LocalDomains(config.local_domains))
+        self.correlator = Correlator(local_domains or LocalDomains(config.local_domains),
+                                     track_changes=persist_messages)
         self.detector = Detector(config.rules, config.allow_networks, config.allow_sasl_users, config.block_s)
         self.totals = Totals()
         self.tally = Tally()
@@ -54,6 +58,7 @@ class Pipeline:
             self.detector.restore(dim, bucket, key, n)
         for b in self.store.blocks(now):
             self.detector.remember_block(b.kind, b.target, float("inf") if b.until is None else b.until)
+        self.correlator.load(self.store.open_messages())
 
     def feed(self, line: str, parser: LineParser) -> Sequence[Decision]:
         totals = self.totals
@@ -102,7 +107,8 @@ class Pipeline:
     def flush(self, position: tuple[str, dict] | None = None) -> None:
         """Write pending counts and decisions (and the source position) in one transaction."""
         rows = [(dim, bucket, key, n) for (dim, bucket, key), n in self._counts.items()]
-        self.store.commit_batch(rows, self._decisions, position)
+        self.store.commit_batch(rows, self._decisions, position, self.correlator.changes(),
+                                self.correlator.origins())
         self._counts.clear()
         self._decisions.clear()
 

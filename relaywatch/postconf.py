@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -54,3 +55,19 @@ def postconf_services(config_directory: str | Path | None = None) -> dict[str, d
         if param:
             services.setdefault(f"{service}/{kind}", {})[param] = value
     return services
+
+
+LOCAL_DOMAIN_PARAMS = ("mydestination", "virtual_alias_domains", "virtual_mailbox_domains", "relay_domains")
+
+
+def local_domains(params: dict[str, str]) -> tuple[str, ...] | None:
+    """The domains this Postfix accepts mail for, or None when a lookup table or file hides some."""
+    found: list[str] = []
+    for name in LOCAL_DOMAIN_PARAMS:
+        for item in re.split(r"[\s,]+", params.get(name, "")):
+            if not item:
+                continue
+            if ":" in item or item.startswith("/"):
+                return None
+            found.append(item.lower())
+    return tuple(found)

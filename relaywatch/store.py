@@ -7,8 +7,10 @@ WAL with synchronous=FULL: relaywatch must remember what it blocked.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import sqlite_utils
@@ -26,11 +28,42 @@ CREATE TABLE IF NOT EXISTS decisions (
     clients INTEGER NOT NULL, evidence TEXT NOT NULL, sample_qids TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS positions (source TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS blocks (
+    kind TEXT NOT NULL, target TEXT NOT NULL, reason TEXT NOT NULL, rule TEXT NOT NULL,
+    since REAL NOT NULL, until REAL,
+    PRIMARY KEY (kind, target)
+);
+CREATE TABLE IF NOT EXISTS offences (
+    kind TEXT NOT NULL, target TEXT NOT NULL, count INTEGER NOT NULL, last REAL NOT NULL,
+    PRIMARY KEY (kind, target)
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS origins (
+    qid TEXT PRIMARY KEY, client TEXT NOT NULL, sasl_user TEXT, time REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS origins_client ON origins (client);
+CREATE TABLE IF NOT EXISTS open_messages (
+    qid TEXT PRIMARY KEY, first_seen REAL NOT NULL, last_seen REAL NOT NULL, client TEXT, sasl_user TEXT,
+    sender TEXT NOT NULL, nrcpt INTEGER NOT NULL, seen TEXT NOT NULL
+) WITHOUT ROWID;
 """
 _UPSERT = (
     "INSERT INTO counts (dim, bucket, key, n) VALUES (?, ?, ?, ?) "
     "ON CONFLICT (dim, bucket, key) DO UPDATE SET n = n + excluded.n"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class BlockRow:
+    """A block as remembered: `until` None is permanent; `offences` counts every block ever."""
+
+    kind: str
+    target: str
+    reason: str
+    rule: str
+    since: float
+    until: float | None
+    offences: int = 1
 
 
 class Store:
@@ -53,9 +86,21 @@ class Store:
         counts: Iterable[tuple[str, int, str, int]],
         decisions: Iterable[Decision] = (),
         position: tuple[str, dict] | None = None,
+        messages: tuple[list[tuple], list[str]] = ([], []),
+        origins: tuple[list[tuple], list[str]] = ([], []),
     ) -> None:
-        """Counts, decisions and where the source stands, all or nothing."""
+        """Counts, decisions, open messages, origins of queued mail and where the source stands:
+        all or nothing."""
+        rows, gone = messages
+        arrived, departed = origins
         with self.db.atomic():
+            self.db.conn.executemany("INSERT OR REPLACE INTO origins VALUES (?, ?, ?, ?)", arrived)
+            self.db.conn.executemany("DELETE FROM origins WHERE qid = ?", [(qid,) for qid in departed])
+            self.db.conn.executemany(
+                "INSERT OR REPLACE INTO open_messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(*row[:7], json.dumps(row[7])) for row in rows],
+            )
+            self.db.conn.executemany("DELETE FROM open_messages WHERE qid = ?", [(qid,) for qid in gone])
             self.db.conn.executemany(_UPSERT, counts)
             self.db.conn.executemany(
                 "INSERT INTO decisions (time, action, kind, target, rule, count, window_s, clients, evidence,"
@@ -79,6 +124,29 @@ class Store:
             "SELECT dim, bucket, key, n FROM counts WHERE bucket >= ? ORDER BY bucket", [bucket]
         )
 
+    def queue_ids(self, client: str | None = None, sasl_user: str | None = None,
+                  network: str | None = None) -> list[str]:
+        """Queue ids of mail that came from this client, SASL user or network and is not yet removed."""
+        if client is not None:
+            rows = self.db.execute("SELECT qid FROM origins WHERE client = ?", [client])
+        elif sasl_user is not None:
+            rows = self.db.execute("SELECT qid FROM origins WHERE sasl_user = ?", [sasl_user])
+        else:
+            net = ipaddress.ip_network(network or "")
+            return [qid for qid, c in self.db.execute("SELECT qid, client FROM origins")
+                    if ipaddress.ip_address(c) in net]
+        return [row[0] for row in rows]
+
+    def prune_origins(self, before: float) -> int:
+        """Forget origins older than Postfix keeps mail (maximal_queue_lifetime, 5 days by default)."""
+        with self.db.atomic():
+            return self.db.execute("DELETE FROM origins WHERE time < ?", [before]).rowcount
+
+    def open_messages(self) -> list[tuple]:
+        """Messages a restarted daemon must still correlate, oldest first."""
+        return [(*row[:7], tuple(json.loads(row[7]))) for row in
+                self.db.execute("SELECT * FROM open_messages ORDER BY last_seen")]
+
     def position(self, source: str) -> dict | None:
         row = self.db.execute("SELECT value FROM positions WHERE source = ?", [source]).fetchone()
         return json.loads(row[0]) if row else None
@@ -94,3 +162,68 @@ class Store:
         """Forget counts older than every window; returns how many rows went."""
         with self.db.atomic():
             return self.db.execute("DELETE FROM counts WHERE bucket < ?", [before_bucket]).rowcount
+
+    # --- blocks -------------------------------------------------------------------
+
+    def offences(self, kind: str, target: str) -> int:
+        row = self.db.execute("SELECT count FROM offences WHERE kind = ? AND target = ?", [kind, target]).fetchone()
+        return row[0] if row else 0
+
+    def add_block(self, row: BlockRow) -> None:
+        """Record a block (replacing an earlier one of the same target) and count the offence."""
+        with self.db.atomic():
+            self.db.execute(
+                "INSERT OR REPLACE INTO blocks (kind, target, reason, rule, since, until) VALUES (?, ?, ?, ?, ?, ?)",
+                [row.kind, row.target, row.reason, row.rule, row.since, row.until],
+            )
+            self.db.execute(
+                "INSERT INTO offences (kind, target, count, last) VALUES (?, ?, 1, ?) "
+                "ON CONFLICT (kind, target) DO UPDATE SET count = count + 1, last = excluded.last",
+                [row.kind, row.target, row.since],
+            )
+
+    def remove_block(self, kind: str, target: str) -> bool:
+        with self.db.atomic():
+            return self.db.execute("DELETE FROM blocks WHERE kind = ? AND target = ?", [kind, target]).rowcount > 0
+
+    def blocks(self, now: float | None = None) -> list[BlockRow]:
+        """Blocks in force at `now` (all remembered ones when None), oldest first."""
+        sql = (
+            "SELECT b.kind, b.target, b.reason, b.rule, b.since, b.until, COALESCE(o.count, 1) FROM blocks b "
+            "LEFT JOIN offences o ON o.kind = b.kind AND o.target = b.target"
+        )
+        args: list = []
+        if now is not None:
+            sql += " WHERE b.until IS NULL OR b.until > ?"
+            args.append(now)
+        return [BlockRow(*r) for r in self.db.execute(sql + " ORDER BY b.since, b.kind, b.target", args)]
+
+    def expire_blocks(self, now: float) -> list[BlockRow]:
+        """Forget blocks whose time is up; returns them."""
+        with self.db.atomic():
+            gone = [b for b in self.blocks() if b.until is not None and b.until <= now]
+            self.db.execute("DELETE FROM blocks WHERE until IS NOT NULL AND until <= ?", [now])
+        return gone
+
+    def set_meta(self, key: str, value: object) -> None:
+        with self.db.atomic():
+            self.db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [key, json.dumps(value, sort_keys=True)],
+            )
+
+    def meta(self, key: str, default: object = None) -> object:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def busiest(self, since_bucket: int, per_dim: int = 5) -> dict[str, list[tuple[str, int]]]:
+        """The largest window totals per dimension since `since_bucket`."""
+        out: dict[str, list[tuple[str, int]]] = {}
+        rows = self.db.execute(
+            "SELECT dim, key, SUM(n) AS total FROM counts WHERE bucket >= ? GROUP BY dim, key "
+            "ORDER BY dim, total DESC, key", [since_bucket])
+        for dim, key, total in rows:
+            top = out.setdefault(dim, [])
+            if len(top) < per_dim:
+                top.append((key, total))
+        return out

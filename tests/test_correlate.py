@@ -158,3 +158,39 @@ Mar 16 09:00:00 zebra postfix/smtpd[1]: 1D8CC1CA0A7F: client=unknown[192.0.2.151
 Mar 16 09:00:01 zebra postfix/smtpd[1]: 1D8CC1CA0A7F: milter-reject: END-OF-MESSAGE from unknown[192.0.2.151]: 550 5.7.1 Command rejected; from=<s@x.example> to=<h@y.example> proto=ESMTP helo=<z>
 """, correlator)
     assert len(correlator) == 0
+
+
+def test_a_loopback_relayhost_counts_when_the_local_domains_are_known():
+    lines = """
+Mar 16 09:00:00 zebra postfix/smtpd[1]: 1A2B3C4D5E: client=unknown[127.0.0.9]
+Mar 16 09:00:01 zebra postfix/qmgr[2]: 1A2B3C4D5E: from=<a@b.example>, size=900, nrcpt=2 (queue active)
+Mar 16 09:00:02 zebra postfix/smtp[3]: 1A2B3C4D5E: to=<x@far.example>, relay=127.0.0.1[127.0.0.1]:2525, delay=1, status=sent (250 2.0.0 Ok)
+Mar 16 09:00:02 zebra postfix/smtp[3]: 1A2B3C4D5E: to=<y@far.example>, relay=127.0.0.1[127.0.0.1]:10024, delay=1, status=sent (250 2.0.0 Ok: queued as 2B3C4D5E6F)
+"""
+    assert run(lines) == []  # without local domains a loopback hop may be a content filter
+    facts = run(lines, Correlator(LocalDomains((), known=True)))
+    assert [f.recipient for f in facts] == ["x@far.example"]
+
+
+def test_open_messages_survive_a_restart_through_changes_and_load():
+    first = Correlator(track_changes=True)
+    head, tail = SEED_MESSAGE.strip().splitlines()[:4], SEED_MESSAGE.strip().splitlines()[4:]
+    assert run("\n".join(head), first) == []
+    rows, gone = first.changes()
+    assert [r[0] for r in rows] == ["8D076AE17"] and gone == []
+    assert first.changes() == ([], [])
+    second = Correlator(track_changes=True)
+    second.load(rows)
+    [fact] = run("\n".join(tail), second)
+    assert (fact.client, fact.sender) == ("218.144.108.161", "journeypark@hananet.net")
+    assert second.changes() == ([], ["8D076AE17"])  # every recipient seen: forgotten
+
+
+def test_origins_of_queued_mail_are_reported_until_removed():
+    correlator = Correlator(track_changes=True)
+    run(SEED_MESSAGE + "Mar 16 02:00:12 zebra postfix/qmgr[24493]: 8D076AE17: removed\n", correlator)
+    arrived, departed = correlator.origins()
+    assert [(q, c) for q, c, _, _ in arrived] == [("8D076AE17", "218.144.108.161")]
+    assert departed == ["8D076AE17"]
+    assert correlator.origins() == ([], [])
+    assert Correlator().origins() == ([], [])

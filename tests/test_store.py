@@ -60,3 +60,16 @@ def test_memory_store_for_dry_runs():
     store = Store(None)
     store.commit_batch([("client", 1, "k", 1)], [decision()])
     assert store.decisions() == [decision()]
+
+
+def test_origins_of_queued_mail_until_postfix_removes_it(tmp_path):
+    store = Store(tmp_path / "state.db")
+    store.commit_batch([], origins=([("8D076AE17", "218.144.108.161", None, 100.0),
+                                     ("8D076AE18", "218.144.9.9", None, 101.0),
+                                     ("8D076AE19", "203.0.113.5", "alice", 102.0)], []))
+    store.commit_batch([], origins=([], ["8D076AE18"]))
+    assert store.queue_ids(client="218.144.108.161") == ["8D076AE17"]
+    assert store.queue_ids(network="218.144.0.0/16") == ["8D076AE17"]
+    assert store.queue_ids(sasl_user="alice") == ["8D076AE19"]
+    assert store.prune_origins(101.5) == 1
+    assert store.queue_ids(network="0.0.0.0/0") == ["8D076AE19"]

@@ -1,0 +1,5 @@
+"""python -m relaywatch"""
+
+from .cli import main
+
+main()

@@ -1,0 +1,255 @@
+"""`relaywatch run`: the pipeline on a live log, with real actions, as a systemd service.
+
+Each batch of lines is fed through the same `Pipeline` as replay; its counts,
+decisions and the source position after its last line are committed in one
+transaction, so a SIGKILL at any moment loses or repeats nothing. Blocks go to
+the store at once and into Postfix's maps after the batch (one postmap, one
+reload), usually well under a second after the line was written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import config as config_mod
+from .audit import AuditMaps, block_ineffective_reason, run_audit
+from .blocking import Blocker
+from .correlate import LocalDomains
+from .engine import Pipeline
+from .follow import FileFollower
+from .journal import JournalFollower
+from .model import ConfigError, Decision, PostfixError, RelaywatchError
+from .notify import Notifier, notice_for_decision, notice_for_text
+from .parse import LineParser, YearResolver
+from .postconf import LOCAL_DOMAIN_PARAMS, local_domains, postconf, postconf_services
+from .report import describe
+from .store import Store
+
+log = logging.getLogger("relaywatch.daemon")
+
+BATCH_LINES = 2000
+HOUSEKEEPING_S = 1.0
+PRUNE_S = 300.0
+ORIGINS_KEPT_S = 6 * 86400  # longer than Postfix keeps mail (maximal_queue_lifetime = 5d)
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) how we are; a no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(message.encode(), address)
+    except OSError as exc:
+        log.debug("sd_notify failed: %s", exc)
+
+
+@dataclass
+class Signals:
+    """What the signal handlers ask of the main loop."""
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    reload: threading.Event = field(default_factory=threading.Event)
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.reload.set())
+
+
+def notifier_for(cfg: config_mod.Config) -> Notifier | None:
+    if not cfg.notify_urls and not cfg.notify_config:
+        return None
+    return Notifier(cfg.notify_urls, cfg.notify_config, coalesce_s=cfg.notify_coalesce_s,
+                    cooldown_s=cfg.notify_cooldown_s, timeout_s=cfg.notify_timeout_s, retries=cfg.notify_retries)
+
+
+def open_source(cfg: config_mod.Config, store: Store) -> FileFollower | JournalFollower:
+    if cfg.source_path == "journal":
+        return JournalFollower(store.position("journal"), syslog_names=cfg.syslog_names)
+    return FileFollower(cfg.source_path, store.position(f"file:{cfg.source_path}"))
+
+
+class Daemon:
+    def __init__(self, config_path: str | None, cfg: config_mod.Config, blocker_factory: Callable[
+            [config_mod.Config, Store], Blocker], clock: Callable[[], float] = time.time) -> None:
+        self.config_path = config_path
+        self.cfg = cfg
+        self.clock = clock
+        self.signals = Signals()
+        self.store = Store(cfg.database)
+        self.blocker_factory = blocker_factory
+        self.blocker = blocker_factory(cfg, self.store)
+        self.notifier = notifier_for(cfg)
+        self.pipeline = self._pipeline(cfg)
+        self.source = open_source(cfg, self.store)
+        # Until a first position is stored, a restart would start at the end of the log again.
+        self._position_stored = self.store.position(self.source.source_name) is not None
+        self.parser = LineParser(YearResolver(), cfg.syslog_names)
+        self.postfix_params: tuple[dict[str, str], dict[str, dict[str, str]]] | None = None
+        self.started = clock()
+
+    def _pipeline(self, cfg: config_mod.Config) -> Pipeline:
+        pipeline = Pipeline(cfg, self.store, self._local_domains(cfg), persist_messages=True)
+        pipeline.restore(self.clock())
+        return pipeline
+
+    def _local_domains(self, cfg: config_mod.Config) -> LocalDomains:
+        """[postfix] local_domains, else what postconf says Postfix accepts mail for."""
+        if cfg.local_domains:
+            return LocalDomains(cfg.local_domains)
+        try:
+            domains = local_domains(postconf(cfg.config_directory, LOCAL_DOMAIN_PARAMS))
+        except PostfixError as exc:
+            log.warning("cannot ask postconf for the local domains (%s): only SMTP/LMTP hand-offs to other "
+                        "hosts count as relayed; set [postfix] local_domains", exc)
+            return LocalDomains()
+        if domains is None:
+            log.warning("the local domains are in lookup tables relaywatch cannot read: only SMTP/LMTP "
+                        "hand-offs to other hosts count as relayed; set [postfix] local_domains")
+            return LocalDomains()
+        return LocalDomains(domains, known=True)
+
+    def run(self) -> int:
+        self.signals.install()
+        self._audit()
+        self.blocker.expire()
+        self.blocker.pending = self.blocker.pending or bool(self.store.blocks(self.clock()))
+        self.blocker.sync()
+        sd_notify("READY=1")
+        log.info("following %s; %d blocks in force", self.source.source_name, len(self.store.blocks(self.clock())))
+        next_housekeeping = next_prune = 0.0
+        while not self.signals.stop.is_set():
+            if self.signals.reload.is_set():
+                self.signals.reload.clear()
+                self._reload()
+            self._batch()
+            now = self.clock()
+            if now >= next_housekeeping:
+                self._housekeeping(now)
+                next_housekeeping = now + HOUSEKEEPING_S
+            if now >= next_prune:
+                self.pipeline.prune()
+                self.store.prune_origins(now - ORIGINS_KEPT_S)
+                next_prune = now + PRUNE_S
+        sd_notify("STOPPING=1")
+        self.close()
+        log.info("stopped")
+        return 0
+
+    def _batch(self) -> None:
+        batch = self.source.read(BATCH_LINES, timeout=0.25)
+        if not batch.lines:
+            if not self._position_stored:
+                self.pipeline.flush((self.source.source_name, batch.position))
+                self._position_stored = True
+            return
+        decisions: list[Decision] = []
+        for line in batch.lines:
+            decisions.extend(self.pipeline.feed(line, self.parser))
+        blocked = [d for d in decisions if self._act(d)]
+        self.pipeline.flush((self.source.source_name, batch.position))
+        if blocked:
+            self.blocker.sync()
+        for d in decisions:
+            self._tell(d)
+
+    def _act(self, d: Decision) -> bool:
+        """Record a block decision; True when it changes what Postfix must refuse."""
+        if d.action != "block":
+            log.warning("ALERT %s %s: %s", d.kind, d.target, describe(d))
+            return False
+        try:
+            self.blocker.block(d.kind, d.target, describe(d), rule=d.rule)
+        except RelaywatchError as exc:
+            log.error("cannot block %s %s: %s", d.kind, d.target, exc)
+            return False
+        log.warning("BLOCK %s %s: %s", d.kind, d.target, describe(d))
+        return True
+
+    def _tell(self, d: Decision) -> None:
+        effective = self._ineffective(d.kind, d.target) if d.action == "block" else None
+        if effective:
+            log.error("the block of %s %s does nothing: %s", d.kind, d.target, effective)
+        if self.notifier is not None:
+            undo = f"relaywatch unblock {d.target}" if d.action == "block" else None
+            self.notifier.submit(notice_for_decision(d, effective=effective, undo=undo))
+
+    def _ineffective(self, kind: str, target: str) -> str | None:
+        if self.postfix_params is None:
+            return None
+        params, services = self.postfix_params
+        try:
+            return block_ineffective_reason(params, services, kind, target, self._audit_maps())
+        except ValueError:
+            return None
+
+    def _audit_maps(self) -> AuditMaps:
+        return AuditMaps(self.cfg.client_access_map, self.cfg.sasl_access_map or None)
+
+    def _audit(self) -> None:
+        """Read Postfix's configuration and say loudly what would make blocks useless."""
+        try:
+            self.postfix_params = (postconf(self.cfg.config_directory), postconf_services(self.cfg.config_directory))
+            findings = run_audit(self.cfg.config_directory, self._audit_maps())
+        except PostfixError as exc:
+            log.warning("cannot audit the Postfix configuration: %s", exc)
+            return
+        errors = [f for f in findings if f.severity == "error"]
+        for f in errors:
+            log.error("audit: %s: %s Fix: %s", f.code, f.title, f.fix.replace("\n", "; "))
+        if errors and self.notifier is not None:
+            body = "\n\n".join(f"{f.title}\n{f.explanation}\nFix:\n{f.fix}" for f in errors)
+            self.notifier.submit(notice_for_text("failure", f"relaywatch: {len(errors)} hole(s) in Postfix", body))
+
+    def _reload(self) -> None:
+        try:
+            cfg = config_mod.load(self.config_path)
+        except ConfigError as exc:
+            log.error("SIGHUP: keeping the old configuration: %s", exc)
+            return
+        self.pipeline.flush()
+        self.cfg = cfg
+        self.blocker = self.blocker_factory(cfg, self.store)
+        self.pipeline = self._pipeline(cfg)
+        self._audit()
+        log.info("configuration reloaded from %s", self.config_path)
+
+    def _housekeeping(self, now: float) -> None:
+        for b in self.blocker.expire():
+            log.info("block of %s %s expired", b.kind, b.target)
+        if self.blocker.due():
+            self.blocker.sync()
+        totals = self.pipeline.totals
+        status = {
+            "pid": os.getpid(),
+            "started": self.started,
+            "heartbeat": now,
+            "source": self.source.source_name,
+            "lines": totals.lines,
+            "unparsed": totals.unparsed,
+            "relayed": totals.relayed,
+            "last_log_time": totals.last_time,
+            "notify": self.notifier.status() if self.notifier is not None else None,
+        }
+        self.store.set_meta("daemon", status)
+        sd_notify(f"STATUS={totals.lines} lines, {totals.relayed} relayed, "
+                  f"{len(self.store.blocks(now))} blocks\nWATCHDOG=1")
+
+    def close(self) -> None:
+        self.pipeline.flush()
+        self.source.close()
+        if self.notifier is not None:
+            self.notifier.close(timeout=5)
+        self.store.set_meta("daemon", {**(self.store.meta("daemon") or {}), "pid": None, "stopped": self.clock()})
+        self.store.close()

@@ -1,0 +1,199 @@
+"""Blocking for real: the store, the CLI and a private running Postfix (tests/postfix_rig.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from relaywatch.blocking import MAX_BLOCK_S, Blocker, maps_from_config, target_kind
+from relaywatch.cli import main
+from relaywatch.postfix import InvalidBlock, Postfix
+from relaywatch.store import Store
+
+pytestmark = pytest.mark.postfix
+
+FLOOD = "\n".join(
+    f"Mar 16 02:{i // 60:02d}:{i % 60:02d} zebra postfix/smtpd[1]: {0x8D076AE17 + i:X}: client=unknown[127.0.0.77]\n"
+    f"Mar 16 02:{i // 60:02d}:{i % 60:02d} zebra postfix/qmgr[2]: {0x8D076AE17 + i:X}: from=<a@b.example>, size=1, nrcpt=1 (queue active)\n"
+    f"Mar 16 02:{i // 60:02d}:{i % 60:02d} zebra postfix/smtp[3]: {0x8D076AE17 + i:X}: to=<u{i}@far.example>, relay=none, delay=1, status=deferred (connect to mx.far.example[192.0.2.1]: Connection refused)"
+    for i in range(70)) + "\n"
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def rw(postfix_instance, tmp_path):
+    """A relaywatch config for the private Postfix, with loopback blockable (it is allowlisted by default)."""
+    cfg = tmp_path / "relaywatch.toml"
+    cfg.write_text(
+        f'[state]\ndatabase = "{tmp_path / "state.db"}"\n'
+        f'[postfix]\nconfig_directory = "{postfix_instance.config_directory}"\n'
+        f'client_access_map = "{postfix_instance.reject_list}"\nsasl_access_map = ""\n'
+        '[allow]\nnetworks = []\n')
+    yield str(cfg)
+    CliRunner().invoke(main, ["unblock", "127.0.0.9", "-c", str(cfg)])
+    CliRunner().invoke(main, ["unblock", "127.0.0.77", "-c", str(cfg)])
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_block_refuses_new_sessions_and_unblock_restores(postfix_instance, rw):
+    assert postfix_instance.send("127.0.0.9")[0] == 250
+    result = run("block", "127.0.0.9", "--reason", "test", "-c", rw)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("blocked client 127.0.0.9 until ")
+    assert "WARNING" not in result.output
+    assert postfix_instance.send("127.0.0.9")[0] == 554
+    assert postfix_instance.send("127.0.0.10")[0] == 250
+    listed = json.loads(run("blocks", "--json", "-c", rw).output)
+    assert listed["pending"] is None
+    assert [(b["kind"], b["target"], b["rule"]) for b in listed["blocks"]] == [("client", "127.0.0.9", "manual")]
+    assert run("unblock", "127.0.0.9", "-c", rw).output == "unblocked client 127.0.0.9\n"
+    assert postfix_instance.send("127.0.0.9")[0] == 250
+
+
+def test_a_subnet_block_refuses_every_client_inside(postfix_instance, rw):
+    assert run("block", "127.0.9.0/24", "-c", rw).exit_code == 0
+    try:
+        assert "127.0.9 REJECT" in Path(postfix_instance.reject_list.path).read_text()
+        assert postfix_instance.send("127.0.9.5")[0] == 554
+        assert postfix_instance.send("127.0.9.200")[0] == 554
+        assert postfix_instance.send("127.0.10.5")[0] == 250
+    finally:
+        run("unblock", "127.0.9.0/24", "-c", rw)
+    assert postfix_instance.send("127.0.9.5")[0] == 250
+
+
+def test_the_admins_own_entries_survive(postfix_instance, rw):
+    path = Path(postfix_instance.reject_list.path)
+    mine = "# my own\nhananet.net REJECT\n127.0.0.33 REJECT go away\n"
+    original = path.read_text() if path.exists() else ""
+    path.write_text(mine + original)
+    try:
+        assert run("block", "127.0.0.9", "-c", rw).exit_code == 0
+        assert path.read_text().startswith(mine)
+        assert postfix_instance.send("127.0.0.33")[0] == 554  # the admin's entry is in force too
+        assert run("unblock", "127.0.0.9", "-c", rw).exit_code == 0
+        assert path.read_text().startswith(mine)
+    finally:
+        path.write_text(path.read_text().replace(mine, ""))
+        Postfix(postfix_instance.config_directory).postmap(postfix_instance.reject_list)
+
+
+def test_replay_apply_blocks_what_the_replay_decided(postfix_instance, rw, tmp_path):
+    log = tmp_path / "flood.log"
+    log.write_text(FLOOD)
+    result = run("replay", "--apply", "--year", "2003", "--format", "json", "-c", rw, str(log))
+    assert result.exit_code == 0, result.output
+    assert [d["target"] for d in json.loads(result.output)["decisions"] if d["action"] == "block"] == ["127.0.0.77"]
+    assert postfix_instance.send("127.0.0.77")[0] == 554
+    [row] = json.loads(run("blocks", "--json", "-c", rw).output)["blocks"]
+    assert row["rule"] == "client" and "relayed recipients" in row["reason"]
+
+
+def test_a_failing_postmap_keeps_the_old_map_and_the_block_pending(postfix_instance, rw, tmp_path):
+    spec = postfix_instance.reject_list
+    assert run("block", "127.0.0.9", "-c", rw).exit_code == 0
+    before = (Path(spec.path).read_bytes(), Path(spec.compiled).read_bytes())
+    # postmap must create the staged .db; a directory in its place makes the real postmap fail,
+    # where a full disk or a read-only file system would.
+    obstacle = Path(spec.path).with_name(f".{Path(spec.path).name}.relaywatch-new.db")
+    obstacle.mkdir()
+    try:
+        result = CliRunner().invoke(main, ["block", "127.0.0.10", "-c", rw])
+        assert result.exit_code == 1
+        assert "pending" in result.output and "postmap" in result.output
+        assert (Path(spec.path).read_bytes(), Path(spec.compiled).read_bytes()) == before
+        assert postfix_instance.send("127.0.0.9")[0] == 554
+        assert postfix_instance.send("127.0.0.10")[0] == 250
+        assert "PENDING" in run("blocks", "-c", rw).output
+    finally:
+        obstacle.rmdir()
+    assert run("unblock", "127.0.0.9", "-c", rw).exit_code == 0  # the next change retries the pending one
+    assert postfix_instance.send("127.0.0.10")[0] == 554
+    assert postfix_instance.send("127.0.0.9")[0] == 250
+    assert run("unblock", "127.0.0.10", "-c", rw).exit_code == 0
+
+
+def test_a_block_postfix_would_not_enforce_is_warned_about(tmp_path):
+    conf = tmp_path / "postfix"
+    conf.mkdir()
+    (conf / "main.cf").write_text(
+        "compatibility_level = 3.6\nmynetworks = 127.0.0.0/8, 218.0.0.0/8\n"
+        f"smtpd_client_restrictions = permit_mynetworks, check_client_access hash:{conf}/reject_list\n"
+        "smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination\n")
+    shutil.copy("/usr/share/postfix/master.cf.dist", conf / "master.cf")
+    os.utime(conf / "main.cf", (1_000_000_000, 1_000_000_000))  # postconf waits for a main.cf this fresh
+    cfg = tmp_path / "rw.toml"
+    cfg.write_text(f'[state]\ndatabase = "{tmp_path / "s.db"}"\n[postfix]\nconfig_directory = "{conf}"\n'
+                   f'client_access_map = "hash:{conf}/reject_list"\nsasl_access_map = ""\n')
+    result = CliRunner().invoke(main, ["block", "218.144.108.161", "-c", str(cfg)])
+    assert "WARNING: Postfix will not enforce this block" in result.output
+    assert "permit_mynetworks" in result.output
+
+
+# --- the store side, with a fake clock -----------------------------------------------
+
+
+def blocker(postfix_instance, tmp_path, clock) -> Blocker:
+    maps = maps_from_config(str(postfix_instance.reject_list), "", "hash")
+    return Blocker(Store(tmp_path / "state.db"), Postfix(postfix_instance.config_directory), maps, 3600, clock)
+
+
+def test_blocks_expire_and_repeat_offenders_get_longer(postfix_instance, tmp_path):
+    clock = Clock()
+    b = blocker(postfix_instance, tmp_path, clock)
+    first = b.block("client", "127.0.0.9", "flood", rule="client")
+    assert first.until - first.since == 3600 and b.sync()
+    assert postfix_instance.send("127.0.0.9")[0] == 554
+    clock.now += 3601
+    assert [x.target for x in b.expire()] == ["127.0.0.9"] and b.sync()
+    assert postfix_instance.send("127.0.0.9")[0] == 250
+    second = b.block("client", "127.0.0.9", "flood again", rule="client")
+    assert second.until - second.since == 7200 and second.offences == 2
+    again = b.block("client", "127.0.0.9", "still flooding", rule="client")
+    assert again == second  # a block in force is not renewed by the detector
+    for _ in range(12):
+        b.unblock("client", "127.0.0.9")
+        last = b.block("client", "127.0.0.9", "x", rule="client")
+    assert last.until - last.since == MAX_BLOCK_S
+    permanent = b.block("client", "127.0.0.9", "x", permanent=True)
+    assert permanent.until is None
+    b.unblock("client", "127.0.0.9")
+    assert b.sync()
+
+
+def test_nothing_unvalidated_reaches_the_map(postfix_instance, tmp_path):
+    b = blocker(postfix_instance, tmp_path, Clock())
+    for kind, target in [("client", "client=unknown[8.8.8.8]"), ("subnet", "0.0.0.0/0"),
+                         ("client", "1.2.3.4 OK"), ("subnet", "10.1.2.0/23")]:
+        with pytest.raises(InvalidBlock):
+            b.block(kind, target, "x")
+    assert b.store.blocks() == []
+    with pytest.raises(Exception, match="sasl_access_map"):
+        b.block("sasl_user", "alice", "x")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("203.0.113.5", ("client", "203.0.113.5")), ("2001:DB8::1", ("client", "2001:db8::1")),
+    ("218.144.0.0/16", ("subnet", "218.144.0.0/16")), ("alice@woodelf.org", ("sasl_user", "alice@woodelf.org"))])
+def test_target_kind(text, expected):
+    assert target_kind(text) == expected
+
+
+def test_a_network_with_host_bits_is_refused():
+    with pytest.raises(InvalidBlock, match="not a network"):
+        target_kind("218.144.1.1/16")
