@@ -1,8 +1,9 @@
 #!/bin/sh
 # Set relaywatch up in ./.venv on a Debian 12 machine that has only python3.
 #   sh scripts/bootstrap.sh          relaywatch itself
-#   sh scripts/bootstrap.sh --test   plus the test tools and Debian's postfix (never configured
+#   sh scripts/bootstrap.sh --test   plus the test tools, Debian's postfix (never configured
 #                                    system-wide: "No configuration"; tests run private instances)
+#                                    and systemd-journal-remote (tests write real journal files)
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,7 @@ packages=""
 python3 -c 'import ensurepip, venv' 2>/dev/null || packages="python3-venv"
 if [ "${1-}" = "--test" ]; then
     command -v postconf >/dev/null 2>&1 || [ -x /usr/sbin/postconf ] || packages="$packages postfix"
+    [ -x /lib/systemd/systemd-journal-remote ] || packages="$packages systemd-journal-remote"
 fi
 if [ -n "$packages" ]; then
     sudo=""

@@ -298,8 +298,11 @@ REMOTE = "/lib/systemd/systemd-journal-remote"
 BOOT = Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")
 OLD_BOOT = "0123456789abcdef0123456789abcdef"
 
-needs_journal = pytest.mark.skipif(not (os.access(REMOTE, os.X_OK) and shutil.which("journalctl")),
-                                   reason="needs systemd-journal-remote and journalctl")
+# CI sets RELAYWATCH_REQUIRE_JOURNAL=1: there a missing journal tool fails these tests instead of skipping them.
+needs_journal = pytest.mark.skipif(
+    not (os.access(REMOTE, os.X_OK) and shutil.which("journalctl"))
+    and os.environ.get("RELAYWATCH_REQUIRE_JOURNAL") != "1",
+    reason="needs systemd-journal-remote and journalctl")
 
 
 def export_entry(message: str | bytes, ident: str = "postfix/smtpd", unit: str | None = "postfix@-.service",
