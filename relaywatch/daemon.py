@@ -29,6 +29,7 @@ from .model import ConfigError, Decision, PostfixError, RelaywatchError
 from .notify import Notifier, notice_for_decision, notice_for_text
 from .parse import LineParser, YearResolver
 from .postconf import LOCAL_DOMAIN_PARAMS, local_domains, postconf, postconf_services
+from .queue import PostfixQueue, Target, select
 from .report import describe
 from .store import Store
 
@@ -37,7 +38,12 @@ log = logging.getLogger("relaywatch.daemon")
 BATCH_LINES = 2000
 HOUSEKEEPING_S = 1.0
 PRUNE_S = 300.0
+PRUNE_LINES = 200_000  # and after this many lines: a backlog must not grow the database
 ORIGINS_KEPT_S = 6 * 86400  # longer than Postfix keeps mail (maximal_queue_lifetime = 5d)
+# After a block, queued messages the log did not tie to a client are looked up with postcat
+# only up to this many (~0.05 s per 1,000); `relaywatch queue hold` looks at them all.
+HOLD_POSTCAT_LIMIT = 20_000
+HOLD_KINDS = {"client": "client", "subnet": "network", "sasl_user": "sasl_user"}  # block kind -> queue target
 
 
 def sd_notify(message: str) -> None:
@@ -98,6 +104,7 @@ class Daemon:
         self.parser = LineParser(YearResolver(), cfg.syslog_names)
         self.postfix_params: tuple[dict[str, str], dict[str, dict[str, str]]] | None = None
         self.started = clock()
+        self.failed_lines = 0
 
     def _pipeline(self, cfg: config_mod.Config) -> Pipeline:
         pipeline = Pipeline(cfg, self.store, self._local_domains(cfg), persist_messages=True)
@@ -129,6 +136,7 @@ class Daemon:
         sd_notify("READY=1")
         log.info("following %s; %d blocks in force", self.source.source_name, len(self.store.blocks(self.clock())))
         next_housekeeping = next_prune = 0.0
+        next_prune_lines = PRUNE_LINES
         while not self.signals.stop.is_set():
             if self.signals.reload.is_set():
                 self.signals.reload.clear()
@@ -138,10 +146,10 @@ class Daemon:
             if now >= next_housekeeping:
                 self._housekeeping(now)
                 next_housekeeping = now + HOUSEKEEPING_S
-            if now >= next_prune:
+            if now >= next_prune or self.pipeline.totals.lines >= next_prune_lines:
                 self.pipeline.prune()
                 self.store.prune_origins(now - ORIGINS_KEPT_S)
-                next_prune = now + PRUNE_S
+                next_prune, next_prune_lines = now + PRUNE_S, self.pipeline.totals.lines + PRUNE_LINES
         sd_notify("STOPPING=1")
         self.close()
         log.info("stopped")
@@ -156,13 +164,19 @@ class Daemon:
             return
         decisions: list[Decision] = []
         for line in batch.lines:
-            decisions.extend(self.pipeline.feed(line, self.parser))
+            try:
+                decisions.extend(self.pipeline.feed(line, self.parser))
+            except Exception:  # a bug must not stop the watch: say which line, keep going
+                self.failed_lines += 1
+                log.exception("relaywatch failed on this line (please report it): %r", line[:300])
         blocked = [d for d in decisions if self._act(d)]
         self.pipeline.flush((self.source.source_name, batch.position))
         if blocked:
             self.blocker.sync()
+        # held even when the map is pending: holding is what stops the mail already queued
+        held = {(d.kind, d.target): self._hold(d) for d in blocked}
         for d in decisions:
-            self._tell(d)
+            self._tell(d, held.get((d.kind, d.target)))
 
     def _act(self, d: Decision) -> bool:
         """Record a block decision; True when it changes what Postfix must refuse."""
@@ -177,13 +191,35 @@ class Daemon:
         log.warning("BLOCK %s %s: %s", d.kind, d.target, describe(d))
         return True
 
-    def _tell(self, d: Decision) -> None:
+    def _hold(self, d: Decision) -> int | None:
+        """Put what a blocked target already queued on hold; None when off or impossible."""
+        if not self.cfg.queue_hold or d.kind not in HOLD_KINDS:
+            return None
+        who = Target(HOLD_KINDS[d.kind], d.target)
+        queue = PostfixQueue(self.cfg.config_directory)
+        try:
+            found = select(queue, who, self.store.queue_ids(**{who.kind: who.value}),
+                           queues=("incoming", "active", "deferred"), postcat_limit=HOLD_POSTCAT_LIMIT)
+            held = queue.hold(m.qid for m in found.messages)
+        except PostfixError as exc:
+            log.error("cannot hold the queued mail of %s: %s; then run: relaywatch queue hold %s", who, exc, who.option)
+            return None
+        if found.unchecked:
+            log.warning("%d queued messages the log did not tie to %s were not looked at (more than %d, or "
+                        "mail was leaving the queue); relaywatch queue hold %s looks at them all",
+                        found.unchecked, who, HOLD_POSTCAT_LIMIT, who.option)
+        log.warning("HOLD %d messages of %s", held, who)
+        return held
+
+    def _tell(self, d: Decision, held: int | None = None) -> None:
         effective = self._ineffective(d.kind, d.target) if d.action == "block" else None
         if effective:
             log.error("the block of %s %s does nothing: %s", d.kind, d.target, effective)
         if self.notifier is not None:
             undo = f"relaywatch unblock {d.target}" if d.action == "block" else None
-            self.notifier.submit(notice_for_decision(d, effective=effective, undo=undo))
+            if undo and held:
+                undo += "; held mail: " + Target(HOLD_KINDS[d.kind], d.target).hint()
+            self.notifier.submit(notice_for_decision(d, effective=effective, held=held, undo=undo))
 
     def _ineffective(self, kind: str, target: str) -> str | None:
         if self.postfix_params is None:
@@ -238,6 +274,7 @@ class Daemon:
             "source": self.source.source_name,
             "lines": totals.lines,
             "unparsed": totals.unparsed,
+            "failed_lines": self.failed_lines,
             "relayed": totals.relayed,
             "last_log_time": totals.last_time,
             "notify": self.notifier.status() if self.notifier is not None else None,

@@ -74,6 +74,7 @@ class Store:
         else:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite_utils.Database(path)
+            self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect on a new database only
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
@@ -159,9 +160,11 @@ class Store:
         ]
 
     def prune(self, before_bucket: int) -> int:
-        """Forget counts older than every window; returns how many rows went."""
+        """Forget counts older than every window and give the space back; returns how many rows went."""
         with self.db.atomic():
-            return self.db.execute("DELETE FROM counts WHERE bucket < ?", [before_bucket]).rowcount
+            gone = self.db.execute("DELETE FROM counts WHERE bucket < ?", [before_bucket]).rowcount
+        self.db.conn.executescript("PRAGMA incremental_vacuum;")  # executescript runs every step
+        return gone
 
     # --- blocks -------------------------------------------------------------------
 

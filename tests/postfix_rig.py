@@ -29,6 +29,9 @@ SMTP_SINK = "/usr/sbin/smtp-sink"
 
 # Mail to this domain is relayed (not local): it proves relaying, as in the seed.
 REMOTE_RCPT = "victim@hanmail.example"
+# Mail to this domain waits in the deferred queue: its transport points at a loopback
+# port the rig holds bound but never listens on, so every connection is refused.
+UNREACHABLE_DOMAIN = "unreachable.example"
 
 _MASTER_CF = """\
 127.0.0.1:{port} inet n - n - - smtpd
@@ -77,6 +80,7 @@ smtpd_peername_lookup = no
 smtpd_client_restrictions = check_client_access {map}
 smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
 relayhost = [127.0.0.1]:{sink_port}
+transport_maps = inline:{{ {unreachable}=smtp:[127.0.0.1]:{dead_port} }}
 smtp_dns_support_level = disabled
 smtp_host_lookup = native
 maillog_file = {root}/maillog
@@ -106,6 +110,7 @@ class PostfixRig:
     sink_port: int
     reject_list: MapSpec
     _sink: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _dead: socket.socket | None = field(default=None, repr=False)
 
     @property
     def config_directory(self) -> str:
@@ -138,8 +143,12 @@ class PostfixRig:
 
     def _start(self) -> None:
         etc = Path(self.config_directory)
+        # Bound, not listening: connections are refused, and nobody else can take the port.
+        self._dead = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._dead.bind(("127.0.0.1", 0))
         (etc / "main.cf").write_text(
-            _MAIN_CF.format(root=self.root, tag=os.getpid(), map=self.reject_list, sink_port=self.sink_port)
+            _MAIN_CF.format(root=self.root, tag=os.getpid(), map=self.reject_list, sink_port=self.sink_port,
+                            unreachable=UNREACHABLE_DOMAIN, dead_port=self._dead.getsockname()[1])
         )
         (etc / "master.cf").write_text(_MASTER_CF.format(port=self.port))
         # Postfix commands re-read a main.cf changed in the last ~2 s until it
@@ -187,19 +196,23 @@ class PostfixRig:
         recipients: tuple[str, ...] = (REMOTE_RCPT,),
         *,
         xclient_addr: str | None = None,
+        xclient_login: str | None = None,
     ) -> tuple[int, str]:
         """One new SMTP session from `source_ip` (127.0.0.0/8 only): the final reply.
 
         Returns the first refusal (code, text) instead of raising, or DATA's 250.
         `xclient_addr` makes smtpd evaluate its restrictions for another client
-        address (Postfix XCLIENT), so IPv6 keys can be tested over loopback.
+        address (Postfix XCLIENT), so IPv6 keys can be tested over loopback;
+        `xclient_login` makes the session SASL-authenticated as that name
+        (logged as `sasl_username=`, kept in the queue file), with no SASL server.
         """
         if not source_ip.startswith("127."):
             raise ValueError("the rig sends from loopback only")
         with smtplib.SMTP(host="127.0.0.1", port=self.port, source_address=(source_ip, 0), timeout=30) as smtp:
             smtp.ehlo("client.relaywatch.test")
-            if xclient_addr is not None:
-                code, msg = smtp.docmd("XCLIENT", f"ADDR={xclient_addr} NAME=[UNAVAILABLE]")
+            if xclient_addr is not None or xclient_login is not None:
+                attrs = f"ADDR={xclient_addr or source_ip} NAME=[UNAVAILABLE]"
+                code, msg = smtp.docmd("XCLIENT", attrs + (f" LOGIN={xclient_login}" if xclient_login else ""))
                 if code != 220:
                     return code, msg.decode()
                 smtp.ehlo("client.relaywatch.test")
@@ -255,6 +268,9 @@ class PostfixRig:
                 self._sink.kill()
                 self._sink.wait(timeout=5)
             self._sink = None
+        if self._dead is not None:
+            self._dead.close()
+            self._dead = None
         shutil.rmtree(self.root, ignore_errors=True)
 
 

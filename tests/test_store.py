@@ -73,3 +73,15 @@ def test_origins_of_queued_mail_until_postfix_removes_it(tmp_path):
     assert store.queue_ids(sasl_user="alice") == ["8D076AE19"]
     assert store.prune_origins(101.5) == 1
     assert store.queue_ids(network="0.0.0.0/0") == ["8D076AE19"]
+
+
+def test_pruning_gives_the_space_back(tmp_path):
+    path = tmp_path / "state.db"
+    store = Store(path)
+    for b in range(50):
+        store.commit_batch([("client", b, f"2001:db8::{i:x}", 1) for i in range(2000)])
+    store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    full = path.stat().st_size
+    store.prune(49)
+    store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert path.stat().st_size < full / 5
