@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from .model import ConfigError, PostfixError
+from .permissions import check_map_dir
 from .postfix import AccessMap, Block, InvalidBlock, MapSpec, Postfix, apply_blocks, render_key
 from .store import BlockRow, Store
 
@@ -43,6 +44,9 @@ def maps_from_config(client_access_map: str, sasl_access_map: str, default_type:
     maps = {"client": client, "subnet": client}
     if sasl_access_map:
         maps["sasl_user"] = AccessMap(MapSpec.parse(sasl_access_map, default_type=default_type))
+    for access_map in maps.values():
+        if access_map.path.parent.exists():
+            check_map_dir(access_map.path.parent)
     return maps
 
 
@@ -124,7 +128,7 @@ class Blocker:
                 kinds = [k for k, m in self.maps.items() if m is access_map]
                 blocks = [Block(b.kind, b.target, f"{b.rule}: {b.reason}") for b in active if b.kind in kinds]
                 apply_blocks(access_map, self.postfix, blocks, force=self._failures > 0)
-        except (PostfixError, InvalidBlock, OSError) as exc:
+        except (PostfixError, ConfigError, InvalidBlock, OSError) as exc:
             self._failures += 1
             delay = _BACKOFF_S[min(self._failures, len(_BACKOFF_S)) - 1]
             self._next_try = now + delay

@@ -7,14 +7,19 @@ an unknown key is an error, since a typo would otherwise silently keep a default
 from __future__ import annotations
 
 import ipaddress
+import logging
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from . import permissions
 from .model import ConfigError
 from .policy import DEFAULT_RULES, DIMS, Network, Rule
+
+log = logging.getLogger("relaywatch.config")
 
 _DURATION = re.compile(r"(\d+)\s*([smhdw]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -184,6 +189,8 @@ def load(path: str | Path | None) -> Config:
         return Config()
     try:
         with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            permissions.check_config_file(path, st)  # root acts on what it says: only root may change it
             data = tomllib.load(f)
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: no such file") from exc
@@ -192,6 +199,9 @@ def load(path: str | Path | None) -> Config:
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror}") from exc
     try:
-        return from_dict(data)
+        config = from_dict(data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+    if config.notify_urls and permissions.secrets_readable(st):
+        log.warning("%s holds notification URLs (tokens) and every user can read it: chmod 600 %s", path, path)
+    return config

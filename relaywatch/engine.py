@@ -7,6 +7,7 @@ is wall time for a live log) and whether decisions are acted on.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -14,11 +15,13 @@ from . import sources
 from .config import Config
 from .correlate import Correlator, LocalDomains
 from .model import Decision, Relayed, RelayDenied, Unparsed
-from .parse import LineParser, YearResolver
+from .parse import FORGED, LineParser, YearResolver
 from .policy import Detector
 from .report import Tally
 from .store import Store
 from .timeline import Timeline
+
+log = logging.getLogger("relaywatch.engine")
 
 _NOTHING: Sequence[Decision] = ()
 FLUSH_EVERY = 20_000
@@ -28,6 +31,7 @@ FLUSH_EVERY = 20_000
 class Totals:
     lines: int = 0
     unparsed: int = 0
+    forged: int = 0
     relayed: int = 0
     relay_denied: int = 0
     first_time: float | None = None
@@ -37,11 +41,15 @@ class Totals:
 
 class Pipeline:
     def __init__(self, config: Config, store: Store, local_domains: LocalDomains | None = None,
-                 persist_messages: bool = False) -> None:
+                 persist_messages: bool = False, persist_counts: bool = True) -> None:
         """`persist_messages`: keep open messages in the store too, so that a restarted
-        daemon still correlates a delivery whose client= line it read before."""
+        daemon still correlates a delivery whose client= line it read before.
+        `persist_counts` False: window counts stay in memory only (a replay never restores them,
+        and a flood of distinct clients would grow its in-memory database by every key)."""
         self.config = config
         self.store = store
+        self.persist_counts = persist_counts
+        self._warned: set[str] = set()
         self.correlator = Correlator(local_domains or LocalDomains(config.local_domains),
                                      track_changes=persist_messages)
         self.detector = Detector(config.rules, config.allow_networks, config.allow_sasl_users, config.block_s)
@@ -67,6 +75,12 @@ class Pipeline:
         if event is None:
             return _NOTHING
         if type(event) is Unparsed:
+            if event.reason == FORGED:
+                totals.forged += 1
+                if totals.forged == 1 or totals.forged % 100_000 == 0:
+                    log.warning("%d journal records claiming to be Postfix's were written by another program"
+                                " (logger -t postfix/...?) and ignored", totals.forged)
+                return _NOTHING
             totals.unparsed += 1
             if len(totals.unparsed_samples) < 5 and line.strip():
                 totals.unparsed_samples.append(line[:300])
@@ -93,11 +107,14 @@ class Pipeline:
         if type(fact) is RelayDenied:
             self.totals.relay_denied += 1
             self.tally.relay_denied.add(fact.client)
-            key = ("relay_denied", bucket, fact.client)
-            counts[key] = counts.get(key, 0) + 1
+            if self.persist_counts:
+                key = ("relay_denied", bucket, fact.client)
+                counts[key] = counts.get(key, 0) + 1
             return
         self.totals.relayed += 1
         self.tally.add_relayed(fact)
+        if not self.persist_counts:
+            return
         for dim, value in (("client", fact.client), ("sender", fact.sender or "<>"), ("domain", fact.domain),
                            ("sasl_user", fact.sasl_user)):
             if value:
@@ -111,6 +128,20 @@ class Pipeline:
                                 self.correlator.origins())
         self._counts.clear()
         self._decisions.clear()
+        self._warn_at_caps()
+
+    def _warn_at_caps(self) -> None:
+        """Say once when a memory cap starts to bite: detection goes on, approximately."""
+        capped = [(name, n) for name, n in self.detector.evictions().items() if n and name not in self._warned]
+        for name, n in capped:
+            self._warned.add(name)
+            log.warning("rule %s: more than %d distinct keys in its window (a flood of distinct clients?): the"
+                        " %d with the fewest events so far are forgotten (subnet rules keep their networks' totals);"
+                        " detection goes on", name, self.detector.max_keys, n)
+        if len(self.correlator) >= self.correlator.max_messages and "messages" not in self._warned:
+            self._warned.add("messages")
+            log.warning("%d messages open at once (queue ids that never finish?): the oldest are forgotten;"
+                        " their later delivery lines count as not relayed", self.correlator.max_messages)
 
     def prune(self) -> None:
         """Drop stored counts that no window can reach any more."""
@@ -144,7 +175,7 @@ def replay(
     mix with the daemon's.
     """
     store = Store(None)
-    pipeline = Pipeline(config, store)
+    pipeline = Pipeline(config, store, persist_counts=False)
     years = YearResolver(year) if year is not None else None
     for path in paths:
         parser = LineParser(years or YearResolver(reference=sources.mtime(path)), config.syslog_names)

@@ -24,7 +24,7 @@ from .model import RelaywatchError
 
 log = logging.getLogger("relaywatch.follow")
 
-_FIELDS = "MESSAGE,SYSLOG_IDENTIFIER,SYSLOG_PID,_PID,_HOSTNAME,_SYSTEMD_UNIT"  # what the parser reads, and the unit
+_FIELDS = "MESSAGE,SYSLOG_IDENTIFIER,SYSLOG_PID,_PID,_HOSTNAME,_SYSTEMD_UNIT,_COMM,_EXE,_UID"  # + who wrote it
 _CURSOR_IN_VERBOSE = re.compile(r"\[(s=[^\]\s]+)\]")
 _RECORD_CAP = 1 << 20
 _BACKOFF_S = (0.5, 30.0)

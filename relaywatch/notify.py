@@ -32,6 +32,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .model import ConfigError, Decision
+from .permissions import check_config_file
 from .report import iso
 
 log = logging.getLogger("relaywatch.notify")
@@ -238,10 +239,7 @@ def _load(urls: Sequence[str], config_file: str | None) -> list[_Target]:
             raise ConfigError(f"notify urls #{i} ({redact(url)}): not a valid Apprise URL")
         found.append((service, url))
     if config_file:
-        try:
-            open(config_file, "rb").close()  # apprise would only log a missing file
-        except OSError as e:
-            raise ConfigError(f"notify config file {config_file}: {e.strerror}") from None
+        check_config_file(config_file)  # it holds tokens; apprise would only log a missing file
         config = apprise.AppriseConfig()
         config.add(config_file)
         services = list(apprise.Apprise(config).find())

@@ -14,8 +14,9 @@ import ipaddress
 import json
 import re
 import time as _time
-from collections.abc import Callable
+from collections.abc import Callable, Container, Iterable
 from datetime import datetime
+from fnmatch import fnmatchcase
 from functools import lru_cache
 
 from .model import (
@@ -38,6 +39,8 @@ _RFC3339 = re.compile(
     r"(?P<sec>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?P<frac>\.\d{1,9})?(?P<tz>Z|[+-]\d\d:\d\d) " + _TAG, re.S
 )
 _MONTHS = {name: i for i, name in enumerate(calendar.month_abbr) if name}
+# Times every report can print (datetime's years 1..9999 in any time zone): others are impossible
+_MIN_T, _MAX_T = 86400.0, 253_370_764_800.0  # 1970-01-02, 9998-12-31
 
 # --- queue ids and peers -----------------------------------------------------
 
@@ -279,15 +282,60 @@ def _local_epoch(year: int, month: int, day: int, h: int, mi: int, s: int) -> fl
         return float("nan")
 
 
+# --- journal records: who really wrote them ----------------------------------
+
+FORGED = "forged journal record"  # Unparsed.reason of a record another program wrote as Postfix
+JOURNAL_UNITS = ("postfix.service", "postfix@*.service")
+# The programs that write the lines relaywatch reads (the `retry` service is the error program),
+# and where distributions install them: Debian, SUSE/Arch, Fedora/RHEL/Alpine/source, commands.
+POSTFIX_PROGRAMS = frozenset({*GRAMMARS, "error"})
+POSTFIX_EXE_DIRS = ("/usr/lib/postfix/sbin", "/usr/lib/postfix/bin", "/usr/libexec/postfix",
+                    "/usr/local/libexec/postfix", "/usr/sbin", "/usr/local/sbin")
+
+
+def journal_forgery(rec: dict, uids: Container[str], units: tuple[str, ...] = JOURNAL_UNITS,
+                    exe_dirs: tuple[str, ...] = POSTFIX_EXE_DIRS) -> str | None:
+    """Which trusted field of a journal record says that Postfix did not write it, or None.
+
+    SYSLOG_IDENTIFIER is whatever the sender chose (`logger -t postfix/smtpd`); journald
+    sets the underscore fields itself. Each one present must say Postfix: the unit, the
+    program (_COMM), its executable (_EXE: a copy of logger named smtpd lives elsewhere).
+    journald reads those from /proc, so a process that exits at once (logger) often has
+    none (systemd#2913); the kernel's _UID is always there, and must then be one of `uids`
+    (root, Postfix's mail_owner). A record with none of these fields decides nothing.
+    """
+    unit = rec.get("_SYSTEMD_UNIT")
+    if unit is not None and not (isinstance(unit, str) and any(fnmatchcase(unit, u) for u in units)):
+        return f"_SYSTEMD_UNIT={unit!r:.80}"
+    comm = rec.get("_COMM")
+    if comm is not None and not (isinstance(comm, str) and comm in POSTFIX_PROGRAMS):
+        return f"_COMM={comm!r:.80}"
+    exe = rec.get("_EXE")
+    if exe is not None:
+        directory, _, name = exe.rpartition("/") if isinstance(exe, str) else ("", "", "")
+        if name not in POSTFIX_PROGRAMS or directory not in exe_dirs:
+            return f"_EXE={exe!r:.120}"
+    uid = rec.get("_UID")
+    if unit is None and uid is not None and not (isinstance(uid, str) and uid in uids):
+        return f"_UID={uid!r:.20}"
+    return None
+
+
 # --- the line parser ---------------------------------------------------------
 
 
 class LineParser:
     """Parses lines of one source; holds only the year context and a timestamp cache."""
 
-    def __init__(self, years: YearResolver | None = None, syslog_names: tuple[str, ...] = ("postfix",)) -> None:
+    def __init__(self, years: YearResolver | None = None, syslog_names: tuple[str, ...] = ("postfix",),
+                 journal_uids: Iterable[int] | None = None) -> None:
+        """`journal_uids`: the users Postfix runs as (root, mail_owner), for journal records
+        journald could not tie to a unit. None: root, and the users of records from Postfix's
+        own units seen so far (the recorded host's uids are not known in advance)."""
         self.years = years or YearResolver()
         self.syslog_names = syslog_names
+        self._uids_given = journal_uids is not None
+        self.journal_uids: set[str] = {str(u) for u in journal_uids} if journal_uids is not None else {"0"}
         self._stamps: dict[str, float] = {}
 
     def parse(self, line: str) -> Event | None:
@@ -304,7 +352,7 @@ class LineParser:
         if grammar is None or prefix is None or not prefix.startswith(self.syslog_names):
             return None
         t = self._rfc3339(m) if rfc3339 else self._bsd(m)
-        if t != t:
+        if not _MIN_T <= t <= _MAX_T:  # also NaN
             return Unparsed(0.0, "impossible timestamp")
         if msg[-1:] == "\r":
             msg = msg.rstrip("\r")
@@ -351,11 +399,20 @@ class LineParser:
             if isinstance(msg, list):
                 msg = bytes(msg).decode("utf-8", "replace")
             t = int(rec["__REALTIME_TIMESTAMP"]) / 1e6
-        except (ValueError, TypeError, KeyError, AttributeError):
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError):
+            # OverflowError: a timestamp of 400 digits or 1e400; RecursionError: [[[[... nested deeper than Python
             return Unparsed(0.0, "journal record")
+        if not _MIN_T <= t <= _MAX_T:
+            return Unparsed(0.0, "impossible timestamp")
         if not isinstance(ident, str) or not isinstance(msg, str):
             return Unparsed(t, "journal record without identifier or message")
         daemon = self._daemon(ident)
-        if daemon is None:
+        if daemon is None or daemon not in GRAMMARS:
             return None
+        if journal_forgery(rec, self.journal_uids) is not None:
+            return Unparsed(t, FORGED)
+        uid = rec.get("_UID")
+        if (not self._uids_given and isinstance(uid, str) and rec.get("_SYSTEMD_UNIT") is not None
+                and uid not in self.journal_uids and len(self.journal_uids) < 16):
+            self.journal_uids.add(uid)  # a Postfix unit's record: its user is Postfix's
         return parse_message(daemon, t, msg.rstrip("\r\n"))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from .model import Decision, Relayed, RelayDenied
-from .windows import WindowCounter
+from .windows import MAX_KEYS, WindowCounter
 
 BUCKET_S = 10
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -86,10 +86,10 @@ def fact_key(dim: str, fact: Relayed | RelayDenied) -> str | None:
 class _Watch:
     __slots__ = ("rule", "counter")
 
-    def __init__(self, rule: Rule, bucket_s: int) -> None:
+    def __init__(self, rule: Rule, bucket_s: int, max_keys: int = MAX_KEYS) -> None:
         group = network_of(rule.prefix_v4, rule.prefix_v6) if rule.prefix_v4 else None
         self.rule = rule
-        self.counter = WindowCounter(rule.window_s // bucket_s, group)
+        self.counter = WindowCounter(rule.window_s // bucket_s, group, max_keys)
 
 
 class Detector:
@@ -109,21 +109,28 @@ class Detector:
         bucket_s: int = BUCKET_S,
         evidence: int = 512,
         alert_quiet_s: int = 3600,
+        max_keys: int = MAX_KEYS,
     ) -> None:
+        """`max_keys`: distinct keys (and networks) each rule's window holds at most (see WindowCounter)."""
         self.bucket_s = bucket_s
+        self.max_keys = max_keys
         self.block_s = block_s
         self.alert_quiet_s = alert_quiet_s
         self.allow = tuple(allow_networks)
         self.allow_sasl_users = frozenset(allow_sasl_users)
         self._watches: dict[str, list[_Watch]] = {dim: [] for dim in DIMS}
         for rule in rules:
-            self._watches[rule.dim].append(_Watch(rule, bucket_s))
-        self._quiet: dict[tuple[str, str], float] = {}
+            self._watches[rule.dim].append(_Watch(rule, bucket_s, max_keys))
+        self._quiet: dict[tuple[str, str, str], float] = {}  # (action, kind, target) -> quiet until
         self._blocked_nets: dict[Network, float] = {}
         self._recent: deque[tuple[Relayed | RelayDenied, str]] = deque(maxlen=evidence)
 
     def bucket(self, t: float) -> int:
         return int(t // self.bucket_s)
+
+    def evictions(self) -> dict[str, int]:
+        """Rule name -> keys and networks its window forgot at the cap."""
+        return {w.rule.name: w.counter.evicted for watches in self._watches.values() for w in watches}
 
     def restore(self, dim: str, bucket: int, key: str, n: int) -> None:
         """Replay a stored count (oldest bucket first) into the windows."""
@@ -132,7 +139,7 @@ class Detector:
 
     def remember_block(self, kind: str, target: str, until: float) -> None:
         """A block already in force (after a restart): no new decision for it or inside it."""
-        self._quiet[(kind, target)] = until
+        self._quiet[("block", kind, target)] = until
         if kind == "subnet":
             self._blocked_nets[ipaddress.ip_network(target)] = until
 
@@ -163,8 +170,9 @@ class Detector:
         net = counter.group(key) if counter.group else None
         if net is None:
             return None
-        total = counter.group_totals[net]
-        clients = counter.group_keys[net]
+        # absent when the event was older than the window (a log that jumps back in time)
+        total = counter.group_totals.get(net, 0)
+        clients = counter.group_keys.get(net, 0)
         if total < rule.threshold or clients < rule.min_clients:
             return None
         return self._decide(watch, fact.time, net, total, clients)
@@ -172,13 +180,17 @@ class Detector:
     def _decide(self, watch: _Watch, t: float, target: str, count: int, clients: int) -> Decision | None:
         rule = watch.rule
         kind = rule.kind
-        if self._quiet.get((kind, target), -1.0) > t or not self._may_act_on(rule, kind, target, t):
+        # An alert never silences a block: a client that probed the relay (alert) and then relays must be blocked.
+        silent = self._quiet
+        if silent.get(("block", kind, target), -1.0) > t or silent.get((rule.action, kind, target), -1.0) > t:
+            return None
+        if not self._may_act_on(rule, kind, target, t):
             return None
         if len(self._quiet) > 10_000:
             self._quiet = {k: until for k, until in self._quiet.items() if until > t}
             self._blocked_nets = {n: until for n, until in self._blocked_nets.items() if until > t}
         quiet = self.block_s if rule.action == "block" else max(rule.window_s, self.alert_quiet_s)
-        self._quiet[(kind, target)] = t + quiet
+        self._quiet[(rule.action, kind, target)] = t + quiet
         if rule.action == "block" and kind == "subnet":
             self._blocked_nets[ipaddress.ip_network(target)] = t + self.block_s
         evidence = [(f, line) for f, line in self._recent if self._target_of(watch, f) == target][-5:]

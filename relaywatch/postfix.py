@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .model import ConfigError, PostfixError, RelaywatchError
+from .permissions import check_map_dir
 from .postconf import postconf
 
 log = logging.getLogger(__name__)
@@ -288,6 +289,7 @@ class AccessMap:
         """One writer at a time (daemon and CLI), on the map's directory itself."""
         fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
+            check_map_dir(self.path.parent, os.fstat(fd))  # the directory we hold, not a name
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield fd
         finally:

@@ -100,6 +100,7 @@ def to_json(result: ReplayResult) -> str:
             "messages": result.messages,
             "relayed": t.relayed,
             "relay_denied": t.relay_denied,
+            "forged": t.forged,
             "first_time": iso(t.first_time) if t.first_time is not None else None,
             "last_time": iso(t.last_time) if t.last_time is not None else None,
             "decisions": [decision_dict(d) for d in result.decisions],
@@ -124,6 +125,7 @@ def to_text(result: ReplayResult, dry_run: bool = True) -> str:
     out.append(
         f"  {t.lines:,} lines, {t.unparsed:,} unparsed, {result.messages:,} messages, "
         f"{t.relayed:,} relayed recipients, {t.relay_denied:,} relay attempts refused"
+        + (f", {t.forged:,} forged journal records ignored" if t.forged else "")
     )
     out.append("")
     verb = "would " if dry_run else ""

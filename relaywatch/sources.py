@@ -36,13 +36,15 @@ def _open_binary(path: str) -> BinaryIO:
 
 
 def read_lines(path: str) -> Iterator[str]:
-    """Each line of a log without its newline; over-long lines are cut to MAX_LINE."""
+    """Each line of a log without its newline; over-long lines are cut to MAX_LINE while
+    reading, so a line without end costs no more memory than MAX_LINE."""
     raw = _open_binary(path)
     text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="\n")
     try:
-        for line in text:
-            if len(line) > MAX_LINE:
-                line = line[:MAX_LINE]
+        while line := text.readline(MAX_LINE):
+            if not line.endswith("\n") and len(line) == MAX_LINE:
+                while (rest := text.readline(MAX_LINE)) and not rest.endswith("\n"):
+                    pass  # a line longer than any of Postfix's: keep its start, read past the rest
             yield line.rstrip("\n")
     except (OSError, EOFError, lzma.LZMAError) as exc:
         raise RelaywatchError(f"{path}: cannot read further: {exc}") from exc

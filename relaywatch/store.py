@@ -7,15 +7,20 @@ WAL with synchronous=FULL: relaywatch must remember what it blocked.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
+import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import sqlite_utils
 
-from .model import Decision
+from . import permissions
+from .model import Decision, RelaywatchError
+
+BUSY_TIMEOUT_S = 20.0  # how long a write waits for another process's lock (systemd's watchdog allows 60 s)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS counts (
@@ -69,15 +74,45 @@ class BlockRow:
 class Store:
     def __init__(self, path: str | Path | None = None) -> None:
         """`path` None keeps everything in memory (a dry-run replay)."""
+        self.path = path
         if path is None:
             self.db = sqlite_utils.Database(memory=True)
-        else:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.db.executescript(_SCHEMA)
+            return
+        # 0700 directory and 0600 file (its WAL and shm files get the same mode): it holds log
+        # lines with addresses in them, and what relaywatch blocks
+        permissions.private_dir(Path(path).parent)
+        permissions.private_file(path)
+        with self._errors("open"):
             self.db = sqlite_utils.Database(path)
+            self.db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
             self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect on a new database only
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(_SCHEMA)
+            self.db.executescript(_SCHEMA)
+
+    @contextlib.contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        """SQLite's errors as what happened and what to do; nothing of a failed write is kept."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            if type(exc) not in (sqlite3.OperationalError, sqlite3.DatabaseError):
+                raise  # IntegrityError and the like: a bug, not the environment
+            text = str(exc)
+            if "locked" in text or "busy" in text:
+                hint = (f"another process has held a write lock on it for more than {BUSY_TIMEOUT_S:g} s (an open"
+                        " sqlite3 shell, a backup?); nothing was written: retry once it lets go")
+            elif "full" in text:
+                hint = "the disk is full; nothing was written: free some space"
+            elif "not a database" in text or "malformed" in text or "corrupt" in text:
+                hint = ("it is damaged: restore it from a backup, or move it aside to start a new one (relaywatch then"
+                        " forgets its blocks; the access maps keep them until relaywatch next writes them)")
+            elif "unable to open" in text or "readonly" in text or "read-only" in text:
+                hint = "check that relaywatch runs as root and that its directory is writable"
+            else:
+                hint = "see the SQLite error"
+            raise RelaywatchError(f"state database {self.path}: cannot {doing} ({text}): {hint}") from exc
 
     def close(self) -> None:
         self.db.close()
@@ -94,7 +129,7 @@ class Store:
         all or nothing."""
         rows, gone = messages
         arrived, departed = origins
-        with self.db.atomic():
+        with self._errors("write"), self.db.atomic():
             self.db.conn.executemany("INSERT OR REPLACE INTO origins VALUES (?, ?, ?, ?)", arrived)
             self.db.conn.executemany("DELETE FROM origins WHERE qid = ?", [(qid,) for qid in departed])
             self.db.conn.executemany(
@@ -140,7 +175,7 @@ class Store:
 
     def prune_origins(self, before: float) -> int:
         """Forget origins older than Postfix keeps mail (maximal_queue_lifetime, 5 days by default)."""
-        with self.db.atomic():
+        with self._errors("write"), self.db.atomic():
             return self.db.execute("DELETE FROM origins WHERE time < ?", [before]).rowcount
 
     def open_messages(self) -> list[tuple]:
@@ -161,7 +196,7 @@ class Store:
 
     def prune(self, before_bucket: int) -> int:
         """Forget counts older than every window and give the space back; returns how many rows went."""
-        with self.db.atomic():
+        with self._errors("write"), self.db.atomic():
             gone = self.db.execute("DELETE FROM counts WHERE bucket < ?", [before_bucket]).rowcount
         self.db.conn.executescript("PRAGMA incremental_vacuum;")  # executescript runs every step
         return gone
@@ -174,7 +209,7 @@ class Store:
 
     def add_block(self, row: BlockRow) -> None:
         """Record a block (replacing an earlier one of the same target) and count the offence."""
-        with self.db.atomic():
+        with self._errors("write"), self.db.atomic():
             self.db.execute(
                 "INSERT OR REPLACE INTO blocks (kind, target, reason, rule, since, until) VALUES (?, ?, ?, ?, ?, ?)",
                 [row.kind, row.target, row.reason, row.rule, row.since, row.until],
@@ -186,7 +221,7 @@ class Store:
             )
 
     def remove_block(self, kind: str, target: str) -> bool:
-        with self.db.atomic():
+        with self._errors("write"), self.db.atomic():
             return self.db.execute("DELETE FROM blocks WHERE kind = ? AND target = ?", [kind, target]).rowcount > 0
 
     def blocks(self, now: float | None = None) -> list[BlockRow]:
@@ -203,13 +238,13 @@ class Store:
 
     def expire_blocks(self, now: float) -> list[BlockRow]:
         """Forget blocks whose time is up; returns them."""
-        with self.db.atomic():
+        with self._errors("write"), self.db.atomic():
             gone = [b for b in self.blocks() if b.until is not None and b.until <= now]
             self.db.execute("DELETE FROM blocks WHERE until IS NOT NULL AND until <= ?", [now])
         return gone
 
     def set_meta(self, key: str, value: object) -> None:
-        with self.db.atomic():
+        with self._errors("write"), self.db.atomic():
             self.db.execute(
                 "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 [key, json.dumps(value, sort_keys=True)],

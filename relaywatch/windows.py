@@ -2,12 +2,27 @@
 
 The store keeps the same buckets in SQLite, so a restarted daemon rebuilds
 these counters from disk and resumes its windows where it stopped.
+
+Memory is bounded: a flood of distinct keys (IPv6 gives endless client
+addresses) leaves at most `max_keys` keys, and leftovers, in a window. Past the
+cap the keys with the fewest events go first; a grouped counter keeps what they
+added to their network (events and distinct clients) until it slides out of the
+window, so a /64 or /48 flood is still seen however many addresses it uses. When
+the leftovers are too many (a flood spread over many networks), the networks
+with the fewest events are forgotten whole.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+
+MAX_KEYS = 50_000  # per window; far above the distinct clients, senders or domains of real mail
+
+# In a grouped counter a bucket also holds, under these tuple keys (never a str key), what
+# evicted keys left in a group: (_EVENTS, group) -> events, (_GONE, group) -> keys whose
+# last event was in this bucket.
+_EVENTS, _GONE = 0, 1
 
 
 class WindowCounter:
@@ -16,18 +31,25 @@ class WindowCounter:
     With `group` (for example ip -> its /24), it also keeps per-group totals
     and how many distinct keys of each group are in the window: rotating
     abuse spreads thin over many addresses of one network.
+    `evicted` counts keys and groups dropped at the cap; once it is > 0, per-key
+    totals are lower bounds and distinct keys per group upper bounds.
     """
 
-    __slots__ = ("nbuckets", "buckets", "totals", "group", "group_totals", "group_keys", "latest")
+    __slots__ = ("nbuckets", "buckets", "totals", "group", "group_totals", "group_keys", "latest", "max_keys",
+                 "evicted", "residue")
 
-    def __init__(self, nbuckets: int, group: Callable[[str], str | None] | None = None) -> None:
+    def __init__(self, nbuckets: int, group: Callable[[str], str | None] | None = None,
+                 max_keys: int = MAX_KEYS) -> None:
         self.nbuckets = max(1, nbuckets)
-        self.buckets: deque[tuple[int, dict[str, int]]] = deque()
+        self.buckets: deque[tuple[int, dict]] = deque()
         self.totals: dict[str, int] = {}
         self.group = group
         self.group_totals: dict[str, int] = {}
         self.group_keys: dict[str, int] = {}
         self.latest = 0
+        self.max_keys = max(4, max_keys)
+        self.evicted = 0
+        self.residue = 0  # (_EVENTS|_GONE, group) entries in the buckets
 
     def add(self, bucket: int, key: str, n: int = 1) -> int:
         """Count `n` for `key`; returns the key's total in the window."""
@@ -49,6 +71,8 @@ class WindowCounter:
                     self.group_keys[g] = self.group_keys.get(g, 0) + 1
         total += n
         self.totals[key] = total
+        if total == n and len(self.totals) + self.residue > self.max_keys:
+            self._shrink(key)
         return total
 
     def _expire(self, now: int) -> None:
@@ -56,6 +80,13 @@ class WindowCounter:
         while self.buckets and self.buckets[0][0] <= oldest:
             _, counts = self.buckets.popleft()
             for key, n in counts.items():
+                if type(key) is tuple:  # what evicted keys left in their group
+                    self.residue -= 1
+                    if key[0] == _EVENTS:
+                        self._drop_from_group(key[1], n, gone=False)
+                    else:
+                        self._drop_keys_from_group(key[1], n)
+                    continue
                 left = self.totals[key] - n
                 if left:
                     self.totals[key] = left
@@ -73,11 +104,107 @@ class WindowCounter:
         else:
             del self.group_totals[g]
         if gone:
-            keys = self.group_keys[g] - 1
-            if keys:
-                self.group_keys[g] = keys
-            else:
-                del self.group_keys[g]
+            self._drop_keys_from_group(g, 1)
+
+    def _drop_keys_from_group(self, g: str, n: int) -> None:
+        keys = self.group_keys[g] - n
+        if keys:
+            self.group_keys[g] = keys
+        else:
+            del self.group_keys[g]
+
+    # --- the cap: at most max_keys keys and leftovers of evicted keys ----------------------
+
+    def _shrink(self, keep: str) -> None:
+        """Back to 3/4 of the cap: first the quarter of keys with the fewest events (a grouped
+        counter keeps their share in their group), then, if their leftovers are still too many
+        (a flood spread over many networks), the networks with the fewest events, whole."""
+        target = self.max_keys * 3 // 4
+        ranked = sorted(self.totals, key=self.totals.__getitem__)  # stable: oldest first among equals
+        n = max(1, len(ranked) // 4)
+        victims = set(ranked[: n + 1])
+        if keep in victims:
+            victims.discard(keep)
+        else:
+            victims.discard(ranked[n])
+        self._evict_keys(victims)
+        if self.group is not None and len(self.totals) + self.residue > target:
+            self._evict_groups(len(self.totals) + self.residue - target, self.group(keep))
+
+    def _evict_keys(self, victims: set[str]) -> None:
+        group = self.group
+        last: dict[str, dict] = {}
+        shrunk = []
+        for i, (_, counts) in enumerate(self.buckets):
+            hit = [k for k in counts if k in victims] if len(counts) < len(victims) else \
+                [k for k in victims if k in counts]
+            for k in hit:
+                n = counts.pop(k)
+                g = group(k) if group is not None else None
+                if g is not None:
+                    self._leave(counts, (_EVENTS, g), n)
+                    last[k] = counts
+            if len(hit) > len(counts):
+                shrunk.append(i)
+        for k, counts in last.items():
+            self._leave(counts, (_GONE, group(k)), 1)  # type: ignore[misc]
+        for k in victims:
+            del self.totals[k]
+        self.evicted += len(victims)
+        self._compact(shrunk)
+
+    def _compact(self, indexes: list[int]) -> None:
+        """A dict keeps the room of its largest size: copy the buckets that lost most of theirs."""
+        for i in indexes:
+            b, counts = self.buckets[i]
+            self.buckets[i] = (b, dict(counts))
+
+    def _leave(self, counts: dict, residue_key: tuple, n: int) -> None:
+        old = counts.get(residue_key)
+        if old is None:
+            self.residue += 1
+            counts[residue_key] = n
+        else:
+            counts[residue_key] = old + n
+
+    def _evict_groups(self, excess: int, keep: str | None) -> None:
+        """Forget whole groups, fewest events first, until `excess` entries are gone."""
+        group = self.group
+        assert group is not None
+        members: dict[str, list[str]] = {}
+        for k in self.totals:
+            g = group(k)
+            if g is not None:
+                members.setdefault(g, []).append(k)
+        leftovers: dict[str, int] = {}
+        for _, counts in self.buckets:
+            for k in counts:
+                if type(k) is tuple:
+                    leftovers[k[1]] = leftovers.get(k[1], 0) + 1
+        victims: set[str] = set()
+        for g in sorted(self.group_totals, key=self.group_totals.__getitem__):
+            if excess <= 0:
+                break
+            if g != keep:
+                victims.add(g)
+                excess -= len(members.get(g, ())) + leftovers.get(g, 0)
+        keys = {k for g in victims for k in members.get(g, ())}
+        shrunk = []
+        for i, (_, counts) in enumerate(self.buckets):
+            hit = [k for k in counts if (k[1] in victims if type(k) is tuple else k in keys)]
+            for k in hit:
+                if type(k) is tuple:
+                    self.residue -= 1
+                del counts[k]
+            if len(hit) > len(counts):
+                shrunk.append(i)
+        self._compact(shrunk)
+        for k in keys:
+            del self.totals[k]
+        for g in victims:
+            self.group_totals.pop(g, None)
+            self.group_keys.pop(g, None)
+        self.evicted += len(keys) + len(victims)
 
     def __len__(self) -> int:
         return len(self.totals)

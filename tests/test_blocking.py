@@ -197,3 +197,13 @@ def test_target_kind(text, expected):
 def test_a_network_with_host_bits_is_refused():
     with pytest.raises(InvalidBlock, match="not a network"):
         target_kind("218.144.1.1/16")
+
+
+def test_a_map_directory_others_can_write_is_refused(tmp_path):
+    from relaywatch.model import ConfigError
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(ConfigError, match="map directory"):
+        maps_from_config(f"hash:{shared}/clients", "", "hash")

@@ -122,3 +122,9 @@ def test_a_remembered_subnet_block_covers_its_clients():
     d.remember_block("subnet", "203.0.113.0/24", until=10_000)
     decisions = feed(d, [relayed(1000 + i, "203.0.113.5", i) for i in range(100)])
     assert [x for x in decisions if x.action == "block"] == []
+
+
+def test_an_event_older_than_the_window_is_ignored_without_error():
+    d = Detector()
+    feed(d, [relayed(100_000 + i, "203.0.113.5", i) for i in range(3)])
+    assert feed(d, [relayed(1000, "218.144.1.1", 99)]) == []  # a log that jumps back in time
