@@ -1,4 +1,5 @@
-"""Shared fixtures. `postfix_instance`: a private, running Postfix (tests/postfix_rig.py)."""
+"""Shared fixtures. `postfix_instance`: a private, running Postfix (tests/postfix_rig.py);
+`sink` and `hang`: real HTTP endpoints on 127.0.0.1 for notifications (tests/http_sink.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from http_sink import Hang, Sink
 from postfix_rig import PostfixRig, postfix_installed
 
 
@@ -29,3 +31,20 @@ def postfix_instance(request: pytest.FixtureRequest) -> Iterator[PostfixRig]:
         yield rig
     finally:
         rig.stop()
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    """Records what Apprise's json:// and form:// targets post; a path with "fail" answers 500."""
+    s = Sink()
+    yield s
+    s.server.shutdown()
+    s.server.server_close()
+
+
+@pytest.fixture
+def hang() -> Iterator[Hang]:
+    """Accepts connections and never answers."""
+    h = Hang()
+    yield h
+    h.close()

@@ -103,16 +103,6 @@ def test_usage_errors_exit_2(args):
     assert CliRunner().invoke(main, ["replay", *args]).exit_code == 2
 
 
-@pytest.fixture
-def sink():
-    from http_sink import Sink
-
-    s = Sink()
-    yield s
-    s.server.shutdown()
-    s.server.server_close()
-
-
 def test_notify_test_reports_each_target(sink, tmp_path):
     good, bad = sink.url("json", "/chat"), sink.url("json", "/fail")
     cfg = tmp_path / "rw.toml"

@@ -12,7 +12,6 @@ import logging
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 from http_sink import Hang, Sink
@@ -32,21 +31,6 @@ BLOCK = Decision(
     ),
     sample_qids=("4Tq1", "4Tq2"),
 )
-
-
-@pytest.fixture
-def sink() -> Iterator[Sink]:
-    s = Sink()
-    yield s
-    s.server.shutdown()
-    s.server.server_close()
-
-
-@pytest.fixture
-def hang() -> Iterator[Hang]:
-    h = Hang()
-    yield h
-    h.close()
 
 
 class FakeClock:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from http_sink import Sink
 from postfix_rig import UNREACHABLE_DOMAIN, PostfixRig
 
 from relaywatch.cli import main
@@ -225,14 +224,6 @@ def queued(postfix_instance):
              "the mail to reach the deferred queue")
     yield ids
     subprocess.run(["/usr/sbin/postsuper", "-c", rig.config_directory, "-d", "ALL"], capture_output=True, check=True)
-
-
-@pytest.fixture
-def sink():
-    s = Sink()
-    yield s
-    s.server.shutdown()
-    s.server.server_close()
 
 
 @pytest.fixture
