@@ -300,6 +300,57 @@ def notify_test(config_path: str | None, urls: tuple[str, ...]) -> None:
 
 
 @main.command()
+@click.option("--day", metavar="YYYY-MM-DD", help="The day to show (default: yesterday, local time).")
+@click.option("--send", is_flag=True, help="Also send it to the [notify] targets (those tagged for it).")
+@config_option
+def digest(day: str | None, send: bool, config_path: str | None) -> None:
+    """Print the daily digest of a day the daemon recorded (default: yesterday); --send notifies it."""
+    from datetime import date, timedelta
+
+    from .digest import DayStats, digest_text, unusual
+    from .notify import notice_for_text, send_now
+
+    try:
+        wanted = (date.fromisoformat(day) if day else date.today() - timedelta(days=1)).isoformat()
+    except ValueError:
+        raise click.BadParameter(f"{day!r} is not a date as YYYY-MM-DD", param_hint="--day") from None
+    try:
+        cfg = _load(config_path)
+        if send and not cfg.notify_urls and not cfg.notify_config:
+            raise click.UsageError("--send needs [notify] urls or config in the configuration")
+        if not os.path.exists(cfg.database):
+            raise RelaywatchError(f"{cfg.database} does not exist: relaywatch has not run with this configuration")
+        store = Store(cfg.database)
+        saved = store.meta(f"day:{wanted}")
+        current = store.meta("day_current") or {}
+        partial = saved is None and current.get("day") == wanted
+        if partial:
+            saved = current
+        if saved is None:
+            days = [k.removeprefix("day:") for k in store.meta_keys("day:")] + ([current["day"]] if current else [])
+            raise RelaywatchError(f"no record of {wanted}; recorded days: {', '.join(days) or 'none'} "
+                                  "(relaywatch run keeps the last 35)")
+        stats = DayStats.from_dict(saved)
+        title, body = digest_text(stats, store.decisions(stats.start, stats.end))
+        if partial:
+            title += " (so far)"
+        click.echo(f"{title}\n\n{body}")
+        if send:
+            severity = "warning" if unusual(stats) else "info"
+            results = send_now(notice_for_text(severity, title, body, ("digest", severity)), cfg.notify_urls,
+                               cfg.notify_config, timeout_s=cfg.notify_timeout_s)
+    except RelaywatchError as exc:
+        _fail(exc)
+    if send:
+        for r in results:
+            click.echo(f"{'sent  ' if r.ok else 'FAILED'} {r.url}{'' if r.ok else f': {r.error}'}", err=True)
+        if not results:
+            click.echo("relaywatch: no target takes notices tagged digest", err=True)
+        if not results or not all(r.ok for r in results):
+            sys.exit(1)
+
+
+@main.command()
 @config_option
 def run(config_path: str | None) -> None:
     """Follow the live mail log and act on it: the systemd service (SIGHUP reloads the config)."""

@@ -22,6 +22,7 @@ from .policy import DEFAULT_RULES, DIMS, Network, Rule
 log = logging.getLogger("relaywatch.config")
 
 _DURATION = re.compile(r"(\d+)\s*([smhdw]?)")
+_HHMM = re.compile(r"([01]\d|2[0-3]):[0-5]\d")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -43,6 +44,7 @@ class Config:
     notify_cooldown_s: int = 300
     notify_timeout_s: int = 10
     notify_retries: int = 3
+    notify_digest_at: str = ""  # "HH:MM" local time of the daily digest; "" = none
     queue_hold: bool = True
     rules: tuple[Rule, ...] = field(default=DEFAULT_RULES)
 
@@ -60,6 +62,13 @@ def parse_duration(value: object, key: str) -> int:
         if m and int(m[1]) > 0:
             return int(m[1]) * _UNITS[m[2]]
     raise ConfigError(f"{key}: {value!r} is not a duration (use seconds or e.g. \"10m\", \"1h\", \"1d\")")
+
+
+def _hhmm(value: str, key: str) -> str:
+    """"HH:MM" (24 h) or "" for none."""
+    if value and not _HHMM.fullmatch(value):
+        raise ConfigError(f"{key}: {value!r} is not a time of day as \"HH:MM\" (e.g. \"07:30\"), or \"\" for none")
+    return value
 
 
 class _Section:
@@ -163,6 +172,7 @@ def from_dict(data: dict[str, Any]) -> Config:
         notify_cooldown_s=parse_duration(sections["notify"].get("cooldown", object, "5m"), "[notify] cooldown"),
         notify_timeout_s=parse_duration(sections["notify"].get("timeout", object, "10s"), "[notify] timeout"),
         notify_retries=sections["notify"].get("retries", int, d.notify_retries),
+        notify_digest_at=_hhmm(sections["notify"].get("digest_at", str, d.notify_digest_at), "[notify] digest_at"),
         queue_hold=sections["queue"].get("hold", bool, d.queue_hold),
         rules=_rules(data.get("rules", {})),
     )

@@ -205,7 +205,8 @@ class Correlator:
             del self._open[d.qid]
         if msg.client is None or not self._outbound(d):
             return None
-        return Relayed(d.time, d.qid, msg.client, msg.sasl_user, msg.sender, d.recipient, domain_of(d.recipient), d.status)
+        return Relayed(d.time, d.qid, msg.client, msg.sasl_user, msg.sender, d.recipient, domain_of(d.recipient),
+                       d.status, msg.first_seen)
 
     def _outbound(self, d: Delivery) -> bool:
         if d.orig_to is not None and d.orig_to != d.recipient:

@@ -17,11 +17,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from . import config as config_mod
 from .audit import AuditMaps, block_ineffective_reason, run_audit
 from .blocking import Blocker
 from .correlate import LocalDomains
+from .digest import DayStats, day_of, digest_text, unusual
 from .engine import Pipeline
 from .follow import FileFollower
 from .journal import JournalFollower
@@ -43,6 +45,8 @@ ORIGINS_KEPT_S = 6 * 86400  # longer than Postfix keeps mail (maximal_queue_life
 # After a block, queued messages the log did not tie to a client are looked up with postcat
 # only up to this many (~0.05 s per 1,000); `relaywatch queue hold` looks at them all.
 HOLD_POSTCAT_LIMIT = 20_000
+DAY_SAVE_S = 60.0  # the current day's digest counts are saved this often (and at every rollover and stop)
+DAYS_KEPT = 35  # finished days kept in meta as day:YYYY-MM-DD
 HOLD_KINDS = {"client": "client", "subnet": "network", "sasl_user": "sasl_user"}  # block kind -> queue target
 
 
@@ -97,7 +101,8 @@ class Daemon:
         self.blocker_factory = blocker_factory
         self.blocker = blocker_factory(cfg, self.store)
         self.notifier = notifier_for(cfg)
-        self.pipeline = self._pipeline(cfg)
+        saved = self.store.meta("day_current")
+        self.pipeline = self._pipeline(cfg, DayStats.from_dict(saved) if saved else DayStats.for_time(clock()))
         self.source = open_source(cfg, self.store)
         # Until a first position is stored, a restart would start at the end of the log again.
         self._position_stored = self.store.position(self.source.source_name) is not None
@@ -105,10 +110,13 @@ class Daemon:
         self.postfix_params: tuple[dict[str, str], dict[str, dict[str, str]]] | None = None
         self.started = clock()
         self.failed_lines = 0
+        self._idle = False  # the last read found no new line: the log is read up to now
+        self._day_saved_at = clock()
 
-    def _pipeline(self, cfg: config_mod.Config) -> Pipeline:
-        pipeline = Pipeline(cfg, self.store, self._local_domains(cfg), persist_messages=True)
+    def _pipeline(self, cfg: config_mod.Config, day: DayStats | None) -> Pipeline:
+        pipeline = Pipeline(cfg, self.store, self._local_domains(cfg), persist_messages=True, day=day)
         pipeline.restore(self.clock())
+        pipeline.day_limit = self.clock() + 3600
         return pipeline
 
     def _local_domains(self, cfg: config_mod.Config) -> LocalDomains:
@@ -157,6 +165,7 @@ class Daemon:
 
     def _batch(self) -> None:
         batch = self.source.read(BATCH_LINES, timeout=0.25)
+        self._idle = not batch.lines
         if not batch.lines:
             if not self._position_stored:
                 self.pipeline.flush((self.source.source_name, batch.position))
@@ -175,6 +184,10 @@ class Daemon:
             self.blocker.sync()
         # held even when the map is pending: holding is what stops the mail already queued
         held = {(d.kind, d.target): self._hold(d) for d in blocked}
+        if self.pipeline.day is not None:
+            self.pipeline.day.held += sum(n for n in held.values() if n)
+        if self.pipeline.finished_days:
+            self._save_days()
         for d in decisions:
             self._tell(d, held.get((d.kind, d.target)))
 
@@ -255,9 +268,10 @@ class Daemon:
             log.error("SIGHUP: keeping the old configuration: %s", exc)
             return
         self.pipeline.flush()
+        self._save_days()
         self.cfg = cfg
         self.blocker = self.blocker_factory(cfg, self.store)
-        self.pipeline = self._pipeline(cfg)
+        self.pipeline = self._pipeline(cfg, self.pipeline.day)
         self._audit()
         log.info("configuration reloaded from %s", self.config_path)
 
@@ -266,6 +280,12 @@ class Daemon:
             log.info("block of %s %s expired", b.kind, b.target)
         if self.blocker.due():
             self.blocker.sync()
+        self.pipeline.day_limit = now + 3600
+        if self._idle:  # a quiet log: the day still ends at midnight
+            self.pipeline.roll_day(now)
+        if self.pipeline.finished_days or now - self._day_saved_at >= DAY_SAVE_S:
+            self._save_days()
+        self._send_digest(now)
         totals = self.pipeline.totals
         status = {
             "pid": os.getpid(),
@@ -283,8 +303,45 @@ class Daemon:
         sd_notify(f"STATUS={totals.lines} lines, {totals.relayed} relayed, "
                   f"{len(self.store.blocks(now))} blocks\nWATCHDOG=1")
 
+    def _save_days(self) -> None:
+        """Keep finished days as day:YYYY-MM-DD (the last DAYS_KEPT) and the current one as day_current."""
+        pipeline = self.pipeline
+        for day in pipeline.finished_days:
+            self.store.set_meta(f"day:{day.day}", day.to_dict())
+        if pipeline.finished_days:
+            oldest = day_of(datetime.fromisoformat(pipeline.finished_days[-1].day).timestamp() - DAYS_KEPT * 86400)
+            self.store.prune_meta("day:", oldest)
+            pipeline.finished_days.clear()
+        if pipeline.day is not None:
+            self.store.set_meta("day_current", pipeline.day.to_dict())
+        self._day_saved_at = self.clock()
+
+    def _send_digest(self, now: float) -> None:
+        """At [notify] digest_at (local time), send yesterday's digest once."""
+        if not self.cfg.notify_digest_at or self.notifier is None:
+            return
+        local = datetime.fromtimestamp(now)
+        if local.strftime("%H:%M") < self.cfg.notify_digest_at:
+            return
+        day = (local.date() - timedelta(days=1)).isoformat()
+        if (self.store.meta("digest_sent") or "") >= day:
+            return
+        if self.pipeline.day is None or self.pipeline.day.day <= day:
+            return  # still reading yesterday's log (a backlog): wait until it is finished
+        self.store.set_meta("digest_sent", day)  # before submitting: a crash loses it rather than repeat it
+        saved = self.store.meta(f"day:{day}")
+        if saved is None:
+            log.info("no digest for %s: relaywatch did not watch the log that day", day)
+            return
+        stats = DayStats.from_dict(saved)
+        title, body = digest_text(stats, self.store.decisions(stats.start, stats.end))
+        severity = "warning" if unusual(stats) else "info"
+        self.notifier.submit(notice_for_text(severity, title, body, ("digest", severity)))
+        log.info("daily digest of %s submitted", day)
+
     def close(self) -> None:
         self.pipeline.flush()
+        self._save_days()
         self.source.close()
         if self.notifier is not None:
             self.notifier.close(timeout=5)

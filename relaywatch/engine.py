@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from . import sources
 from .config import Config
 from .correlate import Correlator, LocalDomains
+from .digest import DayStats
 from .model import Decision, Relayed, RelayDenied, Unparsed
 from .parse import FORGED, LineParser, YearResolver
 from .policy import Detector
@@ -41,11 +42,13 @@ class Totals:
 
 class Pipeline:
     def __init__(self, config: Config, store: Store, local_domains: LocalDomains | None = None,
-                 persist_messages: bool = False, persist_counts: bool = True) -> None:
+                 persist_messages: bool = False, persist_counts: bool = True, day: DayStats | None = None) -> None:
         """`persist_messages`: keep open messages in the store too, so that a restarted
         daemon still correlates a delivery whose client= line it read before.
         `persist_counts` False: window counts stay in memory only (a replay never restores them,
-        and a flood of distinct clients would grow its in-memory database by every key)."""
+        and a flood of distinct clients would grow its in-memory database by every key).
+        `day`: the daily digest's counts (the daemon's); at local midnight of log time it moves
+        to `finished_days` and a new day begins."""
         self.config = config
         self.store = store
         self.persist_counts = persist_counts
@@ -58,6 +61,15 @@ class Pipeline:
         self.timeline = Timeline(config.rules)
         self._counts: dict[tuple[str, int, str], int] = {}
         self._decisions: list[Decision] = []
+        self.day = day
+        self.finished_days: list[DayStats] = []
+        self.day_limit = float("inf")  # the daemon: a line stamped later than this (a forged date) ends no day
+
+    def roll_day(self, t: float) -> None:
+        """Finish the current day if `t` is past its end (log time, or wall time when the log is idle)."""
+        if self.day is not None and t >= self.day.end:
+            self.finished_days.append(self.day)
+            self.day = DayStats.for_time(t)
 
     def restore(self, now: float) -> None:
         """Rebuild the windows from the store (a restarted daemon resumes them)."""
@@ -89,16 +101,24 @@ class Pipeline:
         if totals.first_time is None:
             totals.first_time = t
         totals.last_time = t
+        day = self.day
+        if day is not None and t >= day.end and t <= self.day_limit:
+            self.roll_day(t)
+            day = self.day
         fact = self.correlator.feed(event)
         if fact is None:
             return _NOTHING
         self._count(fact)
         self.timeline.observe(fact)
+        if day is not None:
+            day.add(fact)
         decisions = self.detector.observe(fact, line)
         if decisions:
             self._decisions.extend(decisions)
             for d in decisions:
                 self.timeline.decision(d)
+                if day is not None and d.action == "block":
+                    day.block(d.kind, d.target, d.time, d.time + self.config.block_s)
         return decisions
 
     def _count(self, fact: Relayed | RelayDenied) -> None:

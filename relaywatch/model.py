@@ -129,7 +129,8 @@ class Relayed:
     sender: str
     recipient: str
     domain: str
-    status: str
+    status: str  # of the first delivery attempt
+    queued: float | None = field(default=None, compare=False)  # when its client= line was logged
 
 
 @dataclass(frozen=True, slots=True)

@@ -282,6 +282,17 @@ def send_test(urls: Sequence[str] = (), config_file: str | None = None, *,
     return results
 
 
+def send_now(notice: Notice, urls: Sequence[str] = (), config_file: str | None = None, *,
+             timeout_s: float = 10) -> list[TargetResult]:
+    """Send `notice` once, synchronously, to each target whose tags want it (`relaywatch digest --send`)."""
+    results = []
+    for target in _load(urls, config_file):
+        if target.wants(notice):
+            reason = _deliver(target, notice, timeout_s)
+            results.append(TargetResult(target.name, target.tag_names, reason is None, reason))
+    return results
+
+
 # --- the notifier ------------------------------------------------------------
 class Notifier:
     """Delivers notices in the background; see the module docstring.

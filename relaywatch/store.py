@@ -187,11 +187,14 @@ class Store:
         row = self.db.execute("SELECT value FROM positions WHERE source = ?", [source]).fetchone()
         return json.loads(row[0]) if row else None
 
-    def decisions(self) -> list[Decision]:
+    def decisions(self, since: float | None = None, until: float | None = None) -> list[Decision]:
+        """Decisions in time order; with `since`/`until`, those in [since, until)."""
+        sql, args = "SELECT * FROM decisions WHERE time >= ? AND time < ? ORDER BY time, id", [
+            float("-inf") if since is None else since, float("inf") if until is None else until]
         return [
             Decision(r["time"], r["action"], r["kind"], r["target"], r["rule"], r["count"], r["window_s"],
                      r["clients"], tuple(json.loads(r["evidence"])), tuple(json.loads(r["sample_qids"])))
-            for r in self.db.query("SELECT * FROM decisions ORDER BY time, id")
+            for r in self.db.query(sql, args)
         ]
 
     def prune(self, before_bucket: int) -> int:
@@ -253,6 +256,17 @@ class Store:
     def meta(self, key: str, default: object = None) -> object:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
         return json.loads(row[0]) if row else default
+
+    def meta_keys(self, prefix: str) -> list[str]:
+        """Meta keys starting with `prefix`, sorted."""
+        rows = self.db.execute("SELECT key FROM meta WHERE substr(key, 1, ?) = ? ORDER BY key", [len(prefix), prefix])
+        return [r[0] for r in rows]
+
+    def prune_meta(self, prefix: str, before: str) -> int:
+        """Forget the meta keys `prefix` + x for every x sorting before `before` (old days)."""
+        with self._errors("write"), self.db.atomic():
+            return self.db.execute("DELETE FROM meta WHERE substr(key, 1, ?) = ? AND substr(key, ?) < ?",
+                                   [len(prefix), prefix, len(prefix) + 1, before]).rowcount
 
     def busiest(self, since_bucket: int, per_dim: int = 5) -> dict[str, list[tuple[str, int]]]:
         """The largest window totals per dimension since `since_bucket`."""
