@@ -18,11 +18,11 @@ import click
 from . import config as config_mod
 from . import report
 from .blocking import Blocker, maps_from_config, target_kind
-from .engine import ReplayResult
 from .engine import replay as run_replay
 from .model import Decision, RelaywatchError
 from .postfix import Postfix, default_database_type
 from .queue import CLI_FLAGS, PostfixQueue, QueuedMessage, Target, select, target
+from .report import ReplayResult
 from .store import Store
 
 DEFAULT_CONFIG = "/etc/relaywatch/relaywatch.toml"

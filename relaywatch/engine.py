@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 
 from . import sources
 from .config import Config
@@ -18,7 +17,7 @@ from .digest import DayStats
 from .model import Decision, Relayed, RelayDenied, Unparsed
 from .parse import FORGED, LineParser, YearResolver
 from .policy import Detector
-from .report import Tally
+from .report import ReplayResult, Tally, Totals
 from .store import Store
 from .timeline import Timeline
 
@@ -26,18 +25,6 @@ log = logging.getLogger("relaywatch.engine")
 
 _NOTHING: Sequence[Decision] = ()
 FLUSH_EVERY = 20_000
-
-
-@dataclass
-class Totals:
-    lines: int = 0
-    unparsed: int = 0
-    forged: int = 0
-    relayed: int = 0
-    relay_denied: int = 0
-    first_time: float | None = None
-    last_time: float | None = None
-    unparsed_samples: list[str] = field(default_factory=list)
 
 
 class Pipeline:
@@ -171,15 +158,6 @@ class Pipeline:
     @property
     def messages(self) -> int:
         return self.correlator.messages
-
-
-@dataclass
-class ReplayResult:
-    totals: Totals
-    messages: int
-    decisions: list[Decision]
-    tally: Tally
-    timeline: Timeline = field(default_factory=Timeline)
 
 
 def replay(

@@ -46,7 +46,7 @@ class _Tally(Protocol):
 
 
 class ReportSource(Protocol):
-    """What a replay (or a period of the daemon's state) offers: `engine.ReplayResult` fits."""
+    """What a replay (or a period of the daemon's state) offers: `report.ReplayResult` fits."""
 
     totals: _Totals
     messages: int

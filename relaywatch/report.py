@@ -6,14 +6,11 @@ The JSON shape is a contract other tools rely on: add fields, never rename.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from .model import Decision, Relayed
-from .timeline import text_block
-
-if TYPE_CHECKING:
-    from .engine import ReplayResult
+from .timeline import Timeline, text_block
 
 TOP = 10
 
@@ -70,6 +67,31 @@ class Tally:
             "sasl_users": self.sasl_users.top(),
             "relay_denied": self.relay_denied.top(),
         }
+
+
+@dataclass
+class Totals:
+    """What a run read: line counts and the span of log time."""
+
+    lines: int = 0
+    unparsed: int = 0
+    forged: int = 0
+    relayed: int = 0
+    relay_denied: int = 0
+    first_time: float | None = None
+    last_time: float | None = None
+    unparsed_samples: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ReplayResult:
+    """Everything a replay found, for the text, JSON and HTML reports."""
+
+    totals: Totals
+    messages: int
+    decisions: list[Decision]
+    tally: Tally
+    timeline: Timeline = field(default_factory=Timeline)
 
 
 def iso(t: float) -> str:

@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 import pytest
 
 from relaywatch.audit import Finding
-from relaywatch.engine import ReplayResult, Totals
+from relaywatch.report import ReplayResult, Totals
 from relaywatch.htmlreport import esc, render_html
 from relaywatch.model import Decision, Relayed, RelayDenied
 from relaywatch.report import Tally
