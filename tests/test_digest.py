@@ -7,12 +7,10 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from http_sink import Sink
 
 from relaywatch import config as config_mod
 from relaywatch import digest, sources
@@ -28,14 +26,6 @@ from relaywatch.store import Store
 SAMPLE = Path(__file__).parent.parent / "relaywatch" / "data" / "sample-2003-03-16.log.gz"
 DAY = "2024-05-14"
 T0 = digest.day_bounds(DAY)[0] + 9 * 3600  # 09:00 local
-
-
-@pytest.fixture
-def sink() -> Iterator[Sink]:
-    s = Sink()
-    yield s
-    s.server.shutdown()
-    s.server.server_close()
 
 
 def relayed(i: int, domain: str = "x.example", status: str = "sent", client: str = "192.0.2.7",
