@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import date, timedelta
 from importlib import resources
 
 import click
@@ -305,8 +306,6 @@ def notify_test(config_path: str | None, urls: tuple[str, ...]) -> None:
 @config_option
 def digest(day: str | None, send: bool, config_path: str | None) -> None:
     """Print the daily digest of a day the daemon recorded (default: yesterday); --send notifies it."""
-    from datetime import date, timedelta
-
     from .digest import DayStats, digest_text, unusual
     from .notify import notice_for_text, send_now
 
@@ -560,3 +559,86 @@ def queue_delete(config_path: str | None, yes: bool, **given: str | None) -> Non
         click.echo(f"would delete {len(messages)} messages of {who}; add --yes to delete them")
         sys.exit(2)
     click.echo(f"deleted {deleted} messages of {who}")
+
+
+def _day_option(value: str | None, name: str) -> date | None:
+    try:
+        return date.fromisoformat(value) if value else None
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date as YYYY-MM-DD", param_hint=name) from None
+
+
+@main.command("report")
+@click.option("--since", metavar="YYYY-MM-DD", help="First day of the period (default: 6 days before --until).")
+@click.option("--until", metavar="YYYY-MM-DD", help="Last day of the period, included (default: today, local time).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "html"]), default="text", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the report to this file (default: stdout).")
+@config_option
+def report_command(since: str | None, until: str | None, fmt: str, output: str | None,
+                   config_path: str | None) -> None:
+    """Report a period of what the daemon recorded (default: the last 7 days), like replay's report.
+
+    Built from the daemon's daily records: hourly counts, and top tables that are
+    approximate past the rows each day keeps.
+    """
+    from .digest import PERIOD_NOTE, DayStats, day_bounds, period_result
+
+    last = _day_option(until, "--until") or date.today()
+    first = _day_option(since, "--since") or last - timedelta(days=6)
+    if first > last:
+        raise click.UsageError(f"--since {first} is after --until {last}")
+    try:
+        cfg = _load(config_path)
+        if not os.path.exists(cfg.database):
+            raise RelaywatchError(f"{cfg.database} does not exist: relaywatch has not run with this configuration")
+        store = Store(cfg.database)
+        recorded = {k.removeprefix("day:"): k for k in store.meta_keys("day:")}
+        current = store.meta("day_current") or {}
+        if current.get("day") and current["day"] not in recorded:
+            recorded[current["day"]] = "day_current"
+        wanted = sorted(d for d in recorded if first.isoformat() <= d <= last.isoformat())
+        if not wanted:
+            raise RelaywatchError(f"no record of {first} .. {last}; recorded days: "
+                                  f"{', '.join(sorted(recorded)) or 'none'} (relaywatch run keeps the last 35)")
+        days = [DayStats.from_dict(current if recorded[d] == "day_current" else store.meta(recorded[d]))
+                for d in wanted]
+        start, end = day_bounds(first.isoformat())[0], day_bounds(last.isoformat())[1]
+        result, no_hours = period_result(days, store.decisions(start, end), cfg.rules, now=time.time())
+    except RelaywatchError as exc:
+        _fail(exc)
+    partial = " (so far)" if recorded[wanted[-1]] == "day_current" else ""
+    missing = sorted(set(_days_between(first, last)) - set(wanted))
+    notes = [PERIOD_NOTE, f"Days recorded: {', '.join(wanted)}{partial}."]
+    if missing:
+        notes.append(f"No record of: {', '.join(missing)}.")
+    if no_hours:
+        notes.append(f"Stored without hourly counts (not in the timeline): {', '.join(no_hours)}.")
+    if fmt == "json":
+        doc = json.loads(report.to_json(result))
+        doc.update(lines=None, unparsed=None, messages=None, source="daemon state", bin_s=3600,
+                   period={"since": first.isoformat(), "until": last.isoformat()}, days=wanted,
+                   missing_days=missing, days_without_hours=no_hours, partial=bool(partial),
+                   approximate=any(c.approximate for c in vars(result.tally).values()), note=" ".join(notes))
+        text = json.dumps(doc, indent=2)
+    elif fmt == "html":
+        from .htmlreport import render_html
+
+        text = render_html(result, result.timeline, notes=notes, uncounted=("lines", "messages"))
+    else:
+        body = report.to_text(result, dry_run=False).split("\n", 2)[2]  # after replay's two header lines
+        t = result.totals
+        head = [f"relaywatch report: {first} .. {last}{partial} (daemon state)",
+                f"  {t.relayed:,} relayed recipients, {t.relay_denied:,} relay attempts refused",
+                *(f"  {n}" for n in notes)]
+        text = "\n".join(head) + "\n" + body
+    if output:
+        try:
+            _write_atomically(output, text if text.endswith("\n") else text + "\n")
+        except RelaywatchError as exc:
+            _fail(exc)
+    else:
+        click.echo(text, nl=not text.endswith("\n"))
+
+
+def _days_between(first: date, last: date) -> list[str]:
+    return [(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]

@@ -10,12 +10,14 @@ as a push: the volume, what was blocked, and anything unusual. Pure, stdlib only
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import date, datetime, timedelta
 from datetime import time as clock_time
 
 from .model import Decision, Relayed, RelayDenied
-from .report import BoundedCounter, describe
+from .policy import DEFAULT_RULES, Rule
+from .report import BoundedCounter, ReplayResult, Tally, Totals, describe
+from .timeline import Timeline
 
 CAP = 5_000  # distinct keys per table in memory
 KEEP = 500  # rows per table kept in the store
@@ -110,6 +112,10 @@ class DayStats:
         self.first: float | None = None
         self.last: float | None = None
         self.tables = {name: BoundedCounter(cap) for name in TABLES}
+        # per hour since local midnight (a 25-hour DST day counts its last hour into 23);
+        # None when restored from a day stored before relaywatch counted hours
+        self.hourly_relayed: list[int] | None = [0] * 24
+        self.hourly_denied: list[int] | None = [0] * 24
         self.status = StatusTable(cap)
         # target -> [kind, blocked at, until (None: unknown), recipients queued after it, first such time]
         self.blocks: dict[str, list] = {}
@@ -130,11 +136,16 @@ class DayStats:
         if self.last is None or t > self.last:
             self.last = t
         tables = self.tables
+        hour = min(23, max(0, int((t - self.start) // 3600)))
         if type(fact) is RelayDenied:
             self.relay_denied += 1
+            if self.hourly_denied is not None:
+                self.hourly_denied[hour] += 1
             tables["relay_denied"].add(fact.client)
             return
         self.relayed += 1
+        if self.hourly_relayed is not None:
+            self.hourly_relayed[hour] += 1
         tables["clients"].add(fact.client)
         tables["senders"].add(fact.sender or "<>")
         if fact.domain:
@@ -193,6 +204,8 @@ class DayStats:
             "tables": {name: c.top(keep) for name, c in self.tables.items()},
             "status": [[k, *row] for k, row in self.status._by_attempts()[:keep]],
             "blocks": [[target, *b] for target, b in self.blocks.items()],
+            "hourly": None if self.hourly_relayed is None or self.hourly_denied is None else
+            {"relayed": list(self.hourly_relayed), "relay_denied": list(self.hourly_denied)},
         }
 
     @classmethod
@@ -207,11 +220,23 @@ class DayStats:
                 counter.approximate = bool(data.get("approximate"))
         stats.status.rows = {k: [s, d, b] for k, s, d, b in data.get("status", [])}
         stats.status.approximate = bool(data.get("approximate"))
+        hourly = data.get("hourly")
+        if isinstance(hourly, dict):
+            stats.hourly_relayed = _hours(hourly.get("relayed"))
+            stats.hourly_denied = _hours(hourly.get("relay_denied"))
+        else:  # stored before relaywatch counted hours
+            stats.hourly_relayed = stats.hourly_denied = None
         for target, kind, since, until, late, first_late in data.get("blocks", []):
             stats.block(kind, target, since, until)
             if target in stats.blocks:
                 stats.blocks[target][3:] = [late, first_late]
         return stats
+
+
+def _hours(values: object) -> list[int] | None:
+    if not isinstance(values, list) or len(values) != 24:
+        return None
+    return [int(v) for v in values]
 
 
 def _hm(t: float) -> str:
@@ -279,3 +304,50 @@ def digest_text(stats: DayStats, decisions: Sequence[Decision] = (), held: int |
     if stats.approximate:
         lines += ["", "(More distinct keys than relaywatch keeps: the smallest counts are approximate.)"]
     return title, "\n".join(lines)
+
+
+# --- a period of the daemon's days, as a replay-like report ---------------------------
+
+PERIOD_NOTE = ("relaywatch report over the daemon's state: counts are per hour, from its daily records (no "
+               f"per-minute series, no panels per client), and the top tables merge each day's {KEEP} largest rows, "
+               "so counts past those caps are approximate.")
+
+
+def period_result(days: Sequence[DayStats], decisions: Sequence[Decision], rules: Iterable[Rule] = DEFAULT_RULES,
+                  now: float | None = None) -> tuple[ReplayResult, list[str]]:
+    """Merge stored days (oldest first) into a `report.ReplayResult` with an hourly `Timeline`; also
+    the days that lack an hourly record (stored by an older relaywatch). `now` ends a running day's series."""
+    totals = Totals()
+    tally = Tally()
+    timeline = Timeline(rules, bin_s=3600)
+    status: dict[str, list[int]] = {}
+    no_hours = []
+    for stats in days:
+        totals.relayed += stats.relayed
+        totals.relay_denied += stats.relay_denied
+        if stats.first is not None:
+            totals.first_time = stats.first if totals.first_time is None else min(totals.first_time, stats.first)
+        if stats.last is not None:
+            totals.last_time = stats.last if totals.last_time is None else max(totals.last_time, stats.last)
+        for name in TABLES:
+            counter: BoundedCounter = getattr(tally, name)
+            for key, n in stats.tables[name].counts.items():
+                counter.add(key, n)
+            counter.approximate = counter.approximate or stats.tables[name].approximate
+        for domain, row in stats.status.rows.items():
+            merged = status.setdefault(domain, [0, 0, 0])
+            for i in range(3):
+                merged[i] += row[i]
+        if stats.hourly_relayed is None or stats.hourly_denied is None:
+            no_hours.append(stats.day)
+            continue
+        hours = 24
+        if now is not None and stats.start <= now < stats.end:  # today: up to the current hour
+            hours = min(24, int((now - stats.start) // 3600) + 1)
+        for h in range(hours):
+            timeline.add_counts(stats.start + h * 3600, stats.hourly_relayed[h], stats.hourly_denied[h])
+    for domain, (sent, deferred, bounced) in status.items():
+        timeline.add_status(domain, tally.domains.counts.get(domain, sent + deferred + bounced), deferred, bounced)
+    for d in decisions:
+        timeline.decision(d)
+    return ReplayResult(totals, 0, list(decisions), tally, timeline), no_hours

@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 import math
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
@@ -335,13 +335,15 @@ td.none{color:#6b7280;font-family:inherit}
 """
 
 
-def render_html(result: ReportSource, timeline: Timeline, findings: Sequence[Finding] = ()) -> str:
-    """The whole report as one HTML document (UTF-8 text)."""
+def render_html(result: ReportSource, timeline: Timeline, findings: Sequence[Finding] = (),
+                notes: Sequence[str] = (), uncounted: Collection[str] = ()) -> str:
+    """The whole report as one HTML document (UTF-8 text). `notes` go under the title;
+    `uncounted` names figures the source does not know ("lines", "messages"): they are left out."""
     t = result.totals
     blocks = sum(1 for d in result.decisions if d.action == "block")
-    stats = (("lines", t.lines), ("messages", result.messages), ("relayed recipients", t.relayed),
-             ("relay attempts refused", t.relay_denied), ("blocks", blocks),
-             ("alerts", len(result.decisions) - blocks))
+    stats = [(k, n) for k, n in (("lines", t.lines), ("messages", result.messages), ("relayed recipients", t.relayed),
+                                  ("relay attempts refused", t.relay_denied), ("blocks", blocks),
+                                  ("alerts", len(result.decisions) - blocks)) if k not in uncounted]
     tables = result.tally.tables()
     markers = timeline.markers()
     parts = [
@@ -351,7 +353,9 @@ def render_html(result: ReportSource, timeline: Timeline, findings: Sequence[Fin
         "<header><h1>relaywatch report</h1>",
         f'<p class="sub">{esc(_when(t.first_time))} .. {esc(_when(t.last_time))}'
         f"{f', {t.unparsed:,} lines unparsed' if t.unparsed else ''}</p>",
-        '<ul class="stats">' + "".join(f"<li><b>{n:,}</b>{esc(k)}</li>" for k, n in stats) + "</ul></header>",
+        '<ul class="stats">' + "".join(f"<li><b>{n:,}</b>{esc(k)}</li>" for k, n in stats) + "</ul>",
+        *(f'<p class="note">{esc(n)}</p>' for n in notes),
+        "</header>",
         _findings(findings),
         "<section><h2>Timeline</h2>",
     ]

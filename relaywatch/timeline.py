@@ -135,11 +135,14 @@ def _rebin(series: dict[int, int], factor: int) -> dict[int, int]:
 class Timeline:
     """Collects the facts and decisions of a replay (or a daemon's period) for plotting."""
 
-    def __init__(self, rules: Iterable[Rule] = DEFAULT_RULES) -> None:
+    def __init__(self, rules: Iterable[Rule] = DEFAULT_RULES, bin_s: int = BIN_SIZES[0]) -> None:
+        """`bin_s`: the finest bin, one of BIN_SIZES (3600 for counts known only per hour)."""
+        if bin_s not in BIN_SIZES:
+            raise ValueError(f"bin_s must be one of {BIN_SIZES}")
         self.rules = tuple(rules)
         prefixes = {(24, 64), (16, 48)} | {(r.prefix_v4, r.prefix_v6) for r in self.rules if r.prefix_v4}
         self.prefixes = sorted(prefixes, reverse=True)
-        self.bin_s = BIN_SIZES[0]
+        self.bin_s = bin_s
         self._dims = {d: _Ranked() for d in self.dims()}
         self._relayed: dict[int, int] = {}
         self._refused: dict[int, int] = {}
@@ -179,6 +182,22 @@ class Timeline:
             dims["domain"].add(fact.domain, b)
             self._count_status(fact.domain, fact.status)
 
+    def add_counts(self, t: float, relayed: int = 0, refused: int = 0) -> None:
+        """Counts known only in aggregate (a daemon's hourly record of a day), added to the bin of `t`.
+        They feed the overall series only: no key is known, so no panel of leaders."""
+        b = self._bin(t)
+        if relayed:
+            self._relayed[b] = self._relayed.get(b, 0) + relayed
+        if refused:
+            self._refused[b] = self._refused.get(b, 0) + refused
+
+    def add_status(self, domain: str, relayed: int, deferred: int = 0, bounced: int = 0) -> None:
+        """A destination's relayed recipients and first attempts deferred and bounced, in aggregate."""
+        row = self._status_row(domain)
+        row[0] += relayed
+        row[1] += deferred
+        row[2] += bounced
+
     def decision(self, d: Decision) -> None:
         what = "relay attempts refused" if d.rule == "relay_probe" else "relayed recipients"
         clients = f" from {d.clients} clients" if d.clients else ""
@@ -197,17 +216,21 @@ class Timeline:
             self.markers_dropped += 1
 
     def _count_status(self, domain: str, status: str) -> None:
+        row = self._status_row(domain)
+        row[0] += 1
+        if status == "deferred":
+            row[1] += 1
+        elif status == "bounced":
+            row[2] += 1
+
+    def _status_row(self, domain: str) -> list[int]:
         row = self._status.get(domain)
         if row is None:
             if len(self._status) >= STATUS_CAP:
                 keep = sorted(self._status.items(), key=lambda kv: kv[1][0], reverse=True)[: STATUS_CAP // 2]
                 self._status = dict(keep)
             row = self._status[domain] = [0, 0, 0]
-        row[0] += 1
-        if status == "deferred":
-            row[1] += 1
-        elif status == "bounced":
-            row[2] += 1
+        return row
 
     def _bin(self, t: float) -> int:
         b = int(t // self.bin_s)
