@@ -188,9 +188,8 @@ def test_window_cap_invariants(evs, cap, nbuckets, ngroups):
 def test_an_enormous_line_is_refused_at_once():
     pipeline = Pipeline(Config(), Store(None), persist_counts=False)
     line = "Nov 27 06:40:00 mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from unknown[192.0.2.1]: " + "<" * 10_000_000
-    start = time.perf_counter()
     assert pipeline.feed(line, LineParser(YearResolver(2026))) == ()
-    assert time.perf_counter() - start < 1.0 and pipeline.totals.unparsed == 1
+    assert pipeline.totals.unparsed == 1 and pipeline.totals.unparsed_samples == [line[:300]]
 
 
 def test_the_live_file_source_keeps_at_most_a_few_kib_of_a_line_without_end(tmp_path):
