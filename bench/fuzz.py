@@ -221,17 +221,20 @@ def _pipeline():
     from relaywatch.engine import Pipeline
     from relaywatch.parse import LineParser, YearResolver
     from relaywatch.policy import DEFAULT_RULES
+    from relaywatch.report import Tally
     from relaywatch.store import Store
+    from relaywatch.timeline import Timeline
 
     rules = tuple(dataclasses.replace(r, threshold=1, min_clients=min(r.min_clients, 1)) for r in DEFAULT_RULES)
     config = dataclasses.replace(Config(), rules=rules, allow_networks=())
-    return Pipeline(config, Store(None), persist_counts=False), LineParser(YearResolver(2026))
+    pipeline = Pipeline(config, Store(None), persist_counts=False, tally=Tally(), timeline=Timeline(rules))
+    return pipeline, LineParser(YearResolver(2026))
 
 
 def run_lines(lines: Sequence[str], canary_free: bool, reports: bool = True) -> list:
     """Parse, correlate and decide `lines` in a fresh pipeline with every threshold at 1; check everything."""
     from relaywatch import report
-    from relaywatch.engine import ReplayResult
+    from relaywatch.report import ReplayResult
     from relaywatch.htmlreport import render_html
 
     pipeline, parser = _pipeline()

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from .model import ConfigError, PostfixError
+from .model import ConfigError, Decision, PostfixError
 from .permissions import check_map_dir
 from .postfix import AccessMap, Block, InvalidBlock, MapSpec, Postfix, apply_blocks, render_key
 from .store import BlockRow, Store
@@ -99,14 +99,20 @@ class Blocker:
     def unblock(self, kind: str, target: str) -> bool:
         removed = self.store.remove_block(kind, target)
         if removed:
-            self._mark_pending()
+            self._lifted([Decision(self.clock(), "unblock", kind, target, "manual", 0, 0)])
         return removed
 
     def expire(self) -> list[BlockRow]:
         gone = self.store.expire_blocks(self.clock())
         if gone:
-            self._mark_pending()
+            self._lifted([Decision(b.until or self.clock(), "unblock", b.kind, b.target, "expired", 0, 0)
+                          for b in gone])
         return gone
+
+    def _lifted(self, unblocks: list[Decision]) -> None:
+        """Remember when blocks ended (the report's timeline marks them) and rewrite the maps."""
+        self.store.commit_batch([], unblocks)
+        self._mark_pending()
 
     def _mark_pending(self) -> None:
         if not self.pending:

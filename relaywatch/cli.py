@@ -44,6 +44,13 @@ def _load(config_path: str | None) -> config_mod.Config:
     return config_mod.load(config_path)
 
 
+def _recorded_store(cfg: config_mod.Config) -> Store:
+    """The state database for a command that only reads it: never create one as a side effect."""
+    if not os.path.exists(cfg.database):
+        raise RelaywatchError(f"{cfg.database} does not exist: relaywatch has not run with this configuration")
+    return Store(cfg.database)
+
+
 def _blocker(cfg: config_mod.Config, store: Store) -> Blocker:
     specs = (cfg.client_access_map, cfg.sasl_access_map)
     typed = all(":" in s and not s.startswith("/") for s in specs if s)
@@ -233,12 +240,12 @@ def blocks(as_json: bool, config_path: str | None) -> None:
     """List the blocks in force, and whether the maps are up to date."""
     try:
         cfg = _load(config_path)
-        store = Store(cfg.database)
+        store = Store(cfg.database) if os.path.exists(cfg.database) else None  # none yet: nothing blocked
     except RelaywatchError as exc:
         _fail(exc)
     now = time.time()
-    rows = store.blocks(now)
-    pending = store.meta("map_pending")
+    rows = store.blocks(now) if store is not None else []
+    pending = store.meta("map_pending") if store is not None else None
     if as_json:
         click.echo(json.dumps({
             "pending": pending,
@@ -317,9 +324,7 @@ def digest(day: str | None, send: bool, config_path: str | None) -> None:
         cfg = _load(config_path)
         if send and not cfg.notify_urls and not cfg.notify_config:
             raise click.UsageError("--send needs [notify] urls or config in the configuration")
-        if not os.path.exists(cfg.database):
-            raise RelaywatchError(f"{cfg.database} does not exist: relaywatch has not run with this configuration")
-        store = Store(cfg.database)
+        store = _recorded_store(cfg)
         saved = store.meta(f"day:{wanted}")
         current = store.meta("day_current") or {}
         partial = saved is None and current.get("day") == wanted
@@ -373,9 +378,7 @@ def status(as_json: bool, config_path: str | None) -> None:
     """Whether the daemon runs, where it is in the log, lag, busiest counters, blocks in force."""
     try:
         cfg = _load(config_path)
-        if not os.path.exists(cfg.database):
-            raise RelaywatchError(f"{cfg.database} does not exist: relaywatch has not run with this configuration")
-        store = Store(cfg.database)
+        store = _recorded_store(cfg)
     except RelaywatchError as exc:
         _fail(exc)
     now = time.time()
@@ -589,9 +592,7 @@ def report_command(since: str | None, until: str | None, fmt: str, output: str |
         raise click.UsageError(f"--since {first} is after --until {last}")
     try:
         cfg = _load(config_path)
-        if not os.path.exists(cfg.database):
-            raise RelaywatchError(f"{cfg.database} does not exist: relaywatch has not run with this configuration")
-        store = Store(cfg.database)
+        store = _recorded_store(cfg)
         recorded = {k.removeprefix("day:"): k for k in store.meta_keys("day:")}
         current = store.meta("day_current") or {}
         if current.get("day") and current["day"] not in recorded:

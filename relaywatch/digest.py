@@ -35,7 +35,6 @@ TABLES = {
     "sasl_users": "Top SASL users (relayed)",
     "relay_denied": "Top clients refused relay",
 }
-STATUSES = ("sent", "deferred", "bounced")
 _STATUS_INDEX = {"sent": 0, "deferred": 1, "bounced": 2, "expired": 2, "undeliverable": 2}
 _WATCHED_KINDS = ("client", "subnet", "sasl_user")
 
@@ -271,7 +270,7 @@ def digest_text(stats: DayStats, decisions: Sequence[Decision] = (), held: int |
     `held`: queued messages held after blocks (default: what `stats` counted)."""
     held = stats.held if held is None else held
     blocks = sum(d.action == "block" for d in decisions)
-    alerts = len(decisions) - blocks
+    alerts = sum(d.action == "alert" for d in decisions)
     odd = unusual(stats)
     title = (f"relaywatch: digest {stats.day}: {stats.relayed:,} relayed, {blocks} block{'s' * (blocks != 1)}"
              + (f", {len(odd)} unusual" if odd else ""))

@@ -29,13 +29,15 @@ FLUSH_EVERY = 20_000
 
 class Pipeline:
     def __init__(self, config: Config, store: Store, local_domains: LocalDomains | None = None,
-                 persist_messages: bool = False, persist_counts: bool = True, day: DayStats | None = None) -> None:
+                 persist_messages: bool = False, persist_counts: bool = True, day: DayStats | None = None,
+                 tally: Tally | None = None, timeline: Timeline | None = None) -> None:
         """`persist_messages`: keep open messages in the store too, so that a restarted
         daemon still correlates a delivery whose client= line it read before.
         `persist_counts` False: window counts stay in memory only (a replay never restores them,
         and a flood of distinct clients would grow its in-memory database by every key).
         `day`: the daily digest's counts (the daemon's); at local midnight of log time it moves
-        to `finished_days` and a new day begins."""
+        to `finished_days` and a new day begins.
+        `tally`, `timeline`: the report's tables and plot, fed when given (replay; the daemon renders neither)."""
         self.config = config
         self.store = store
         self.persist_counts = persist_counts
@@ -44,8 +46,8 @@ class Pipeline:
                                      track_changes=persist_messages)
         self.detector = Detector(config.rules, config.allow_networks, config.allow_sasl_users, config.block_s)
         self.totals = Totals()
-        self.tally = Tally()
-        self.timeline = Timeline(config.rules)
+        self.tally = tally
+        self.timeline = timeline
         self._counts: dict[tuple[str, int, str], int] = {}
         self._decisions: list[Decision] = []
         self.day = day
@@ -96,14 +98,17 @@ class Pipeline:
         if fact is None:
             return _NOTHING
         self._count(fact)
-        self.timeline.observe(fact)
+        timeline = self.timeline
+        if timeline is not None:
+            timeline.observe(fact)
         if day is not None:
             day.add(fact)
         decisions = self.detector.observe(fact, line)
         if decisions:
             self._decisions.extend(decisions)
             for d in decisions:
-                self.timeline.decision(d)
+                if timeline is not None:
+                    timeline.decision(d)
                 if day is not None and d.action == "block":
                     day.block(d.kind, d.target, d.time, d.time + self.config.block_s)
         return decisions
@@ -113,13 +118,15 @@ class Pipeline:
         counts = self._counts
         if type(fact) is RelayDenied:
             self.totals.relay_denied += 1
-            self.tally.relay_denied.add(fact.client)
+            if self.tally is not None:
+                self.tally.relay_denied.add(fact.client)
             if self.persist_counts:
                 key = ("relay_denied", bucket, fact.client)
                 counts[key] = counts.get(key, 0) + 1
             return
         self.totals.relayed += 1
-        self.tally.add_relayed(fact)
+        if self.tally is not None:
+            self.tally.add_relayed(fact)
         if not self.persist_counts:
             return
         for dim, value in (("client", fact.client), ("sender", fact.sender or "<>"), ("domain", fact.domain),
@@ -173,7 +180,8 @@ def replay(
     mix with the daemon's.
     """
     store = Store(None)
-    pipeline = Pipeline(config, store, persist_counts=False)
+    tally, timeline = Tally(), Timeline(config.rules)
+    pipeline = Pipeline(config, store, persist_counts=False, tally=tally, timeline=timeline)
     years = YearResolver(year) if year is not None else None
     for path in paths:
         parser = LineParser(years or YearResolver(reference=sources.mtime(path)), config.syslog_names)
@@ -187,6 +195,6 @@ def replay(
                 if on_progress is not None:
                     on_progress(pipeline.totals.lines)
     pipeline.flush()
-    result = ReplayResult(pipeline.totals, pipeline.messages, store.decisions(), pipeline.tally, pipeline.timeline)
+    result = ReplayResult(pipeline.totals, pipeline.messages, store.decisions(), tally, timeline)
     store.close()
     return result

@@ -341,9 +341,10 @@ def render_html(result: ReportSource, timeline: Timeline, findings: Sequence[Fin
     `uncounted` names figures the source does not know ("lines", "messages"): they are left out."""
     t = result.totals
     blocks = sum(1 for d in result.decisions if d.action == "block")
+    alerts = sum(1 for d in result.decisions if d.action == "alert")
     stats = [(k, n) for k, n in (("lines", t.lines), ("messages", result.messages), ("relayed recipients", t.relayed),
                                   ("relay attempts refused", t.relay_denied), ("blocks", blocks),
-                                  ("alerts", len(result.decisions) - blocks)) if k not in uncounted]
+                                  ("alerts", alerts)) if k not in uncounted]
     tables = result.tally.tables()
     markers = timeline.markers()
     parts = [

@@ -78,7 +78,6 @@ _DELIVERY_TAIL = re.compile(
     re.S,
 )
 
-SMTPD = frozenset({"smtpd"})
 DELIVERY_AGENTS = frozenset({"smtp", "lmtp", "local", "virtual", "pipe", "error", "retry", "discard"})
 
 

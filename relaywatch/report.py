@@ -133,6 +133,8 @@ def to_json(result: ReplayResult) -> str:
 
 
 def describe(d: Decision) -> str:
+    if d.action == "unblock":
+        return "lifted by hand" if d.rule == "manual" else "expired"
     what = f"{d.count} relayed recipients" if d.rule != "relay_probe" else f"{d.count} relay attempts refused"
     if d.clients:
         what += f" from {d.clients} clients"
@@ -155,7 +157,7 @@ def to_text(result: ReplayResult, dry_run: bool = True) -> str:
     if not result.decisions:
         out.append("  none")
     for d in result.decisions:
-        action = f"{verb}block" if d.action == "block" else "alert"
+        action = f"{verb}block" if d.action == "block" else d.action
         out.append(f"  {iso(d.time)}  {action:<11} {d.kind:<11} {d.target:<22} {describe(d)}")
         for line in d.evidence[-2:]:
             out.append(f"      | {line[:160]}")

@@ -199,14 +199,14 @@ class Timeline:
         row[2] += bounced
 
     def decision(self, d: Decision) -> None:
-        what = "relay attempts refused" if d.rule == "relay_probe" else "relayed recipients"
-        clients = f" from {d.clients} clients" if d.clients else ""
-        detail = f"{d.count} {what}{clients} in {duration(d.window_s)}"
+        """A block, alert or unblock (the daemon records unblocks as decisions) on the time axis."""
+        if d.action == "unblock":
+            detail = "lifted by hand" if d.rule == "manual" else "expired"
+        else:
+            what = "relay attempts refused" if d.rule == "relay_probe" else "relayed recipients"
+            clients = f" from {d.clients} clients" if d.clients else ""
+            detail = f"{d.count} {what}{clients} in {duration(d.window_s)}"
         self._mark(Marker(d.time, d.action, d.kind, d.target, d.rule, detail))
-
-    def note(self, time: float, kind: str, label: str) -> None:
-        """Another event for the time axis, e.g. note(t, "unblock", "218.144.0.0/16")."""
-        self._mark(Marker(time, kind, "", label))
 
     def _mark(self, m: Marker) -> None:
         self._bin(m.time)

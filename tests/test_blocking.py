@@ -207,3 +207,17 @@ def test_a_map_directory_others_can_write_is_refused(tmp_path):
     shared.chmod(0o777)
     with pytest.raises(ConfigError, match="map directory"):
         maps_from_config(f"hash:{shared}/clients", "", "hash")
+
+
+def test_unblocks_and_expiries_are_remembered_for_the_report(postfix_instance, tmp_path):
+    clock = Clock()
+    b = blocker(postfix_instance, tmp_path, clock)
+    b.block("client", "127.0.0.9", "flood", rule="client")
+    b.block("client", "127.0.0.11", "flood", rule="client")
+    clock.now += 60
+    b.unblock("client", "127.0.0.9")
+    clock.now += 3600
+    b.expire()
+    lifted = [(d.time - 1_000_000, d.target, d.rule) for d in b.store.decisions() if d.action == "unblock"]
+    assert lifted == [(60, "127.0.0.9", "manual"), (3600, "127.0.0.11", "expired")]
+    assert b.sync()

@@ -124,3 +124,13 @@ def test_replay_notify_sends_one_digest(sink, tmp_path):
     assert result.exit_code == 0
     [message] = sink.wait_for("/chat", 1)
     assert "203.0.113.5" in message["title"] + message["message"]
+
+
+def test_read_only_commands_create_no_database(tmp_path):
+    cfg = tmp_path / "rw.toml"
+    db = tmp_path / "state" / "state.db"
+    cfg.write_text(f'[state]\ndatabase = "{db}"\n')
+    assert invoke("blocks", "-c", str(cfg)).output == "no blocks in force\n"
+    result = CliRunner().invoke(main, ["status", "-c", str(cfg)])
+    assert result.exit_code == 1 and "has not run" in result.output
+    assert not db.parent.exists()

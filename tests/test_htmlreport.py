@@ -52,7 +52,7 @@ def seed_day() -> tuple[ReplayResult, Timeline, list[Decision]]:
             tally.relay_denied.add(f.client)
     for d in decisions:
         tl.decision(d)
-    tl.note(T0 + 20 * 3600, "unblock", "218.144.0.0/16")
+    tl.decision(Decision(T0 + 20 * 3600, "unblock", "subnet", "218.144.0.0/16", "expired", 0, 0))
     totals.first_time, totals.last_time, totals.lines = T0, T0 + 86399, 25944
     return ReplayResult(totals, len(facts), decisions, tally), tl, decisions
 

@@ -83,7 +83,7 @@ def test_thresholds_are_per_window_scaled_to_the_bin():
 def test_decisions_and_notes_become_markers_in_time_order():
     tl = Timeline()
     tl.observe(relayed(T0, "218.144.1.1"))
-    tl.note(T0 + 7200, "unblock", "218.144.0.0/16")
+    tl.decision(Decision(T0 + 7200, "unblock", "subnet", "218.144.0.0/16", "manual", 0, 0))
     tl.decision(Decision(T0 + 92, "block", "subnet", "218.144.0.0/16", "wide_subnet", 60, 600, clients=26))
     markers = tl.markers()
     assert [(m.time, m.action, m.target) for m in markers] == [
