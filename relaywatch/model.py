@@ -31,9 +31,14 @@ class PostfixError(RelaywatchError):
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """Something one log line says. `time` is seconds since the epoch."""
+    """Something one log line says. `time` is seconds since the epoch.
+
+    `host` is the syslog hostname: queue ids are unique per host only, so a
+    central log that mixes hosts is joined by (host, queue id).
+    """
 
     time: float
+    host: str = field(default="", kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +67,18 @@ class Pickup(Event):
     qid: str
     uid: int
     sender: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyAccept(Event):
+    """smtpd in front of a before-queue filter (`smtpd_proxy_filter`):
+    `NOQUEUE: proxy-accept: END-OF-MESSAGE ... queued as QID` ties the front
+    session's client to the queue file the filter's re-injection created."""
+
+    qid: str
+    client: str
+    client_name: str
+    sasl_user: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +148,20 @@ class Relayed:
     domain: str
     status: str  # of the first delivery attempt
     queued: float | None = field(default=None, compare=False)  # when its client= line was logged
+
+
+@dataclass(frozen=True, slots=True)
+class LocalRelayed:
+    """One recipient of a locally submitted message (sendmail/pickup: a web app,
+    a cron job) handed to another host. Counted per uid and sender; alerts only."""
+
+    time: float
+    qid: str
+    uid: int
+    sender: str
+    recipient: str
+    domain: str
+    status: str
 
 
 @dataclass(frozen=True, slots=True)
