@@ -117,7 +117,7 @@ def replay(logs: tuple[str, ...], config_path: str | None, fmt: str, output: str
             result = _run(cfg, list(logs), year)
         pending = _apply(cfg, result.decisions) if apply else False
         if notify:
-            _notify(cfg, result.decisions)
+            _notify(cfg, result.decisions, dry_run=not apply)
     except RelaywatchError as exc:
         _fail(exc)
     if fmt == "html":
@@ -147,7 +147,7 @@ def _write_atomically(path: str, text: str) -> None:
         raise RelaywatchError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
-def _notify(cfg: config_mod.Config, decisions: Sequence[Decision]) -> None:
+def _notify(cfg: config_mod.Config, decisions: Sequence[Decision], dry_run: bool) -> None:
     from .notify import Notifier, notice_for_decision
 
     if not cfg.notify_urls and not cfg.notify_config:
@@ -155,7 +155,7 @@ def _notify(cfg: config_mod.Config, decisions: Sequence[Decision]) -> None:
     with Notifier(cfg.notify_urls, cfg.notify_config, coalesce_s=0, timeout_s=cfg.notify_timeout_s,
                   retries=cfg.notify_retries) as notifier:
         for d in decisions:
-            notifier.submit(notice_for_decision(d))
+            notifier.submit(notice_for_decision(d, dry_run=dry_run))
 
 
 def _apply(cfg: config_mod.Config, decisions: Sequence[Decision]) -> str | None:

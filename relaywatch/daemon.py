@@ -28,7 +28,7 @@ from .engine import Pipeline
 from .follow import FileFollower
 from .journal import JournalFollower
 from .model import ConfigError, Decision, PostfixError, RelaywatchError
-from .notify import Notifier, notice_for_decision, notice_for_text
+from .notify import Notifier, NoticeKind, notice_for_decision, notice_for_text, subnet_clients
 from .parse import LineParser, YearResolver
 from .postconf import LOCAL_DOMAIN_PARAMS, local_domains, postconf, postconf_services
 from .queue import PostfixQueue, Target, select
@@ -77,11 +77,13 @@ class Signals:
         signal.signal(signal.SIGHUP, lambda *_: self.reload.set())
 
 
-def notifier_for(cfg: config_mod.Config) -> Notifier | None:
+def notifier_for(cfg: config_mod.Config, state: dict | None = None) -> Notifier | None:
+    """`state`: what the last run's notifier remembered (`Notifier.state()`, kept in meta notify_state)."""
     if not cfg.notify_urls and not cfg.notify_config:
         return None
     return Notifier(cfg.notify_urls, cfg.notify_config, coalesce_s=cfg.notify_coalesce_s,
-                    cooldown_s=cfg.notify_cooldown_s, timeout_s=cfg.notify_timeout_s, retries=cfg.notify_retries)
+                    cooldown_s=cfg.notify_cooldown_s, timeout_s=cfg.notify_timeout_s, retries=cfg.notify_retries,
+                    state=state)
 
 
 def open_source(cfg: config_mod.Config, store: Store) -> FileFollower | JournalFollower:
@@ -100,7 +102,7 @@ class Daemon:
         self.store = Store(cfg.database)
         self.blocker_factory = blocker_factory
         self.blocker = blocker_factory(cfg, self.store)
-        self.notifier = notifier_for(cfg)
+        self.notifier = notifier_for(cfg, self.store.meta("notify_state"))
         saved = self.store.meta("day_current")
         self.pipeline = self._pipeline(cfg, DayStats.from_dict(saved) if saved else DayStats.for_time(clock()))
         self.source = open_source(cfg, self.store)
@@ -112,6 +114,7 @@ class Daemon:
         self.failed_lines = 0
         self._idle = False  # the last read found no new line: the log is read up to now
         self._day_saved_at = clock()
+        self._notify_state: dict | None = None
 
     def _pipeline(self, cfg: config_mod.Config, day: DayStats | None) -> Pipeline:
         pipeline = Pipeline(cfg, self.store, self._local_domains(cfg), persist_messages=True, day=day)
@@ -232,7 +235,8 @@ class Daemon:
             undo = f"relaywatch unblock {d.target}" if d.action == "block" else None
             if undo and held:
                 undo += "; held mail: " + Target(HOLD_KINDS[d.kind], d.target).hint()
-            self.notifier.submit(notice_for_decision(d, effective=effective, held=held, undo=undo))
+            clients = subnet_clients(d, self.store.counts_since(self.pipeline.detector.bucket(d.time - d.window_s)))
+            self.notifier.submit(notice_for_decision(d, effective=effective, held=held, undo=undo, clients=clients))
 
     def _ineffective(self, kind: str, target: str) -> str | None:
         if self.postfix_params is None:
@@ -257,9 +261,14 @@ class Daemon:
         errors = [f for f in findings if f.severity == "error"]
         for f in errors:
             log.error("audit: %s: %s Fix: %s", f.code, f.title, f.fix.replace("\n", "; "))
-        if errors and self.notifier is not None:
-            body = "\n\n".join(f"{f.title}\n{f.explanation}\nFix:\n{f.fix}" for f in errors)
-            self.notifier.submit(notice_for_text("failure", f"relaywatch: {len(errors)} hole(s) in Postfix", body))
+        if self.notifier is None:
+            return
+        if not errors:
+            self.notifier.forget("audit")
+            return
+        body = "\n\n".join(f"{f.title}\n{f.fix}" for f in errors)
+        self.notifier.submit(notice_for_text("failure", f"{len(errors)} hole(s) in Postfix: relaywatch audit",
+                                             body, kind=NoticeKind.AUDIT, key="audit"))
 
     def _reload(self) -> None:
         try:
@@ -300,6 +309,7 @@ class Daemon:
             "notify": self.notifier.status() if self.notifier is not None else None,
         }
         self.store.set_meta("daemon", status)
+        self._save_notify_state()
         sd_notify(f"STATUS={totals.lines} lines, {totals.relayed} relayed, "
                   f"{len(self.store.blocks(now))} blocks\nWATCHDOG=1")
 
@@ -339,11 +349,18 @@ class Daemon:
         self.notifier.submit(notice_for_text(severity, title, body, ("digest", severity)))
         log.info("daily digest of %s submitted", day)
 
+    def _save_notify_state(self) -> None:
+        """Cooldowns and the keyed notices sent, so that a restart neither resets nor repeats them."""
+        if self.notifier is not None and (state := self.notifier.state()) != self._notify_state:
+            self.store.set_meta("notify_state", state)
+            self._notify_state = state
+
     def close(self) -> None:
         self.pipeline.flush()
         self._save_days()
         self.source.close()
         if self.notifier is not None:
             self.notifier.close(timeout=5)
+            self._save_notify_state()
         self.store.set_meta("daemon", {**(self.store.meta("daemon") or {}), "pid": None, "stopped": self.clock()})
         self.store.close()

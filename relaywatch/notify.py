@@ -3,8 +3,12 @@
 Detection must never wait for a chat server: `Notifier.submit` only puts a
 `Notice` on a bounded queue. One worker thread collects notices per target,
 sends what arrived within `coalesce_s` as one message (fifty blocks are one
-push, not fifty), pushes a target at most once per `cooldown_s`, bounds each
+push, not fifty), pushes a target at most once per `cooldown_s` *per kind of
+notice* (a block never waits behind the cooldown of an audit notice), bounds each
 send with a deadline and retries a bounded number of times with backoff.
+A notice with a `key` (the audit's findings) is sent once while it is unchanged;
+`Notifier.state()` / `Notifier(state=...)` carry that memory and the cooldowns
+across restarts (the daemon keeps them in the store).
 apprise costs ~0.25 s to import, so it is imported only once targets exist.
 
 Routing uses apprise tags: a target without tags gets everything; a tagged
@@ -19,110 +23,26 @@ import contextlib
 import logging
 import queue
 import re
-import shlex
 import socket
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import accumulate
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from .model import ConfigError, Decision
+from .model import ConfigError
+from .notices import Notice, NoticeKind, merge, notice_for_decision, notice_for_text, subnet_clients
 from .permissions import check_config_file
 from .report import iso
 
+__all__ = ["Notice", "NoticeKind", "Notifier", "TargetResult", "notice_for_decision", "notice_for_text", "redact",
+           "send_now", "send_test", "subnet_clients"]
+
 log = logging.getLogger("relaywatch.notify")
 
-SEVERITIES = ("info", "warning", "failure")  # the values of apprise's NotifyType we use
-PREFIX = "relaywatch: "
-_LABELS = {"client": "client", "subnet": "subnet", "sasl_user": "SASL user", "sender": "sender",
-           "destination": "destination domain"}
-_DIGEST_LINES = 40
-_DIGEST_DETAIL_CHARS = 3500
 _KEEP_PENDING = 500  # per target; more are dropped and counted, so a flood cannot grow memory
-
-
-# --- messages ----------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Notice:
-    """One message for the admin. `severity` is an apprise NotifyType value."""
-
-    severity: str
-    title: str
-    body: str
-    tags: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.severity not in SEVERITIES:
-            raise ValueError(f"severity {self.severity!r} is not one of {', '.join(SEVERITIES)}")
-
-
-def notice_for_text(severity: str, title: str, body: str, tags: Iterable[str] = ()) -> Notice:
-    """Any other event: an audit warning, a daemon error, a daily digest."""
-    return Notice(severity, title if title.startswith(PREFIX) else PREFIX + title, body.strip(), tuple(tags))
-
-
-def notice_for_decision(
-    decision: Decision, *, effective: str | None = None, held: int | None = None, undo: str | None = None
-) -> Notice:
-    """What was decided and why, whether it works, and how to undo it.
-
-    `effective` is the warning to show when the block does nothing (the
-    mynetworks trap); None means it is in effect. `held`: queued messages held.
-    """
-    d = decision
-    label = f"{_LABELS.get(d.kind, d.kind)} {d.target}"
-    short = d.target if d.kind in ("client", "subnet") else label
-    what = f"{d.count} relay attempts refused" if d.rule == "relay_probe" else f"{d.count} relayed recipients"
-    why = what + (f" from {d.clients} clients" if d.clients else "") + f" in {_span(d.window_s)} (rule {d.rule})"
-    if d.action == "block":
-        severity = "warning" if effective is None else "failure"
-        title = f"{PREFIX}blocked {short}" + ("" if effective is None else " - NOT effective")
-        lines = [f"Blocked {label} at {iso(d.time)}: {why}.",
-                 "In effect for new SMTP sessions; sessions already open may keep sending."
-                 if effective is None else f"NOT EFFECTIVE: {effective}"]
-        undo = undo or f"relaywatch unblock {shlex.quote(d.target)}"
-    else:
-        severity = "info" if d.rule == "relay_probe" else "warning"
-        title = f"{PREFIX}alert {short}"
-        lines = [f"Alert for {label} at {iso(d.time)}: {why}."]
-    if held is not None:
-        lines.append(f"Queued messages held: {held}.")
-    if undo:
-        lines.append(f"Undo: {undo}")
-    if d.evidence:
-        lines += ["Evidence:", *(f"  | {line[:200]}" for line in d.evidence[-3:])]
-    if d.sample_qids:
-        lines.append("Queue IDs: " + ", ".join(d.sample_qids[:5]))
-    return Notice(severity, title, "\n".join(lines), (d.action, d.kind, severity))
-
-
-def _span(s: int) -> str:
-    return f"{s // 3600} h" if s >= 3600 and s % 3600 == 0 else f"{s // 60} min" if s >= 60 else f"{s} s"
-
-
-def _digest(notices: Sequence[Notice]) -> Notice:
-    """Many notices as one message: one line each, then details while they fit a push."""
-    if len(notices) == 1:
-        return notices[0]
-    total = len(notices)
-    notices = sorted(notices, key=lambda n: -SEVERITIES.index(n.severity))  # worst first, else in order
-    kinds = Counter(n.tags[0] if n.tags else "other" for n in notices)
-    title = f"{PREFIX}{total} events (" + ", ".join(f"{c} {k}" for k, c in kinds.most_common()) + ")"
-    lines = [f"- {n.title.removeprefix(PREFIX)}" for n in notices[:_DIGEST_LINES]]
-    if total > _DIGEST_LINES:
-        lines.append(f"- ... and {total - _DIGEST_LINES} more")
-    sizes = accumulate(len(n.body) for n in notices)
-    details = [n.body for n, size in zip(notices, sizes, strict=True) if size <= _DIGEST_DETAIL_CHARS]
-    details = details or [notices[0].body]
-    body = "\n".join(lines) + "\n\n" + "\n\n".join(details)
-    if len(details) < total:
-        body += f"\n\n({total - len(details)} more not detailed here.)"
-    return Notice(notices[0].severity, title, body, tuple(dict.fromkeys(t for n in notices for t in n.tags)))
 
 
 # --- secrets -----------------------------------------------------------------
@@ -205,8 +125,8 @@ class _Target:
     tags: set[Any]  # the service's apprise tags
     apprise: Any  # an apprise.Apprise holding just this service
     pending: list[Notice] = field(default_factory=list)
-    first_at: float = 0.0
-    last_sent: float = float("-inf")
+    first_at: dict[NoticeKind, float] = field(default_factory=dict)  # per kind: when its oldest pending came
+    last_sent: dict[NoticeKind, float] = field(default_factory=dict)  # per kind: its cooldown counts from here
     retry_at: float = float("-inf")
     failures: int = 0
 
@@ -219,10 +139,16 @@ class _Target:
 
         return not self.tags or not notice.tags or is_exclusive_match(list(notice.tags), self.tags)
 
+    def _due(self, kind: NoticeKind, coalesce_s: float, cooldown_s: float) -> float:
+        return max(self.first_at[kind] + coalesce_s, self.last_sent.get(kind, float("-inf")) + cooldown_s,
+                   self.retry_at)
+
     def due_at(self, coalesce_s: float, cooldown_s: float) -> float | None:
-        if not self.pending:
-            return None
-        return max(self.first_at + coalesce_s, self.last_sent + cooldown_s, self.retry_at)
+        """When the earliest kind of pending notice may go out; None when nothing is pending."""
+        return min((self._due(k, coalesce_s, cooldown_s) for k in self.first_at), default=None)
+
+    def due_kinds(self, now: float, coalesce_s: float, cooldown_s: float) -> set[NoticeKind]:
+        return {k for k in self.first_at if self._due(k, coalesce_s, cooldown_s) <= now}
 
 
 def _load(urls: Sequence[str], config_file: str | None) -> list[_Target]:
@@ -303,7 +229,8 @@ class Notifier:
 
     def __init__(self, urls: tuple[str, ...] = (), config_file: str | None = None, *, coalesce_s: float = 30,
                  cooldown_s: float = 300, timeout_s: float = 10, retries: int = 3, backoff_s: float = 5,
-                 queue_size: int = 1000, clock: Callable[[], float] = time.monotonic) -> None:
+                 queue_size: int = 1000, clock: Callable[[], float] = time.monotonic,
+                 state: Mapping[str, Any] | None = None) -> None:
         self.coalesce_s, self.cooldown_s, self.timeout_s = coalesce_s, cooldown_s, timeout_s
         self.retries, self.backoff_s = retries, backoff_s
         self._clock = clock
@@ -313,6 +240,8 @@ class Notifier:
         self._sent = self._failed = self._dropped = 0
         self._last_error: str | None = None
         self._last_success: float | None = None
+        self._sent_keys: dict[str, str] = {}  # notice key -> fingerprint of what was last delivered
+        self._restore(state or {})
         self._closing = threading.Event()
         self._close_by = float("inf")
         # Targets are sent to in parallel, so one that hangs delays no other.
@@ -328,9 +257,16 @@ class Notifier:
         self.close()
 
     def submit(self, notice: Notice) -> None:
-        """Queue `notice`; never blocks, never raises. A full queue drops it, counted and logged."""
+        """Queue `notice`; never blocks, never raises. A full queue drops it, counted and logged.
+        A keyed notice identical to the one last delivered under its key is not sent again."""
         if not self._targets:
             return
+        if notice.key:
+            with self._lock:
+                unchanged = self._sent_keys.get(notice.key) == notice.fingerprint
+            if unchanged:
+                log.info("notification %r not sent again: unchanged since it was sent", notice.title)
+                return
         try:
             if self._closing.is_set():
                 raise queue.Full
@@ -344,6 +280,35 @@ class Notifier:
             dropped = self._dropped
         if dropped == 1 or dropped % 100 == 0:
             log.warning("notification %r dropped, %s (%d dropped so far)", notice.title, why, dropped)
+
+    def forget(self, key: str) -> None:
+        """The condition named `key` is over: the next notice under it is sent even if it repeats an old one."""
+        with self._lock:
+            self._sent_keys.pop(key, None)
+
+    def state(self) -> dict[str, Any]:
+        """What must outlive a restart, JSON-able: fingerprints of keyed notices sent, and each
+        target's last push per kind (wall time) so that a restart does not reset the cooldowns."""
+        wall = time.time() - self._clock()
+        with self._lock:
+            sent = dict(self._sent_keys)
+            cooldowns = {t.name: {k.value: wall + at for k, at in t.last_sent.items()} for t in self._targets}
+        return {"sent": sent, "cooldowns": {n: c for n, c in cooldowns.items() if c}}
+
+    def _restore(self, state: Mapping[str, Any]) -> None:
+        """The inverse of `state()`; anything malformed is ignored (it only costs a repeated notice)."""
+        sent, cooldowns = state.get("sent"), state.get("cooldowns")
+        if isinstance(sent, dict):
+            self._sent_keys = {str(k): str(v) for k, v in sent.items()}
+        if not isinstance(cooldowns, dict):
+            return
+        offset = self._clock() - time.time()
+        kinds = set(NoticeKind.__members__.values())
+        for t in self._targets:
+            saved = cooldowns.get(t.name)
+            if isinstance(saved, dict):
+                t.last_sent = {NoticeKind(k): float(at) + offset for k, at in saved.items()
+                               if k in kinds and isinstance(at, int | float)}
 
     def status(self) -> dict[str, Any]:
         """Counters for `relaywatch status`; URLs are redacted."""
@@ -378,15 +343,15 @@ class Notifier:
             try:
                 self._take(self._wait())
                 now = self._clock()
-                self._send([t for t in self._targets
-                            if (at := t.due_at(self.coalesce_s, self.cooldown_s)) is not None and at <= now],
-                           self.timeout_s, final=False)
+                due = [(t, kinds) for t in self._targets
+                       if (kinds := t.due_kinds(now, self.coalesce_s, self.cooldown_s))]
+                self._send(due, self.timeout_s, final=False)
             except Exception:
                 log.exception("notification worker error; continuing")
         try:
             self._take(0)
             timeout = max(0.1, min(self.timeout_s, self._close_by - time.monotonic()))
-            self._send([t for t in self._targets if t.pending], timeout, final=True)
+            self._send([(t, set(t.first_at)) for t in self._targets if t.pending], timeout, final=True)
         except Exception:
             log.exception("notification worker error while closing")
 
@@ -406,21 +371,22 @@ class Notifier:
     def _route(self, submitted: float, notice: Notice) -> None:
         for t in self._targets:
             if t.wants(notice):
-                if not t.pending:
-                    t.first_at = submitted
+                t.first_at.setdefault(notice.kind, submitted)
                 if len(t.pending) < _KEEP_PENDING:
                     t.pending.append(notice)
                 else:
                     self._drop(notice, f"{t.name} has {_KEEP_PENDING} waiting")
 
-    def _send(self, due: list[_Target], timeout_s: float, *, final: bool) -> None:
+    def _send(self, due: list[tuple[_Target, set[NoticeKind]]], timeout_s: float, *, final: bool) -> None:
+        """One push per target of the pending notices of its due kinds."""
         started = self._clock()  # cooldown and backoff count from the start of the push
-        batches = [(t, t.pending[:]) for t in due]
-        reasons = self._pool.map(lambda b: _deliver(b[0], _digest(b[1]), timeout_s), batches)
-        for (t, batch), reason in zip(batches, reasons, strict=True):
-            self._settle(t, len(batch), reason, started, final)
+        batches = [(t, kinds, [n for n in t.pending if n.kind in kinds]) for t, kinds in due]
+        reasons = self._pool.map(lambda b: _deliver(b[0], merge(b[2]), timeout_s), batches)
+        for (t, kinds, batch), reason in zip(batches, reasons, strict=True):
+            self._settle(t, kinds, batch, reason, started, final)
 
-    def _settle(self, t: _Target, count: int, reason: str | None, now: float, final: bool) -> None:
+    def _settle(self, t: _Target, kinds: set[NoticeKind], batch: list[Notice], reason: str | None, now: float,
+                final: bool) -> None:
         attempts = t.failures + 1
         if reason is not None and attempts <= self.retries and not final:
             t.failures, delay = attempts, self.backoff_s * 2 ** (attempts - 1)
@@ -430,14 +396,22 @@ class Notifier:
             log.warning("notifying %s failed (attempt %d of %d), retrying in %.1f s: %s",
                         t.name, attempts, self.retries + 1, delay, reason)
             return
-        del t.pending[:count]
+        count = len(batch)
+        sent = {id(n) for n in batch}
+        t.pending = [n for n in t.pending if id(n) not in sent]
         t.failures, t.retry_at = 0, float("-inf")
-        if t.pending:
-            t.first_at = now  # what arrived meanwhile starts its own window
+        left = {n.kind for n in t.pending}
+        for kind in kinds:
+            if kind in left:
+                t.first_at[kind] = now  # what arrived meanwhile starts its own window
+            else:
+                t.first_at.pop(kind, None)
         if reason is None:
-            t.last_sent = now
+            for kind in kinds:
+                t.last_sent[kind] = now
             with self._lock:
                 self._sent, self._last_success = self._sent + 1, time.time()
+                self._sent_keys.update((n.key, n.fingerprint) for n in batch if n.key)
             log.info("notified %s (%d events)", t.name, count)
             return
         with self._lock:

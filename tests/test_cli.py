@@ -124,6 +124,10 @@ def test_replay_notify_sends_one_digest(sink, tmp_path):
     assert result.exit_code == 0
     [message] = sink.wait_for("/chat", 1)
     assert "203.0.113.5" in message["title"] + message["message"]
+    # a dry run changed nothing: it says what would have been blocked, and offers no undo
+    assert "would have blocked 203.0.113.5" in message["title"]
+    assert "Undo" not in message["message"] and "unblock" not in message["message"]
+    assert "nothing was changed" in message["message"]
 
 
 def test_read_only_commands_create_no_database(tmp_path):

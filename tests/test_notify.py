@@ -17,7 +17,8 @@ import pytest
 from http_sink import Hang, Sink
 
 from relaywatch.model import ConfigError, Decision
-from relaywatch.notify import Notice, Notifier, notice_for_decision, notice_for_text, redact, send_test
+from relaywatch.notices import PREFIX as P
+from relaywatch.notify import Notice, NoticeKind, Notifier, notice_for_decision, notice_for_text, redact, send_test
 
 SECRETS = ("s3cretpw", "k3y123abc", "t0ken99")
 
@@ -58,7 +59,7 @@ def decision(i: int) -> Decision:
 
 def test_block_notice_says_what_why_and_how_to_undo() -> None:
     n = notice_for_decision(BLOCK, held=37)
-    assert n.title == "relaywatch: blocked 218.144.0.0/16"
+    assert n.title == P + "blocked 218.144.0.0/16"
     assert n.severity == "warning"
     assert n.tags == ("block", "subnet", "warning")
     assert "Blocked subnet 218.144.0.0/16 at " in n.body
@@ -73,7 +74,7 @@ def test_block_notice_says_what_why_and_how_to_undo() -> None:
 def test_ineffective_block_is_a_failure_with_the_warning() -> None:
     trap = "218.144.0.0/16 is inside mynetworks (permit_mynetworks comes first): Postfix still relays for it."
     n = notice_for_decision(BLOCK, effective=trap)
-    assert n.title == "relaywatch: blocked 218.144.0.0/16 - NOT effective"
+    assert n.title == P + "blocked 218.144.0.0/16 - NOT effective"
     assert n.severity == "failure" and "failure" in n.tags
     assert f"NOT EFFECTIVE: {trap}" in n.body
     assert "Queued messages held" not in n.body  # unknown, so not claimed
@@ -83,17 +84,17 @@ def test_alert_and_text_notices() -> None:
     probe = Decision(time=0.0, action="alert", kind="client", target="198.51.100.7", rule="relay_probe",
                      count=25, window_s=600)
     n = notice_for_decision(probe)
-    assert n.title == "relaywatch: alert 198.51.100.7"
+    assert n.title == P + "alert 198.51.100.7"
     assert n.severity == "info"
     assert "25 relay attempts refused in 10 min (rule relay_probe)" in n.body
     assert "Undo" not in n.body
     sasl = notice_for_decision(Decision(time=0.0, action="block", kind="sasl_user", target="bob o'hara",
                                         rule="sasl_user", count=150, window_s=3600))
-    assert sasl.title == "relaywatch: blocked SASL user bob o'hara"
+    assert sasl.title == P + "blocked SASL user bob o'hara"
     assert "in 1 h (rule sasl_user)" in sasl.body
     assert """Undo: relaywatch unblock 'bob o'"'"'hara'""" in sasl.body
     t = notice_for_text("failure", "daemon stopped", "postfix log unreadable\n", ("error",))
-    assert t == Notice("failure", "relaywatch: daemon stopped", "postfix log unreadable", ("error",))
+    assert t == Notice("failure", P + "daemon stopped", "postfix log unreadable", ("error",), kind=NoticeKind.ERROR)
     with pytest.raises(ValueError):
         notice_for_text("urgent", "x", "y")
 
@@ -118,7 +119,7 @@ def test_block_notification_arrives_over_json_and_form(sink: Sink) -> None:
         [as_json] = sink.wait_for("/json", 1)
         [as_form] = sink.wait_for("/form", 1)
     for payload in (as_json, as_form):
-        assert payload["title"] == "relaywatch: blocked 218.144.0.0/16"
+        assert payload["title"] == P + "blocked 218.144.0.0/16"
         assert payload["message"] == notice.body
         assert payload["type"] == "warning"
     assert notifier.status()["sent"] == 2
@@ -132,10 +133,11 @@ def test_a_burst_is_one_digest(sink: Sink) -> None:
         clock.now = 1.0  # the coalescing window is over
         [digest] = sink.wait_for("/chat", 1)
     assert len(sink.to("/chat")) == 1
-    assert digest["title"] == "relaywatch: 50 events (50 block)"
+    assert digest["title"] == P + "blocked 203.0.113.0 (+49 block)"  # the worst (here: the first) leads
     assert digest["type"] == "warning"
-    assert "- blocked 203.0.113.0\n" in digest["message"] and "- ... and 10 more" in digest["message"]
+    assert "- blocked 203.0.113.0\n" in digest["message"] and "more\n" in digest["message"]
     assert "Undo: relaywatch unblock 203.0.113.0" in digest["message"]
+    assert len((digest["title"] + digest["message"]).encode()) < 1024  # one lock screen, not fifty
     assert notifier.status() | {"last_success": None} == {
         "targets": [{"url": f"json://127.0.0.1:{sink.port}/chat", "tags": []}],
         "sent": 1, "failed": 0, "dropped": 0, "pending": 0, "last_error": None, "last_success": None}
@@ -152,8 +154,8 @@ def test_cooldown_merges_later_notices_into_the_next_digest(sink: Sink) -> None:
         notifier.submit(notice_for_text("failure", "third", "c"))
         first, merged = sink.wait_for("/phone", 2)
     assert len(sink.to("/phone")) == 2
-    assert first["title"] == "relaywatch: first"
-    assert merged["title"] == "relaywatch: 2 events (2 other)" and merged["type"] == "failure"
+    assert first["title"] == P + "first"
+    assert merged["title"] == P + "third (+1 other)" and merged["type"] == "failure"
     assert merged["message"].startswith("- third\n- second\n")  # the failure first
 
 
@@ -192,7 +194,7 @@ def test_a_hanging_target_times_out_without_holding_anyone_up(sink: Sink, hang: 
     status = notifier.status()
     assert f" json://127.0.0.1:{hang.port}/hook: timeout" in status["last_error"]
     assert status["failed"] == 2 and status["sent"] == 2 and status["pending"] == 0
-    assert sink.to("/good")[1]["title"] == "relaywatch: 3 events (3 block)"
+    assert sink.to("/good")[1]["title"] == P + "blocked 203.0.113.0 (+2 block)"
 
 
 def test_close_delivers_what_is_pending(sink: Sink) -> None:
@@ -226,9 +228,9 @@ urls:
         sink.wait_for("/all", 1)
         sink.wait_for("/phone", 1)
         sink.wait_for("/chat", 1)
-    assert [p["title"] for p in sink.to("/phone")] == ["relaywatch: blocked 218.144.0.0/16"]
-    assert [p["title"] for p in sink.to("/chat")] == ["relaywatch: daily digest"]
-    assert [p["title"] for p in sink.to("/all")] == ["relaywatch: 2 events (1 block, 1 digest)"]
+    assert [p["title"] for p in sink.to("/phone")] == [P + "blocked 218.144.0.0/16"]
+    assert [p["title"] for p in sink.to("/chat")] == [P + "daily digest"]
+    assert [p["title"] for p in sink.to("/all")] == [P + "blocked 218.144.0.0/16 (+1 digest)"]
 
 
 def test_send_test_reports_each_target(sink: Sink) -> None:
@@ -236,7 +238,7 @@ def test_send_test_reports_each_target(sink: Sink) -> None:
     assert [(r.url, r.ok) for r in results] == [
         (f"json://127.0.0.1:{sink.port}/ok", True), (f"form://127.0.0.1:{sink.port}/fail?token=****", False)]
     assert "error=500" in results[1].error
-    assert sink.to("/ok")[0]["title"] == "relaywatch: test notification"
+    assert sink.to("/ok")[0]["title"] == P + "test notification"
 
 
 def test_bad_configuration_is_a_config_error(tmp_path) -> None:
@@ -255,3 +257,104 @@ def test_without_targets_apprise_is_never_imported() -> None:
             "n = Notifier(); n.submit(t('info', 'x', 'y')); n.close()\n"
             "assert n.status()['sent'] == 0 and 'apprise' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- issue 16: kinds, memory across restarts, the lock screen ---------------------
+
+
+def test_a_block_never_waits_behind_the_cooldown_of_another_kind(sink: Sink) -> None:
+    clock = FakeClock()
+    with Notifier((sink.url("json", "/phone"),), coalesce_s=0, cooldown_s=300, clock=clock) as notifier:
+        notifier.submit(notice_for_text("failure", "2 hole(s) in Postfix", "...", kind=NoticeKind.AUDIT))
+        sink.wait_for("/phone", 1)
+        clock.now = 1  # 4 min 59 s of the audit notice's cooldown left
+        notifier.submit(notice_for_decision(BLOCK))
+        audit, block = sink.wait_for("/phone", 2)
+        assert block["title"] == P + "blocked 218.144.0.0/16"
+        clock.now = 2  # a second block within the cooldown of the first one waits for it
+        notifier.submit(notice_for_decision(decision(1)))
+        time.sleep(0.3)
+        assert len(sink.to("/phone")) == 2
+        clock.now = 302
+        notifier.submit(notice_for_decision(decision(2)))
+        sink.wait_for("/phone", 3)
+    assert sink.to("/phone")[2]["title"] == P + "blocked 203.0.113.1 (+1 block)"
+
+
+def test_an_unchanged_audit_notice_is_not_sent_again_after_a_restart(sink: Sink) -> None:
+    def audit(body: str):
+        return notice_for_text("failure", "1 hole(s) in Postfix", body, kind=NoticeKind.AUDIT, key="audit")
+
+    url = sink.url("json", "/phone")
+    with Notifier((url,), coalesce_s=0) as first:
+        first.submit(audit("mynetworks trusts 33,554,432 public IPv4 addresses"))
+        sink.wait_for("/phone", 1)
+        wait_until(lambda: first.state()["sent"] != {})
+    state = json.loads(json.dumps(first.state()))  # what the daemon keeps in the store
+    assert state["sent"].keys() == {"audit"} and "audit" in state["cooldowns"][url]
+    with Notifier((url,), coalesce_s=0, cooldown_s=0, state=state) as again:
+        again.submit(audit("mynetworks trusts 33,554,432 public IPv4 addresses"))  # a restart, same findings
+        again.submit(notice_for_decision(BLOCK))
+        sink.wait_for("/phone", 2)
+        time.sleep(0.2)
+        again.submit(audit("the map is consulted after permit_mynetworks"))  # changed: sent
+        sink.wait_for("/phone", 3)
+        again.forget("audit")  # fixed, then broken again the same way: sent again
+        again.submit(audit("the map is consulted after permit_mynetworks"))
+        sink.wait_for("/phone", 4)
+    titles = [p["title"] for p in sink.to("/phone")]
+    assert titles == [P + "1 hole(s) in Postfix", P + "blocked 218.144.0.0/16", P + "1 hole(s) in Postfix",
+                      P + "1 hole(s) in Postfix"]
+
+
+def test_restored_cooldowns_still_hold_after_a_restart(sink: Sink) -> None:
+    url = sink.url("json", "/phone")
+    with Notifier((url,), coalesce_s=0, cooldown_s=300) as first:
+        first.submit(notice_for_decision(decision(1)))
+        sink.wait_for("/phone", 1)
+        wait_until(lambda: first.state()["cooldowns"] != {})
+    with Notifier((url,), coalesce_s=0, cooldown_s=300, state=first.state()) as again:
+        again.submit(notice_for_decision(decision(2)))
+        time.sleep(0.3)
+        assert len(sink.to("/phone")) == 1  # waits for the cooldown the first run started
+        again.submit(notice_for_text("info", "daily digest", "quiet day", ("digest",)))
+        sink.wait_for("/phone", 2)  # another kind goes out at once
+
+
+def test_a_dry_run_notice_says_would_and_offers_no_undo() -> None:
+    n = notice_for_decision(BLOCK, dry_run=True)
+    assert n.title == P + "would have blocked 218.144.0.0/16 (replay)"
+    assert n.body.startswith("Would have blocked subnet 218.144.0.0/16 at ")
+    assert "nothing was changed" in n.body and "Undo" not in n.body and "unblock" not in n.body
+    assert n.severity == "info"
+
+
+def test_a_notice_names_the_host_shows_the_clients_and_fits_a_lock_screen() -> None:
+    import socket
+
+    host = socket.gethostname().split(".")[0]
+    long_line = "Nov 14 22:13:01 mx postfix/smtp[811]: 4Tq1: to=<" + "a" * 900 + "@victim.example>, status=sent"
+    flood = Decision(time=1_700_000_000.0, action="block", kind="subnet", target="218.144.0.0/16",
+                     rule="wide_subnet", count=2403, window_s=600, clients=9,
+                     evidence=(long_line, long_line, "Nov 14 22:13:02 mx postfix/smtpd[812]: 4Tq2: "
+                               "client=unknown[218.144.7.9]", long_line), sample_qids=tuple(f"4Tq{i}" for i in range(9)))
+    clients = [(f"218.144.{i}.9", 300 - i) for i in range(9)]
+    n = notice_for_decision(flood, held=1200, undo="relaywatch unblock 218.144.0.0/16", clients=clients)
+    assert n.title.startswith(f"relaywatch@{host}: blocked 218.144.0.0/16")
+    assert len((n.title + n.body).encode()) < 1024
+    first = n.body.splitlines()[0]
+    assert first.startswith("Blocked subnet 218.144.0.0/16 at ") and "2,403 relayed recipients from 9 clients" in first
+    assert "Clients: 218.144.0.9 (300), 218.144.1.9 (299)" in n.body and "and 4 more" in n.body
+    evidence = n.body.split("Evidence:\n", 1)[1].splitlines()
+    assert "client=unknown[218.144.7.9]" in evidence[0]  # who comes before where to
+    assert "Undo: relaywatch unblock 218.144.0.0/16" in n.body  # never cut: evidence goes first
+    assert notice_for_text("info", "relaywatch: digest", "x").title == f"relaywatch@{host}: digest"
+
+
+def test_subnet_clients_come_from_the_window_counts() -> None:
+    from relaywatch.notify import subnet_clients
+
+    counts = [("client", 1, "218.144.7.9", 40), ("client", 2, "218.144.7.9", 20), ("client", 2, "218.145.0.1", 99),
+              ("sender", 2, "x@example.com", 60), ("client", 2, "218.144.200.3", 61), ("client", 2, "bogus", 5)]
+    assert subnet_clients(BLOCK, counts) == [("218.144.200.3", 61), ("218.144.7.9", 60)]
+    assert subnet_clients(decision(1), counts) == []
