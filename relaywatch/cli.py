@@ -375,57 +375,23 @@ def run(config_path: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON document for scripts.")
 @config_option
 def status(as_json: bool, config_path: str | None) -> None:
-    """Whether the daemon runs, where it is in the log, lag, busiest counters, blocks in force."""
+    """Whether the daemon runs, what it reads and how far behind, busiest counters, blocks in force.
+
+    Exit status as `systemctl status`: 0 running, 3 not running, 4 unknown (no state yet).
+    """
+    from . import status as status_mod
+
     try:
         cfg = _load(config_path)
-        store = _recorded_store(cfg)
+        if not os.path.exists(cfg.database):
+            click.echo(f"relaywatch: {cfg.database} does not exist: relaywatch has not run with this "
+                       "configuration", err=True)
+            sys.exit(status_mod.Lsb.UNKNOWN)
+        info = status_mod.gather(_recorded_store(cfg), time.time())
     except RelaywatchError as exc:
         _fail(exc)
-    now = time.time()
-    daemon = store.meta("daemon") or {}
-    pid = daemon.get("pid")
-    running = bool(pid) and _alive(pid) and now - daemon.get("heartbeat", 0) < 30
-    last = daemon.get("last_log_time")
-    info = {
-        "running": running,
-        "pid": pid if running else None,
-        "source": daemon.get("source"),
-        "position": store.position(daemon["source"]) if daemon.get("source") else None,
-        "lines": daemon.get("lines"),
-        "relayed": daemon.get("relayed"),
-        "lag_s": round(now - last, 1) if running and last else None,
-        "busiest": store.busiest(int((now - 600) // 10)),
-        "blocks": [{"kind": b.kind, "target": b.target, "rule": b.rule,
-                    "until": None if b.until is None else report.iso(b.until)} for b in store.blocks(now)],
-        "pending": store.meta("map_pending"),
-        "notify": daemon.get("notify"),
-    }
-    if as_json:
-        click.echo(json.dumps(info, indent=2))
-        return
-    click.echo(f"relaywatch is {'running (pid %d)' % pid if running else 'not running'}")
-    click.echo(f"  source {info['source']}, position {json.dumps(info['position'])}")
-    click.echo(f"  {info['lines'] or 0:,} lines read, {info['relayed'] or 0:,} relayed"
-               + (f", lag {info['lag_s']} s" if info["lag_s"] is not None else ""))
-    for dim, rows in info["busiest"].items():
-        click.echo(f"  busiest {dim} (10 min): " + ", ".join(f"{k} {n}" for k, n in rows))
-    click.echo(f"  {len(info['blocks'])} blocks in force" + (" (PENDING: maps not yet written)" if info["pending"] else ""))
-    for b in info["blocks"]:
-        click.echo(f"    {b['kind']:<9} {b['target']:<24} {b['rule']:<12} until {b['until'] or 'forever'}")
-    if info["notify"]:
-        n = info["notify"]
-        click.echo(f"  notifications: {n.get('sent', 0)} sent, {n.get('failed', 0)} failed, "
-                   f"{n.get('pending', 0)} pending" + (f"; last error: {n['last_error']}" if n.get("last_error") else ""))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    click.echo(status_mod.to_json(info) if as_json else status_mod.to_text(info), nl=as_json)
+    sys.exit(status_mod.exit_code(info))
 
 
 # --- relaywatch queue ----------------------------------------------------------------

@@ -29,6 +29,7 @@ _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 @dataclass(frozen=True)
 class Config:
     source_path: str = "/var/log/mail.log"
+    source_explicit: bool = False  # [source] path written in the file: wait for it rather than fall back
     database: str = "/var/lib/relaywatch/state.db"
     config_directory: str | None = "/etc/postfix"
     client_access_map: str = "hash:/etc/postfix/relaywatch_clients"
@@ -157,6 +158,7 @@ def from_dict(data: dict[str, Any]) -> Config:
     config = replace(
         d,
         source_path=src.get("path", str, d.source_path),
+        source_explicit="path" in src.table,
         database=st.get("database", str, d.database),
         config_directory=pf.get("config_directory", str, d.config_directory) or None,
         client_access_map=pf.get("client_access_map", str, d.client_access_map),

@@ -33,6 +33,8 @@ from .parse import LineParser, YearResolver
 from .postconf import LOCAL_DOMAIN_PARAMS, local_domains, postconf, postconf_services
 from .queue import PostfixQueue, Target, select
 from .report import describe
+from .source_state import Choice, Reason
+from .source_state import choose as choose_source
 from .store import Store
 
 log = logging.getLogger("relaywatch.daemon")
@@ -86,10 +88,20 @@ def notifier_for(cfg: config_mod.Config, state: dict | None = None) -> Notifier 
                     state=state)
 
 
-def open_source(cfg: config_mod.Config, store: Store) -> FileFollower | JournalFollower:
-    if cfg.source_path == "journal":
-        return JournalFollower(store.position("journal"), syslog_names=cfg.syslog_names)
-    return FileFollower(cfg.source_path, store.position(f"file:{cfg.source_path}"))
+def open_source(cfg: config_mod.Config, store: Store) -> tuple[FileFollower | JournalFollower, Choice]:
+    """The follower for [source] path, or for the journal when the default file does not exist."""
+    choice = choose_source(cfg.source_path, cfg.source_explicit, os.path.exists(cfg.source_path))
+    if choice.note:
+        log.warning("%s", choice.note)
+    if choice.path != "journal":
+        return FileFollower(choice.path, store.position(f"file:{choice.path}")), choice
+    try:
+        return JournalFollower(store.position("journal"), syslog_names=cfg.syslog_names), choice
+    except RelaywatchError as exc:
+        if choice.reason is not Reason.FALLBACK:
+            raise
+        raise ConfigError(f"[source] path: {cfg.source_path} does not exist and the journal cannot be read "
+                          f"either ({exc}): nothing to watch; set [source] path to Postfix's log") from exc
 
 
 class Daemon:
@@ -105,7 +117,7 @@ class Daemon:
         self.notifier = notifier_for(cfg, self.store.meta("notify_state"))
         saved = self.store.meta("day_current")
         self.pipeline = self._pipeline(cfg, DayStats.from_dict(saved) if saved else DayStats.for_time(clock()))
-        self.source = open_source(cfg, self.store)
+        self.source, self.source_choice = open_source(cfg, self.store)
         # Until a first position is stored, a restart would start at the end of the log again.
         self._position_stored = self.store.position(self.source.source_name) is not None
         self.parser = LineParser(YearResolver(), cfg.syslog_names)
@@ -114,6 +126,7 @@ class Daemon:
         self.failed_lines = 0
         self._idle = False  # the last read found no new line: the log is read up to now
         self._day_saved_at = clock()
+        self._last_line_at: float | None = None
         self._notify_state: dict | None = None
 
     def _pipeline(self, cfg: config_mod.Config, day: DayStats | None) -> Pipeline:
@@ -169,7 +182,9 @@ class Daemon:
     def _batch(self) -> None:
         batch = self.source.read(BATCH_LINES, timeout=0.25)
         self._idle = not batch.lines
-        if not batch.lines:
+        if batch.lines:
+            self._last_line_at = self.clock()
+        else:
             if not self._position_stored:
                 self.pipeline.flush((self.source.source_name, batch.position))
                 self._position_stored = True
@@ -301,6 +316,9 @@ class Daemon:
             "started": self.started,
             "heartbeat": now,
             "source": self.source.source_name,
+            "source_note": self.source_choice.note,
+            "caught_up": self._idle,
+            "last_line_at": self._last_line_at,
             "lines": totals.lines,
             "unparsed": totals.unparsed,
             "failed_lines": self.failed_lines,

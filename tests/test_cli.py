@@ -136,5 +136,5 @@ def test_read_only_commands_create_no_database(tmp_path):
     cfg.write_text(f'[state]\ndatabase = "{db}"\n')
     assert invoke("blocks", "-c", str(cfg)).output == "no blocks in force\n"
     result = CliRunner().invoke(main, ["status", "-c", str(cfg)])
-    assert result.exit_code == 1 and "has not run" in result.output
+    assert result.exit_code == 4 and "has not run" in result.output  # LSB: status unknown
     assert not db.parent.exists()

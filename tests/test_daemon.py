@@ -131,9 +131,9 @@ def test_sighup_with_a_broken_config_keeps_the_old_one_and_sigterm_exits_0(tmp_p
     finally:
         if proc.poll() is None:
             proc.kill()
-    info = json.loads(subprocess.run([sys.executable, "-m", "relaywatch", "status", "--json", "-c", str(cfg)],
-                                     capture_output=True, text=True, check=True).stdout)
-    assert not info["running"]
+    stopped = subprocess.run([sys.executable, "-m", "relaywatch", "status", "--json", "-c", str(cfg)],
+                             capture_output=True, text=True)
+    assert stopped.returncode == 3 and not json.loads(stopped.stdout)["running"]  # LSB: not running
 
 
 def test_a_bad_config_exits_78(tmp_path):
