@@ -20,7 +20,7 @@ from . import config as config_mod
 from . import report
 from .blocking import Blocker, maps_from_config, target_kind
 from .engine import replay as run_replay
-from .model import Decision, RelaywatchError
+from .model import ConfigError, Decision, RelaywatchError
 from .postfix import Postfix, default_database_type
 from .queue import CLI_FLAGS, PostfixQueue, QueuedMessage, Target, select, target
 from .report import ReplayResult
@@ -59,8 +59,9 @@ def _blocker(cfg: config_mod.Config, store: Store) -> Blocker:
     return Blocker(store, Postfix(cfg.config_directory), maps, cfg.block_s)
 
 
-def _warn_if_ineffective(cfg: config_mod.Config, kind: str, target: str) -> None:
-    """The 2003 trap: a map consulted after permit_mynetworks blocks nobody inside mynetworks."""
+def _enforcement(cfg: config_mod.Config, kind: str, target: str) -> tuple[bool | None, str]:
+    """Would Postfix refuse `target` once blocked (the audit's restriction-order answer)?
+    (True, ""), (False, why not and the fix), or (None, why it cannot tell)."""
     from .audit import AuditMaps, block_ineffective_reason
     from .postconf import postconf, postconf_services
 
@@ -69,10 +70,17 @@ def _warn_if_ineffective(cfg: config_mod.Config, kind: str, target: str) -> None
             postconf(cfg.config_directory), postconf_services(cfg.config_directory), kind, target,
             AuditMaps(cfg.client_access_map, cfg.sasl_access_map or None))
     except (RelaywatchError, ValueError) as exc:
-        log.warning("cannot check whether Postfix enforces this block: %s", exc)
-        return
-    if reason:
-        click.echo(f"relaywatch: WARNING: Postfix will not enforce this block: {reason}", err=True)
+        return None, f"cannot check the Postfix configuration: {exc}"
+    return (False, reason) if reason else (True, "")
+
+
+def _warn_if_ineffective(cfg: config_mod.Config, kind: str, target: str) -> None:
+    """The 2003 trap: a map consulted after permit_mynetworks blocks nobody inside mynetworks."""
+    enforced, why = _enforcement(cfg, kind, target)
+    if enforced is None:
+        log.warning("%s", why)
+    elif not enforced:
+        click.echo(f"relaywatch: WARNING: Postfix will not enforce this block: {why}", err=True)
 
 
 config_option = click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
@@ -190,27 +198,84 @@ def _run(cfg: config_mod.Config, paths: list[str], year: int | None) -> ReplayRe
 @click.option("--reason", default="blocked by hand", show_default=True, help="Why; shown in the map's REJECT text.")
 @click.option("--for", "duration", help="How long, e.g. 1h, 2d (default: [block] duration, doubled per repeat).")
 @click.option("--permanent", is_flag=True, help="Never expires.")
+@click.option("--sasl-user", "sasl_user", is_flag=True, help="TARGET is a SASL login name (needed if it has an @).")
+@click.option("--force", is_flag=True, help="Block it even though [allow] says never to.")
 @config_option
-def block(target: str, reason: str, duration: str | None, permanent: bool, config_path: str | None) -> None:
-    """Block TARGET now: a client IP, a subnet (218.144.0.0/16) or a SASL login name."""
+def block(target: str, reason: str, duration: str | None, permanent: bool, sasl_user: bool, force: bool,
+          config_path: str | None) -> None:
+    """Block TARGET now: a client IP, a subnet (218.144.0.0/16) or a SASL login name.
+
+    Addresses in [allow] networks (loopback by default) and [allow] sasl_users are
+    refused unless --force. A name with an @ needs --sasl-user: relaywatch blocks
+    logins, not senders.
+    """
+    from .check import KIND_TEXT, allowed_by, looks_like_address, parse
+
     if duration and permanent:
         raise click.UsageError("--for and --permanent exclude each other")
     try:
-        cfg = _load(config_path)
-        kind, canonical = target_kind(target)
         seconds = config_mod.parse_duration(duration, "--for") if duration else None
+    except RelaywatchError as exc:
+        raise click.BadParameter(str(exc).removeprefix("--for: "), param_hint="--for") from None
+    try:
+        kind, canonical = parse(target, sasl_user)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="TARGET") from None
+    if kind == "sasl_user" and not sasl_user and looks_like_address(canonical):
+        raise click.UsageError(f"{canonical} looks like an e-mail address: relaywatch blocks client addresses, "
+                               "networks and SASL logins, not senders. If it is a SASL login name, add --sasl-user.")
+    try:
+        cfg = _load(config_path)
+        allowed = allowed_by(cfg, kind, canonical)
+        if allowed and not force:
+            raise RelaywatchError(f"not blocking {kind} {canonical}: it is in {allowed}, which relaywatch never "
+                                  "blocks; add --force to block it anyway")
         store = Store(cfg.database)
         blocker = _blocker(cfg, store)
         row = blocker.block(kind, canonical, reason, duration=seconds, permanent=permanent)
+        # remembered like the detector's decisions: the digest and the report show manual blocks
+        store.commit_batch([], [Decision(row.since, "block", kind, canonical, "manual", 0, 0,
+                                         evidence=(f"blocked by hand: {reason}",))])
         synced = blocker.sync()
     except RelaywatchError as exc:
         _fail(exc)
     until = "permanently" if row.until is None else f"until {report.iso(row.until)}"
-    click.echo(f"blocked {kind} {canonical} {until}")
+    click.echo(f"blocked {kind} {canonical} {until}: {KIND_TEXT[kind]}"
+               + (f" (despite {allowed}: --force)" if allowed else ""))
     _warn_if_ineffective(cfg, kind, canonical)
     if not synced:
         click.echo(f"relaywatch: the block is recorded but pending: {blocker.last_error}", err=True)
         sys.exit(1)
+
+
+@main.command()
+@click.argument("target")
+@click.option("--sasl-user", "sasl_user", is_flag=True, help="TARGET is a SASL login name.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document for scripts.")
+@config_option
+def check(target: str, sasl_user: bool, as_json: bool, config_path: str | None) -> None:
+    """Is TARGET (client IP, network or SASL login) blocked: by which entry, since and until when, why,
+    and would Postfix enforce it.
+
+    Exit status 0 blocked, 3 not blocked (1 error, 2 usage).
+    """
+    from . import check as check_mod
+
+    try:
+        kind, canonical = check_mod.parse(target, sasl_user)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="TARGET") from None
+    try:
+        cfg = _load(config_path)
+        store = Store(cfg.database) if os.path.exists(cfg.database) else None  # none yet: nothing blocked
+        now = time.time()
+        blocks = store.blocks(now) if store is not None else []
+        decisions = store.decisions() if store is not None else []
+    except RelaywatchError as exc:
+        _fail(exc)
+    result = check_mod.answer(target, kind, canonical, cfg, blocks, decisions, _enforcement(cfg, kind, canonical))
+    click.echo(result.to_json() if as_json else result.to_text(), nl=as_json)
+    sys.exit(result.exit_code())
 
 
 @main.command()
@@ -295,10 +360,17 @@ def notify_test(config_path: str | None, urls: tuple[str, ...]) -> None:
 
     try:
         cfg = _load(config_path)
-        if not urls and not cfg.notify_urls and not cfg.notify_config:
-            raise click.UsageError("no targets: set [notify] urls or config, or give --url")
+    except RelaywatchError as exc:
+        _fail(exc)
+    if not urls and not cfg.notify_urls and not cfg.notify_config:
+        raise click.UsageError("no targets: set [notify] urls or config, or give --url")
+    try:
         results = send_test(urls or cfg.notify_urls, None if urls else cfg.notify_config,
                             timeout_s=cfg.notify_timeout_s)
+    except ConfigError as exc:
+        if urls:  # the URL on the command line is wrong, not the configuration
+            raise click.BadParameter(str(exc).replace("notify urls #", "#"), param_hint="--url") from None
+        _fail(exc)
     except RelaywatchError as exc:
         _fail(exc)
     for r in results:

@@ -265,6 +265,27 @@ def unusual(stats: DayStats) -> list[str]:
     return out
 
 
+def headline(stats: DayStats, decisions: Sequence[Decision] = ()) -> str:
+    """The day's worst event in a few words, to lead the digest's title on a lock screen."""
+    for target, (kind, _since, _until, late, _first) in stats.blocks.items():
+        if late:
+            return f"block of {kind} {_clean(target, 40)} did not hold"
+    failing = stats.status.failing()
+    if failing:
+        domain, failed, attempts = failing[0]
+        return f"{_clean(domain, 40)} refused {_pct(failed, attempts)} of our mail"
+    blocked = [d for d in decisions if d.action == "block"]
+    if blocked:
+        more = f" (+{len(blocked) - 1} more)" if len(blocked) > 1 else ""
+        return f"blocked {blocked[0].kind} {_clean(blocked[0].target, 40)}{more}"
+    if stats.relay_denied >= DENIED_NOTABLE:
+        return f"{stats.relay_denied:,} relay attempts refused"
+    alerts = [d for d in decisions if d.action == "alert"]
+    if alerts:
+        return f"alert {alerts[0].kind} {_clean(alerts[0].target, 40)}"
+    return "a quiet day"
+
+
 def digest_text(stats: DayStats, decisions: Sequence[Decision] = (), held: int | None = None) -> tuple[str, str]:
     """(title, body) of the day's digest. `decisions`: the day's blocks and alerts (the store's);
     `held`: queued messages held after blocks (default: what `stats` counted)."""
@@ -272,8 +293,8 @@ def digest_text(stats: DayStats, decisions: Sequence[Decision] = (), held: int |
     blocks = sum(d.action == "block" for d in decisions)
     alerts = sum(d.action == "alert" for d in decisions)
     odd = unusual(stats)
-    title = (f"relaywatch: digest {stats.day}: {stats.relayed:,} relayed, {blocks} block{'s' * (blocks != 1)}"
-             + (f", {len(odd)} unusual" if odd else ""))
+    title = (f"relaywatch: {headline(stats, decisions)} - digest {stats.day}: {stats.relayed:,} relayed, "
+             f"{blocks} block{'s' * (blocks != 1)}" + (f", {len(odd)} unusual" if odd else ""))
     span = f", {_hm(stats.first)}..{_hm(stats.last)}" if stats.first is not None and stats.last is not None else ""
     sent, deferred, bounced = stats.status.totals()
     lines = [

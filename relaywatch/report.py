@@ -135,6 +135,8 @@ def to_json(result: ReplayResult) -> str:
 def describe(d: Decision) -> str:
     if d.action == "unblock":
         return "lifted by hand" if d.rule == "manual" else "expired"
+    if d.rule == "manual":  # `relaywatch block`: its evidence is the reason given
+        return d.evidence[0] if d.evidence else "blocked by hand"
     what = f"{d.count} relayed recipients" if d.rule != "relay_probe" else f"{d.count} relay attempts refused"
     if d.clients:
         what += f" from {d.clients} clients"

@@ -202,6 +202,8 @@ class Timeline:
         """A block, alert or unblock (the daemon records unblocks as decisions) on the time axis."""
         if d.action == "unblock":
             detail = "lifted by hand" if d.rule == "manual" else "expired"
+        elif d.rule == "manual":
+            detail = d.evidence[0] if d.evidence else "blocked by hand"
         else:
             what = "relay attempts refused" if d.rule == "relay_probe" else "relayed recipients"
             clients = f" from {d.clients} clients" if d.clients else ""

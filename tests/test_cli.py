@@ -138,3 +138,18 @@ def test_read_only_commands_create_no_database(tmp_path):
     result = CliRunner().invoke(main, ["status", "-c", str(cfg)])
     assert result.exit_code == 4 and "has not run" in result.output  # LSB: status unknown
     assert not db.parent.exists()
+
+
+@pytest.mark.parametrize("args, hint", [
+    (["block", "203.0.113.5", "--for", "soon"], "--for"),
+    (["block", "218.144.1.1/16"], "TARGET"),
+    (["notify-test", "--url", "nosuchservice://user:pw@host"], "--url"),
+    (["check", "10.0.0.1/8"], "TARGET"),
+])
+def test_bad_command_line_values_are_usage_errors(tmp_path, args, hint):
+    cfg = tmp_path / "rw.toml"
+    cfg.write_text(f'[state]\ndatabase = "{tmp_path / "s.db"}"\n')
+    result = CliRunner().invoke(main, [*args, "-c", str(cfg)])
+    assert result.exit_code == 2, result.output  # usage, not 78 (a configuration error)
+    assert hint in result.output
+    assert not (tmp_path / "s.db").exists()

@@ -15,6 +15,7 @@ import pytest
 from relaywatch import config as config_mod
 from relaywatch import digest, sources
 from relaywatch.cli import _blocker
+from relaywatch.notices import HOST
 from relaywatch.config import Config
 from relaywatch.daemon import Daemon
 from relaywatch.digest import DayStats, digest_text, unusual
@@ -47,7 +48,7 @@ def test_a_destination_deferring_half_our_mail_is_unusual_and_less_is_not():
     assert not unusual(stats_with(20, 9))  # 45 %
     assert not unusual(stats_with(19, 19))  # too few attempts to tell
     title, body = digest_text(stats_with(40, 30))
-    assert title == "relaywatch: digest 2024-05-14: 40 relayed, 0 blocks, 1 unusual"
+    assert title == "relaywatch: x.example refused 75% of our mail - digest 2024-05-14: 40 relayed, 0 blocks, 1 unusual"
     assert "check x.example's replies" in body and "30 of 40 first delivery attempts (75%)" in body
     assert "first attempt: 10 sent, 20 deferred, 10 bounced" in body
 
@@ -117,7 +118,9 @@ def test_the_sample_day_digest_names_the_flood_its_destination_and_the_block():
     stats = pipeline.day
     assert pipeline.finished_days == [] and stats.day == "2003-03-16"
     title, body = digest_text(stats, store.decisions(stats.start, stats.end))
-    assert title.startswith("relaywatch: digest 2003-03-16: 2,700 relayed, 1 block")
+    # the worst event leads: replay enforces nothing, so the block did not hold
+    assert title.startswith("relaywatch: block of subnet 218.144.0.0/16 did not hold - digest 2003-03-16: "
+                            "2,700 relayed, 1 block")
     assert stats.tables["senders"].top(1) == [("journeypark@hananet.net", 2403)]
     assert "\n     2,403  journeypark@hananet.net\n" in body
     assert "hanmail.net deferred or bounced" in body and "check hanmail.net's replies" in body
@@ -178,7 +181,8 @@ def test_the_daemon_sends_yesterdays_digest_at_the_configured_time_once(tmp_path
         daemon._housekeeping(now + 60)
     finally:
         daemon.close()
-    assert payload["title"] == f"relaywatch: digest {yesterday}: 24 relayed, 0 blocks, 1 unusual"
+    assert payload["title"] == (f"relaywatch@{HOST}: blocky.example refused 75% of our mail - digest {yesterday}: "
+                                "24 relayed, 0 blocks, 1 unusual")
     assert payload["type"] == "warning"
     assert "blocky.example deferred or bounced 18 of 24" in payload["message"]
     again = Daemon(str(cfg_path), cfg, _blocker)  # a restart: sent already
@@ -207,7 +211,8 @@ def test_relaywatch_digest_send_reaches_a_real_http_endpoint(tmp_path, sink):
     done = subprocess.run([*run, "--day", DAY, "--send"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     [payload] = sink.to("/hook")
-    assert payload["title"] == f"relaywatch: digest {DAY}: 26 relayed, 1 block, 1 unusual"
+    assert payload["title"] == (f"relaywatch@{HOST}: hanmail.net refused 80% of our mail - digest {DAY}: "
+                                "26 relayed, 1 block, 1 unusual")
     assert payload["type"] == "warning"
     body = payload["message"]
     assert "block client 218.144.108.161" in body and "192.0.2.99" not in body  # the next day's block is not in it
@@ -217,3 +222,15 @@ def test_relaywatch_digest_send_reaches_a_real_http_endpoint(tmp_path, sink):
     assert missing.returncode == 1 and f"recorded days: {DAY}" in missing.stderr
     bad = subprocess.run([*run, "--day", "yesterday"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--day" in bad.stderr
+
+
+def test_the_title_leads_with_the_worst_event():
+    quiet = DayStats(DAY)
+    quiet.add(relayed(1))
+    assert digest_text(quiet)[0] == f"relaywatch: a quiet day - digest {DAY}: 1 relayed, 0 blocks"
+    blocks = [Decision(T0 + 1, "block", "client", "203.0.113.5", "client", 60, 600),
+              Decision(T0 + 2, "block", "subnet", "218.144.0.0/16", "wide_subnet", 400, 600)]
+    assert digest_text(quiet, blocks)[0].startswith("relaywatch: blocked client 203.0.113.5 (+1 more) - digest")
+    quiet.block("client", "203.0.113.5", T0)
+    quiet.add(relayed(2, client="203.0.113.5", queued=T0 + 600))
+    assert digest_text(quiet, blocks)[0].startswith("relaywatch: block of client 203.0.113.5 did not hold - ")
