@@ -1,7 +1,8 @@
 """`relaywatch audit`: find the holes that make a Postfix server an open relay or a block useless.
 
-The seed's server trusted two public /8s in `mynetworks` and consulted its reject_list only
-after `permit_mynetworks`, so blocks did nothing; a relay test from one address passed.
+The 2003 incident relaywatch is built for: a server trusted two public /8s in `mynetworks` and
+consulted its reject_list only after `permit_mynetworks`, so blocks were never applied; a relay
+test from one address passed. User-facing text explains itself without that story.
 `audit()` is pure (effective parameters in, findings out); `run_audit()` adds `postconf` and
 the map files' mtimes. The Postfix rules themselves live in audit_eval.
 """
@@ -104,8 +105,8 @@ def _mynetworks(scope: ev.Scope, explicit: frozenset[str] | None) -> list[Findin
                            f"{counts[v]:,} public IPv{v}" for v in (4, 6) if counts[v]) + " addresses",
                            "Every client in mynetworks passes permit_mynetworks: it may relay to any domain "
                            "without authenticating, and a reject_list consulted after permit_mynetworks never "
-                           "applies to it. The seed's `210.x.y.z/8, 218.u.v.w/8` meant two hosts and trusted "
-                           "33,554,432 addresses. Wide public entries: "
+                           "applies to it. (`210.x.y.z/8, 218.u.v.w/8` once meant two hosts and trusted 33,554,432 "
+                           "addresses: a server became an open relay that way.) Wide public entries: "
                            + ", ".join(f"{k} ({n:,})" for k, n in trust.added if n > 1) + ".", fix, details))
     elif counts[4] or counts[6]:
         out.append(Finding("info", "mynetworks-public-small", where + f"mynetworks trusts {counts[4] + counts[6]:,} "
@@ -118,8 +119,8 @@ def _mynetworks(scope: ev.Scope, explicit: frozenset[str] | None) -> list[Findin
                            "Postfix 3 stops at these entries with a lookup error (`non-null host address bits`, "
                            "or an IPv6 network without [brackets] read as a table), so every client not matched "
                            "by an earlier entry gets `451 Temporary lookup failure` and legitimate mail is "
-                           "deferred. Postfix's own hint (`perhaps you should use 210.0.0.0/8`) is the seed's "
-                           "open relay: a host was meant. " + "; ".join(_broken_hint(e) for e in broken) + ".",
+                           "deferred. Do not follow Postfix's own hint (`perhaps you should use 210.0.0.0/8`) "
+                           "blindly: it trusts a whole /8, an open relay, where a host was meant. " + "; ".join(_broken_hint(e) for e in broken) + ".",
                            "\n".join(_broken_fix(e) for e in broken) + "\npostfix reload",
                            {"scope": scope.name, "entries": [e.raw for e in broken]}))
     odd = [(e.raw, _ODD[e.kind]) for e in trust.entries if e.kind in _ODD] + [
@@ -212,8 +213,15 @@ def _refs(scope: ev.Scope, kind: str, spec: str) -> list[tuple[str, int, ev.Rule
 def _bypass(scope: ev.Scope, kind: str, spec: str, code: str, severity: str, who: str,
             verdict: ev.Verdict) -> Finding:
     why, fix, details = _bypass_parts(scope, kind, spec, verdict)
-    return Finding(severity, code, f"[{scope.name}] relaywatch's {kind} block does nothing for {who}",
+    return Finding(severity, code, f"[{scope.name}] {_where(scope.name)} relaywatch's {kind} block for {who}",
                    f"For {who} on {scope.name}: {why}", fix, details)
+
+
+def _where(scope_name: str) -> str:
+    """Who bypasses: main.cf's lists (every service that does not override them), or one master.cf service."""
+    if scope_name == "main.cf":
+        return "main.cf's restrictions (every smtpd service that does not override them) bypass"
+    return f"the master.cf service {scope_name} bypasses"
 
 
 def _bypass_parts(scope: ev.Scope, kind: str, spec: str, verdict: ev.Verdict) -> tuple[str, str, dict[str, object]]:
@@ -299,7 +307,8 @@ def _selftest(scopes: list[ev.Scope], extra: tuple[str, ...]) -> Finding:
     worst = max(per.values(), key=lambda r: len(r["relayed"]))
     n, m = len(worst["relayed"]), len(SAMPLES)
     name = next(k for k, v in per.items() if v is worst)
-    text = (f"{n} of {m} sample public addresses (one in every public IPv4 /8 and IPv6 /8, plus the seed's) "
+    text = (f"{n} of {m} sample public addresses (one in every public IPv4 /8 and IPv6 /8, plus three of a "
+            "2003 open-relay incident) "
             f"would be relayed without authentication through {name}")
     lines = [f"{k}: {len(v['relayed'])} of {m} relayed" + (f" ({', '.join(v['relayed'][:8])}"
              + (", ..." if len(v['relayed']) > 8 else "") + ")" if v["relayed"] else "")
@@ -309,7 +318,7 @@ def _selftest(scopes: list[ev.Scope], extra: tuple[str, ...]) -> Finding:
         lines += [f"{k}: named address {a} would be relayed" for a in v["extra_relayed"]]
         lines += [f"{k}: named address {a} depends on entries the audit cannot evaluate" for a in v["extra_unknown"]]
     if n and SEED_TESTER not in worst["relayed"]:
-        lines.append(f"A relay test run from {SEED_TESTER} (the seed's test site) would still have passed: "
+        lines.append(f"A relay test run from {SEED_TESTER} (a public relay tester) would still have passed: "
                      "a test from one address says nothing about the others.")
     return Finding("error" if n else "info", "relay-selftest", text, "\n".join(lines),
                    "Fix the mynetworks and relay-restriction findings above, then run the audit again."
@@ -379,10 +388,26 @@ def to_json(findings: list[Finding]) -> str:
 
 def block_ineffective_reason(params: dict[str, str], services: dict[str, dict[str, str]], kind: str,
                              target: str, maps: AuditMaps) -> str | None:
-    """Why a new block of `target` would not refuse it, with the fix; None when it will work.
+    """Why a new block of `target` would not refuse it everywhere, naming where, with the fix;
+    None when it will work. kind: "client" | "subnet" (client_access_map) or "sasl_user" (sasl_access_map)."""
+    return bypass_text(block_bypasses(params, services, kind, target, maps))
 
-    kind: "client" | "subnet" (client_access_map) or "sasl_user" (sasl_access_map).
-    """
+
+def bypass_text(found: list[tuple[str, str]]) -> str | None:
+    """`block_bypasses` as one message naming where the block is bypassed; None when nowhere."""
+    if not found:
+        return None
+    names = [name for name, _ in found]
+    where = ("main.cf's restrictions" + (f" and master.cf service(s) {', '.join(names[1:])}" if len(names) > 1
+                                         else "") if names[0] == "main.cf" else
+             f"master.cf service(s) {', '.join(names)} (main.cf's own restrictions do enforce it)")
+    return f"Not enforced by {where}. " + found[0][1]
+
+
+def block_bypasses(params: dict[str, str], services: dict[str, dict[str, str]], kind: str, target: str,
+                   maps: AuditMaps) -> list[tuple[str, str]]:
+    """(main.cf or master.cf service, why and the fix) for each place a block of `target` is bypassed."""
+    out: list[tuple[str, str]] = []
     mapd = maps.by_kind()
     map_kind = {"client": "client", "subnet": "client", "sasl_user": "sasl"}.get(kind)
     if map_kind is None or map_kind not in mapd:
@@ -399,6 +424,6 @@ def block_ineffective_reason(params: dict[str, str], services: dict[str, dict[st
         if verdict.outcome != "reject":
             inside = {"yes": "inside mynetworks", "unknown": "possibly inside mynetworks"}.get(client.mynet, "")
             why, fix, _ = _bypass_parts(scope, map_kind, mapd[map_kind], verdict)
-            return (f"Blocking {kind} {target}{f' ({inside})' if inside else ''} will not work on {scope.name}: "
-                    f"{why} Fix: {' / '.join(fix.splitlines())}")
-    return None
+            out.append((scope.name, f"Blocking {kind} {target}{f' ({inside})' if inside else ''} will not work on "
+                                    f"{scope.name}: {why} Fix: {' / '.join(fix.splitlines())}"))
+    return out

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from . import config as config_mod
-from .audit import AuditMaps, block_ineffective_reason, run_audit
+from .audit import AuditMaps, block_bypasses, bypass_text, run_audit
 from .blocking import Blocker
 from .correlate import LocalDomains
 from .digest import DayStats, day_of, digest_text, unusual
@@ -243,30 +243,33 @@ class Daemon:
         return held
 
     def _tell(self, d: Decision, held: int | None = None) -> None:
-        effective = self._ineffective(d.kind, d.target) if d.action == "block" else None
+        bypasses = self._bypasses(d.kind, d.target) if d.action == "block" else []
+        effective = bypass_text(bypasses)
         if effective:
-            log.error("the block of %s %s does nothing: %s", d.kind, d.target, effective)
+            log.error("the block of %s %s is not enforced everywhere: %s", d.kind, d.target, effective)
         if self.notifier is not None:
             undo = f"relaywatch unblock {d.target}" if d.action == "block" else None
             if undo and held:
                 undo += "; held mail: " + Target(HOLD_KINDS[d.kind], d.target).hint()
             clients = subnet_clients(d, self.store.counts_since(self.pipeline.detector.bucket(d.time - d.window_s)))
-            self.notifier.submit(notice_for_decision(d, effective=effective, held=held, undo=undo, clients=clients))
+            self.notifier.submit(notice_for_decision(d, effective=effective, held=held, undo=undo, clients=clients,
+                                                     bypassed_on=[name for name, _ in bypasses]))
 
-    def _ineffective(self, kind: str, target: str) -> str | None:
+    def _bypasses(self, kind: str, target: str) -> list[tuple[str, str]]:
+        """Where Postfix would not enforce a block of `target` (main.cf, master.cf services)."""
         if self.postfix_params is None:
-            return None
+            return []
         params, services = self.postfix_params
         try:
-            return block_ineffective_reason(params, services, kind, target, self._audit_maps())
+            return block_bypasses(params, services, kind, target, self._audit_maps())
         except ValueError:
-            return None
+            return []
 
     def _audit_maps(self) -> AuditMaps:
         return AuditMaps(self.cfg.client_access_map, self.cfg.sasl_access_map or None)
 
     def _audit(self) -> None:
-        """Read Postfix's configuration and say loudly what would make blocks useless."""
+        """Read Postfix's configuration and say loudly where blocks would be bypassed."""
         try:
             self.postfix_params = (postconf(self.cfg.config_directory), postconf_services(self.cfg.config_directory))
             findings = run_audit(self.cfg.config_directory, self._audit_maps())

@@ -83,7 +83,7 @@ def notice_for_text(severity: str, title: str, body: str, tags: Iterable[str] = 
 
 def notice_for_decision(
     decision: Decision, *, effective: str | None = None, held: int | None = None, undo: str | None = None,
-    dry_run: bool = False, clients: Sequence[tuple[str, int]] = (),
+    dry_run: bool = False, clients: Sequence[tuple[str, int]] = (), bypassed_on: Sequence[str] = (),
 ) -> Notice:
     """What was decided and why, whether it works, and how to undo it.
 
@@ -91,6 +91,8 @@ def notice_for_decision(
     None means it is in effect. `held`: queued messages held. `dry_run`: a replay
     that changed nothing: says what would have been blocked, and no undo.
     `clients`: (address, relayed recipients) of a subnet's busiest clients.
+    `bypassed_on`: where Postfix would not enforce it ("main.cf", master.cf services): when
+    only services bypass it, the title names them instead of calling the block useless.
     """
     d = decision
     label = f"{_LABELS.get(d.kind, d.kind)} {d.target}"
@@ -106,10 +108,13 @@ def notice_for_decision(
         undo = None
     elif d.action == "block":
         severity = "warning" if effective is None else "failure"
-        title = f"blocked {short}" + ("" if effective is None else " - NOT effective")
+        services = [s for s in bypassed_on if s != "main.cf"]
+        caveat = ("" if effective is None else f" - bypassed on {', '.join(services)}"
+                  if services and len(services) == len(bypassed_on) else " - NOT enforced")
+        title = f"blocked {short}{caveat}"
         lines = [f"Blocked {label} at {iso(d.time)}: {why}.",
                  "In effect for new SMTP sessions; sessions already open may keep sending."
-                 if effective is None else f"NOT EFFECTIVE: {effective}"]
+                 if effective is None else f"NOT ENFORCED: {effective}"]
         undo = undo or f"relaywatch unblock {shlex.quote(d.target)}"
     else:
         severity = "info" if d.rule == "relay_probe" else "warning"

@@ -428,3 +428,19 @@ def test_real_mynetworks_style_default_is_derived_from_interfaces(confdir: Path)
 def test_real_missing_main_cf_raises(tmp_path: Path, confdir: Path) -> None:
     with pytest.raises(PostfixError):
         run_audit(str(tmp_path / "nowhere"), AuditMaps())
+
+
+def test_a_bypassing_service_is_named_instead_of_calling_the_block_useless() -> None:
+    params = {**GOOD, "mua_client_restrictions": "permit_sasl_authenticated, reject"}
+    found = audit(params, SUBMISSION, MAPS)
+    f = one(found, "sasl-block-bypassed")
+    assert f.title == ("[submission/inet] the master.cf service submission/inet bypasses relaywatch's sasl block "
+                       "for an authenticated user")
+    reason = block_ineffective_reason(params, SUBMISSION, "sasl_user", "alice", MAPS)
+    assert reason.startswith("Not enforced by master.cf service(s) submission/inet (main.cf's own restrictions "
+                             "do enforce it).")
+    everywhere = block_ineffective_reason(SEED, {}, "client", "218.144.108.161", AuditMaps(REJECT_LIST))
+    assert everywhere.startswith("Not enforced by main.cf's restrictions.")
+    text = format_text(audit(SEED, {}, AuditMaps(REJECT_LIST)))
+    assert "does nothing" not in text and "seed" not in text.lower()
+    assert "main.cf's restrictions (every smtpd service that does not override them) bypass" in text

@@ -73,10 +73,14 @@ def test_block_notice_says_what_why_and_how_to_undo() -> None:
 
 def test_ineffective_block_is_a_failure_with_the_warning() -> None:
     trap = "218.144.0.0/16 is inside mynetworks (permit_mynetworks comes first): Postfix still relays for it."
-    n = notice_for_decision(BLOCK, effective=trap)
-    assert n.title == P + "blocked 218.144.0.0/16 - NOT effective"
+    n = notice_for_decision(BLOCK, effective=trap, bypassed_on=["main.cf", "submission"])
+    assert n.title == P + "blocked 218.144.0.0/16 - NOT enforced"
     assert n.severity == "failure" and "failure" in n.tags
-    assert f"NOT EFFECTIVE: {trap}" in n.body
+    assert f"NOT ENFORCED: {trap}" in n.body
+    # main.cf enforces it, one master.cf service does not: that service is named, the block is not "useless"
+    one = notice_for_decision(BLOCK, effective="Not enforced by master.cf service(s) submission ...",
+                              bypassed_on=["submission"])
+    assert one.title == P + "blocked 218.144.0.0/16 - bypassed on submission"
     assert "Queued messages held" not in n.body  # unknown, so not claimed
 
 
