@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import date, timedelta
 from importlib import resources
+from typing import TYPE_CHECKING
 
 import click
 
@@ -25,6 +26,9 @@ from .postfix import Postfix, default_database_type
 from .queue import CLI_FLAGS, PostfixQueue, QueuedMessage, Target, select, target
 from .report import ReplayResult
 from .store import Store
+
+if TYPE_CHECKING:
+    from .audit import Finding
 
 DEFAULT_CONFIG = "/etc/relaywatch/relaywatch.toml"
 SAMPLE = "sample-2003-03-16.log.gz"
@@ -343,12 +347,28 @@ def audit(config_path: str | None, fmt: str, addresses: tuple[str, ...]) -> None
         cfg = _load(config_path)
         maps = audit_mod.AuditMaps(cfg.client_access_map, cfg.sasl_access_map or None)
         findings = audit_mod.run_audit(cfg.config_directory, maps, addresses)
+        findings.append(_source_finding(cfg))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--address") from None
     except RelaywatchError as exc:
         _fail(exc)
     click.echo(audit_mod.to_json(findings) if fmt == "json" else audit_mod.format_text(findings), nl=False)
     sys.exit(audit_mod.exit_code(findings))
+
+
+def _source_finding(cfg: config_mod.Config) -> Finding:
+    """What the daemon reads and whether lines arrive (from its state, never creating one)."""
+    from .source_state import finding
+
+    daemon = None
+    if os.path.exists(cfg.database):
+        store = Store(cfg.database)
+        try:
+            daemon = store.meta("daemon")
+        finally:
+            store.close()
+    return finding(cfg.source_path, cfg.source_explicit, os.path.exists(cfg.source_path),
+                   daemon if isinstance(daemon, dict) else None, time.time())
 
 
 @main.command("notify-test")

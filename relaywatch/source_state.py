@@ -18,6 +18,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .audit import Finding
 
 JOURNAL = "journal"
 QUIET_S = 3600  # no new line for this long while the daemon runs: worth a warning
@@ -119,3 +123,23 @@ def _ago(s: float) -> str:
     if s < 7200:
         return f"{s / 60:.0f} min"
     return f"{s / 3600:.1f} h"
+
+
+def finding(path: str, explicit: bool, exists: bool, daemon: dict | None, now: float) -> Finding:
+    """What the audit says about the log relaywatch reads: which one, and whether lines arrive."""
+    from .audit import Finding
+
+    choice = choose(path, explicit, exists)
+    what = "the systemd journal" if choice.path == JOURNAL else choice.path
+    daemon = daemon or {}
+    running = bool(daemon.get("pid")) and now - daemon.get("heartbeat", 0) < 30
+    heard = arriving(daemon.get("last_line_at"), now) if running else "the daemon is not running"
+    quiet = running and (daemon.get("last_line_at") is None or now - daemon["last_line_at"] >= QUIET_S)
+    severity = "warning" if choice.reason is Reason.WAITING or quiet else "info"
+    text = f"relaywatch reads {what}: {heard}"
+    explanation = (choice.note or f"[source] path = {path}") + "."
+    fix = ("Set [source] path to the file Postfix logs to, or to \"journal\"; then systemctl restart relaywatch"
+           if severity == "warning" else "Nothing to do.")
+    return Finding(severity, "source", text, explanation, fix,
+                   {"path": path, "reads": choice.path, "reason": choice.reason.value, "running": running,
+                    "last_line_at": daemon.get("last_line_at")})

@@ -140,3 +140,33 @@ def test_without_mail_log_the_default_source_falls_back_to_the_journal(tmp_path)
     if not journal:
         assert code == 78
         assert "[source] path: /var/log/mail.log does not exist and the journal cannot be read" in err.read_text()
+
+
+def test_audit_says_what_is_read_and_whether_lines_arrive(tmp_path):
+    import shutil
+
+    conf = tmp_path / "postfix"
+    conf.mkdir()
+    shutil.copy("/usr/share/postfix/master.cf.dist", conf / "master.cf")
+    (conf / "main.cf").write_text("compatibility_level = 3.6\nmynetworks = 127.0.0.0/8\n"
+                                  f"smtpd_client_restrictions = check_client_access hash:{conf}/c, permit_mynetworks\n")
+    os.utime(conf / "main.cf", (1_000_000_000, 1_000_000_000))
+    cfg = tmp_path / "rw.toml"
+    missing = tmp_path / "mail.log"
+    cfg.write_text(f'[source]\npath = "{missing}"\n[state]\ndatabase = "{tmp_path}/s.db"\n'
+                   f'[postfix]\nconfig_directory = "{conf}"\nclient_access_map = "hash:{conf}/c"\nsasl_access_map = ""\n')
+    doc = json.loads(CliRunner().invoke(main, ["audit", "--format", "json", "-c", str(cfg)]).output)
+    [source] = [f for f in doc["findings"] if f["code"] == "source"]
+    assert source["severity"] == "warning" and source["title"] == (
+        f"relaywatch reads {missing}: the daemon is not running")
+    assert "nothing is read until it appears" in source["explanation"]
+    store = Store(tmp_path / "s.db")
+    store.set_meta("daemon", {"pid": os.getpid(), "heartbeat": time.time(), "source": "journal",
+                              "last_line_at": time.time() - 3 * 3600})
+    store.close()
+    cfg.write_text(cfg.read_text().replace(f'[source]\npath = "{missing}"\n', ""))  # the default, missing here
+    if os.path.exists("/var/log/mail.log"):
+        return
+    text = CliRunner().invoke(main, ["audit", "-c", str(cfg)]).output
+    assert ("WARNING source: relaywatch reads the systemd journal: last line read 3.0 h ago (is Postfix logging "
+            "here?)") in text
