@@ -135,7 +135,7 @@ def replay(logs: tuple[str, ...], config_path: str | None, fmt: str, output: str
     if fmt == "html":
         from .htmlreport import render_html
 
-        text = render_html(result, result.timeline)
+        text = render_html(result, result.timeline, dry_run=not apply)
     else:
         text = report.to_json(result) if fmt == "json" else report.to_text(result, dry_run=not apply)
     if output:

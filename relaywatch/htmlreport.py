@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
 from .model import Decision
+from .report import ReplayResult, stopped
 from .timeline import Marker, Timeline, dim_title, duration, unit
 
 if TYPE_CHECKING:
@@ -134,11 +135,12 @@ class _Chart:
 
     def render(self) -> str:
         tl, lo, hi = self.tl, self.lo, self.hi
-        panels: list[tuple[str, list[tuple[str, list[int]]], str]] = [
-            (f"All relayed recipients per {self.unit}", [("all relayed", tl.relayed()[lo:hi])], "")]
+        everything = tl.relayed()
+        panels: list[tuple[str, list[tuple[str, list[int], int]], str]] = [
+            (f"All relayed recipients per {self.unit}", [("all relayed", everything[lo:hi], sum(everything))], "")]
         for d in tl.dims():
-            lines = [(s.label + (" *" if s.missed else ""), s.values[lo:hi]) for s in tl.top(d)]
-            lines = [(label, values) for label, values in lines if any(values)]
+            lines = [(s.label + (" *" if s.missed else ""), s.values[lo:hi], s.total) for s in tl.top(d)]
+            lines = [line for line in lines if any(line[1])]
             what = "relay attempts refused" if d == "relay_denied" else "relayed recipients"
             if lines:
                 panels.append((f"Top {dim_title(d)}: {what} per {self.unit}", lines, d))
@@ -205,10 +207,11 @@ class _Chart:
                 self.svg.text(a, 12 + row * ROW_H, label, fill=color, font_size=11, font_weight=600)
             self.svg.close("g")
 
-    def _panel(self, top: int, title: str, lines: list[tuple[str, list[int]]], dim: str) -> None:
+    def _panel(self, top: int, title: str, lines: list[tuple[str, list[int], int]], dim: str) -> None:
+        """`lines`: (label, values in view, total): the legend shows the total, the figure of the tables."""
         svg, n = self.svg, self.hi - self.lo
         thresholds = self.tl.thresholds(dim) if dim else []
-        peak = max([max(values) for _, values in lines] + [t.per_bin for t in thresholds] + [1])
+        peak = max([max(values) for _, values, _ in lines] + [t.per_bin for t in thresholds] + [1])
         step = _nice_step(peak)
         ymax = step * -(-peak // step)
 
@@ -222,13 +225,13 @@ class _Chart:
             svg.text(LEFT - 6, y(v) + 4, f"{v:,}", text_anchor="end", fill="#6b7280", font_size=11)
         dx = PLOT_W / n
         legend_y = top + 4
-        for color, (label, values) in zip(COLORS, lines, strict=False):
+        for color, (label, values, total) in zip(COLORS, lines, strict=False):
             pts = _points(values, LEFT, dx, y)
             if not dim:
                 svg.polyline([(LEFT, y(0)), *pts, (LEFT + PLOT_W, y(0))], fill="#bfdbfe", stroke="none")
             svg.polyline(pts, fill="none", stroke=color, stroke_width=1.4, stroke_linejoin="round")
             legend_y += 15
-            self._legend(legend_y, color, label, f"{sum(values):,}", None)
+            self._legend(legend_y, color, label, f"{total:,}", None)
         for t in thresholds:
             color = ACTION_COLORS.get(t.action, "#b45309")
             svg.line(LEFT, y(t.per_bin), LEFT + PLOT_W, y(t.per_bin), stroke=color, stroke_width=1.2,
@@ -269,7 +272,13 @@ def _table(title: str, head: Sequence[str], rows: Sequence[Sequence[object]], cl
     return f'<section class="table {cls}"><h3>{esc(title)}</h3><table><tr>{ths}</tr>{body}</table></section>'
 
 
+class _Html(str):
+    """A cell already written as HTML (its parts escaped)."""
+
+
 def _cell(value: object) -> str:
+    if isinstance(value, _Html):
+        return str(value)
     if isinstance(value, int):
         return f"{value:,}"
     text = str(value)
@@ -285,10 +294,23 @@ def _findings(findings: Sequence[Finding]) -> str:
     return f'<section class="findings"><h2>Configuration audit</h2><ul>{items}</ul></section>'
 
 
-def _events(markers: list[Marker]) -> str:
-    rows = [(i, _when(m.time), m.action, m.kind, m.target, m.rule, m.detail) for i, m in enumerate(markers, 1)]
-    return _table("Decisions on the timeline", ("#", "time", "action", "kind", "target", "rule", "why"), rows,
-                  "events")
+def _events(markers: list[Marker], result: ReportSource, timeline: Timeline, dry_run: bool) -> str:
+    """Each decision with its evidence (the client= lines first), what it would have stopped, and its undo."""
+    decisions = {(d.time, d.action, d.kind, d.target): d for d in result.decisions}
+    rows = []
+    for i, m in enumerate(markers, 1):
+        d = decisions.get((m.time, m.action, m.kind, m.target))
+        stop = stopped(result, d, timeline) if d is not None and isinstance(result, ReplayResult) else None
+        why = m.detail + (f"; {stop.text() if dry_run else stop.text().replace('would have ', '')}" if stop else "")
+        lines = sorted(m.evidence[-5:], key=lambda line: "client=" not in line)[:3]
+        evidence = _Html("<br>".join(esc(line if len(line) <= 200 else line[:199] + "…") for line in lines))
+        undo = "" if m.action != "block" else "none: nothing was blocked" if dry_run else (
+            f"relaywatch unblock {m.target}")
+        action = f"would {m.action}" if dry_run and m.action == "block" else m.action
+        rows.append((i, _when(m.time), action, m.kind, m.target, m.rule, _Html(esc(why)), evidence, undo,
+                     "yes" if dry_run else "no"))
+    return _table("Decisions on the timeline", ("#", "time", "action", "kind", "target", "rule", "why", "evidence",
+                                                "undo", "dry run"), rows, "events")
 
 
 def _explain(tl: Timeline) -> str:
@@ -303,8 +325,9 @@ def _explain(tl: Timeline) -> str:
         text += f"A burst inside one {u} can trip a rule while the {u}'s total stays below the line. "
     text += ("Subnet rules also need a number of distinct clients in the network. Vertical lines mark relaywatch's "
              "decisions (red: block, dashed amber: alert, green: unblock); numbers refer to the table below. "
-             "The number after a name is the sum of its line. A * after a name: it had counts before it became one "
-             "of the leaders of its panel, which are not in its line (the tables below have them).")
+             "The number after a name is its total over the whole report, the figure the tables below show. A * after "
+             "a name: it had counts before it became one of the leaders of its panel, which are in that total but "
+             "not in its line.")
     return f'<p class="note">{esc(text)}</p>'
 
 
@@ -328,7 +351,8 @@ td:first-child{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;
 overflow-wrap:anywhere;min-width:11em}.events td:nth-child(n+5){white-space:normal}
 .table td+td,.table th+th{text-align:right}.events td+td,.events th+th{text-align:left}
 .events td:first-child{min-width:0;font-family:inherit}
-.events td:nth-child(5){font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12px}
+.events td:nth-child(5),.events td:nth-child(8){font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12px}
+.events td:nth-child(8){font-size:11px;white-space:normal;overflow-wrap:anywhere}
 td.none{color:#6b7280;font-family:inherit}
 @page{margin:12mm}
 @media print{body{margin:0;max-width:none}section,svg{break-inside:avoid}h2{break-after:avoid}}
@@ -336,9 +360,10 @@ td.none{color:#6b7280;font-family:inherit}
 
 
 def render_html(result: ReportSource, timeline: Timeline, findings: Sequence[Finding] = (),
-                notes: Sequence[str] = (), uncounted: Collection[str] = ()) -> str:
+                notes: Sequence[str] = (), uncounted: Collection[str] = (), dry_run: bool = False) -> str:
     """The whole report as one HTML document (UTF-8 text). `notes` go under the title;
-    `uncounted` names figures the source does not know ("lines", "messages"): they are left out."""
+    `uncounted` names figures the source does not know ("lines", "messages"): they are left out.
+    `dry_run`: a replay that changed nothing (its decisions say "would", and offer no undo)."""
     t = result.totals
     blocks = sum(1 for d in result.decisions if d.action == "block")
     alerts = sum(1 for d in result.decisions if d.action == "alert")
@@ -371,7 +396,7 @@ def render_html(result: ReportSource, timeline: Timeline, findings: Sequence[Fin
                          f"</h2>{chart.render()}</section>")
     if timeline.markers_dropped:
         parts.append(f'<p class="note">{timeline.markers_dropped:,} later decisions are not drawn.</p>')
-    parts.append(f'<section class="events-wrap">{_events(markers)}</section>' if markers else "")
+    parts.append(f'<section class="events-wrap">{_events(markers, result, timeline, dry_run)}</section>' if markers else "")
     delivery = [(r.domain, r.relayed, f"{r.deferred:,} ({r.deferred_ratio:.0%})", r.bounced)
                 for r in timeline.delivery()]
     deferring = [(r.domain, r.relayed, f"{r.deferred:,} ({r.deferred_ratio:.0%})") for r in timeline.most_deferred()]

@@ -5,6 +5,7 @@ The JSON shape is a contract other tools rely on: add fields, never rename.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -98,8 +99,47 @@ def iso(t: float) -> str:
     return datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
 
 
-def decision_dict(d: Decision) -> dict:
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    """What a block would have stopped: `after` of the target's `total` relayed recipients came after it."""
+
+    after: int
+    total: int
+
+    def text(self) -> str:
+        pct = 100 * self.after / self.total if self.total else 0.0
+        return f"would have stopped {self.after:,} of {self.total:,} relayed recipients, {pct:.1f} %"
+
+
+def stopped(result: ReplayResult, d: Decision, timeline: Timeline | None = None) -> Stopped | None:
+    """How much of a blocked target's relayed mail was queued after the block (replay only: the
+    daemon's reports have no per-message record). `timeline`: the one that saw the facts, if not
+    `result.timeline`."""
+    after = (timeline or result.timeline).after_block(d)
+    if after is None:
+        return None
+    tally = result.tally
+    if d.kind == "client":
+        total = tally.clients.counts.get(d.target, 0)
+    elif d.kind == "sasl_user":
+        total = tally.sasl_users.counts.get(d.target, 0)
+    else:
+        net = ipaddress.ip_network(d.target, strict=False)
+        total = sum(n for client, n in tally.clients.counts.items() if _inside(client, net))
+    return Stopped(after, max(total, after))  # a pruned table can undercount the total
+
+
+def _inside(client: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    try:
+        addr = ipaddress.ip_address(client)
+    except ValueError:
+        return False
+    return addr.version == net.version and addr in net
+
+
+def decision_dict(d: Decision, stop: Stopped | None = None) -> dict:
     return {
+        "stopped": None if stop is None else {"after": stop.after, "of": stop.total},
         "time": iso(d.time),
         "action": d.action,
         "kind": d.kind,
@@ -125,7 +165,7 @@ def to_json(result: ReplayResult) -> str:
             "forged": t.forged,
             "first_time": iso(t.first_time) if t.first_time is not None else None,
             "last_time": iso(t.last_time) if t.last_time is not None else None,
-            "decisions": [decision_dict(d) for d in result.decisions],
+            "decisions": [decision_dict(d, stopped(result, d)) for d in result.decisions],
             "top": {name: [{"key": k, "count": n} for k, n in rows] for name, rows in result.tally.tables().items()},
         },
         indent=2,
@@ -161,6 +201,9 @@ def to_text(result: ReplayResult, dry_run: bool = True) -> str:
     for d in result.decisions:
         action = f"{verb}block" if d.action == "block" else d.action
         out.append(f"  {iso(d.time)}  {action:<11} {d.kind:<11} {d.target:<22} {describe(d)}")
+        if (stop := stopped(result, d)) is not None:
+            out.append(f"      {stop.text() if dry_run else stop.text().replace('would have stopped', 'stopped')}"
+                       " (queued at or after the block, in this log)")
         for line in d.evidence[-2:]:
             out.append(f"      | {line[:160]}")
     out.append("")

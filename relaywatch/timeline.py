@@ -26,6 +26,7 @@ RANK_CAP = 4096  # keys ranked per dimension before the smaller half is dropped
 SERIES_KEYS = 12  # keys per dimension that keep a per-bin series
 STATUS_CAP = 4096  # destination domains with delivery status counts
 MAX_MARKERS = 1000
+MAX_WATCHED = 200  # blocks whose target's later traffic is counted ("would have stopped")
 SPARKS = "▁▂▃▄▅▆▇█"
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -62,6 +63,7 @@ class Marker:
     target: str
     rule: str = ""
     detail: str = ""
+    evidence: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +151,9 @@ class Timeline:
         self._status: dict[str, list[int]] = {}
         self._markers: list[Marker] = []
         self.markers_dropped = 0
+        # (kind, target, time) of a block -> [its network or None, recipients queued at or after it]
+        self._watched: dict[tuple[str, str, float], list] = {}
+        self._observed = 0  # relayed recipients seen one by one (none: counts known only in aggregate)
         self._first: int | None = None
         self._last = 0
 
@@ -167,6 +172,9 @@ class Timeline:
             dims["relay_denied"].add(fact.client, b)
             return
         self._relayed[b] = self._relayed.get(b, 0) + 1
+        self._observed += 1
+        if self._watched:
+            self._after_blocks(fact)
         dims["client"].add(fact.client, b)
         addr = _address(fact.client)
         if addr is not None:
@@ -181,6 +189,33 @@ class Timeline:
         if fact.domain:
             dims["domain"].add(fact.domain, b)
             self._count_status(fact.domain, fact.status)
+
+    def _after_blocks(self, fact: Relayed) -> None:
+        """Count the blocked targets' mail queued after their block: what the block would have stopped."""
+        t = fact.queued if fact.queued is not None else fact.time
+        addr: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+        for (kind, target, since), row in self._watched.items():
+            if t < since:
+                continue
+            if kind == "client":
+                hit = fact.client == target
+            elif kind == "sasl_user":
+                hit = fact.sasl_user == target
+            else:
+                if addr is None:
+                    try:
+                        addr = ipaddress.ip_address(fact.client)
+                    except ValueError:
+                        continue
+                hit = addr.version == row[0].version and addr in row[0]
+            if hit:
+                row[1] += 1
+
+    def after_block(self, d: Decision) -> int | None:
+        """Relayed recipients of `d`'s target queued at or after the block `d`; None when not known
+        (not a block, too many blocks, or a timeline fed only aggregate counts)."""
+        row = self._watched.get((d.kind, d.target, d.time))
+        return None if row is None or not self._observed else row[1]
 
     def add_counts(self, t: float, relayed: int = 0, refused: int = 0) -> None:
         """Counts known only in aggregate (a daemon's hourly record of a day), added to the bin of `t`.
@@ -208,7 +243,14 @@ class Timeline:
             what = "relay attempts refused" if d.rule == "relay_probe" else "relayed recipients"
             clients = f" from {d.clients} clients" if d.clients else ""
             detail = f"{d.count} {what}{clients} in {duration(d.window_s)}"
-        self._mark(Marker(d.time, d.action, d.kind, d.target, d.rule, detail))
+        if d.action == "block" and d.kind in ("client", "subnet", "sasl_user") and len(self._watched) < MAX_WATCHED:
+            try:
+                net = ipaddress.ip_network(d.target, strict=False) if d.kind == "subnet" else None
+            except ValueError:
+                net = None
+            if d.kind != "subnet" or net is not None:
+                self._watched[(d.kind, d.target, d.time)] = [net, 0]
+        self._mark(Marker(d.time, d.action, d.kind, d.target, d.rule, detail, d.evidence))
 
     def _mark(self, m: Marker) -> None:
         self._bin(m.time)

@@ -164,3 +164,72 @@ def test_control_characters_from_the_log_cannot_break_the_svg():
 def test_an_empty_period_still_renders():
     page = render_html(ReplayResult(Totals(), 0, [], Tally()), Timeline())
     assert "Nothing was relayed" in page and "<svg" not in page
+
+
+# --- issue 16 item 15: what each block would have stopped, evidence, undo, dry run, legend = tables ----------
+
+
+def flood_with_block(evidence: tuple[str, ...]) -> tuple[ReplayResult, Timeline, Decision]:
+    """60 recipients from 218.144.7.9 before a block of 218.144.0.0/16, 240 from the network after it."""
+    totals, tally, tl = Totals(), Tally(), Timeline()
+    block = Decision(FLOOD + 60, "block", "subnet", "218.144.0.0/16", "wide_subnet", 60, 600, clients=4,
+                     evidence=evidence)
+    facts = [Relayed(FLOOD + i + 0.5, f"F{i}", f"218.144.{7 + (i >= 60) * (i % 4)}.9", None, "a@hananet.net",
+                     f"r{i}@hanmail.net", "hanmail.net", "sent", queued=FLOOD + i) for i in range(300)]
+    facts.append(Relayed(FLOOD + 100, "X", "203.0.113.9", None, "b@x.example", "c@y.example", "y.example", "sent"))
+    for f in sorted(facts, key=lambda f: f.time):
+        if f.qid == "F60":
+            tl.decision(block)  # decided on F59's delivery: F60 was queued at the moment of the block
+        tl.observe(f)
+        totals.relayed += 1
+        tally.add_relayed(f)
+    totals.first_time, totals.last_time = FLOOD, FLOOD + 300
+    return ReplayResult(totals, len(facts), [block], tally, tl), tl, block
+
+
+def test_each_block_says_what_it_would_have_stopped():
+    from relaywatch.report import stopped, to_json, to_text
+
+    result, _, block = flood_with_block(())
+    stop = stopped(result, block)
+    assert (stop.after, stop.total) == (240, 300)
+    assert stop.text() == "would have stopped 240 of 300 relayed recipients, 80.0 %"
+    assert "would have stopped 240 of 300 relayed recipients, 80.0 %" in to_text(result)
+    assert "      stopped 240 of 300" in to_text(result, dry_run=False)
+    import json
+    assert json.loads(to_json(result))["decisions"][0]["stopped"] == {"after": 240, "of": 300}
+
+
+def test_the_decisions_table_shows_evidence_undo_and_dry_run():
+    delivery = "Mar 16 02:01:10 zebra postfix/smtp[29341]: F59: to=<r59@hanmail.net>, relay=none, status=deferred"
+    client = "Mar 16 02:01:09 zebra postfix/smtpd[29340]: F59: client=unknown[218.144.7.9]"
+    result, tl, _ = flood_with_block((delivery, client))
+    for dry_run, action, undo, flag in [(True, "would block", "none: nothing was blocked", "yes"),
+                                        (False, "block", "relaywatch unblock 218.144.0.0/16", "no")]:
+        parser = Tables()
+        parser.feed(render_html(result, tl, dry_run=dry_run))
+        head, row = parser.tables["Decisions on the timeline"]
+        assert head == ["#", "time", "action", "kind", "target", "rule", "why", "evidence", "undo", "dry run"]
+        assert row[2] == action and row[-2:] == [undo, flag]
+        assert row[7] == client  # the client= line leads the evidence
+        assert "stopped 240 of 300 relayed recipients, 80.0 %" in row[6]
+
+
+def test_legend_figures_agree_with_the_tables():
+    totals, tally, tl = Totals(), Tally(), Timeline()
+    facts = [Relayed(FLOOD + i, f"A{i}", f"198.18.0.{i % 12}", None, "s@x.example", f"r{i}@y.example", "y.example",
+                     "sent") for i in range(60)]  # twelve leaders with 5 each fill the series
+    facts += [Relayed(FLOOD + 100 + i, f"B{i}", "203.0.113.99", None, "s@x.example", f"q{i}@y.example", "y.example",
+                      "sent") for i in range(20)]  # a late leader: its first 5 are not in its line
+    for f in facts:
+        tl.observe(f)
+        totals.relayed += 1
+        tally.add_relayed(f)
+    totals.first_time, totals.last_time = FLOOD, FLOOD + 200
+    page = render_html(ReplayResult(totals, len(facts), [], tally), tl)
+    texts = [e.text for e in svgs(page)[0].iter(f"{SVG_NS}text")]
+    assert texts[texts.index("203.0.113.99 *") + 1] == "20"  # was 15, the sum of its line
+    assert texts[texts.index("all relayed") + 1] == "80"
+    parser = Tables()
+    parser.feed(page)
+    assert parser.tables["Top relaying clients"][1] == ["203.0.113.99", "20"]
