@@ -29,7 +29,7 @@ _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 @dataclass(frozen=True)
 class Config:
     source_path: str = "/var/log/mail.log"
-    source_explicit: bool = False  # [source] path written in the file: wait for it rather than fall back
+    source_explicit: bool = field(default=False, compare=False)  # [source] path written: wait, never fall back
     database: str = "/var/lib/relaywatch/state.db"
     config_directory: str | None = "/etc/postfix"
     client_access_map: str = "hash:/etc/postfix/relaywatch_clients"

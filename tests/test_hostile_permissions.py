@@ -185,5 +185,5 @@ def test_tokens_never_reach_the_log_or_the_status(tmp_path, caplog):
     store.close()
     for args in (["status"], ["status", "--json"]):
         result = CliRunner().invoke(main, [*args, "-c", str(cfg)])
-        assert result.exit_code == 0, result.output
+        assert result.exit_code == 3, result.output  # LSB: not running (the stored daemon has no pid)
         assert not any(s in result.output for s in SECRETS)

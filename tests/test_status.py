@@ -170,3 +170,48 @@ def test_audit_says_what_is_read_and_whether_lines_arrive(tmp_path):
     text = CliRunner().invoke(main, ["audit", "-c", str(cfg)]).output
     assert ("WARNING source: relaywatch reads the systemd journal: last line read 3.0 h ago (is Postfix logging "
             "here?)") in text
+
+
+def test_a_restarted_daemon_does_not_resend_an_unchanged_audit_and_a_block_does_not_wait(tmp_path, sink):
+    """Issue 16 item 3, through the daemon and its store: the start-up audit notice is sent once across
+    restarts, and a block right after it goes out at once (it waited for the audit's 5 min cooldown)."""
+    import shutil
+
+    from relaywatch import config as config_mod
+    from relaywatch.cli import _blocker
+    from relaywatch.daemon import Daemon
+    from relaywatch.model import Decision
+
+    conf = tmp_path / "postfix"
+    conf.mkdir()
+    shutil.copy("/usr/share/postfix/master.cf.dist", conf / "master.cf")
+    (conf / "main.cf").write_text("compatibility_level = 3.6\nmynetworks = 127.0.0.0/8, 218.0.0.0/8\n"
+                                  f"smtpd_client_restrictions = permit_mynetworks, check_client_access hash:{conf}/c\n"
+                                  "smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination\n")
+    os.utime(conf / "main.cf", (1_000_000_000, 1_000_000_000))
+    maillog = tmp_path / "mail.log"
+    maillog.write_text("")
+    cfg_path = tmp_path / "rw.toml"
+    cfg_path.write_text(f'[source]\npath = "{maillog}"\n[state]\ndatabase = "{tmp_path}/s.db"\n'
+                        f'[postfix]\nconfig_directory = "{conf}"\nclient_access_map = "hash:{conf}/c"\n'
+                        f'sasl_access_map = ""\n[allow]\nnetworks = []\n'
+                        f'[notify]\nurls = ["{sink.url("json", "/phone")}"]\ncoalesce = "1s"\ncooldown = "5m"\n')
+    cfg_path.chmod(0o600)
+    cfg = config_mod.load(cfg_path)
+    first = Daemon(str(cfg_path), cfg, _blocker)
+    try:
+        first._audit()
+        [audit] = sink.wait_for("/phone", 1)
+        assert "hole(s) in Postfix" in audit["title"]
+        first._tell(Decision(time.time(), "block", "client", "203.0.113.5", "client", 60, 600))
+        block = sink.wait_for("/phone", 2, timeout=10)[1]
+        assert "blocked 203.0.113.5" in block["title"]
+    finally:
+        first.close()
+    again = Daemon(str(cfg_path), cfg, _blocker)  # a restart (or SIGHUP: the same _audit)
+    try:
+        again._audit()
+        time.sleep(1.5)
+    finally:
+        again.close()
+    assert len(sink.to("/phone")) == 2
