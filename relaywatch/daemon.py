@@ -149,7 +149,9 @@ class Daemon:
         self.blocker.pending = self.blocker.pending or bool(self.store.blocks(self.clock()))
         self.blocker.sync()
         if self.inline is not None:
-            self.inline.start(self._block_pairs())
+            since = self.pipeline.detector.bucket(self.clock() - self.cfg.policy_window_s)
+            self.inline.start(self._block_pairs(), ((key, bucket * self.pipeline.detector.bucket_s, n) for dim, bucket,
+                                                    key, n in self.store.counts_since(since) if dim == "client"))
         sd_notify("READY=1")
         log.info("following %s; %d blocks in force", self.source.source_name, len(self.store.blocks(self.clock())))
         next_housekeeping = next_prune = 0.0

@@ -264,11 +264,16 @@ class InlineService:
             self.crossed.put(crossed)
         return f"action={action}\n\n".encode()
 
-    def start(self, blocks: Iterable[tuple[str, str]]) -> None:
+    def start(self, blocks: Iterable[tuple[str, str]], logged: Iterable[tuple[str, float, int]] = ()) -> None:
+        """`logged`: (client, time, recipients) the log showed relayed in the window before a restart,
+        so that a restart does not hand an unknown relayer a fresh budget."""
         if sys.getswitchinterval() > 0.001:
             sys.setswitchinterval(0.001)  # a busy log loop must not hold an answer back 5 ms
         self.set_blocks(blocks, force=True)
         self._refresh_known(self.clock())
+        for client, t, n in logged:
+            for _ in range(min(n, self.policy.budget.limit if self.policy.budget else 0)):
+                self.policy.logged(client, None, t)
         self.server.start()
 
     def set_blocks(self, blocks: Iterable[tuple[str, str]], force: bool = False) -> None:
