@@ -67,7 +67,7 @@ def _warn_if_ineffective(cfg: config_mod.Config, kind: str, target: str) -> None
     try:
         reason = block_ineffective_reason(
             postconf(cfg.config_directory), postconf_services(cfg.config_directory), kind, target,
-            AuditMaps(cfg.client_access_map, cfg.sasl_access_map or None))
+            AuditMaps(cfg.client_access_map, cfg.sasl_access_map or None, cfg.policy_listen or None))
     except (RelaywatchError, ValueError) as exc:
         log.warning("cannot check whether Postfix enforces this block: %s", exc)
         return
@@ -276,7 +276,7 @@ def audit(config_path: str | None, fmt: str, addresses: tuple[str, ...]) -> None
 
     try:
         cfg = _load(config_path)
-        maps = audit_mod.AuditMaps(cfg.client_access_map, cfg.sasl_access_map or None)
+        maps = audit_mod.AuditMaps(cfg.client_access_map, cfg.sasl_access_map or None, cfg.policy_listen or None)
         findings = audit_mod.run_audit(cfg.config_directory, maps, addresses)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--address") from None

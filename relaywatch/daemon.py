@@ -274,7 +274,7 @@ class Daemon:
             return None
 
     def _audit_maps(self) -> AuditMaps:
-        return AuditMaps(self.cfg.client_access_map, self.cfg.sasl_access_map or None)
+        return AuditMaps(self.cfg.client_access_map, self.cfg.sasl_access_map or None, self.cfg.policy_listen or None)
 
     def _audit(self) -> None:
         """Read Postfix's configuration and say loudly what would make blocks useless."""

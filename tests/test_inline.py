@@ -261,3 +261,28 @@ def test_a_unix_socket_is_created_private_and_removed(tmp_path: Path):
     socket.socket(socket.AF_UNIX).bind(path_s)
     stale.start()
     stale.stop()
+
+
+# --- the audit ----------------------------------------------------------------------------------
+
+
+def policy_findings(restrictions: str, **params: str) -> set[str]:
+    from relaywatch.audit import AuditMaps, audit
+    p = {"mynetworks": "127.0.0.0/8", "smtpd_relay_restrictions": "permit_mynetworks, reject_unauth_destination",
+         "smtpd_recipient_restrictions": restrictions, **params}
+    found = audit(p, {}, AuditMaps("hash:/etc/postfix/c", None, "127.0.0.1:10040"))
+    return {f.code for f in found if f.code.startswith("policy")}
+
+
+def test_the_audit_warns_when_the_service_fails_closed_or_comes_after_permit_mynetworks():
+    ok = "check_policy_service { inet:127.0.0.1:10040, default_action=DUNNO, timeout=2s }, permit_mynetworks"
+    assert policy_findings(ok) == {"policy-service"}
+    assert policy_findings("check_policy_service inet:127.0.0.1:10040, permit_mynetworks") == {
+        "policy-service", "policy-fail-closed"}
+    assert policy_findings("check_policy_service inet:127.0.0.1:10040",
+                           smtpd_policy_service_default_action="DUNNO") == {"policy-service"}
+    assert policy_findings("check_policy_service { inet:127.0.0.1:10040, default_action = DEFER }") == {
+        "policy-service", "policy-fail-closed"}
+    assert policy_findings("permit_mynetworks, " + ok.split(", permit")[0]) == {"policy-service",
+                                                                              "policy-after-permit"}
+    assert policy_findings("permit_mynetworks, check_policy_service inet:127.0.0.1:9998") == {"policy-unused"}
