@@ -38,6 +38,7 @@ MAX_OUTPUT = 64 * 1024  # answers a client does not read
 IDLE_S = 900.0  # longer than Postfix's smtpd_policy_service_max_idle (300 s)
 SNAPSHOT_S = 0.5  # blocks from the store at least this often (manual blocks come from other processes)
 FLUSH_S = 5.0
+SWITCH_S = 0.0002  # the GIL's switch interval while the service runs: an answer takes a few GIL turns
 _END = b"\n\n"
 
 
@@ -267,8 +268,8 @@ class InlineService:
     def start(self, blocks: Iterable[tuple[str, str]], logged: Iterable[tuple[str, float, int]] = ()) -> None:
         """`logged`: (client, time, recipients) the log showed relayed in the window before a restart,
         so that a restart does not hand an unknown relayer a fresh budget."""
-        if sys.getswitchinterval() > 0.001:
-            sys.setswitchinterval(0.001)  # a busy log loop must not hold an answer back 5 ms
+        if sys.getswitchinterval() > SWITCH_S:
+            sys.setswitchinterval(SWITCH_S)  # a busy log loop must not hold an answer back 5 ms (the default)
         self.set_blocks(blocks, force=True)
         self._refresh_known(self.clock())
         for client, t, n in logged:
