@@ -331,6 +331,7 @@ class Daemon:
             "relayed": totals.relayed,
             "last_log_time": totals.last_time,
             "notify": self.notifier.status() if self.notifier is not None else None,
+            "policy": self.inline.stats() if self.inline is not None else None,
         }
         self.store.set_meta("daemon", status)
         sd_notify(f"STATUS={totals.lines} lines, {totals.relayed} relayed, "

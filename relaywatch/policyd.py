@@ -337,6 +337,12 @@ class InlineService:
         self.policy.known = known
         log.info("policy service: %d known relayers (relayed without authentication on earlier days)", len(known))
 
+    def stats(self) -> dict[str, int]:
+        """For `relaywatch status`: what the service did since the daemon started."""
+        server = self.server
+        return {"connections": len(server.conns), "answered": server.answered, "dropped": server.dropped,
+                "failed": server.failed, "known": len(self.policy.known)}
+
     def close(self) -> None:
         self.server.stop()
         if self.history is not None:

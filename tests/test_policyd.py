@@ -9,6 +9,7 @@ the blocked client), and a restarted relaywatch answering from the same state ag
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import smtplib
@@ -97,6 +98,12 @@ class Session:
             self.smtp.close()
 
 
+def daemon_meta(db: Path) -> dict:
+    with sqlite3.connect(db) as conn:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'daemon'").fetchone()
+    return json.loads(row[0]) if row else {}
+
+
 def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -141,6 +148,7 @@ def test_the_service_stops_a_flood_in_open_sessions_and_fails_open(postfix_insta
                                 ).fetchall()
         assert [(t, r, n) for t, r, n, _ in rows] == [("127.0.0.9", "inline_budget", 10)]
         assert "victim10@hanmail.example" in rows[0][3] and "over budget" in rows[0][3]
+        wait_for(lambda: (daemon_meta(db).get("policy") or {}).get("answered", 0) >= 230, what="the status")
 
         # A block bites in a session that is already open, at its next RCPT.
         victim = Session(rig, "127.0.0.30")
