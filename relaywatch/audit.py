@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import textwrap
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ class AuditMaps:
 
     client_access_map: str | None = None
     sasl_access_map: str | None = None
+    policy: str | None = None  # [policy] listen: relaywatch's inline policy service
 
     def by_kind(self) -> dict[str, str]:
         return {k: v for k, v in (("client", self.client_access_map), ("sasl", self.sasl_access_map)) if v}
@@ -64,6 +66,12 @@ def audit(params: dict[str, str], services: dict[str, dict[str, str]], maps: Aud
         if scope.touches(*_LIST_DEPS) and not ev.is_guarded(scope.params):
             found.append(_unguarded(scope))
         found += _blocks(scope, maps)
+        if maps.policy:
+            found += _policy_service(scope, maps.policy)
+    if maps.policy and not any(f.code == "policy-service" for f in found):
+        found.append(Finding("warning", "policy-unused", f"relaywatch's policy service ({maps.policy}) is not asked",
+                             "No restriction list has check_policy_service for it, so blocks wait for the map and "
+                             "the inline budget does nothing.", _POLICY_FIX.format(ep=_endpoint(maps.policy)), {}))
     found += _type_mismatch(scopes, maps)
     if maps.sasl_access_map and not any(s.params.get("smtpd_sasl_auth_enable") == "yes" for s in scopes):
         found.append(Finding("info", "sasl-map-unused", "SASL is not enabled: the SASL access map has no effect",
@@ -71,6 +79,45 @@ def audit(params: dict[str, str], services: dict[str, dict[str, str]], maps: Aud
                              "check_sasl_access never matches.", "Nothing to do unless you enable SASL.", {}))
     found.append(_selftest(scopes, extra))
     return sorted(found, key=lambda f: SEVERITIES.index(f.severity))
+
+
+_POLICY_FIX = ("smtpd_recipient_restrictions = check_policy_service {{ {ep}, default_action=DUNNO, timeout=2s, "
+               "try_limit=1 }}, permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination")
+_POLICY_DEFAULT = re.compile(r"default_action\s*=\s*([^,}]+)", re.I)
+
+
+def _endpoint(listen: str) -> str:
+    return f"unix:{listen}" if listen.startswith("/") else f"inet:{listen}"
+
+
+def _policy_service(scope: ev.Scope, listen: str) -> list[Finding]:
+    """relaywatch's policy service must fail open (a dead relaywatch must never stop mail) and
+    come before permit_mynetworks (which ends the list: the 2003 trap again)."""
+    out = []
+    for list_name in ev.LISTS:
+        rules = ev.rules(scope.params, list_name)
+        for i, rule in enumerate(rules):
+            arg = rule.arg.replace(" ", "")
+            target = arg.strip("{}").split(",")[0]
+            if rule.name != "check_policy_service" or not (target == _endpoint(listen) or (
+                    listen.startswith("/") and target.startswith("unix:") and listen.endswith("/" + target[5:]))):
+                continue
+            out.append(Finding("info", "policy-service", f"[{scope.name}] {list_name} asks relaywatch's policy service",
+                               "Blocks take effect at the next RCPT, in sessions already open too.", "Nothing to do.",
+                               {}))
+            own = _POLICY_DEFAULT.search(rule.arg) if rule.arg.startswith("{") else None
+            action = (own[1] if own else scope.params.get("smtpd_policy_service_default_action", "451")).strip()
+            if action.upper() != "DUNNO":
+                out.append(Finding("warning", "policy-fail-closed", f"[{scope.name}] mail stops when relaywatch's "
+                                   "policy service is down", f"check_policy_service in {list_name} falls back to "
+                                   f"{action!r}: a stopped or slow relaywatch would defer all mail.",
+                                   _POLICY_FIX.format(ep=_endpoint(listen)), {}))
+            if any(r.name == "permit_mynetworks" for r in rules[:i]):
+                out.append(Finding("warning", "policy-after-permit", f"[{scope.name}] relaywatch's policy service "
+                                   "comes after permit_mynetworks", f"In {list_name}, permit_mynetworks ends the list "
+                                   "first for your networks (the 2003 hole): the service never sees them.",
+                                   _POLICY_FIX.format(ep=_endpoint(listen)), {}))
+    return out
 
 
 def _trust(scope: ev.Scope) -> ev.Trust:

@@ -72,7 +72,7 @@ def _enforcement(cfg: config_mod.Config, kind: str, target: str) -> tuple[bool |
     try:
         reason = block_ineffective_reason(
             postconf(cfg.config_directory), postconf_services(cfg.config_directory), kind, target,
-            AuditMaps(cfg.client_access_map, cfg.sasl_access_map or None))
+            AuditMaps(cfg.client_access_map, cfg.sasl_access_map or None, cfg.policy_listen or None))
     except (RelaywatchError, ValueError) as exc:
         return None, f"cannot check the Postfix configuration: {exc}"
     return (False, reason) if reason else (True, "")
@@ -345,7 +345,7 @@ def audit(config_path: str | None, fmt: str, addresses: tuple[str, ...]) -> None
 
     try:
         cfg = _load(config_path)
-        maps = audit_mod.AuditMaps(cfg.client_access_map, cfg.sasl_access_map or None)
+        maps = audit_mod.AuditMaps(cfg.client_access_map, cfg.sasl_access_map or None, cfg.policy_listen or None)
         findings = audit_mod.run_audit(cfg.config_directory, maps, addresses)
         findings.append(_source_finding(cfg))
     except ValueError as exc:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import permissions
+from .inline import parse_listen
 from .model import ConfigError
 from .policy import DEFAULT_RULES, DIMS, Network, Rule
 
@@ -47,6 +48,11 @@ class Config:
     notify_retries: int = 3
     notify_digest_at: str = ""  # "HH:MM" local time of the daily digest; "" = none
     queue_hold: bool = True
+    policy_listen: str = ""  # "" = no inline policy service
+    policy_budget: int = 10  # relayed recipients of an unknown relayer per window; 0 = blocks only
+    policy_window_s: int = 600
+    policy_known: tuple[Network, ...] = ()
+    policy_max_connections: int = 1000
     rules: tuple[Rule, ...] = field(default=DEFAULT_RULES)
 
     @property
@@ -137,19 +143,36 @@ def _rule(name: str, table: object, base: Rule | None) -> Rule | None:
     return rule
 
 
-def _networks(s: _Section) -> tuple[Network, ...]:
+def _networks(s: _Section, key: str = "networks", default: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+              ) -> tuple[Network, ...]:
     nets = []
-    for text in s.strings("networks", ("127.0.0.0/8", "::1/128")):
+    for text in s.strings(key, default):
         try:
             nets.append(ipaddress.ip_network(text, strict=False))
         except ValueError as exc:
-            raise ConfigError(f"[allow] networks: {exc}") from exc
+            raise ConfigError(f"[{s.name}] {key}: {exc}") from exc
     return tuple(nets)
+
+
+def _policy(s: _Section, d: Config) -> dict[str, Any]:
+    """[policy]: the inline policy service (policyd.py)."""
+    listen = s.get("listen", str, d.policy_listen)
+    if listen:
+        parse_listen(listen)
+    budget = s.get("budget", int, d.policy_budget)
+    if budget < 0:
+        raise ConfigError("[policy] budget: must be a whole number >= 0 (0: blocks only, no budget)")
+    most = s.get("max_connections", int, d.policy_max_connections)
+    if not 1 <= most <= 100_000:
+        raise ConfigError("[policy] max_connections: must be between 1 and 100000")
+    return {"policy_listen": listen, "policy_budget": budget, "policy_max_connections": most,
+            "policy_window_s": parse_duration(s.get("window", object, "10m"), "[policy] window"),
+            "policy_known": _networks(s, "known", ())}
 
 
 def from_dict(data: dict[str, Any]) -> Config:
     sections = {name: _Section(name, data.get(name, {})) for name in
-                ("source", "state", "postfix", "allow", "block", "notify", "queue")}
+                ("source", "state", "postfix", "allow", "block", "notify", "queue", "policy")}
     unknown = sorted(set(data) - set(sections) - {"rules"})
     if unknown:
         raise ConfigError(f"unknown section [{', '.join(unknown)}]")
@@ -177,6 +200,7 @@ def from_dict(data: dict[str, Any]) -> Config:
         notify_digest_at=_hhmm(sections["notify"].get("digest_at", str, d.notify_digest_at), "[notify] digest_at"),
         queue_hold=sections["queue"].get("hold", bool, d.queue_hold),
         rules=_rules(data.get("rules", {})),
+        **_policy(sections["policy"], d),
     )
     for s in sections.values():
         s.done()

@@ -30,6 +30,7 @@ from .journal import JournalFollower
 from .model import ConfigError, Decision, PostfixError, RelaywatchError
 from .notify import Notifier, NoticeKind, notice_for_decision, notice_for_text, subnet_clients
 from .parse import LineParser, YearResolver
+from .policyd import InlineService, service_for
 from .postconf import LOCAL_DOMAIN_PARAMS, local_domains, postconf, postconf_services
 from .queue import PostfixQueue, Target, select
 from .report import describe
@@ -128,6 +129,12 @@ class Daemon:
         self._day_saved_at = clock()
         self._last_line_at: float | None = None
         self._notify_state: dict | None = None
+        self.inline: InlineService | None = None
+        if cfg.policy_listen:
+            self.inline = service_for(cfg.policy_listen, cfg.database, self.pipeline.correlator.local_domains,
+                                      cfg.policy_budget, cfg.policy_window_s, cfg.allow_networks, cfg.policy_known,
+                                      cfg.policy_max_connections)
+            self.pipeline.on_fact = self.inline.observe
 
     def _pipeline(self, cfg: config_mod.Config, day: DayStats | None) -> Pipeline:
         pipeline = Pipeline(cfg, self.store, self._local_domains(cfg), persist_messages=True, day=day)
@@ -157,6 +164,10 @@ class Daemon:
         self.blocker.expire()
         self.blocker.pending = self.blocker.pending or bool(self.store.blocks(self.clock()))
         self.blocker.sync()
+        if self.inline is not None:
+            since = self.pipeline.detector.bucket(self.clock() - self.cfg.policy_window_s)
+            self.inline.start(self._block_pairs(), ((key, bucket * self.pipeline.detector.bucket_s, n) for dim, bucket,
+                                                    key, n in self.store.counts_since(since) if dim == "client"))
         sd_notify("READY=1")
         log.info("following %s; %d blocks in force", self.source.source_name, len(self.store.blocks(self.clock())))
         next_housekeeping = next_prune = 0.0
@@ -167,6 +178,8 @@ class Daemon:
                 self._reload()
             self._batch()
             now = self.clock()
+            if self.inline is not None:
+                self._inline_tick(now)
             if now >= next_housekeeping:
                 self._housekeeping(now)
                 next_housekeeping = now + HOUSEKEEPING_S
@@ -198,6 +211,10 @@ class Daemon:
                 log.exception("relaywatch failed on this line (please report it): %r", line[:300])
         blocked = [d for d in decisions if self._act(d)]
         self.pipeline.flush((self.source.source_name, batch.position))
+        if self.inline is not None:
+            self.inline.decided(decisions)
+            if blocked:
+                self.inline.set_blocks(self._block_pairs())
         if blocked:
             self.blocker.sync()
         # held even when the map is pending: holding is what stops the mail already queued
@@ -221,6 +238,19 @@ class Daemon:
             return False
         log.warning("BLOCK %s %s: %s", d.kind, d.target, describe(d))
         return True
+
+    def _block_pairs(self) -> list[tuple[str, str]]:
+        return [(b.kind, b.target) for b in self.store.blocks(self.clock())]
+
+    def _inline_tick(self, now: float) -> None:
+        """Budgets the policy service saw crossed become decisions like the log's: stored, logged, told."""
+        assert self.inline is not None
+        decisions = self.inline.tick(now, self._block_pairs)
+        if decisions:
+            self.store.commit_batch([], decisions)
+            for d in decisions:
+                self._act(d)
+                self._tell(d)
 
     def _hold(self, d: Decision) -> int | None:
         """Put what a blocked target already queued on hold; None when off or impossible."""
@@ -266,7 +296,7 @@ class Daemon:
             return []
 
     def _audit_maps(self) -> AuditMaps:
-        return AuditMaps(self.cfg.client_access_map, self.cfg.sasl_access_map or None)
+        return AuditMaps(self.cfg.client_access_map, self.cfg.sasl_access_map or None, self.cfg.policy_listen or None)
 
     def _audit(self) -> None:
         """Read Postfix's configuration and say loudly where blocks would be bypassed."""
@@ -299,6 +329,9 @@ class Daemon:
         self.cfg = cfg
         self.blocker = self.blocker_factory(cfg, self.store)
         self.pipeline = self._pipeline(cfg, self.pipeline.day)
+        if self.inline is not None:  # [policy] itself changes at the next restart
+            self.inline.policy.local_domains = self.pipeline.correlator.local_domains
+            self.pipeline.on_fact = self.inline.observe
         self._audit()
         log.info("configuration reloaded from %s", self.config_path)
 
@@ -328,6 +361,7 @@ class Daemon:
             "relayed": totals.relayed,
             "last_log_time": totals.last_time,
             "notify": self.notifier.status() if self.notifier is not None else None,
+            "policy": self.inline.stats() if self.inline is not None else None,
         }
         self.store.set_meta("daemon", status)
         self._save_notify_state()
@@ -377,6 +411,8 @@ class Daemon:
             self._notify_state = state
 
     def close(self) -> None:
+        if self.inline is not None:
+            self.inline.close()
         self.pipeline.flush()
         self._save_days()
         self.source.close()
