@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from . import __version__, report
 from . import config as config_mod
-from . import report
 from .blocking import Blocker, maps_from_config, target_kind
 from .engine import replay as run_replay
 from .model import ConfigError, Decision, RelaywatchError
@@ -92,6 +92,7 @@ config_option = click.option("-c", "--config", "config_path", type=click.Path(di
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="relaywatch", message="%(prog)s %(version)s")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details to stderr.")
 def main(verbose: bool) -> None:
     """Watch a Postfix mail log for open-relay abuse and shut it down."""
@@ -701,3 +702,65 @@ def report_command(since: str | None, until: str | None, fmt: str, output: str |
 
 def _days_between(first: date, last: date) -> list[str]:
     return [(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
+
+
+@main.command("config")
+@config_option
+@click.option("--check", is_flag=True, help="Only validate it: exit 0 if usable, 78 naming the bad key if not.")
+@click.option("--example", is_flag=True, help="Print the commented example relaywatch.toml shipped with relaywatch.")
+def config_command(config_path: str | None, check: bool, example: bool) -> None:
+    """Print the effective configuration, defaults included (like postconf); --check validates it."""
+    from . import effective_config
+    from .notify import redact
+
+    if check and example:
+        raise click.UsageError("--check and --example exclude each other")
+    if example:
+        click.echo(effective_config.example(), nl=False)
+        return
+    path = config_path or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+    try:
+        cfg = config_mod.load(path)
+        if check:
+            from .install_maps import map_specs
+
+            map_specs(cfg.client_access_map, cfg.sasl_access_map, "hash")
+    except RelaywatchError as exc:
+        _fail(exc)
+    source = path or f"no {DEFAULT_CONFIG}, so the built-in defaults"
+    if check:
+        click.echo(f"{source}: OK")
+        return
+    click.echo(effective_config.render(cfg, source, redact), nl=False)
+
+
+@main.command("install-maps")
+@config_option
+@click.option("--dry-run", is_flag=True, help="Print the exact commands, change nothing.")
+def install_maps_command(config_path: str | None, dry_run: bool) -> None:
+    """Put relaywatch's lookups in front of Postfix's restriction lists, keeping every other entry.
+
+    check_client_access goes first in smtpd_client_restrictions, check_sasl_access first in
+    smtpd_recipient_restrictions, in main.cf and in each master.cf service that overrides them.
+    Missing map files are created empty and compiled; Postfix is reloaded. A second run changes nothing.
+    """
+    from . import install_maps
+
+    try:
+        cfg = _load(config_path)
+        maps = install_maps.map_specs(cfg.client_access_map, cfg.sasl_access_map,
+                                      default_database_type(cfg.config_directory))
+        plan = install_maps.plan(cfg.config_directory, maps)
+        if not plan.changes:
+            for line in install_maps.describe(plan, cfg.config_directory):
+                click.echo(line)
+            click.echo("nothing to change: relaywatch's lookups already come first and the maps exist")
+        elif dry_run:
+            for line in install_maps.describe(plan, cfg.config_directory):
+                click.echo(line)
+        else:
+            install_maps.execute(plan, cfg.config_directory, click.echo)
+    except OSError as exc:
+        _fail(RelaywatchError(f"cannot create the map file: {exc}"))
+    except RelaywatchError as exc:
+        _fail(exc)

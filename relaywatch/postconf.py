@@ -39,17 +39,19 @@ def _pairs(text: str) -> dict[str, str]:
 
 
 def postconf(
-    config_directory: str | Path | None = None, names: tuple[str, ...] = (), *, explicit_only: bool = False
+    config_directory: str | Path | None = None, names: tuple[str, ...] = (), *, explicit_only: bool = False,
+    expand: bool = True,
 ) -> dict[str, str]:
-    """Effective main.cf parameters, `$name` references expanded (`postconf -x`);
-    with `explicit_only`, only those set in main.cf (`-n`)."""
-    return _pairs(_run(["-x", *(["-n"] if explicit_only else []), *names], config_directory))
+    """Effective main.cf parameters, `$name` references expanded (`postconf -x`; as written with
+    `expand=False`); with `explicit_only`, only those set in main.cf (`-n`)."""
+    return _pairs(_run([*(["-x"] if expand else []), *(["-n"] if explicit_only else []), *names], config_directory))
 
 
-def postconf_services(config_directory: str | Path | None = None) -> dict[str, dict[str, str]]:
-    """Per-service `-o` overrides from master.cf (`postconf -P -x`), keyed by "service/type"."""
+def postconf_services(config_directory: str | Path | None = None, *, expand: bool = True) -> dict[str, dict[str, str]]:
+    """Per-service `-o` overrides from master.cf (`postconf -P -x`; as written with `expand=False`),
+    keyed by "service/type"."""
     services: dict[str, dict[str, str]] = {}
-    for key, value in _pairs(_run(["-P", "-x"], config_directory)).items():
+    for key, value in _pairs(_run(["-P", *(["-x"] if expand else [])], config_directory)).items():
         service, _, rest = key.partition("/")
         kind, _, param = rest.partition("/")
         if param:
