@@ -50,8 +50,13 @@ KEYS: tuple[tuple[str, str, str, Kind], ...] = (
     ("notify", "retries", "notify_retries", Kind.NUMBER),
     ("notify", "digest_at", "notify_digest_at", Kind.TEXT),
     ("queue", "hold", "queue_hold", Kind.FLAG),
+    ("policy", "listen", "policy_listen", Kind.TEXT),
+    ("policy", "budget", "policy_budget", Kind.NUMBER),
+    ("policy", "window", "policy_window_s", Kind.DURATION),
+    ("policy", "known", "policy_known", Kind.LIST),
+    ("policy", "max_connections", "policy_max_connections", Kind.NUMBER),
 )
-_NOT_KEYS = {"rules"}  # written as [rules.NAME] tables
+_NOT_KEYS = {"rules", "source_explicit"}  # rules: written as [rules.NAME] tables; source_explicit: derived, not a key
 
 _UNITS = (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60))
 
