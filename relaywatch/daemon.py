@@ -21,14 +21,23 @@ from datetime import datetime, timedelta
 
 from . import config as config_mod
 from .audit import AuditMaps, block_ineffective_reason, run_audit
-from .blocking import Blocker
+from .blocking import Blocker, SyncResult
 from .correlate import LocalDomains
 from .digest import DayStats, day_of, digest_text, unusual
 from .engine import Pipeline
+from .enforcement import Leak, LeakWatch
 from .follow import FileFollower
 from .journal import JournalFollower
 from .model import ConfigError, Decision, PostfixError, RelaywatchError
-from .notify import Notifier, notice_for_decision, notice_for_text
+from .notify import (
+    Notifier,
+    notice_for_decision,
+    notice_for_leak,
+    notice_for_map_changed,
+    notice_for_map_fault,
+    notice_for_map_restored,
+    notice_for_text,
+)
 from .parse import LineParser, YearResolver
 from .postconf import LOCAL_DOMAIN_PARAMS, local_domains, postconf, postconf_services
 from .queue import PostfixQueue, Target, select
@@ -48,6 +57,7 @@ HOLD_POSTCAT_LIMIT = 20_000
 DAY_SAVE_S = 60.0  # the current day's digest counts are saved this often (and at every rollover and stop)
 DAYS_KEPT = 35  # finished days kept in meta as day:YYYY-MM-DD
 HOLD_KINDS = {"client": "client", "subnet": "network", "sasl_user": "sasl_user"}  # block kind -> queue target
+POSTFIX_SETTLE_S = 2.5  # Postfix commands wait while main.cf is younger than ~2 s: re-read it after that
 
 
 def sd_notify(message: str) -> None:
@@ -108,6 +118,7 @@ class Daemon:
         self._position_stored = self.store.position(self.source.source_name) is not None
         self.parser = LineParser(YearResolver(), cfg.syslog_names)
         self.postfix_params: tuple[dict[str, str], dict[str, dict[str, str]]] | None = None
+        self._postfix_stamp = self._postfix_files()
         self.started = clock()
         self.failed_lines = 0
         self._idle = False  # the last read found no new line: the log is read up to now
@@ -116,6 +127,9 @@ class Daemon:
     def _pipeline(self, cfg: config_mod.Config, day: DayStats | None) -> Pipeline:
         pipeline = Pipeline(cfg, self.store, self._local_domains(cfg), persist_messages=True, day=day)
         pipeline.restore(self.clock())
+        self.leaks = LeakWatch()
+        self.leaks.watch(self.blocker.in_force_since)
+        pipeline.on_fact = self.leaks.observe
         pipeline.day_limit = self.clock() + 3600
         return pipeline
 
@@ -140,7 +154,7 @@ class Daemon:
         self._audit()
         self.blocker.expire()
         self.blocker.pending = self.blocker.pending or bool(self.store.blocks(self.clock()))
-        self.blocker.sync()
+        self._synced(self.blocker.sync())
         sd_notify("READY=1")
         log.info("following %s; %d blocks in force", self.source.source_name, len(self.store.blocks(self.clock())))
         next_housekeeping = next_prune = 0.0
@@ -178,10 +192,10 @@ class Daemon:
             except Exception:  # a bug must not stop the watch: say which line, keep going
                 self.failed_lines += 1
                 log.exception("relaywatch failed on this line (please report it): %r", line[:300])
-        blocked = [d for d in decisions if self._act(d)]
+        failed: dict[tuple[str, str], str] = {}
+        blocked = [d for d in decisions if self._act(d, failed)]
         self.pipeline.flush((self.source.source_name, batch.position))
-        if blocked:
-            self.blocker.sync()
+        synced = self._synced(self.blocker.sync()) if blocked else None
         # held even when the map is pending: holding is what stops the mail already queued
         held = {(d.kind, d.target): self._hold(d) for d in blocked}
         if self.pipeline.day is not None:
@@ -189,10 +203,12 @@ class Daemon:
         if self.pipeline.finished_days:
             self._save_days()
         for d in decisions:
-            self._tell(d, held.get((d.kind, d.target)))
+            key = (d.kind, d.target)
+            self._tell(d, held.get(key), failed.get(key) or (synced.error if synced is not None else None))
+        self._check_leaks()
 
-    def _act(self, d: Decision) -> bool:
-        """Record a block decision; True when it changes what Postfix must refuse."""
+    def _act(self, d: Decision, failed: dict[tuple[str, str], str]) -> bool:
+        """Record a block decision; True when it changes what Postfix must refuse (else why not in `failed`)."""
         if d.action != "block":
             log.warning("ALERT %s %s: %s", d.kind, d.target, describe(d))
             return False
@@ -200,9 +216,47 @@ class Daemon:
             self.blocker.block(d.kind, d.target, describe(d), rule=d.rule)
         except RelaywatchError as exc:
             log.error("cannot block %s %s: %s", d.kind, d.target, exc)
+            failed[(d.kind, d.target)] = f"relaywatch could not record the block: {exc}"
             return False
         log.warning("BLOCK %s %s: %s", d.kind, d.target, describe(d))
         return True
+
+    def _synced(self, result: SyncResult) -> SyncResult:
+        """Tell the admin when a map fault begins (once) and when the blocks it held back are in force."""
+        self.leaks.watch(self.blocker.in_force_since)
+        if self.notifier is None:
+            return result
+        if result.fault_began and result.error:
+            waiting = [b.target for b in self.store.blocks(self.clock())]
+            self.notifier.submit(notice_for_map_fault(result.error, waiting))
+        if result.recovered:
+            self.notifier.submit(notice_for_map_restored([b.target for b in result.recovered]))
+        return result
+
+    def _check_leaks(self) -> None:
+        """Blocked targets whose mail is still queued (from the log): an alarm, a status entry, a decision."""
+        leaks = self.leaks.take()
+        if not leaks:
+            return
+        alarms = self.store.meta("enforcement_alarms")
+        alarms = alarms if isinstance(alarms, dict) else {}
+        for leak in leaks:
+            alarms[f"{leak.kind} {leak.target}"] = {
+                "kind": leak.kind, "target": leak.target, "since": leak.since, "first": leak.first,
+                "last": leak.last, "messages": leak.count, "sample_qids": list(leak.sample_qids)}
+            if leak.new:
+                self._leak_alarm(leak)
+        self.store.set_meta("enforcement_alarms", alarms)
+
+    def _leak_alarm(self, leak: Leak) -> None:
+        reason = self._ineffective(leak.kind, leak.target)
+        log.error("the block of %s %s is NOT enforced: %d messages queued after it took effect%s", leak.kind,
+                  leak.target, leak.count, f": {reason}" if reason else "")
+        self.store.commit_batch([], [Decision(leak.last, "alert", leak.kind, leak.target, "block_not_enforced",
+                                              leak.count, int(leak.last - leak.since), sample_qids=leak.sample_qids)])
+        if self.notifier is not None:
+            self.notifier.submit(notice_for_leak(leak.kind, leak.target, leak.since, leak.first, leak.last,
+                                                 leak.count, leak.sample_qids, reason))
 
     def _hold(self, d: Decision) -> int | None:
         """Put what a blocked target already queued on hold; None when off or impossible."""
@@ -224,7 +278,7 @@ class Daemon:
         log.warning("HOLD %d messages of %s", held, who)
         return held
 
-    def _tell(self, d: Decision, held: int | None = None) -> None:
+    def _tell(self, d: Decision, held: int | None = None, not_in_force: str | None = None) -> None:
         effective = self._ineffective(d.kind, d.target) if d.action == "block" else None
         if effective:
             log.error("the block of %s %s does nothing: %s", d.kind, d.target, effective)
@@ -232,9 +286,13 @@ class Daemon:
             undo = f"relaywatch unblock {d.target}" if d.action == "block" else None
             if undo and held:
                 undo += "; held mail: " + Target(HOLD_KINDS[d.kind], d.target).hint()
-            self.notifier.submit(notice_for_decision(d, effective=effective, held=held, undo=undo))
+            self.notifier.submit(notice_for_decision(d, effective=effective, held=held, undo=undo,
+                                                     not_in_force=not_in_force if d.action == "block" else None))
 
     def _ineffective(self, kind: str, target: str) -> str | None:
+        """Why Postfix's configuration in force now would not refuse `target` (re-read if it changed)."""
+        if self._postfix_files() != self._postfix_stamp:
+            self._audit()
         if self.postfix_params is None:
             return None
         params, services = self.postfix_params
@@ -246,8 +304,20 @@ class Daemon:
     def _audit_maps(self) -> AuditMaps:
         return AuditMaps(self.cfg.client_access_map, self.cfg.sasl_access_map or None)
 
+    def _postfix_files(self) -> tuple[tuple[int, int, int] | None, ...]:
+        """(inode, size, mtime) of main.cf and master.cf: the configuration in force changed when these did."""
+        out = []
+        for name in ("main.cf", "master.cf"):
+            try:
+                st = os.stat(os.path.join(self.cfg.config_directory or "/etc/postfix", name))
+                out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+            except OSError:
+                out.append(None)
+        return tuple(out)
+
     def _audit(self) -> None:
         """Read Postfix's configuration and say loudly what would make blocks useless."""
+        self._postfix_stamp = self._postfix_files()
         try:
             self.postfix_params = (postconf(self.cfg.config_directory), postconf_services(self.cfg.config_directory))
             findings = run_audit(self.cfg.config_directory, self._audit_maps())
@@ -270,7 +340,9 @@ class Daemon:
         self.pipeline.flush()
         self._save_days()
         self.cfg = cfg
+        in_force_since = self.blocker.in_force_since
         self.blocker = self.blocker_factory(cfg, self.store)
+        self.blocker.in_force_since = in_force_since  # the log check goes on across a reload
         self.pipeline = self._pipeline(cfg, self.pipeline.day)
         self._audit()
         log.info("configuration reloaded from %s", self.config_path)
@@ -278,8 +350,15 @@ class Daemon:
     def _housekeeping(self, now: float) -> None:
         for b in self.blocker.expire():
             log.info("block of %s %s expired", b.kind, b.target)
+        changed = self.blocker.check_maps()
+        if changed and self.blocker.first_tamper and self.notifier is not None:
+            self.notifier.submit(notice_for_map_changed(changed))
         if self.blocker.due():
-            self.blocker.sync()
+            self._synced(self.blocker.sync())
+        stamp = self._postfix_files()
+        if stamp != self._postfix_stamp and all(s is None or now - s[2] / 1e9 >= POSTFIX_SETTLE_S for s in stamp):
+            log.info("Postfix's main.cf or master.cf changed: reading the configuration in force again")
+            self._audit()
         self.pipeline.day_limit = now + 3600
         if self._idle:  # a quiet log: the day still ends at midnight
             self.pipeline.roll_day(now)

@@ -53,6 +53,7 @@ class Pipeline:
         self.day = day
         self.finished_days: list[DayStats] = []
         self.day_limit = float("inf")  # the daemon: a line stamped later than this (a forged date) ends no day
+        self.on_fact: Callable[[Relayed | RelayDenied], None] | None = None  # the daemon's enforcement check
 
     def roll_day(self, t: float) -> None:
         """Finish the current day if `t` is past its end (log time, or wall time when the log is idle)."""
@@ -97,6 +98,8 @@ class Pipeline:
         fact = self.correlator.feed(event)
         if fact is None:
             return _NOTHING
+        if self.on_fact is not None:
+            self.on_fact(fact)
         self._count(fact)
         timeline = self.timeline
         if timeline is not None:

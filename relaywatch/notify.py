@@ -67,12 +67,14 @@ def notice_for_text(severity: str, title: str, body: str, tags: Iterable[str] = 
 
 
 def notice_for_decision(
-    decision: Decision, *, effective: str | None = None, held: int | None = None, undo: str | None = None
+    decision: Decision, *, effective: str | None = None, held: int | None = None, undo: str | None = None,
+    not_in_force: str | None = None,
 ) -> Notice:
     """What was decided and why, whether it works, and how to undo it.
 
-    `effective` is the warning to show when the block does nothing (the
-    mynetworks trap); None means it is in effect. `held`: queued messages held.
+    `not_in_force`: why the block is not in Postfix's map yet (a map fault); None
+    means the map holds it and Postfix reloaded. `effective`: why Postfix would
+    not refuse the client anyway (the mynetworks trap). `held`: queued messages held.
     """
     d = decision
     label = f"{_LABELS.get(d.kind, d.kind)} {d.target}"
@@ -80,11 +82,18 @@ def notice_for_decision(
     what = f"{d.count} relay attempts refused" if d.rule == "relay_probe" else f"{d.count} relayed recipients"
     why = what + (f" from {d.clients} clients" if d.clients else "") + f" in {_span(d.window_s)} (rule {d.rule})"
     if d.action == "block":
-        severity = "warning" if effective is None else "failure"
-        title = f"{PREFIX}blocked {short}" + ("" if effective is None else " - NOT effective")
-        lines = [f"Blocked {label} at {iso(d.time)}: {why}.",
-                 "In effect for new SMTP sessions; sessions already open may keep sending."
-                 if effective is None else f"NOT EFFECTIVE: {effective}"]
+        severity = "warning" if effective is None and not_in_force is None else "failure"
+        title = f"{PREFIX}blocked {short}" + (" - NOT in force" if not_in_force is not None
+                                              else " - NOT effective" if effective is not None else "")
+        lines = [f"Blocked {label} at {iso(d.time)}: {why}."]
+        if not_in_force is not None:
+            lines.append(f"NOT IN FORCE: {not_in_force}. relaywatch keeps retrying and sends a notice once "
+                         "it is in force.")
+        if effective is not None:
+            lines.append(f"NOT EFFECTIVE: {effective}")
+        if not_in_force is None and effective is None:
+            lines.append("In force: the map holds it and Postfix reloaded; new SMTP sessions are refused, "
+                         "sessions already open may keep sending.")
         undo = undo or f"relaywatch unblock {shlex.quote(d.target)}"
     else:
         severity = "info" if d.rule == "relay_probe" else "warning"
@@ -99,6 +108,48 @@ def notice_for_decision(
     if d.sample_qids:
         lines.append("Queue IDs: " + ", ".join(d.sample_qids[:5]))
     return Notice(severity, title, "\n".join(lines), (d.action, d.kind, severity))
+
+
+def notice_for_map_fault(error: str, waiting: Sequence[str]) -> Notice:
+    """Blocks relaywatch cannot put in force (sent once per fault, not per retry)."""
+    body = [f"Postfix does not refuse these yet: {error}",
+            f"Blocks waiting ({len(waiting)}): " + (", ".join(waiting[:20]) or "none (an unblock is waiting)")
+            + (" ..." if len(waiting) > 20 else ""),
+            "relaywatch retries after 1 s, doubling up to every 30 s, and at once when the map directory's "
+            "permissions change; it sends a notice when the blocks are in force."]
+    return Notice("failure", f"{PREFIX}blocks NOT in force", "\n".join(body), ("enforcement", "block", "failure"))
+
+
+def notice_for_map_restored(in_force: Sequence[str]) -> Notice:
+    """A map fault ended: the blocks it held back are in force now."""
+    return Notice("info", f"{PREFIX}blocks in force again",
+                  f"The access map is written and Postfix reloaded. Blocks in force ({len(in_force)}): "
+                  + (", ".join(in_force[:20]) or "none") + (" ..." if len(in_force) > 20 else ""),
+                  ("enforcement", "block", "info"))
+
+
+def notice_for_map_changed(changes: Sequence[str]) -> Notice:
+    """Someone else rewrote relaywatch's map (an editor, a second relaywatch): it is being restored."""
+    return Notice("warning", f"{PREFIX}access map changed behind relaywatch's back",
+                  "\n".join([*changes, "relaywatch is writing its blocks back. If another relaywatch (another "
+                              "state database) writes the same map, give each its own map."]),
+                  ("enforcement", "block", "warning"))
+
+
+def notice_for_leak(kind: str, target: str, since: float, first: float, last: float, count: int,
+                    qids: Sequence[str], reason: str | None) -> Notice:
+    """A blocked client's mail is still being queued: Postfix is not enforcing the block."""
+    label = f"{_LABELS.get(kind, kind)} {target}"
+    lines = [f"{count} messages from {label} were queued after its block took effect at {iso(since)} "
+             f"(from {iso(first)} to {iso(last)}): Postfix is not refusing it.",
+             f"Why, from Postfix's configuration now: {reason}" if reason else
+             "Postfix's configuration as relaywatch reads it should refuse it: check smtpd_*_restrictions "
+             "(a permit before check_client_access / check_sasl_access?), the map type, and postfix reload.",
+             "Sessions opened before the block may finish what they send; mail queued later is not refused."]
+    if qids:
+        lines.append("Queue IDs: " + ", ".join(qids))
+    return Notice("failure", f"{PREFIX}block of {target} NOT enforced", "\n".join(lines),
+                  ("enforcement", "block", "failure"))
 
 
 def _span(s: int) -> str:

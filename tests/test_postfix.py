@@ -20,6 +20,7 @@ from relaywatch.postfix import (
     AccessMap,
     Block,
     InvalidBlock,
+    MapNotLoaded,
     MapSpec,
     Postfix,
     apply_blocks,
@@ -150,6 +151,8 @@ def test_reject_text_is_one_safe_line() -> None:
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="keeping owners needs root (chown)")
 
 ADMIN = b"# zebra's own list (2003)\r\nhananet.net REJECT\n\xe9\xff odd bytes REJECT\n211.202.13.81 REJECT"
+# The admin's own map, marked for relaywatch by hand (an empty section after the admin's lines).
+MARKED = ADMIN + f"\n{BEGIN}\n{END}\n".encode()
 
 
 def section(path: Path) -> list[str]:
@@ -159,7 +162,7 @@ def section(path: Path) -> list[str]:
 
 def test_admin_entries_survive_byte_for_byte(tmp_path: Path) -> None:
     path = tmp_path / "reject_list"
-    path.write_bytes(ADMIN)
+    path.write_bytes(MARKED)
     amap = AccessMap(MapSpec("hash", str(path)))
     assert amap.write([Block("client", "218.144.108.161", "relay")])
     assert path.read_bytes().startswith(ADMIN + b"\n" + BEGIN.encode())
@@ -210,7 +213,7 @@ def test_unchanged_write_touches_nothing(tmp_path: Path) -> None:
 @needs_root
 def test_owner_and_mode_are_kept(tmp_path: Path) -> None:
     path = tmp_path / "reject_list"
-    path.write_bytes(ADMIN)
+    path.write_bytes(MARKED)
     os.chown(path, 65534, 65534)
     os.chmod(path, 0o640)
     AccessMap(MapSpec("hash", str(path))).write([Block("client", "218.144.108.161")])
@@ -244,12 +247,12 @@ def test_damaged_markers_refused_and_file_untouched(tmp_path: Path, content: byt
 
 def test_one_hostile_block_writes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "reject_list"
-    path.write_bytes(ADMIN)
+    path.write_bytes(MARKED)
     with pytest.raises(InvalidBlock):
         AccessMap(MapSpec("hash", str(path))).write(
             [Block("client", "218.144.108.161"), Block("client", "client=unknown[8.8.8.8]")]
         )
-    assert path.read_bytes() == ADMIN
+    assert path.read_bytes() == MARKED
     assert os.listdir(tmp_path) == ["reject_list"]
 
 
@@ -350,7 +353,7 @@ def test_subnet_partial_keys(live: Live) -> None:
 def test_ipv6_partial_keys_match_as_postfix_prints_addresses(live: Live) -> None:
     # Why render_key refuses 2001:db8::/48 for hash maps: Postfix prints 2001:db8:0:0::5
     # as "2001:db8::5", so a partial key "2001:db8:0" (written here by hand) never matches.
-    live.access_map.path.write_text("2001:db8:0 REJECT naive key\n")
+    live.access_map.path.write_text(f"2001:db8:0 REJECT naive key\n{BEGIN}\n{END}\n")
     live.apply(Block("subnet", "2001:db8:1::/48"), Block("subnet", "2001:db8:0:7::/64"))
     # XCLIENT makes smtpd judge another client address; no IPv6 packet is sent.
     addrs = ("2001:db8:1::5", "2001:db8:1:ffff::1", "2001:db8:0:7::1", "2001:db8:2::5", "2001:db8::5")
@@ -377,7 +380,7 @@ def test_cidr_map(live: Live) -> None:
 @pytest.mark.postfix
 def test_admin_entries_survive_and_stay_in_force(live: Live) -> None:
     admin = b"# zebra, 2003-03-20\nhananet.net REJECT\n127.0.0.11 REJECT admin says no\n"
-    live.access_map.path.write_bytes(admin)
+    live.access_map.path.write_bytes(admin + f"{BEGIN}\n{END}\n".encode())  # marked for relaywatch
     live.apply(Block("client", "127.0.0.9"))
     assert live.access_map.path.read_bytes().startswith(admin + BEGIN.encode())
     assert (live.code("127.0.0.9"), live.code("127.0.0.11")) == (554, 554)
@@ -398,7 +401,7 @@ def test_failing_postmap_leaves_the_old_map_in_force(live: Live) -> None:
     # type package (postfix-lmdb) makes it fail.
     os.mkdir(str(live.access_map.staged.compiled))
     try:
-        with pytest.raises(PostfixError, match=r"postmap .* failed .*Is a directory.*previous map stays in force"):
+        with pytest.raises(PostfixError, match=r"postmap .* failed .*Is a directory.*the map files Postfix reads were not changed"):
             live.apply(Block("client", "127.0.0.9"), Block("client", "127.0.0.10"))
         assert live.access_map.path.read_bytes() == source
         assert Path(f"{live.access_map.path}.db").read_bytes() == compiled
@@ -458,5 +461,6 @@ def test_reload_of_a_stopped_postfix_says_so(postfix_instance: PostfixRig, tmp_p
         os.utime(tmp_path / name, (time.time() - 60, time.time() - 60))
     stopped = Postfix(str(tmp_path))
     assert not stopped.is_running()
-    with pytest.raises(PostfixError, match="not running; the new map is in place"):
+    with pytest.raises(MapNotLoaded, match="Postfix is not running. The map file holds the new blocks; Postfix "
+                                           "reads it when it starts"):
         stopped.reload()
