@@ -256,7 +256,7 @@ class Blocker:
         """Maps someone else rewrote since our last write that no longer hold our blocks: marked
         pending (the next `sync` rewrites and recompiles them). Repeated rewrites (a second
         relaywatch on the same map) back off like faults instead of a rewrite every second."""
-        if self.pending or not self._stamps:
+        if self.pending:
             return []
         changed = []
         for access_map in self._distinct_maps():

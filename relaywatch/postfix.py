@@ -309,8 +309,12 @@ class AccessMap:
 
     def holds(self, blocks: Iterable[Block]) -> bool:
         """Whether the source's managed section is exactly what `blocks` render to."""
+        blocks = list(blocks)
         current = self.read()
-        return current is not None and _section(current) == render_section(blocks, self.spec.type)
+        section = _section(current) if current is not None else None
+        if section is None:
+            return not blocks  # no section yet: fine while there is nothing to refuse
+        return section == render_section(blocks, self.spec.type)
 
     def held_keys(self) -> set[str]:
         """The keys the managed section REJECTs now (empty if the file or the section is missing),

@@ -21,6 +21,7 @@ from relaywatch.postfix import (
     Block,
     InvalidBlock,
     MapNotLoaded,
+    MapNotWritten,
     MapSpec,
     Postfix,
     apply_blocks,
@@ -464,3 +465,47 @@ def test_reload_of_a_stopped_postfix_says_so(postfix_instance: PostfixRig, tmp_p
     with pytest.raises(MapNotLoaded, match="Postfix is not running. The map file holds the new blocks; Postfix "
                                            "reads it when it starts"):
         stopped.reload()
+
+
+@pytest.mark.postfix
+def test_a_broken_main_cf_is_not_called_a_stopped_postfix(live: Live, tmp_path: Path) -> None:
+    """Issue 13 item 3: with main.cf broken and Postfix running, the old message said "Postfix is
+    not running". Each outcome is worded from what was found, and never contradicts itself.
+    A cidr map needs no postmap, so the failing step is the reload (a hash map's postmap fails first)."""
+    main_cf = Path(live.rig.config_directory) / "main.cf"
+    good = main_cf.read_bytes()
+    stat_before = main_cf.stat()
+    cidr = AccessMap(MapSpec("cidr", f"{live.rig.config_directory}/reject.cidr"))
+    assert live.postfix.master_pid()  # learnt while main.cf could be read, as the daemon's first sync does
+    fresh = Postfix(live.rig.config_directory)  # one that never saw a readable main.cf
+    try:
+        main_cf.write_bytes(good + b"this line is broken\n")
+        os.utime(main_cf, (stat_before.st_atime, stat_before.st_mtime))
+        with pytest.raises(MapNotLoaded) as caught:
+            apply_blocks(cidr, live.postfix, [Block("client", "127.0.0.9")])
+        text = str(caught.value)
+        assert "Postfix's configuration cannot be read" in text and "missing '='" in text
+        assert f"Postfix is still running (master pid {live.postfix.master_pid()})" in text
+        assert "not running" not in text
+        assert "The map file holds the new blocks" in text and "not changed" not in text
+        with pytest.raises(MapNotLoaded, match="whether Postfix runs is unknown"):
+            apply_blocks(cidr, fresh, [Block("client", "127.0.0.9")], force=True)
+        with pytest.raises(MapNotWritten, match="missing '='.*the map files Postfix reads were not changed"):
+            apply_blocks(live.access_map, live.postfix, [Block("client", "127.0.0.9")])
+    finally:
+        main_cf.write_bytes(good)
+        os.utime(main_cf, (stat_before.st_atime, stat_before.st_mtime))
+        os.unlink(cidr.path)
+    assert not apply_blocks(live.access_map, live.postfix, [])  # the hash map was left as it was
+
+
+def test_a_failed_postmap_never_claims_the_new_map_is_in_place(tmp_path: Path) -> None:
+    def failing(spec: MapSpec) -> None:
+        raise MapNotWritten("postmap failed (exit 1): disk full; the map files Postfix reads were not changed")
+
+    path = tmp_path / "reject_list"
+    amap = AccessMap(MapSpec("hash", str(path)))
+    with pytest.raises(MapNotWritten) as caught:
+        amap.write([Block("client", "192.0.2.1")], failing)
+    assert "holds the new blocks" not in str(caught.value) and "in place" not in str(caught.value)
+    assert not path.exists()
