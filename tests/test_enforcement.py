@@ -144,12 +144,15 @@ def test_a_read_only_map_directory_is_reported_and_the_block_applied_once_it_is_
     # Several retries happen (1 s, 2 s, 4 s ...) but the fault is told once, not per retry.
     wait_for(lambda: err.read_text().count("blocks are not in force") >= 3, 20, "three failed attempts")
     subprocess.run(["mount", "-o", "remount,rw", str(ro_map_dir)], check=True)
-    wait_for(lambda: "blocks in force again" in told(sink), 20, "the notice that the block is in force")
+    fixed = time.monotonic()
     assert refused(rig)
+    in_force_s = time.monotonic() - fixed
+    wait_for(lambda: "blocks in force again" in told(sink), 20, "the notice that the block is in force")
     assert told(sink).count("blocks NOT in force") == 1
     listed = json.loads(cli(cfg, "blocks", "--json").stdout)
     assert listed["pending"] is None and listed["blocks"][0]["in_map"] is True
     cli(cfg, "unblock", FLOODER)
+    print(f"refused {in_force_s:.1f} s after the map directory became writable")
 
 
 @pytest.mark.postfix
