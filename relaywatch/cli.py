@@ -19,7 +19,7 @@ import click
 
 from . import __version__, report
 from . import config as config_mod
-from .blocking import Blocker, maps_from_config, target_kind
+from .blocking import Blocker, in_map, map_specs, maps_from_config, target_kind
 from .engine import replay as run_replay
 from .model import ConfigError, Decision, RelaywatchError
 from .postfix import Postfix, default_database_type
@@ -55,11 +55,16 @@ def _recorded_store(cfg: config_mod.Config) -> Store:
     return Store(cfg.database)
 
 
-def _blocker(cfg: config_mod.Config, store: Store) -> Blocker:
+def _default_type(cfg: config_mod.Config) -> str:
     specs = (cfg.client_access_map, cfg.sasl_access_map)
     typed = all(":" in s and not s.startswith("/") for s in specs if s)
-    default_type = "hash" if typed else default_database_type(cfg.config_directory)
-    maps = maps_from_config(cfg.client_access_map, cfg.sasl_access_map, default_type)
+    return "hash" if typed else default_database_type(cfg.config_directory)
+
+
+def _blocker(cfg: config_mod.Config, store: Store) -> Blocker:
+    default_type = _default_type(cfg)
+    maps = maps_from_config(cfg.client_access_map, cfg.sasl_access_map, default_type,
+                            config_directory=cfg.config_directory, map_directories=cfg.map_directories)
     return Blocker(store, Postfix(cfg.config_directory), maps, cfg.block_s)
 
 
@@ -316,20 +321,25 @@ def blocks(as_json: bool, config_path: str | None) -> None:
     now = time.time()
     rows = store.blocks(now) if store is not None else []
     pending = store.meta("map_pending") if store is not None else None
+    try:
+        held = in_map(rows, map_specs(cfg.client_access_map, cfg.sasl_access_map, _default_type(cfg))) if rows else []
+    except RelaywatchError as exc:
+        _fail(exc)
     if as_json:
         click.echo(json.dumps({
             "pending": pending,
             "blocks": [{"kind": b.kind, "target": b.target, "reason": b.reason, "rule": b.rule,
                         "since": report.iso(b.since), "until": None if b.until is None else report.iso(b.until),
-                        "offences": b.offences} for b in rows]}, indent=2))
+                        "offences": b.offences, "in_map": h} for b, h in zip(rows, held, strict=True)]}, indent=2))
         return
     if pending:
         click.echo(f"PENDING: the maps do not yet hold these blocks: {pending.get('error', 'not written yet')}")
     if not rows:
         click.echo("no blocks in force")
-    for b in rows:
+    for b, h in zip(rows, held, strict=True):
         until = "permanent" if b.until is None else f"until {report.iso(b.until)}"
-        click.echo(f"{b.kind:<9} {b.target:<24} {until:<32} {b.rule}: {b.reason} (offence {b.offences})")
+        state = "in force" if h else "NOT IN THE MAP"
+        click.echo(f"{b.kind:<9} {b.target:<24} {state:<15} {until:<32} {b.rule}: {b.reason} (offence {b.offences})")
 
 
 @main.command()

@@ -35,6 +35,7 @@ class Config:
     config_directory: str | None = "/etc/postfix"
     client_access_map: str = "hash:/etc/postfix/relaywatch_clients"
     sasl_access_map: str = "hash:/etc/postfix/relaywatch_sasl"
+    map_directories: tuple[str, ...] = ()  # besides config_directory, where relaywatch may write its maps
     local_domains: tuple[str, ...] = ()
     syslog_names: tuple[str, ...] = ("postfix",)
     allow_networks: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
@@ -186,6 +187,7 @@ def from_dict(data: dict[str, Any]) -> Config:
         config_directory=pf.get("config_directory", str, d.config_directory) or None,
         client_access_map=pf.get("client_access_map", str, d.client_access_map),
         sasl_access_map=pf.get("sasl_access_map", str, d.sasl_access_map),
+        map_directories=_absolute(pf.strings("map_directories", d.map_directories), "[postfix] map_directories"),
         local_domains=tuple(x.lower() for x in pf.strings("local_domains", d.local_domains)),
         syslog_names=pf.strings("syslog_names", d.syslog_names),
         allow_networks=_networks(allow),
@@ -205,6 +207,13 @@ def from_dict(data: dict[str, Any]) -> Config:
     for s in sections.values():
         s.done()
     return config
+
+
+def _absolute(paths: tuple[str, ...], key: str) -> tuple[str, ...]:
+    for path in paths:
+        if not path.startswith("/"):
+            raise ConfigError(f"{key}: {path!r} is not an absolute path")
+    return paths
 
 
 def _rules(table: object) -> tuple[Rule, ...]:

@@ -21,13 +21,15 @@ from datetime import datetime, timedelta
 
 from . import config as config_mod
 from .audit import AuditMaps, block_bypasses, bypass_text, run_audit
-from .blocking import Blocker
+from .blocking import Blocker, SyncResult
 from .correlate import LocalDomains
 from .digest import DayStats, day_of, digest_text, unusual
 from .engine import Pipeline
+from .enforcement import Leak, LeakWatch
 from .follow import FileFollower
 from .journal import JournalFollower
 from .model import ConfigError, Decision, PostfixError, RelaywatchError
+from .notices import notice_for_leak, notice_for_map_changed, notice_for_map_fault, notice_for_map_restored
 from .notify import Notifier, NoticeKind, notice_for_decision, notice_for_text, subnet_clients
 from .parse import LineParser, YearResolver
 from .policyd import InlineService, service_for
@@ -51,6 +53,7 @@ HOLD_POSTCAT_LIMIT = 20_000
 DAY_SAVE_S = 60.0  # the current day's digest counts are saved this often (and at every rollover and stop)
 DAYS_KEPT = 35  # finished days kept in meta as day:YYYY-MM-DD
 HOLD_KINDS = {"client": "client", "subnet": "network", "sasl_user": "sasl_user"}  # block kind -> queue target
+POSTFIX_SETTLE_S = 2.5  # Postfix commands wait while main.cf is younger than ~2 s: re-read it after that
 
 
 def sd_notify(message: str) -> None:
@@ -123,6 +126,7 @@ class Daemon:
         self._position_stored = self.store.position(self.source.source_name) is not None
         self.parser = LineParser(YearResolver(), cfg.syslog_names)
         self.postfix_params: tuple[dict[str, str], dict[str, dict[str, str]]] | None = None
+        self._postfix_stamp = self._postfix_files()
         self.started = clock()
         self.failed_lines = 0
         self._idle = False  # the last read found no new line: the log is read up to now
@@ -134,11 +138,14 @@ class Daemon:
             self.inline = service_for(cfg.policy_listen, cfg.database, self.pipeline.correlator.local_domains,
                                       cfg.policy_budget, cfg.policy_window_s, cfg.allow_networks, cfg.policy_known,
                                       cfg.policy_max_connections)
-            self.pipeline.on_fact = self.inline.observe
+            self.pipeline.fact_observers.append(self.inline.observe)
 
     def _pipeline(self, cfg: config_mod.Config, day: DayStats | None) -> Pipeline:
         pipeline = Pipeline(cfg, self.store, self._local_domains(cfg), persist_messages=True, day=day)
         pipeline.restore(self.clock())
+        self.leaks = LeakWatch()
+        self.leaks.watch(self.blocker.in_force_since)
+        pipeline.fact_observers.append(self.leaks.observe)
         pipeline.day_limit = self.clock() + 3600
         return pipeline
 
@@ -163,7 +170,7 @@ class Daemon:
         self._audit()
         self.blocker.expire()
         self.blocker.pending = self.blocker.pending or bool(self.store.blocks(self.clock()))
-        self.blocker.sync()
+        self._synced(self.blocker.sync())
         if self.inline is not None:
             since = self.pipeline.detector.bucket(self.clock() - self.cfg.policy_window_s)
             self.inline.start(self._block_pairs(), ((key, bucket * self.pipeline.detector.bucket_s, n) for dim, bucket,
@@ -209,14 +216,14 @@ class Daemon:
             except Exception:  # a bug must not stop the watch: say which line, keep going
                 self.failed_lines += 1
                 log.exception("relaywatch failed on this line (please report it): %r", line[:300])
-        blocked = [d for d in decisions if self._act(d)]
+        failed: dict[tuple[str, str], str] = {}
+        blocked = [d for d in decisions if self._act(d, failed)]
         self.pipeline.flush((self.source.source_name, batch.position))
         if self.inline is not None:
             self.inline.decided(decisions)
             if blocked:
                 self.inline.set_blocks(self._block_pairs())
-        if blocked:
-            self.blocker.sync()
+        synced = self._synced(self.blocker.sync()) if blocked else None
         # held even when the map is pending: holding is what stops the mail already queued
         held = {(d.kind, d.target): self._hold(d) for d in blocked}
         if self.pipeline.day is not None:
@@ -224,10 +231,12 @@ class Daemon:
         if self.pipeline.finished_days:
             self._save_days()
         for d in decisions:
-            self._tell(d, held.get((d.kind, d.target)))
+            key = (d.kind, d.target)
+            self._tell(d, held.get(key), failed.get(key) or (synced.error if synced is not None else None))
+        self._check_leaks()
 
-    def _act(self, d: Decision) -> bool:
-        """Record a block decision; True when it changes what Postfix must refuse."""
+    def _act(self, d: Decision, failed: dict[tuple[str, str], str]) -> bool:
+        """Record a block decision; True when it changes what Postfix must refuse (else why not in `failed`)."""
         if d.action != "block":
             log.warning("ALERT %s %s: %s", d.kind, d.target, describe(d))
             return False
@@ -235,6 +244,7 @@ class Daemon:
             self.blocker.block(d.kind, d.target, describe(d), rule=d.rule)
         except RelaywatchError as exc:
             log.error("cannot block %s %s: %s", d.kind, d.target, exc)
+            failed[(d.kind, d.target)] = f"relaywatch could not record the block: {exc}"
             return False
         log.warning("BLOCK %s %s: %s", d.kind, d.target, describe(d))
         return True
@@ -249,8 +259,45 @@ class Daemon:
         if decisions:
             self.store.commit_batch([], decisions)
             for d in decisions:
-                self._act(d)
+                self._act(d, {})
                 self._tell(d)
+
+    def _synced(self, result: SyncResult) -> SyncResult:
+        """Tell the admin when a map fault begins (once) and when the blocks it held back are in force."""
+        self.leaks.watch(self.blocker.in_force_since)
+        if self.notifier is None:
+            return result
+        if result.fault_began and result.error:
+            waiting = [b.target for b in self.store.blocks(self.clock())]
+            self.notifier.submit(notice_for_map_fault(result.error, waiting))
+        if result.recovered:
+            self.notifier.submit(notice_for_map_restored([b.target for b in result.recovered]))
+        return result
+
+    def _check_leaks(self) -> None:
+        """Blocked targets whose mail is still queued (from the log): an alarm, a status entry, a decision."""
+        leaks = self.leaks.take()
+        if not leaks:
+            return
+        alarms = self.store.meta("enforcement_alarms")
+        alarms = alarms if isinstance(alarms, dict) else {}
+        for leak in leaks:
+            alarms[f"{leak.kind} {leak.target}"] = {
+                "kind": leak.kind, "target": leak.target, "since": leak.since, "first": leak.first,
+                "last": leak.last, "messages": leak.count, "sample_qids": list(leak.sample_qids)}
+            if leak.new:
+                self._leak_alarm(leak)
+        self.store.set_meta("enforcement_alarms", alarms)
+
+    def _leak_alarm(self, leak: Leak) -> None:
+        reason = bypass_text(self._bypasses(leak.kind, leak.target))
+        log.error("the block of %s %s is NOT enforced: %d messages queued after it took effect%s", leak.kind,
+                  leak.target, leak.count, f": {reason}" if reason else "")
+        self.store.commit_batch([], [Decision(leak.last, "alert", leak.kind, leak.target, "block_not_enforced",
+                                              leak.count, int(leak.last - leak.since), sample_qids=leak.sample_qids)])
+        if self.notifier is not None:
+            self.notifier.submit(notice_for_leak(leak.kind, leak.target, leak.since, leak.first, leak.last,
+                                                 leak.count, leak.sample_qids, reason))
 
     def _hold(self, d: Decision) -> int | None:
         """Put what a blocked target already queued on hold; None when off or impossible."""
@@ -272,7 +319,7 @@ class Daemon:
         log.warning("HOLD %d messages of %s", held, who)
         return held
 
-    def _tell(self, d: Decision, held: int | None = None) -> None:
+    def _tell(self, d: Decision, held: int | None = None, not_in_force: str | None = None) -> None:
         bypasses = self._bypasses(d.kind, d.target) if d.action == "block" else []
         effective = bypass_text(bypasses)
         if effective:
@@ -283,10 +330,14 @@ class Daemon:
                 undo += "; held mail: " + Target(HOLD_KINDS[d.kind], d.target).hint()
             clients = subnet_clients(d, self.store.counts_since(self.pipeline.detector.bucket(d.time - d.window_s)))
             self.notifier.submit(notice_for_decision(d, effective=effective, held=held, undo=undo, clients=clients,
-                                                     bypassed_on=[name for name, _ in bypasses]))
+                                                     bypassed_on=[name for name, _ in bypasses],
+                                                     not_in_force=not_in_force if d.action == "block" else None))
 
     def _bypasses(self, kind: str, target: str) -> list[tuple[str, str]]:
-        """Where Postfix would not enforce a block of `target` (main.cf, master.cf services)."""
+        """Where Postfix's configuration in force now would not enforce a block of `target`
+        (main.cf, master.cf services); re-read when main.cf or master.cf changed."""
+        if self._postfix_files() != self._postfix_stamp:
+            self._audit()
         if self.postfix_params is None:
             return []
         params, services = self.postfix_params
@@ -298,8 +349,20 @@ class Daemon:
     def _audit_maps(self) -> AuditMaps:
         return AuditMaps(self.cfg.client_access_map, self.cfg.sasl_access_map or None, self.cfg.policy_listen or None)
 
+    def _postfix_files(self) -> tuple[tuple[int, int, int] | None, ...]:
+        """(inode, size, mtime) of main.cf and master.cf: the configuration in force changed when these did."""
+        out = []
+        for name in ("main.cf", "master.cf"):
+            try:
+                st = os.stat(os.path.join(self.cfg.config_directory or "/etc/postfix", name))
+                out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+            except OSError:
+                out.append(None)
+        return tuple(out)
+
     def _audit(self) -> None:
         """Read Postfix's configuration and say loudly where blocks would be bypassed."""
+        self._postfix_stamp = self._postfix_files()
         try:
             self.postfix_params = (postconf(self.cfg.config_directory), postconf_services(self.cfg.config_directory))
             findings = run_audit(self.cfg.config_directory, self._audit_maps())
@@ -327,19 +390,28 @@ class Daemon:
         self.pipeline.flush()
         self._save_days()
         self.cfg = cfg
+        in_force_since = self.blocker.in_force_since
         self.blocker = self.blocker_factory(cfg, self.store)
+        self.blocker.in_force_since = in_force_since  # the log check goes on across a reload
         self.pipeline = self._pipeline(cfg, self.pipeline.day)
         if self.inline is not None:  # [policy] itself changes at the next restart
             self.inline.policy.local_domains = self.pipeline.correlator.local_domains
-            self.pipeline.on_fact = self.inline.observe
+            self.pipeline.fact_observers.append(self.inline.observe)
         self._audit()
         log.info("configuration reloaded from %s", self.config_path)
 
     def _housekeeping(self, now: float) -> None:
         for b in self.blocker.expire():
             log.info("block of %s %s expired", b.kind, b.target)
+        changed = self.blocker.check_maps()
+        if changed and self.blocker.first_tamper and self.notifier is not None:
+            self.notifier.submit(notice_for_map_changed(changed))
         if self.blocker.due():
-            self.blocker.sync()
+            self._synced(self.blocker.sync())
+        stamp = self._postfix_files()
+        if stamp != self._postfix_stamp and all(s is None or now - s[2] / 1e9 >= POSTFIX_SETTLE_S for s in stamp):
+            log.info("Postfix's main.cf or master.cf changed: reading the configuration in force again")
+            self._audit()
         self.pipeline.day_limit = now + 3600
         if self._idle:  # a quiet log: the day still ends at midnight
             self.pipeline.roll_day(now)

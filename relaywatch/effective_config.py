@@ -37,6 +37,7 @@ KEYS: tuple[tuple[str, str, str, Kind], ...] = (
     ("postfix", "config_directory", "config_directory", Kind.OPTIONAL_TEXT),
     ("postfix", "client_access_map", "client_access_map", Kind.TEXT),
     ("postfix", "sasl_access_map", "sasl_access_map", Kind.TEXT),
+    ("postfix", "map_directories", "map_directories", Kind.LIST),
     ("postfix", "local_domains", "local_domains", Kind.LIST),
     ("postfix", "syslog_names", "syslog_names", Kind.LIST),
     ("allow", "networks", "allow_networks", Kind.LIST),

@@ -53,7 +53,8 @@ class Pipeline:
         self.day = day
         self.finished_days: list[DayStats] = []
         self.day_limit = float("inf")  # the daemon: a line stamped later than this (a forged date) ends no day
-        self.on_fact: Callable[[Relayed | RelayDenied], None] | None = None  # the inline policy service's hook
+        # each fact also goes to these (the daemon's enforcement check, the inline policy service)
+        self.fact_observers: list[Callable[[Relayed | RelayDenied], None]] = []
 
     def roll_day(self, t: float) -> None:
         """Finish the current day if `t` is past its end (log time, or wall time when the log is idle)."""
@@ -99,8 +100,8 @@ class Pipeline:
         if fact is None:
             return _NOTHING
         self._count(fact)
-        if self.on_fact is not None:
-            self.on_fact(fact)
+        for observe in self.fact_observers:
+            observe(fact)
         timeline = self.timeline
         if timeline is not None:
             timeline.observe(fact)

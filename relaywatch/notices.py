@@ -37,6 +37,7 @@ class NoticeKind(StrEnum):
     ALERT = "alert"
     AUDIT = "audit"
     DIGEST = "digest"
+    ENFORCEMENT = "enforcement"  # a block that is not in force, or not enforced by Postfix
     ERROR = "error"
     TEST = "test"
     OTHER = "other"
@@ -84,11 +85,13 @@ def notice_for_text(severity: str, title: str, body: str, tags: Iterable[str] = 
 def notice_for_decision(
     decision: Decision, *, effective: str | None = None, held: int | None = None, undo: str | None = None,
     dry_run: bool = False, clients: Sequence[tuple[str, int]] = (), bypassed_on: Sequence[str] = (),
+    not_in_force: str | None = None,
 ) -> Notice:
     """What was decided and why, whether it works, and how to undo it.
 
-    `effective` is the warning to show when Postfix would not enforce the block;
-    None means it is in effect. `held`: queued messages held. `dry_run`: a replay
+    `not_in_force`: why the block is not in Postfix's map yet (a map fault); None
+    means the map holds it and Postfix reloaded. `effective` is the warning to show
+    when Postfix would not enforce the block anyway (the mynetworks trap). `held`: queued messages held. `dry_run`: a replay
     that changed nothing: says what would have been blocked, and no undo.
     `clients`: (address, relayed recipients) of a subnet's busiest clients.
     `bypassed_on`: where Postfix would not enforce it ("main.cf", master.cf services): when
@@ -107,14 +110,21 @@ def notice_for_decision(
                  "Replay of an old log: nothing was changed."]
         undo = None
     elif d.action == "block":
-        severity = "warning" if effective is None else "failure"
+        severity = "warning" if effective is None and not_in_force is None else "failure"
         services = [s for s in bypassed_on if s != "main.cf"]
-        caveat = ("" if effective is None else f" - bypassed on {', '.join(services)}"
-                  if services and len(services) == len(bypassed_on) else " - NOT enforced")
+        caveat = (" - NOT in force" if not_in_force is not None else "" if effective is None
+                  else f" - bypassed on {', '.join(services)}" if services and len(services) == len(bypassed_on)
+                  else " - NOT enforced")
         title = f"blocked {short}{caveat}"
-        lines = [f"Blocked {label} at {iso(d.time)}: {why}.",
-                 "In effect for new SMTP sessions; sessions already open may keep sending."
-                 if effective is None else f"NOT ENFORCED: {effective}"]
+        lines = [f"Blocked {label} at {iso(d.time)}: {why}."]
+        if not_in_force is not None:
+            lines.append(f"NOT IN FORCE: {not_in_force}. relaywatch keeps retrying and sends a notice once "
+                         "it is in force.")
+        if effective is not None:
+            lines.append(f"NOT ENFORCED: {effective}")
+        if not_in_force is None and effective is None:
+            lines.append("In force: the map holds it and Postfix reloaded; new SMTP sessions are refused, "
+                         "sessions already open may keep sending.")
         undo = undo or f"relaywatch unblock {shlex.quote(d.target)}"
     else:
         severity = "info" if d.rule == "relay_probe" else "warning"
@@ -137,6 +147,48 @@ def notice_for_decision(
         extra.append("Queue IDs: " + ", ".join(d.sample_qids[:5]))
     tags = (d.action, d.kind, severity)
     return _fit(Notice(severity, PREFIX + title, "", tags, kind=_kind_of(tags)), lines, extra)
+
+
+def notice_for_map_fault(error: str, waiting: Sequence[str]) -> Notice:
+    """Blocks relaywatch cannot put in force (sent once per fault, not per retry)."""
+    body = [f"Postfix does not refuse these yet: {error}",
+            f"Blocks waiting ({len(waiting)}): " + (", ".join(waiting[:20]) or "none (an unblock is waiting)")
+            + (" ..." if len(waiting) > 20 else ""),
+            "relaywatch retries after 1 s, doubling up to every 30 s, and at once when the map directory's "
+            "permissions change; it sends a notice when the blocks are in force."]
+    return notice_for_text("failure", "blocks NOT in force", "\n".join(body), ("enforcement", "block", "failure"))
+
+
+def notice_for_map_restored(in_force: Sequence[str]) -> Notice:
+    """A map fault ended: the blocks it held back are in force now."""
+    return notice_for_text("info", "blocks in force again",
+                           "The access map is written and Postfix reloaded. Blocks in force "
+                           f"({len(in_force)}): " + (", ".join(in_force[:20]) or "none")
+                           + (" ..." if len(in_force) > 20 else ""), ("enforcement", "block", "info"))
+
+
+def notice_for_map_changed(changes: Sequence[str]) -> Notice:
+    """Someone else rewrote relaywatch's map (an editor, a second relaywatch): it is being restored."""
+    return notice_for_text("warning", "access map changed behind relaywatch's back",
+                           "\n".join([*changes, "relaywatch is writing its blocks back. If another relaywatch "
+                                      "(another state database) writes the same map, give each its own map."]),
+                           ("enforcement", "block", "warning"))
+
+
+def notice_for_leak(kind: str, target: str, since: float, first: float, last: float, count: int,
+                    qids: Sequence[str], reason: str | None) -> Notice:
+    """A blocked client's mail is still being queued: Postfix is not enforcing the block."""
+    label = f"{_LABELS.get(kind, kind)} {target}"
+    lines = [f"{count} messages from {label} were queued after its block took effect at {iso(since)} "
+             f"(from {iso(first)} to {iso(last)}): Postfix is not refusing it.",
+             f"Why, from Postfix's configuration now: {reason}" if reason else
+             "Postfix's configuration as relaywatch reads it should refuse it: check smtpd_*_restrictions "
+             "(a permit before check_client_access / check_sasl_access?), the map type, and postfix reload.",
+             "Sessions opened before the block may finish what they send; mail queued later is not refused."]
+    if qids:
+        lines.append("Queue IDs: " + ", ".join(qids[:5]))
+    return notice_for_text("failure", f"block of {target} NOT enforced", "\n".join(lines),
+                           ("enforcement", "block", "failure"))
 
 
 def subnet_clients(d: Decision, counts: Iterable[tuple[str, int, str, int]]) -> list[tuple[str, int]]:

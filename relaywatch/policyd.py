@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from .correlate import LocalDomains
 from .inline import Blocked, Budget, Exceeded, InlinePolicy, Network, history_key, parse_listen, parse_request
-from .model import ConfigError, Decision, Relayed, RelayDenied, RelaywatchError
+from .model import Decision, Relayed, RelayDenied, RelaywatchError
 from .relayers import RelayHistory, day_number
 
 log = logging.getLogger("relaywatch.policyd")

@@ -20,16 +20,19 @@ the whole-second mtime rule of in-place changes (STYLE.md).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import ipaddress
 import logging
 import os
 import re
+import stat
 import subprocess
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .mapguard import BEGIN, END, ForeignMap, check_ours
 from .model import ConfigError, PostfixError, RelaywatchError
 from .permissions import check_map_dir
 from .postconf import postconf
@@ -40,14 +43,20 @@ log = logging.getLogger(__name__)
 COMPILED_SUFFIX: dict[str, str | None] = {"hash": ".db", "btree": ".db", "lmdb": ".lmdb", "cdb": ".cdb", "cidr": None}
 KINDS = ("client", "subnet", "sasl_user")
 
-BEGIN = "# BEGIN relaywatch managed section: do not edit, use 'relaywatch unblock'"
-END = "# END relaywatch managed section"
 
 
 class InvalidBlock(RelaywatchError, ValueError):
     """A block target that cannot be written to this map safely; nothing was written."""
 
     exit_code = 2
+
+
+class MapNotWritten(PostfixError):
+    """Writing, compiling or renaming the map failed: the files Postfix reads are unchanged."""
+
+
+class MapNotLoaded(PostfixError):
+    """The map files hold the new blocks, but Postfix did not reload them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +224,7 @@ class AccessMap:
         if not begins and not ends:
             return current + (b"" if current.endswith(b"\n") else b"\n") + section
         if len(begins) != 1 or len(ends) != 1 or ends[0] < begins[0]:
-            raise PostfixError(
+            raise MapNotWritten(
                 f"{self.path}: relaywatch's BEGIN/END marker lines are missing, repeated or out of order "
                 f"(BEGIN at lines {[i + 1 for i in begins]}, END at {[i + 1 for i in ends]}); "
                 "fix the file by hand, nothing was changed"
@@ -234,15 +243,14 @@ class AccessMap:
         """
         blocks = list(blocks)
         with self._locked_dir() as dir_fd:
-            try:
-                current: bytes | None = self.path.read_bytes()
-            except FileNotFoundError:
-                current = None
+            current, st = self._read(dir_fd)
+            check_ours(self.path, current)
             new = self.render(blocks, current)
             if new == current and not force and not (build and self._compiled_stale()):
                 return False
-            st = os.stat(self.path) if current is not None else None
             staged = Path(self.staged.path)
+            self._discard_staged()  # a leftover (or planted) staging file is never written through
+            compiled_replaced = False
             try:
                 _write_synced(staged, new)
                 if build is not None:
@@ -258,13 +266,74 @@ class AccessMap:
                     _copy_owner_mode(staged_compiled, compiled, owner, mode)
                     _fsync_path(staged_compiled)
                     os.replace(staged_compiled, compiled)
+                    compiled_replaced = True
                 os.replace(staged, self.path)
                 os.fsync(dir_fd)
             except OSError as exc:
-                raise PostfixError(f"could not replace {self.path}: {exc}; the previous map stays in force") from exc
+                if compiled_replaced:
+                    raise MapNotWritten(f"{self.spec.compiled} holds the new blocks, but {self.path} could not be "
+                                        f"replaced: {exc}; relaywatch will retry") from exc
+                raise MapNotWritten(f"could not write {self.path}: {exc}; the map files Postfix reads were not "
+                                    "changed") from exc
             finally:
                 self._discard_staged()
         return True
+
+    def _read(self, dir_fd: int) -> tuple[bytes | None, os.stat_result | None]:
+        """The map's bytes and stat, opened in the held directory without following a symlink."""
+        try:
+            fd = os.open(self.path.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return None, None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ForeignMap(f"{self.path} is a symbolic link: relaywatch never writes through one; "
+                                 "name the real file in client_access_map / sasl_access_map") from None
+            raise MapNotWritten(f"cannot read {self.path}: {exc}; the map files Postfix reads were not changed") from exc
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise ForeignMap(f"{self.path} is not a regular file; relaywatch will not write it")
+            return f.read(), st
+
+    def read(self) -> bytes | None:
+        """The source as it is now (None if it or its directory is absent); never through a symlink."""
+        try:
+            dir_fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            return None
+        try:
+            return self._read(dir_fd)[0]
+        finally:
+            os.close(dir_fd)
+
+    def holds(self, blocks: Iterable[Block]) -> bool:
+        """Whether the source's managed section is exactly what `blocks` render to."""
+        blocks = list(blocks)
+        current = self.read()
+        section = _section(current) if current is not None else None
+        if section is None:
+            return not blocks  # no section yet: fine while there is nothing to refuse
+        return section == render_section(blocks, self.spec.type)
+
+    def held_keys(self) -> set[str]:
+        """The keys the managed section REJECTs now (empty if the file or the section is missing),
+        and none when the compiled map is missing or older than the source: Postfix does not read them."""
+        current = self.read()
+        if current is None or self._compiled_stale():
+            return set()
+        return {line.split()[0] for line in (_section(current) or [])[1:-1] if line.strip()}
+
+    def stamp(self) -> tuple[tuple[int, int, int] | None, ...]:
+        """(inode, size, mtime) of the source and the compiled map: changes when anyone rewrites them."""
+        out = []
+        for name in (self.spec.path, self.spec.compiled):
+            try:
+                st = os.lstat(name) if name else None
+            except FileNotFoundError:
+                st = None
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns) if st else None)
+        return tuple(out)
 
     def _compiled_stale(self) -> bool:
         if self.spec.compiled is None:
@@ -294,6 +363,14 @@ class AccessMap:
             yield fd
         finally:
             os.close(fd)
+
+
+def _section(current: bytes) -> list[str] | None:
+    """The managed section's lines, markers included; None without exactly one well-formed section."""
+    lines = current.decode("ascii", "replace").splitlines()
+    if lines.count(BEGIN) != 1 or lines.count(END) != 1 or lines.index(END) < lines.index(BEGIN):
+        return None
+    return lines[lines.index(BEGIN) : lines.index(END) + 1]
 
 
 def _write_synced(path: Path, data: bytes) -> None:
@@ -339,6 +416,7 @@ class Postfix:
         self.postfix_bin = postfix_bin
         self.postmap_bin = postmap_bin
         self.timeout = timeout
+        self._queue_directory: str | None = None  # remembered: a broken main.cf cannot tell it
 
     def _run(self, binary: str, *args: str) -> subprocess.CompletedProcess[str]:
         cmd = [binary, *(["-c", self.config_directory] if self.config_directory else []), *args]
@@ -355,28 +433,54 @@ class Postfix:
             return
         done = self._run(self.postmap_bin, str(spec))
         if done.returncode != 0:
-            raise PostfixError(
+            raise MapNotWritten(
                 f"postmap {spec} failed (exit {done.returncode}): {done.stderr.strip() or 'no message'}; "
-                "the previous map stays in force; fix the cause (disk space, permissions, the map "
+                "the map files Postfix reads were not changed; fix the cause (disk space, permissions, the map "
                 "type's package) and relaywatch will retry"
             )
         if done.stderr.strip():
             log.warning("postmap %s: %s", spec, done.stderr.strip())
 
     def reload(self) -> None:
-        """Make every Postfix daemon reopen its maps."""
+        """Make every Postfix daemon reopen its maps; MapNotLoaded says why not, from what was found."""
         done = self._run(self.postfix_bin, "reload")
         if done.returncode == 0:
             return
-        if not self.is_running():
-            raise PostfixError(
-                "postfix reload failed: Postfix is not running; the new map is in place and takes effect when it starts"
-            )
-        # Without a terminal, `postfix` reports to the mail log only.
-        raise PostfixError(
-            f"postfix reload failed (exit {done.returncode}): {done.stderr.strip() or 'see the mail log'}; "
-            "the new map is in place but may not be in force until Postfix reloads"
-        )
+        # Without a terminal, `postfix` reports to the mail log only, and nothing at all when it
+        # cannot read main.cf: ask postconf (which prints the fatal error) and look for master.
+        try:
+            self._queue_directory = postconf(self.config_directory, ("queue_directory",))["queue_directory"]
+            broken = None
+        except (PostfixError, KeyError) as exc:
+            broken = str(exc)
+        master = self.master_pid()
+        failed = f"postfix reload failed (exit {done.returncode})"
+        if broken:
+            running = ("Postfix is still running (master pid %d) but could not reload" % master if master
+                       else "Postfix is not running" if master == 0 else "whether Postfix runs is unknown")
+            raise MapNotLoaded(f"{failed}: Postfix's configuration cannot be read ({broken}); {running}. The map "
+                               "file holds the new blocks; fix the configuration, then run postfix reload")
+        if master == 0:
+            raise MapNotLoaded(f"{failed}: Postfix is not running. The map file holds the new blocks; Postfix "
+                               "reads it when it starts")
+        who = f"Postfix is running (master pid {master})" if master else "Postfix may be running"
+        raise MapNotLoaded(f"{failed}: {who} but did not reload: {done.stderr.strip() or 'see the mail log'}. "
+                           "The map file holds the new blocks; Postfix processes may still use the old ones")
+
+    def master_pid(self) -> int | None:
+        """The running master's pid, 0 when none runs, None when that cannot be told (no queue_directory)."""
+        qdir = self._queue_directory
+        if qdir is None:
+            try:
+                qdir = self._queue_directory = postconf(self.config_directory, ("queue_directory",))["queue_directory"]
+            except (PostfixError, KeyError):
+                return None
+        try:
+            pid = int(Path(qdir, "pid", "master.pid").read_text().split()[0])
+            comm, _, rest = Path(f"/proc/{pid}/stat").read_text().partition(") ")
+        except (OSError, ValueError, IndexError):
+            return 0
+        return pid if comm.endswith("(master") and not rest.startswith(("Z", "X")) else 0  # a zombie has stopped
 
     def is_running(self) -> bool:
         return self._run(self.postfix_bin, "status").returncode == 0

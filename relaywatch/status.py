@@ -64,6 +64,9 @@ def gather(store: Store, now: float) -> dict[str, Any]:
         "blocks": [{"kind": b.kind, "target": b.target, "rule": b.rule,
                     "until": None if b.until is None else iso(b.until)} for b in store.blocks(now)],
         "pending": store.meta("map_pending"),
+        # blocks whose mail the log shows still being queued after they took effect (the daemon's check)
+        "not_enforced": [a for a in (store.meta("enforcement_alarms") or {}).values()
+                         if (a["kind"], a["target"]) in {(b.kind, b.target) for b in store.blocks(now)}],
         "notify": daemon.get("notify"),
     }
 
@@ -91,6 +94,9 @@ def to_text(info: dict[str, Any]) -> str:
                                                               else ""))
     for b in info["blocks"]:
         out.append(f"    {b['kind']:<9} {b['target']:<24} {b['rule']:<12} until {b['until'] or 'forever'}")
+    for a in info["not_enforced"]:
+        out.append(f"  NOT ENFORCED: {a['messages']} messages from {a['kind']} {a['target']} queued after its block"
+                   f" took effect (last at {iso(a['last'])}): Postfix does not refuse it")
     if info["notify"]:
         n = info["notify"]
         out.append(f"  notifications: {n.get('sent', 0)} sent, {n.get('failed', 0)} failed, "

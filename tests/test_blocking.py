@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from relaywatch.blocking import MAX_BLOCK_S, Blocker, maps_from_config, target_kind
 from relaywatch.cli import main
-from relaywatch.postfix import InvalidBlock, Postfix
+from relaywatch.postfix import BEGIN, END, InvalidBlock, Postfix
 from relaywatch.store import Store
 
 pytestmark = pytest.mark.postfix
@@ -79,9 +79,9 @@ def test_a_subnet_block_refuses_every_client_inside(postfix_instance, rw):
 
 def test_the_admins_own_entries_survive(postfix_instance, rw):
     path = Path(postfix_instance.reject_list.path)
-    mine = "# my own\nhananet.net REJECT\n127.0.0.33 REJECT go away\n"
+    mine = "# my own\nhananet.net REJECT\n127.0.0.33 REJECT go away\n"  # then relaywatch's markers, by hand
     original = path.read_text() if path.exists() else ""
-    path.write_text(mine + original)
+    path.write_text(mine + (original if BEGIN in original else f"{BEGIN}\n{END}\n"))
     try:
         assert run("block", "127.0.0.9", "-c", rw).exit_code == 0
         assert path.read_text().startswith(mine)
@@ -149,7 +149,8 @@ def test_a_block_postfix_would_not_enforce_is_warned_about(tmp_path):
 
 
 def blocker(postfix_instance, tmp_path, clock) -> Blocker:
-    maps = maps_from_config(str(postfix_instance.reject_list), "", "hash")
+    maps = maps_from_config(str(postfix_instance.reject_list), "", "hash",
+                            config_directory=postfix_instance.config_directory)
     return Blocker(Store(tmp_path / "state.db"), Postfix(postfix_instance.config_directory), maps, 3600, clock)
 
 
@@ -206,7 +207,7 @@ def test_a_map_directory_others_can_write_is_refused(tmp_path):
     shared.mkdir()
     shared.chmod(0o777)
     with pytest.raises(ConfigError, match="map directory"):
-        maps_from_config(f"hash:{shared}/clients", "", "hash")
+        maps_from_config(f"hash:{shared}/clients", "", "hash", config_directory=None, map_directories=[str(shared)])
 
 
 def test_unblocks_and_expiries_are_remembered_for_the_report(postfix_instance, tmp_path):

@@ -31,6 +31,7 @@ def rw(postfix_instance, tmp_path):
         f'[state]\ndatabase = "{tmp_path / "state.db"}"\n'
         f'[postfix]\nconfig_directory = "{postfix_instance.config_directory}"\n'
         f'client_access_map = "{postfix_instance.reject_list}"\nsasl_access_map = "hash:{tmp_path}/sasl"\n'
+        f'map_directories = ["{tmp_path}"]\n'
         '[allow]\nsasl_users = ["backup-robot"]\n')
     yield str(cfg)
     for target in ("127.0.9.0/24", "127.0.0.1", "127.0.0.0/24", "127.0.0.12"):

@@ -68,6 +68,7 @@ def test_sigkill_at_any_moment_loses_and_repeats_nothing(tmp_path, day):
     cfg.write_text(f'[source]\npath = "{maillog}"\n[state]\ndatabase = "{db}"\n'
                    f'[postfix]\nconfig_directory = "{tmp_path / "no-postfix"}"\n'
                    f'client_access_map = "hash:{tmp_path}/clients"\nsasl_access_map = ""\n'
+                   f'map_directories = ["{tmp_path}"]\n'
                    # a day-long window keeps the daemon from pruning any of the day's counts
                    '[rules.daily]\ndim = "client"\naction = "alert"\nthreshold = 100000\nwindow = "1d"\n')
     rng = random.Random(7)

@@ -158,6 +158,7 @@ def test_the_daemon_sends_yesterdays_digest_at_the_configured_time_once(tmp_path
     cfg_path.write_text(f'[source]\npath = "{maillog}"\n[state]\ndatabase = "{db}"\n'
                         f'[postfix]\nconfig_directory = "{tmp_path / "no-postfix"}"\n'
                         f'client_access_map = "hash:{tmp_path}/clients"\nsasl_access_map = ""\n'
+                        f'map_directories = ["{tmp_path}"]\n'
                         'local_domains = ["woodelf.org"]\n'
                         f'[notify]\nurls = ["{sink.url("json", "/digest")}"]\ncoalesce = "1s"\ndigest_at = "00:00"\n')
     cfg_path.chmod(0o600)

@@ -90,12 +90,13 @@ def test_disk_full_under_the_map_keeps_the_old_map_in_force_and_recovers(postfix
     rig = postfix_instance
     spec = f"hash:{tiny_disk}/reject_list"
     (tiny_disk / "reject_list").write_text("")
-    Postfix(rig.config_directory).postmap(maps_from_config(spec, "", "hash")["client"].spec)
+    maps = maps_from_config(spec, "", "hash", config_directory=rig.config_directory, map_directories=[str(tiny_disk)])
+    Postfix(rig.config_directory).postmap(maps["client"].spec)
     use_map(rig, spec)
     clock = Clock()
     try:
         blocker = Blocker(Store(tmp_path / "state.db"), Postfix(rig.config_directory),
-                          maps_from_config(spec, "", "hash"), 3600, clock)
+                          maps, 3600, clock)
         blocker.block("client", "127.0.0.9", "test")
         assert blocker.sync()
         assert rig.send("127.0.0.9")[0] == 554
@@ -103,8 +104,8 @@ def test_disk_full_under_the_map_keeps_the_old_map_in_force_and_recovers(postfix
         filler = fill(tiny_disk)
         blocker.block("client", "127.0.0.10", "test")
         assert not blocker.sync()
-        assert "No space left on device" in blocker.last_error and "previous map stays in force" in blocker.last_error
-        assert "blocks are pending, the previous map stays in force" in caplog.text
+        assert "No space left on device" in blocker.last_error and "the map files Postfix reads were not changed" in blocker.last_error
+        assert "blocks are not in force (map not written)" in caplog.text
         assert {p.name: p.read_bytes() for p in tiny_disk.iterdir() if p != filler} == in_force  # no staging left
         assert rig.send("127.0.0.9")[0] == 554 and rig.send("127.0.0.10")[0] == 250
 
@@ -123,12 +124,14 @@ def test_postfix_stopped_keeps_the_block_pending_until_it_is_back(postfix_instan
     rig = postfix_instance
     clock = Clock()
     blocker = Blocker(Store(tmp_path / "state.db"), Postfix(rig.config_directory),
-                      maps_from_config(str(rig.reject_list), "", "hash"), 3600, clock)
+                      maps_from_config(str(rig.reject_list), "", "hash", config_directory=rig.config_directory),
+                      3600, clock)
     postfix_cmd(rig, "stop")
     try:
         blocker.block("client", "127.0.0.11", "test")
         assert not blocker.sync()
-        assert "Postfix is not running; the new map is in place and takes effect when it starts" in blocker.last_error
+        assert ("Postfix is not running. The map file holds the new blocks; Postfix reads it when it starts"
+                in blocker.last_error)
         assert "127.0.0.11 REJECT" in Path(rig.reject_list.path).read_text()
     finally:
         postfix_cmd(rig, "start")

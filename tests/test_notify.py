@@ -64,7 +64,7 @@ def test_block_notice_says_what_why_and_how_to_undo() -> None:
     assert n.tags == ("block", "subnet", "warning")
     assert "Blocked subnet 218.144.0.0/16 at " in n.body
     assert "412 relayed recipients from 9 clients in 10 min (rule wide_subnet)" in n.body
-    assert "In effect for new SMTP sessions" in n.body
+    assert "In force: the map holds it and Postfix reloaded; new SMTP sessions are refused" in n.body
     assert "Queued messages held: 37." in n.body
     assert "Undo: relaywatch unblock 218.144.0.0/16" in n.body
     assert "  | Nov 14 22:13:02 mx postfix/smtpd[812]: 4Tq2: client=unknown[218.144.7.9]" in n.body
@@ -82,6 +82,14 @@ def test_ineffective_block_is_a_failure_with_the_warning() -> None:
                               bypassed_on=["submission"])
     assert one.title == P + "blocked 218.144.0.0/16 - bypassed on submission"
     assert "Queued messages held" not in n.body  # unknown, so not claimed
+
+
+def test_a_block_not_in_force_says_so_and_why() -> None:
+    n = notice_for_decision(BLOCK, not_in_force="could not write /etc/postfix/relaywatch_clients: Read-only file system")
+    assert n.title == f"{P}blocked 218.144.0.0/16 - NOT in force"
+    assert n.severity == "failure"
+    assert "NOT IN FORCE: could not write /etc/postfix/relaywatch_clients: Read-only file system" in n.body
+    assert "In force" not in n.body
 
 
 def test_alert_and_text_notices() -> None:

@@ -20,6 +20,8 @@ from relaywatch.postfix import (
     AccessMap,
     Block,
     InvalidBlock,
+    MapNotLoaded,
+    MapNotWritten,
     MapSpec,
     Postfix,
     apply_blocks,
@@ -150,6 +152,8 @@ def test_reject_text_is_one_safe_line() -> None:
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="keeping owners needs root (chown)")
 
 ADMIN = b"# zebra's own list (2003)\r\nhananet.net REJECT\n\xe9\xff odd bytes REJECT\n211.202.13.81 REJECT"
+# The admin's own map, marked for relaywatch by hand (an empty section after the admin's lines).
+MARKED = ADMIN + f"\n{BEGIN}\n{END}\n".encode()
 
 
 def section(path: Path) -> list[str]:
@@ -159,7 +163,7 @@ def section(path: Path) -> list[str]:
 
 def test_admin_entries_survive_byte_for_byte(tmp_path: Path) -> None:
     path = tmp_path / "reject_list"
-    path.write_bytes(ADMIN)
+    path.write_bytes(MARKED)
     amap = AccessMap(MapSpec("hash", str(path)))
     assert amap.write([Block("client", "218.144.108.161", "relay")])
     assert path.read_bytes().startswith(ADMIN + b"\n" + BEGIN.encode())
@@ -210,7 +214,7 @@ def test_unchanged_write_touches_nothing(tmp_path: Path) -> None:
 @needs_root
 def test_owner_and_mode_are_kept(tmp_path: Path) -> None:
     path = tmp_path / "reject_list"
-    path.write_bytes(ADMIN)
+    path.write_bytes(MARKED)
     os.chown(path, 65534, 65534)
     os.chmod(path, 0o640)
     AccessMap(MapSpec("hash", str(path))).write([Block("client", "218.144.108.161")])
@@ -244,12 +248,12 @@ def test_damaged_markers_refused_and_file_untouched(tmp_path: Path, content: byt
 
 def test_one_hostile_block_writes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "reject_list"
-    path.write_bytes(ADMIN)
+    path.write_bytes(MARKED)
     with pytest.raises(InvalidBlock):
         AccessMap(MapSpec("hash", str(path))).write(
             [Block("client", "218.144.108.161"), Block("client", "client=unknown[8.8.8.8]")]
         )
-    assert path.read_bytes() == ADMIN
+    assert path.read_bytes() == MARKED
     assert os.listdir(tmp_path) == ["reject_list"]
 
 
@@ -350,7 +354,7 @@ def test_subnet_partial_keys(live: Live) -> None:
 def test_ipv6_partial_keys_match_as_postfix_prints_addresses(live: Live) -> None:
     # Why render_key refuses 2001:db8::/48 for hash maps: Postfix prints 2001:db8:0:0::5
     # as "2001:db8::5", so a partial key "2001:db8:0" (written here by hand) never matches.
-    live.access_map.path.write_text("2001:db8:0 REJECT naive key\n")
+    live.access_map.path.write_text(f"2001:db8:0 REJECT naive key\n{BEGIN}\n{END}\n")
     live.apply(Block("subnet", "2001:db8:1::/48"), Block("subnet", "2001:db8:0:7::/64"))
     # XCLIENT makes smtpd judge another client address; no IPv6 packet is sent.
     addrs = ("2001:db8:1::5", "2001:db8:1:ffff::1", "2001:db8:0:7::1", "2001:db8:2::5", "2001:db8::5")
@@ -377,7 +381,7 @@ def test_cidr_map(live: Live) -> None:
 @pytest.mark.postfix
 def test_admin_entries_survive_and_stay_in_force(live: Live) -> None:
     admin = b"# zebra, 2003-03-20\nhananet.net REJECT\n127.0.0.11 REJECT admin says no\n"
-    live.access_map.path.write_bytes(admin)
+    live.access_map.path.write_bytes(admin + f"{BEGIN}\n{END}\n".encode())  # marked for relaywatch
     live.apply(Block("client", "127.0.0.9"))
     assert live.access_map.path.read_bytes().startswith(admin + BEGIN.encode())
     assert (live.code("127.0.0.9"), live.code("127.0.0.11")) == (554, 554)
@@ -398,7 +402,7 @@ def test_failing_postmap_leaves_the_old_map_in_force(live: Live) -> None:
     # type package (postfix-lmdb) makes it fail.
     os.mkdir(str(live.access_map.staged.compiled))
     try:
-        with pytest.raises(PostfixError, match=r"postmap .* failed .*Is a directory.*previous map stays in force"):
+        with pytest.raises(PostfixError, match=r"postmap .* failed .*Is a directory.*the map files Postfix reads were not changed"):
             live.apply(Block("client", "127.0.0.9"), Block("client", "127.0.0.10"))
         assert live.access_map.path.read_bytes() == source
         assert Path(f"{live.access_map.path}.db").read_bytes() == compiled
@@ -458,5 +462,50 @@ def test_reload_of_a_stopped_postfix_says_so(postfix_instance: PostfixRig, tmp_p
         os.utime(tmp_path / name, (time.time() - 60, time.time() - 60))
     stopped = Postfix(str(tmp_path))
     assert not stopped.is_running()
-    with pytest.raises(PostfixError, match="not running; the new map is in place"):
+    with pytest.raises(MapNotLoaded, match="Postfix is not running. The map file holds the new blocks; Postfix "
+                                           "reads it when it starts"):
         stopped.reload()
+
+
+@pytest.mark.postfix
+def test_a_broken_main_cf_is_not_called_a_stopped_postfix(live: Live, tmp_path: Path) -> None:
+    """Issue 13 item 3: with main.cf broken and Postfix running, the old message said "Postfix is
+    not running". Each outcome is worded from what was found, and never contradicts itself.
+    A cidr map needs no postmap, so the failing step is the reload (a hash map's postmap fails first)."""
+    main_cf = Path(live.rig.config_directory) / "main.cf"
+    good = main_cf.read_bytes()
+    stat_before = main_cf.stat()
+    cidr = AccessMap(MapSpec("cidr", f"{live.rig.config_directory}/reject.cidr"))
+    assert live.postfix.master_pid()  # learnt while main.cf could be read, as the daemon's first sync does
+    fresh = Postfix(live.rig.config_directory)  # one that never saw a readable main.cf
+    try:
+        main_cf.write_bytes(good + b"this line is broken\n")
+        os.utime(main_cf, (stat_before.st_atime, stat_before.st_mtime))
+        with pytest.raises(MapNotLoaded) as caught:
+            apply_blocks(cidr, live.postfix, [Block("client", "127.0.0.9")])
+        text = str(caught.value)
+        assert "Postfix's configuration cannot be read" in text and "missing '='" in text
+        assert f"Postfix is still running (master pid {live.postfix.master_pid()})" in text
+        assert "not running" not in text
+        assert "The map file holds the new blocks" in text and "not changed" not in text
+        with pytest.raises(MapNotLoaded, match="whether Postfix runs is unknown"):
+            apply_blocks(cidr, fresh, [Block("client", "127.0.0.9")], force=True)
+        with pytest.raises(MapNotWritten, match="missing '='.*the map files Postfix reads were not changed"):
+            apply_blocks(live.access_map, live.postfix, [Block("client", "127.0.0.9")])
+    finally:
+        main_cf.write_bytes(good)
+        os.utime(main_cf, (stat_before.st_atime, stat_before.st_mtime))
+        os.unlink(cidr.path)
+    assert not apply_blocks(live.access_map, live.postfix, [])  # the hash map was left as it was
+
+
+def test_a_failed_postmap_never_claims_the_new_map_is_in_place(tmp_path: Path) -> None:
+    def failing(spec: MapSpec) -> None:
+        raise MapNotWritten("postmap failed (exit 1): disk full; the map files Postfix reads were not changed")
+
+    path = tmp_path / "reject_list"
+    amap = AccessMap(MapSpec("hash", str(path)))
+    with pytest.raises(MapNotWritten) as caught:
+        amap.write([Block("client", "192.0.2.1")], failing)
+    assert "holds the new blocks" not in str(caught.value) and "in place" not in str(caught.value)
+    assert not path.exists()
