@@ -39,6 +39,7 @@ NO_HOSTNAME = "line without a hostname"  # Unparsed.reason: journalctl omits it 
 # Times every report can print (datetime's years 1..9999 in any time zone): others are impossible
 _MIN_T, _MAX_T = 86400.0, 253_370_764_800.0  # 1970-01-02, 9998-12-31
 _PROXY_PEER = re.compile(PEER + ": ")
+_PROXY_STARTS = ("NOQUEUE: ", "proxy-accept: ")  # the smtpd lines of a before-queue proxy session
 
 # --- journal records: who really wrote them ----------------------------------
 
@@ -127,7 +128,7 @@ class LineParser:
         if msg[-1:] == "\r":
             msg = msg.rstrip("\r")
         event = grammar(t, daemon, msg, host)
-        if event is None and daemon == "smtpd":
+        if event is None and daemon == "smtpd" and msg.startswith(_PROXY_STARTS):
             return self._proxy(t, host, m["pid"], msg)
         return event
 
@@ -245,7 +246,7 @@ class LineParser:
             self.journal_uids.add(uid)  # a Postfix unit's record: its user is Postfix's
         msg = msg.rstrip("\r\n")
         event = parse_message(daemon, t, msg, host)
-        if event is None and daemon == "smtpd":
+        if event is None and daemon == "smtpd" and msg.startswith(_PROXY_STARTS):
             pid = rec.get("SYSLOG_PID") or rec.get("_PID")
             return self._proxy(t, host, pid if isinstance(pid, str) else None, msg)
         return event
