@@ -187,8 +187,10 @@ def replay(
     tally, timeline = Tally(), Timeline(config.rules)
     pipeline = Pipeline(config, store, persist_counts=False, tally=tally, timeline=timeline)
     years = YearResolver(year) if year is not None else None
+    other_names: dict[str, int] = {}
     for path in paths:
         parser = LineParser(years or YearResolver(reference=sources.mtime(path)), config.syslog_names)
+        parser.other_names = other_names
         for line in sources.read_lines(path):
             decisions = pipeline.feed(line, parser)
             if decisions and on_decisions is not None:
@@ -199,6 +201,22 @@ def replay(
                 if on_progress is not None:
                     on_progress(pipeline.totals.lines)
     pipeline.flush()
+    if other_names:
+        warn_other_syslog_names(other_names, config.syslog_names, none_read=pipeline.totals.first_time is None)
     result = ReplayResult(pipeline.totals, pipeline.messages, store.decisions(), tally, timeline)
     store.close()
     return result
+
+
+def warn_other_syslog_names(names: dict[str, int], syslog_names: tuple[str, ...], none_read: bool) -> None:
+    """Say that lines shaped like Postfix's were skipped for their syslog name (`mail/smtpd`,
+    a master.cf `-o syslog_name=`): otherwise a replay of such a log finds nothing, silently."""
+    seen = ", ".join(f"{name} ({n:,} lines)" for name, n in sorted(names.items(), key=lambda x: -x[1])[:8])
+    wanted = ", ".join(f'"{n}"' for n in syslog_names)
+    first = sorted({name.split("/", 1)[0] for name in names})
+    log.warning("%s; lines shaped like Postfix's were logged under other syslog names: %s. If that is Postfix"
+                " (a second instance, or syslog_name set in main.cf/master.cf), add their first part to"
+                " [postfix] syslog_names in the configuration, e.g. syslog_names = [%s]",
+                f"no line of this log was Postfix's under syslog_names [{wanted}]" if none_read
+                else f"only some lines were Postfix's under syslog_names [{wanted}]",
+                seen, ", ".join(f'"{n}"' for n in (*syslog_names, *first)))

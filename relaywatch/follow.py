@@ -8,10 +8,13 @@ The journal follower lives in relaywatch.journal; watchdog only here.
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
 import logging
 import lzma
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -34,7 +37,11 @@ log = logging.getLogger("relaywatch.follow")
 
 CHUNK = 65536
 HEAD_BYTES = 1024  # the identity of a log: a hash of its first line, or of its first KiB
-ROTATED = (".1", ".1.gz", ".1.xz", ".1.bz2")  # where logrotate puts the file we were reading
+# The names rotated copies of `maillog` get: numbered (logrotate: maillog.1, maillog.2.gz), dated
+# (logrotate dateext: maillog-20251201[.gz], with dateformat maillog-2025120123 or -20251201-1764633600),
+# and `postfix logrotate` (maillog_file): maillog.20251201-235959.gz.
+_ROTATED_NAME = re.compile(r"[.\-_](?:(?P<n>\d{1,4})|(?P<date>\d{8}(?:[-_T]?\d{2,10})?))(?:\.(?:gz|xz|bz2))?")
+ROTATED_STYLES = "maillog.1, maillog.2.gz, maillog-20251201(.gz), maillog.20251201-235959.gz"
 _COMPRESSED_ERRORS = (OSError, EOFError, lzma.LZMAError)
 
 
@@ -155,6 +162,7 @@ class FileFollower:
         self.poll_s = poll_s
         self._cap = 4 * sources.MAX_LINE  # bytes: enough for MAX_LINE characters
         self._cur: _Open | None = None
+        self._pending: list[str] = []  # after a restart: rotated files newer than `_cur`, oldest first
         self._wake = threading.Event()
         directory = os.path.dirname(self.path)
         if not os.path.isdir(directory):
@@ -191,7 +199,7 @@ class FileFollower:
         if self._cur is None:
             log.warning("%s: the file read before (inode %s, offset %d) is gone and no rotated file (%s) matches it;"
                         " lines written to it after that point may have been missed. Reading %s from the start.",
-                        self.path, ident[1], offset, ", ".join(ROTATED), self.path)
+                        self.path, ident[1], offset, ROTATED_STYLES, self.path)
             self._cur = self._open_live()
 
     def _open_live(self, offset: int = 0, at_end: bool = False) -> _Open | None:
@@ -213,25 +221,59 @@ class FileFollower:
         return _Open(f, st.st_dev, st.st_ino, head, offset, LineSplitter(self._cap), plain=True, live=True)
 
     def _find_rotated(self, ident: tuple[int, int], head: str | None, offset: int) -> _Open | None:
-        """The rotated file that was `path` when we stopped: `.1` by inode, else any by first-line hash."""
-        for suffix in ROTATED:
-            name = self.path + suffix
-            st = _stat(name)
-            by_inode = st is not None and (st.st_dev, st.st_ino) == ident
-            if st is None or (not by_inode and head is None):
+        """The rotated file that was `path` when we stopped (by first-line hash, or by inode when the hash
+        is unknown), newest first; the rotated files newer than it become `_pending`, to be read, oldest
+        first, before `path`. The file found is identified by its own inode from then on."""
+        rotated = rotated_files(self.path)
+        for i in range(len(rotated) - 1, -1, -1):
+            name, st = rotated[i]
+            if head is None and (st.st_dev, st.st_ino) != ident:
                 continue
-            try:
-                f = sources._open_binary(name)
-                if not by_inode and _head(f.read(HEAD_BYTES)) != head:
-                    f.close()
-                    continue
-                f.seek(offset)
-            except (RelaywatchError, *_COMPRESSED_ERRORS) as exc:
-                log.warning("%s: cannot read it: %s", name, exc)
+            # the first line's hash too when known: a deleted file's inode number is soon reused
+            cur = self._open_rotated(name, st, offset, head)
+            if cur is None:
                 continue
-            log.info("%s: finishing the rotated file %s from offset %d before going on", self.path, name, offset)
-            return _Open(f, ident[0], ident[1], head, offset, LineSplitter(self._cap), plain=suffix == ".1", live=False)
+            self._pending = [n for n, _ in rotated[i + 1:]]
+            log.info("%s: finishing the rotated file %s from offset %d, then %d newer rotated file(s), before"
+                     " going on", self.path, name, offset, len(self._pending))
+            return cur
         return None
+
+    def _open_rotated(self, name: str, st: os.stat_result, offset: int, head: str | None) -> _Open | None:
+        """A rotated file (plain or compressed) from `offset`; None if it cannot be read, or if `head`
+        is given and its first line's hash is not that."""
+        try:
+            f = sources._open_binary(name)
+            found = _head(f.read(HEAD_BYTES))
+            if head is not None and found != head:
+                f.close()
+                return None
+            f.seek(offset)
+        except (RelaywatchError, *_COMPRESSED_ERRORS) as exc:
+            log.warning("%s: cannot read it: %s", name, exc)
+            return None
+        plain = not isinstance(f, (gzip.GzipFile, lzma.LZMAFile, bz2.BZ2File))
+        return _Open(f, st.st_dev, st.st_ino, found, offset, LineSplitter(self._cap), plain=plain, live=False)
+
+    def _next_rotated(self, cur: _Open) -> None:
+        """Done with `cur`: go on with the next rotated file of a catch-up, from its start."""
+        cur.f.close()
+        if cur.lines.pending():
+            log.warning("%s: the rotated file ended with an unfinished line of %d bytes; dropped",
+                        self.path, cur.lines.pending())
+        self._cur = None
+        while self._pending and self._cur is None:
+            name = self._pending.pop(0)
+            st = _stat(name)
+            if st is None:
+                log.warning("%s: the rotated file %s vanished before it was read; its lines are missed",
+                            self.path, name)
+                continue
+            log.info("%s: catching up with the rotated file %s", self.path, name)
+            self._cur = self._open_rotated(name, st, 0, None)
+        if self._cur is None:
+            self._cur = self._open_live()
+
 
     @property
     def position(self) -> dict:
@@ -289,6 +331,10 @@ class FileFollower:
             if self._cur is not None:
                 log.info("%s: appeared; reading it from the start", self.path)
             return self._cur is not None
+        if not cur.live and self._pending:  # catching up: the writer left this file for a newer one long ago
+            if not self._fill(cur):
+                self._next_rotated(cur)
+            return True
         st = _stat(self.path)
         if cur.live:
             if st is not None and (st.st_dev, st.st_ino) == (cur.dev, cur.ino):
@@ -319,9 +365,10 @@ class FileFollower:
         log.info("%s: truncated (copytruncate?); reading it again from the start", self.path)
         cur.f.close()
         self._cur = self._find_rotated((cur.dev, cur.ino), cur.head, cur.offset)
+        self._pending = []  # the copy is the newest rotated file
         if self._cur is None:
             log.warning("%s: no copy of it in %s: lines written between our last read and the truncation may"
-                        " have been missed", self.path, ", ".join(ROTATED))
+                        " have been missed", self.path, ROTATED_STYLES)
             self._cur = self._open_live()
         return True
 
@@ -332,3 +379,29 @@ class FileFollower:
         if self._cur is not None:
             self._cur.f.close()
 
+
+def rotated_files(path: str) -> list[tuple[str, os.stat_result]]:
+    """The rotated copies of `path` in its directory, oldest first.
+
+    Within one naming style the name orders them (maillog.3.gz before maillog.2.gz; dates ascending);
+    a directory that mixes styles is ordered by modification time (rotation and compression keep it).
+    """
+    directory, base = os.path.split(path)
+    found: list[tuple[tuple[int, str], str, os.stat_result]] = []  # ((-number, ""), or (0, date digits))
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    for name in names:
+        m = _ROTATED_NAME.fullmatch(name, len(base)) if name.startswith(base) else None
+        full = os.path.join(directory, name)
+        st = _stat(full) if m else None
+        if m is None or st is None:
+            continue
+        key = (-int(m["n"]), "") if m["n"] else (0, re.sub(r"\D", "", m["date"]))
+        found.append((key, full, st))
+    if len({key[1] == "" for key, _, _ in found}) > 1:  # numbered and dated names side by side
+        found.sort(key=lambda x: (x[2].st_mtime, x[0]))
+    else:
+        found.sort(key=lambda x: x[0])
+    return [(full, st) for _, full, st in found]

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from relaywatch import follow as follow_module
 from relaywatch import sources
 from relaywatch.follow import Batch, FileFollower, Follower
 from relaywatch.journal import JournalFollower
@@ -220,6 +221,97 @@ def test_restart_finishes_the_file_rotated_while_down(log, follow, rotate, caplo
         rest, _ = collect(g, len(written) - 4)
     assert first + rest == written
     assert "missed" not in caplog.text
+
+
+def _rotate(log: Path, style: str, n: int) -> None:
+    """Rotation number `n` (1, 2, ...) of `log` in one naming style, as the tools do it: rename
+    (numbered ones shift up first), compress where the style does, keep the modification time."""
+    if style.startswith("numbered"):
+        for k in range(n, 0, -1):  # maillog.1 -> maillog.2(.gz), ...
+            for ext in ("", ".gz"):
+                old = Path(f"{log}.{k}{ext}")
+                if old.exists():
+                    new = Path(f"{log}.{k + 1}{ext}")
+                    if ext == "" and style == "numbered-delaycompress":  # .1 stays plain one round, then .gz
+                        _gzip_to(old, Path(f"{new}.gz"))
+                    else:
+                        os.rename(old, new)
+        target = Path(f"{log}.1")
+    elif style == "dateext":
+        target = Path(f"{log}-2025120{n}")
+    elif style == "dateext-gz":
+        target = Path(f"{log}-2025120{n}")
+    else:  # postfix logrotate (maillog_file): maillog.YYYYMMDD-HHMMSS, then gzip
+        target = Path(f"{log}.2025120{n}-23595{n}")
+    os.rename(log, target)
+    if style in ("numbered-gz", "dateext-gz", "postfix"):
+        _gzip_to(target, Path(f"{target}.gz"))
+    log.write_text("")
+
+
+def _gzip_to(src: Path, dst: Path) -> None:
+    st = src.stat()
+    dst.write_bytes(gzip.compress(src.read_bytes()))
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+    src.unlink()
+
+
+ROTATION_STYLES = ["numbered", "numbered-gz", "numbered-delaycompress", "dateext", "dateext-gz", "postfix"]
+
+
+@pytest.mark.parametrize("style", ROTATION_STYLES)
+def test_two_rotations_while_stopped_lose_no_line(log, follow, style, caplog):
+    """Issue 13 item 12: catch-up finds every rotated file newer than the saved position, in order."""
+    log.write_text("")
+    f = follow(log, None)
+    written = _write_numbered(log, 0, 10)
+    first, position = collect(f, 4, max_lines=4)
+    f.close()
+    written += _write_numbered(log, 10, 20)  # after our last commit
+    _rotate(log, style, 1)
+    written += _write_numbered(log, 20, 30)
+    _rotate(log, style, 2)
+    written += _write_numbered(log, 30, 40)
+    with caplog.at_level(logging.INFO, "relaywatch.follow"):
+        g = follow(log, position)
+        rest, _ = collect(g, len(written) - 4, max_lines=7)
+    assert first + rest == written
+    assert "missed" not in caplog.text and "1 newer rotated file" in caplog.text
+
+
+@pytest.mark.parametrize("style", ["numbered-delaycompress", "postfix"])
+def test_a_catch_up_stopped_anywhere_resumes_exactly(log, follow, style):
+    log.write_text("")
+    f = follow(log, None)
+    written = _write_numbered(log, 0, 10)
+    got, position = collect(f, 3, max_lines=3)
+    f.close()
+    for n in (1, 2, 3):
+        written += _write_numbered(log, n * 10, n * 10 + 10)
+        _rotate(log, style, n)
+    written += _write_numbered(log, 40, 45)
+    while len(got) < len(written):  # a restart after every batch of 4 lines
+        g = follow(log, position)
+        batch = g.read(4, timeout=1.0)
+        g.close()
+        assert batch.lines, (len(got), len(written))
+        got += batch.lines
+        position = batch.position
+    assert got == written
+
+
+def test_rotated_files_are_ordered_oldest_first(tmp_path):
+    log = tmp_path / "maillog"
+    names = ["maillog.10.gz", "maillog.9.gz", "maillog.2.gz", "maillog.1"]
+    for name in names + ["maillog", "maillog.lock", "maillog.db", "maillog-old", "mail.log.1"]:
+        (tmp_path / name).write_text("x\n")
+    assert [Path(p).name for p, _ in follow_module.rotated_files(str(log))] == names
+    for name in names:
+        (tmp_path / name).unlink()
+    dated = ["maillog-20251130", "maillog-20251201.gz", "maillog-2025120123", "maillog.20251202-000001.gz"]
+    for name in reversed(dated):
+        (tmp_path / name).write_text("x\n")
+    assert [Path(p).name for p, _ in follow_module.rotated_files(str(log))] == dated
 
 
 def test_restart_without_a_matching_rotated_file_warns_and_reads_from_the_start(log, follow, caplog):

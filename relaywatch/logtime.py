@@ -1,0 +1,106 @@
+"""When a log line was written: the timestamp formats of syslog and journalctl. Pure, no I/O.
+
+Classic syslog stamps (`Mar 16 01:59:39`) carry no year and no zone: they are local
+time, and YearResolver gives them a year. The others say exactly when they were written:
+RFC 3339 (rsyslog, `journalctl -o short-iso`/`short-iso-precise`, whose offset has no
+colon), `journalctl -o short-full` (`Fri 2026-11-27 10:00:00 CET`: local time and the
+zone's abbreviation) and `-o short-unix` (seconds since the epoch).
+"""
+
+from __future__ import annotations
+
+import calendar
+import time as _time
+from datetime import datetime
+
+MONTHS = {name: i for i, name in enumerate(calendar.month_abbr) if name}
+# A line stamped this much before the latest one is a late writer, not the next year
+# (several processes write one log; each stamps its line before the logger orders them).
+LATE_S = 86400.0
+HALF_YEAR_S = 183 * 86400.0
+
+
+class YearResolver:
+    """Gives classic syslog timestamps (no year, local time) their year.
+
+    With an explicit first year the log is read forward: a stamp more than half a year
+    before the latest one starts the next year (Dec -> Jan); a stamp that would be more
+    than half a year ahead but is, in the previous year, at most LATE_S before the latest
+    one is a late line (written at 23:59:59 on Dec 31, logged after 00:00:01 on Jan 1)
+    and takes that year without moving the log's year. Without an explicit year, each
+    stamp takes the year that puts it at or before `reference` (the file's mtime, or now
+    for a live log: a line cannot be from the future), which needs no history.
+    """
+
+    def __init__(self, year: int | None = None, reference: float | None = None) -> None:
+        self.year = year
+        self.reference = reference  # None: now, for a live log that crosses New Year
+        self.latest = float("-inf")  # with an explicit year: the latest time resolved so far
+
+    def epoch(self, month: int, day: int, hms: str) -> float:
+        h, mi, s = int(hms[0:2]), int(hms[3:5]), int(hms[6:8])
+        if self.year is not None:
+            return self._forward(self.year, month, day, h, mi, s)
+        reference = _time.time() if self.reference is None else self.reference
+        year = _time.localtime(reference).tm_year
+        t = local_epoch(year, month, day, h, mi, s)
+        if t > reference + 2 * 86400:
+            t = local_epoch(year - 1, month, day, h, mi, s)
+        return t
+
+    def _forward(self, year: int, month: int, day: int, h: int, mi: int, s: int) -> float:
+        latest = self.latest
+        t = local_epoch(year, month, day, h, mi, s)
+        if t < latest - HALF_YEAR_S:
+            self.year = year + 1
+            t = local_epoch(year + 1, month, day, h, mi, s)
+        elif t > latest + HALF_YEAR_S:
+            t_prev = local_epoch(year - 1, month, day, h, mi, s)
+            if latest - LATE_S <= t_prev <= latest:
+                return t_prev
+        if t > latest:
+            self.latest = t
+        return t
+
+
+def _exists(year: int, month: int, day: int, h: int, mi: int, s: int) -> bool:
+    return (1 <= year <= 9999 and 1 <= month <= 12 and 1 <= day <= calendar.monthrange(year, month)[1]
+            and h < 24 and mi < 60 and s < 61)
+
+
+def local_epoch(year: int, month: int, day: int, h: int, mi: int, s: int, isdst: int = -1) -> float:
+    """Local wall time to epoch seconds; NaN for a date or time that does not exist."""
+    if not _exists(year, month, day, h, mi, s):
+        return float("nan")
+    try:
+        return _time.mktime((year, month, day, h, mi, s, 0, 0, isdst))
+    except (OverflowError, ValueError):
+        return float("nan")
+
+
+def rfc3339_epoch(sec: str, tz: str) -> float:
+    """`2026-11-27T10:00:00` and `Z`, `+01:00` or journalctl's `+0100`; NaN when impossible."""
+    if tz == "Z":
+        tz = "+00:00"
+    elif len(tz) == 5:
+        tz = f"{tz[:3]}:{tz[3:]}"
+    try:
+        return datetime.fromisoformat(sec + tz).timestamp()
+    except ValueError:
+        return float("nan")
+
+
+def full_epoch(date: str, hms: str, zone: str) -> float:
+    """journalctl `-o short-full`: local date and time, and the zone's abbreviation.
+
+    Abbreviations are ambiguous (CST, IST), so only UTC/GMT and the local zone's own
+    names are believed; a stamp from any other zone gives NaN (export with `--utc`).
+    """
+    y, mo, d = int(date[0:4]), int(date[5:7]), int(date[8:10])
+    h, mi, s = int(hms[0:2]), int(hms[3:5]), int(hms[6:8])
+    if zone in ("UTC", "GMT"):
+        return float(calendar.timegm((y, mo, d, h, mi, s, 0, 0, 0))) if _exists(y, mo, d, h, mi, s) else float("nan")
+    if zone not in _time.tzname:
+        return float("nan")
+    dst = -1 if _time.tzname[0] == _time.tzname[1] else int(zone == _time.tzname[1])
+    return local_epoch(y, mo, d, h, mi, s, dst)
