@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from . import config as config_mod
 from .audit import AuditMaps, block_ineffective_reason, run_audit
 from .blocking import Blocker
-from .correlate import LocalDomains
+from .destinations import Destinations, Source
 from .digest import DayStats, day_of, digest_text, unusual
 from .engine import Pipeline
 from .follow import FileFollower
@@ -30,7 +30,7 @@ from .journal import JournalFollower
 from .model import ConfigError, Decision, PostfixError, RelaywatchError
 from .notify import Notifier, notice_for_decision, notice_for_text
 from .parse import LineParser, YearResolver
-from .postconf import LOCAL_DOMAIN_PARAMS, local_domains, postconf, postconf_services
+from .postconf import local_destinations, postconf, postconf_services
 from .queue import PostfixQueue, Target, select
 from .report import describe
 from .store import Store
@@ -119,21 +119,13 @@ class Daemon:
         pipeline.day_limit = self.clock() + 3600
         return pipeline
 
-    def _local_domains(self, cfg: config_mod.Config) -> LocalDomains:
-        """[postfix] local_domains, else what postconf says Postfix accepts mail for."""
-        if cfg.local_domains:
-            return LocalDomains(cfg.local_domains)
-        try:
-            domains = local_domains(postconf(cfg.config_directory, LOCAL_DOMAIN_PARAMS))
-        except PostfixError as exc:
-            log.warning("cannot ask postconf for the local domains (%s): only SMTP/LMTP hand-offs to other "
-                        "hosts count as relayed; set [postfix] local_domains", exc)
-            return LocalDomains()
-        if domains is None:
-            log.warning("the local domains are in lookup tables relaywatch cannot read: only SMTP/LMTP "
-                        "hand-offs to other hosts count as relayed; set [postfix] local_domains")
-            return LocalDomains()
-        return LocalDomains(domains, known=True)
+    def _local_domains(self, cfg: config_mod.Config) -> Destinations:
+        """[postfix] local_domains, else what Postfix accepts mail for (its tables asked per domain)."""
+        destinations, source, detail = local_destinations((), cfg.local_domains, cfg.config_directory)
+        if source is Source.LOG:
+            log.warning("cannot ask Postfix for the local domains (%s): they are inferred from the log; "
+                        "set [postfix] local_domains", detail)
+        return destinations
 
     def run(self) -> int:
         self.signals.install()

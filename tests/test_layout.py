@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).parent.parent / "relaywatch"
-PURE = {"model", "parse", "correlate", "windows", "policy", "timeline", "digest", "report"}
+PURE = {"model", "parse", "correlate", "destinations", "windows", "policy", "timeline", "digest", "report"}
 # I/O modules by family: a family may share code (the followers reuse the replay reader,
 # the map writer asks postconf for the default map type); families do not import each other.
 IO_FAMILIES = {"sources": "sources", "follow": "sources", "journal": "sources", "store": "store",
