@@ -315,7 +315,7 @@ class Correlator:
         for address in (d.recipient, d.orig_to):
             domain = domain_of(address) if address else ""
             if domain:
-                self.inference.delivered_locally(d.host, domain, f"{d.agent} delivery")
+                self.inference.delivered_locally(d.host, domain, f"delivered by {d.agent}")
 
     def _link_filtered(self, d: Delivery, msg: _Message) -> bool:
         """Whether this hand-off went to a content filter: its `250 ... queued as NEWQID` names a

@@ -244,7 +244,7 @@ class LogInference:
 
     def inferred(self) -> list[InferredDomain]:
         out = [InferredDomain(h, d, Reason.LOCAL_DELIVERY, how) for (h, d), how in self._delivered.items()]
-        out += [InferredDomain(h, d, Reason.PRIVATE_NEXT_HOP, f"always handed to {hop}")
+        out += [InferredDomain(h, d, Reason.PRIVATE_NEXT_HOP, f"always handed to the private next hop {hop}")
                 for (h, d), hop in self._domain_hops.items()
                 if (h, d) not in self._delivered and (h, d) not in self._went_public and self._hop_ok(h, hop)]
         return sorted(out, key=lambda i: (i.host, i.domain))

@@ -140,4 +140,5 @@ def local_destinations(option: tuple[str, ...], configured: tuple[str, ...],
     try:
         return postfix_domains(config_directory), Source.POSTFIX, f"postconf -c {config_directory or '(default)'}"
     except PostfixError as exc:
-        return LocalDomains(), Source.LOG, str(exc)
+        reason = str(exc).rpartition("fatal: ")[2]
+        return LocalDomains(), Source.LOG, f"postconf -c {config_directory or '(default)'}: {reason}"

@@ -166,7 +166,7 @@ def _local_domains_text(result: ReplayResult) -> list[str]:
     out = [f"  local domains: none known ({result.local_domains_detail}); {len(inferred)} inferred from the log"
            + (":" if inferred else " (give --local-domain)")]
     for i in inferred[:TOP * 3]:
-        out.append(f"    {(i.host + ' ') if i.host else ''}{i.domain}: {i.reason.value.replace('_', ' ')}, {i.evidence}")
+        out.append(f"    {i.host + ': ' if i.host else ''}{i.domain}: {i.evidence}")
     if len(inferred) > TOP * 3:
         out.append(f"    ... and {len(inferred) - TOP * 3} more (--format json lists them all)")
     return out

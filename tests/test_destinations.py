@@ -54,7 +54,7 @@ def test_a_private_next_hop_taking_many_domains_is_a_smarthost():
     assert inference.handed_over("gw", "example.org", "10.0.0.6", True)
     assert not inference.handed_over("gw", "example.org", "81.2.69.160", False)
     assert not inference.is_local("gw", "example.org")  # not a fixed private next hop any more
-    inference.delivered_locally("gw", "example.com", "virtual delivery")
+    inference.delivered_locally("gw", "example.com", "delivered by virtual")
     assert [(i.domain, i.reason) for i in inference.inferred()] == [("example.com", Reason.LOCAL_DELIVERY)]
 
 
@@ -160,3 +160,20 @@ def test_replay_reads_relay_domains_from_postfix_and_says_where_they_came_from(e
     assert any(d["kind"] == "client" and d["target"] == "209.85.221.54" for d in off_host["decisions"])
     told = replay("--local-domain", "Example.ORG", directory=tmp_path / "nowhere")
     assert (told["relayed"], told["decisions"], told["local_domains"]["source"]) == (0, [], "option")
+
+
+def test_replay_says_which_domains_it_inferred_and_why(tmp_path):
+    from relaywatch import report
+    from relaywatch.config import from_dict
+    from relaywatch.engine import replay
+
+    log = Path(__file__).parent / "data" / "deployments" / "gateway-relay-domains.log"
+    result = replay([str(log)], from_dict({"postfix": {"config_directory": str(tmp_path / "nowhere")}}))
+    text = report.to_text(result)
+    assert "local domains: none known (postconf -c" in text and "3 inferred from the log:" in text
+    assert "example.org: always handed to the private next hop 10.20.0.5\n" in text
+    inferred = json.loads(report.to_json(result))["local_domains"]["inferred"]
+    assert {"domain": "example.net", "reason": "private_next_hop",
+            "evidence": "always handed to the private next hop fd12:3456:789a::25"} in [
+        {k: v for k, v in i.items() if k != "host"} for i in inferred]
+    assert result.totals.relayed == 3  # the abuser's two, and the primary's outbound one
