@@ -16,15 +16,13 @@ arrives, or `hold_s` of log time passes (then they stay with that address).
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from enum import Enum
-from functools import lru_cache
 
-from .destinations import Destinations, InferredDomain, LocalDomains, LogInference
+from .destinations import (AddrKind, Destinations, InferredDomain, LocalDomains, LogInference,
+                           address_kind)
 from .model import (
     ClientSeen,
     Delivery,
@@ -48,32 +46,9 @@ _LOCAL_AGENTS = frozenset({"local", "virtual", "lmtp"})
 # LMTP replies of a content filter (amavis), not of a mailbox store
 _FILTER_REPLY = ("queued as", "discarded", "id=", "BOUNCE")
 HOLD_S = 60.0
+HELD_MAX = 10_000  # copies held at once: a flood of them falls due early rather than grow memory
 
 Key = tuple[str, str]  # (syslog host, queue id)
-
-
-class AddrKind(Enum):
-    LOOPBACK = "loopback"
-    PRIVATE = "private"  # RFC 1918, CGNAT, link-local, IPv6 ULA: the site's own network
-    PUBLIC = "public"
-    OTHER = "other"  # a unix socket, or not an address
-
-
-_PRIVATE_NETS = tuple(ipaddress.ip_network(n) for n in (
-    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "fc00::/7", "fe80::/10"))
-
-
-@lru_cache(maxsize=65536)
-def address_kind(addr: str) -> AddrKind:
-    """Cached per distinct address: the hot path never parses an address twice.
-    Documentation ranges count as public here (tests use them for remote hosts)."""
-    try:
-        ip = ipaddress.ip_address(addr[5:] if addr.startswith("IPv6:") else addr)
-    except ValueError:
-        return AddrKind.OTHER
-    if ip.is_loopback:
-        return AddrKind.LOOPBACK
-    return AddrKind.PRIVATE if any(ip in net for net in _PRIVATE_NETS) else AddrKind.PUBLIC
 
 
 def is_loopback(addr: str) -> bool:
@@ -187,7 +162,7 @@ class Correlator:
     def feed(self, event: Event) -> Relayed | RelayDenied | None:
         """The fact this event completes, if any; held facts that fall due go to `released`."""
         held = self._held
-        if held and event.time - next(iter(held.values()))[0] > self.hold_s:
+        if held and (event.time - next(iter(held.values()))[0] > self.hold_s or len(held) > HELD_MAX):
             self._expire(event.time)
         kind = type(event)
         if kind is Delivery:
@@ -405,7 +380,7 @@ class Correlator:
         held = self._held
         while held:
             since, _, facts = next(iter(held.values()))
-            if now - since <= self.hold_s:
+            if now - since <= self.hold_s and len(held) <= HELD_MAX:
                 break
             held.popitem(last=False)
             self.released.extend(facts)

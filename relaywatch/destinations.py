@@ -10,10 +10,12 @@ through an injected `lookup` (postconf.py runs `postmap -q`).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
+from functools import lru_cache
 from typing import Protocol
 
 # the parameters naming the domains Postfix accepts (final: mydestination, virtual_*; relay: relay_domains)
@@ -188,6 +190,31 @@ class PostfixDomains:
 
 
 # --- the log's hints, when nothing is known ------------------------------------
+
+
+class AddrKind(Enum):
+    LOOPBACK = "loopback"
+    PRIVATE = "private"  # RFC 1918, CGNAT, link-local, IPv6 ULA: the site's own network
+    PUBLIC = "public"
+    OTHER = "other"  # a unix socket, or not an address
+
+
+_PRIVATE_NETS = tuple(ipaddress.ip_network(n) for n in (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "fc00::/7", "fe80::/10"))
+
+
+@lru_cache(maxsize=65536)
+def address_kind(addr: str) -> AddrKind:
+    """Cached per distinct address: the hot path never parses an address twice.
+    Documentation ranges count as public here (tests use them for remote hosts)."""
+    try:
+        ip = ipaddress.ip_address(addr[5:] if addr.startswith("IPv6:") else addr)
+    except ValueError:
+        return AddrKind.OTHER
+    if ip.is_loopback:
+        return AddrKind.LOOPBACK
+    return AddrKind.PRIVATE if any(ip in net for net in _PRIVATE_NETS) else AddrKind.PUBLIC
+
 
 # A private next hop that takes more domains than this is a smarthost, not a primary behind a gateway.
 MAX_HOP_DOMAINS = 20

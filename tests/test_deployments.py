@@ -20,8 +20,8 @@ from relaywatch.model import Event, ProxyAccept, Relayed
 from relaywatch.parse import LineParser, YearResolver
 
 DATA = Path(__file__).parent / "data" / "deployments"
-_PROXY_ACCEPT = re.compile(
-    r"NOQUEUE: proxy-accept: END-OF-MESSAGE from (?P<name>[^\s\[]*)\[(?P<addr>[^\]]+)\]: 250 .*?queued as (?P<qid>\w+);")
+_PROXY_ACCEPT = re.compile(r"NOQUEUE: proxy-accept: END-OF-MESSAGE from (?P<name>[^\s\[]*)\[(?P<addr>[^\]]+)\]: "
+                           r"250 .*?queued as (?P<qid>\w+);")
 
 
 def syslog_host(line: str) -> str:

@@ -63,7 +63,8 @@ def etc(tmp_path: Path) -> Path:
     """A Postfix config directory with its domains in every kind of list Postfix allows."""
     etc = tmp_path / "etc"
     etc.mkdir()
-    (etc / "virtual").write_text("alias.example anything\n.deep.example anything\ninfo@alias.example friend@gmail.com\n")
+    (etc / "virtual").write_text(
+        "alias.example anything\n.deep.example anything\ninfo@alias.example friend@gmail.com\n")
     (etc / "relay_domains").write_text("gw.example OK\n")
     (etc / "vmailbox.re").write_text("/^mail[0-9]*\\.example\\.com$/ OK\n")
     (etc / "more_domains").write_text("# one per line\nfile.example\n")
@@ -73,7 +74,8 @@ def etc(tmp_path: Path) -> Path:
         "mydestination = $myhostname, localhost.$mydomain, localhost\n"
         f"virtual_alias_maps = hash:{etc}/virtual\n"
         f"virtual_mailbox_domains = regexp:{etc}/vmailbox.re\n"
-        f"relay_domains = !sub.gw.example, hash:{etc}/relay_domains, inline:{{ inline.example=OK }}, {etc}/more_domains\n")
+        f"relay_domains = !sub.gw.example, hash:{etc}/relay_domains, inline:{{ inline.example=OK }},"
+        f" {etc}/more_domains\n")
     for table in ("virtual", "relay_domains"):
         subprocess.run([POSTMAP, "-c", str(etc), f"hash:{etc}/{table}"], check=True)
     return etc
