@@ -4,6 +4,7 @@ lookup tables through `postmap -q` (whatever their type)."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 import subprocess
 import time
@@ -66,13 +67,10 @@ def postconf_services(config_directory: str | Path | None = None) -> dict[str, d
     return services
 
 
-def postmap_lookup(table: str, keys: tuple[str, ...], config_directory: str | Path | None = None) -> bool:
-    """Whether `table` (any type Postfix reads: hash:, lmdb:, cdb:, regexp:, pgsql:, ...) has any
-    of `keys`, asked of Postfix itself in one `postmap -q -` process."""
-    cmd = [POSTMAP, *(["-c", str(config_directory)] if config_directory is not None else []), "-q", "-", table]
+def _postmap(args: list[str], stdin: str, config_directory: str | Path | None) -> str:
+    cmd = [POSTMAP, *(["-c", str(config_directory)] if config_directory is not None else []), *args]
     try:
-        done = subprocess.run(cmd, input="".join(f"{k}\n" for k in keys), capture_output=True, text=True,
-                              timeout=30, check=False)
+        done = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=30, check=False)
     except FileNotFoundError as exc:
         raise PostfixError(f"{POSTMAP} not found: is Postfix installed? ({exc})") from exc
     except subprocess.TimeoutExpired as exc:
@@ -82,7 +80,44 @@ def postmap_lookup(table: str, keys: tuple[str, ...], config_directory: str | Pa
         word in done.stderr for word in ("fatal:", "error:", "panic:", "lookup problem"))
     if failed:
         raise PostfixError(f"{' '.join(cmd)} failed: {done.stderr.strip() or done.returncode}")
-    return bool(done.stdout.strip())
+    return done.stdout
+
+
+def postmap_lookup(table: str, keys: tuple[str, ...], config_directory: str | Path | None = None) -> bool:
+    """Whether `table` (any type Postfix reads: hash:, lmdb:, cdb:, regexp:, pgsql:, ...) has any
+    of `keys`, asked of Postfix itself in one `postmap -q -` process."""
+    return bool(_postmap(["-q", "-", table], "".join(f"{k}\n" for k in keys), config_directory).strip())
+
+
+# indexed files postmap can list whole (`postmap -s`), by type: the suffix of the file Postfix opens
+_LISTABLE = {"hash": ".db", "btree": ".db", "lmdb": ".lmdb", "cdb": ".cdb"}
+
+
+class TableReader:
+    """Answers `lookup(table, keys)`: an indexed file (hash:, btree:, lmdb:, cdb:) is listed once with
+    `postmap -s` and listed again when its file changes, so that a flood to a thousand new domains
+    costs no thousand processes; every other type (regexp:, pcre:, pgsql:, proxy:, ...) is asked
+    per domain with `postmap -q`. Only keys that can name a domain are kept (none with an @)."""
+
+    def __init__(self, config_directory: str | Path | None) -> None:
+        self.config_directory = config_directory
+        self._listed: dict[str, tuple[float, frozenset[str]]] = {}  # table -> (file mtime, domain keys)
+
+    def lookup(self, table: str, keys: tuple[str, ...]) -> bool:
+        kind, _, path = table.partition(":")
+        suffix = _LISTABLE.get(kind)
+        if suffix is None or not path.startswith("/"):
+            return postmap_lookup(table, keys, self.config_directory)
+        try:
+            mtime = os.stat(path + suffix).st_mtime
+        except OSError:
+            return postmap_lookup(table, keys, self.config_directory)  # let Postfix say what is wrong
+        listed = self._listed.get(table)
+        if listed is None or listed[0] != mtime:
+            keys_listed = (line.split(None, 1)[0].lower() for line in
+                           _postmap(["-s", table], "", self.config_directory).splitlines() if line.strip())
+            listed = self._listed[table] = (mtime, frozenset(k for k in keys_listed if "@" not in k))
+        return any(k in listed[1] for k in keys)
 
 
 def _expand_files(patterns: tuple[Pattern, ...]) -> tuple[Pattern, ...]:
@@ -113,10 +148,11 @@ def postfix_domains(config_directory: str | Path | None,
         for name in DOMAIN_PARAMS
     )
     failing: set[str] = set()
+    tables = TableReader(config_directory)
 
     def lookup(table: str, keys: tuple[str, ...]) -> bool | None:
         try:
-            found = postmap_lookup(table, keys, config_directory)
+            found = tables.lookup(table, keys)
         except PostfixError as exc:
             if table not in failing:
                 failing.add(table)
