@@ -117,8 +117,11 @@ def main(verbose: bool) -> None:
 @click.option("--apply", is_flag=True, help="Perform the decisions (default: dry run, report only).")
 @click.option("--sample", is_flag=True, help=f"Replay the bundled sample day ({SAMPLE}).")
 @click.option("--notify", "notify", is_flag=True, help="Send the decisions to the [notify] targets (one digest).")
+@click.option("--local-domain", "local_domains", multiple=True, metavar="DOMAIN",
+              help="A domain the logged server accepts mail for (repeatable; .example.com: its subdomains). "
+                   "Default: [postfix] local_domains, else Postfix's own lists, else inferred from the log.")
 def replay(logs: tuple[str, ...], config_path: str | None, fmt: str, output: str | None, year: int | None,
-           apply: bool, sample: bool, notify: bool) -> None:
+           apply: bool, sample: bool, notify: bool, local_domains: tuple[str, ...]) -> None:
     """Replay old logs (plain, .gz, .bz2, .xz or - for stdin) and report what relaywatch would do.
 
     Give a rotated set oldest first. Classic syslog lines carry no year: it is
@@ -130,9 +133,9 @@ def replay(logs: tuple[str, ...], config_path: str | None, fmt: str, output: str
         cfg = _load(config_path)
         if sample:
             with resources.as_file(resources.files("relaywatch") / "data" / SAMPLE) as path:
-                result = _run(cfg, [str(path)], year or SAMPLE_YEAR)
+                result = _run(cfg, [str(path)], year or SAMPLE_YEAR, local_domains)
         else:
-            result = _run(cfg, list(logs), year)
+            result = _run(cfg, list(logs), year, local_domains)
         pending = _apply(cfg, result.decisions) if apply else False
         if notify:
             _notify(cfg, result.decisions, dry_run=not apply)
@@ -186,7 +189,7 @@ def _apply(cfg: config_mod.Config, decisions: Sequence[Decision]) -> str | None:
     return None if blocker.sync() else blocker.last_error
 
 
-def _run(cfg: config_mod.Config, paths: list[str], year: int | None) -> ReplayResult:
+def _run(cfg: config_mod.Config, paths: list[str], year: int | None, local_domains: tuple[str, ...]) -> ReplayResult:
     tty = sys.stderr.isatty()
 
     def progress(lines: int) -> None:
@@ -197,7 +200,8 @@ def _run(cfg: config_mod.Config, paths: list[str], year: int | None) -> ReplayRe
             log.debug("%s %s %s %s (rule %s, %d in %ds)", report.iso(d.time), d.action, d.kind, d.target, d.rule,
                       d.count, d.window_s)
 
-    result = run_replay(paths, cfg, year, on_decisions=announce, on_progress=progress if tty else None)
+    result = run_replay(paths, cfg, year, on_decisions=announce, on_progress=progress if tty else None,
+                        local_domains=tuple(d.lower() for d in local_domains))
     if tty:
         click.echo("\r" + " " * 30 + "\r", err=True, nl=False)
     return result

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from . import config as config_mod
 from .audit import AuditMaps, block_bypasses, bypass_text, run_audit
 from .blocking import Blocker, SyncResult
-from .correlate import LocalDomains
+from .destinations import Destinations, Source
 from .digest import DayStats, day_of, digest_text, unusual
 from .engine import Pipeline
 from .enforcement import Leak, LeakWatch
@@ -33,7 +33,7 @@ from .notices import notice_for_leak, notice_for_map_changed, notice_for_map_fau
 from .notify import Notifier, NoticeKind, notice_for_decision, notice_for_text, subnet_clients
 from .parse import LineParser, YearResolver
 from .policyd import InlineService, service_for
-from .postconf import LOCAL_DOMAIN_PARAMS, local_domains, postconf, postconf_services
+from .postconf import local_destinations, postconf, postconf_services
 from .queue import PostfixQueue, Target, select
 from .report import describe
 from .source_state import Choice, Reason
@@ -135,7 +135,7 @@ class Daemon:
         self._notify_state: dict | None = None
         self.inline: InlineService | None = None
         if cfg.policy_listen:
-            self.inline = service_for(cfg.policy_listen, cfg.database, self.pipeline.correlator.local_domains,
+            self.inline = service_for(cfg.policy_listen, cfg.database, self.pipeline.correlator.destinations,
                                       cfg.policy_budget, cfg.policy_window_s, cfg.allow_networks, cfg.policy_known,
                                       cfg.policy_max_connections)
             self.pipeline.fact_observers.append(self.inline.observe)
@@ -149,21 +149,13 @@ class Daemon:
         pipeline.day_limit = self.clock() + 3600
         return pipeline
 
-    def _local_domains(self, cfg: config_mod.Config) -> LocalDomains:
-        """[postfix] local_domains, else what postconf says Postfix accepts mail for."""
-        if cfg.local_domains:
-            return LocalDomains(cfg.local_domains)
-        try:
-            domains = local_domains(postconf(cfg.config_directory, LOCAL_DOMAIN_PARAMS))
-        except PostfixError as exc:
-            log.warning("cannot ask postconf for the local domains (%s): only SMTP/LMTP hand-offs to other "
-                        "hosts count as relayed; set [postfix] local_domains", exc)
-            return LocalDomains()
-        if domains is None:
-            log.warning("the local domains are in lookup tables relaywatch cannot read: only SMTP/LMTP "
-                        "hand-offs to other hosts count as relayed; set [postfix] local_domains")
-            return LocalDomains()
-        return LocalDomains(domains, known=True)
+    def _local_domains(self, cfg: config_mod.Config) -> Destinations:
+        """[postfix] local_domains, else what Postfix accepts mail for (its tables asked per domain)."""
+        destinations, source, detail = local_destinations((), cfg.local_domains, cfg.config_directory)
+        if source is Source.LOG:
+            log.warning("cannot ask Postfix for the local domains (%s): they are inferred from the log; "
+                        "set [postfix] local_domains", detail)
+        return destinations
 
     def run(self) -> int:
         self.signals.install()
@@ -395,7 +387,7 @@ class Daemon:
         self.blocker.in_force_since = in_force_since  # the log check goes on across a reload
         self.pipeline = self._pipeline(cfg, self.pipeline.day)
         if self.inline is not None:  # [policy] itself changes at the next restart
-            self.inline.policy.local_domains = self.pipeline.correlator.local_domains
+            self.inline.policy.local_domains = self.pipeline.correlator.destinations
             self.pipeline.fact_observers.append(self.inline.observe)
         self._audit()
         log.info("configuration reloaded from %s", self.config_path)

@@ -12,11 +12,13 @@ from collections.abc import Callable, Iterable, Sequence
 
 from . import sources
 from .config import Config
-from .correlate import Correlator, LocalDomains
+from .correlate import Correlator
+from .destinations import Destinations, LocalDomains
 from .digest import DayStats
 from .model import Decision, Relayed, RelayDenied, Unparsed
 from .parse import FORGED, LineParser, YearResolver
 from .policy import Detector
+from .postconf import local_destinations
 from .report import ReplayResult, Tally, Totals
 from .store import Store
 from .timeline import Timeline
@@ -28,7 +30,7 @@ FLUSH_EVERY = 20_000
 
 
 class Pipeline:
-    def __init__(self, config: Config, store: Store, local_domains: LocalDomains | None = None,
+    def __init__(self, config: Config, store: Store, local_domains: Destinations | None = None,
                  persist_messages: bool = False, persist_counts: bool = True, day: DayStats | None = None,
                  tally: Tally | None = None, timeline: Timeline | None = None) -> None:
         """`persist_messages`: keep open messages in the store too, so that a restarted
@@ -42,7 +44,7 @@ class Pipeline:
         self.store = store
         self.persist_counts = persist_counts
         self._warned: set[str] = set()
-        self.correlator = Correlator(local_domains or LocalDomains(config.local_domains),
+        self.correlator = Correlator(LocalDomains(config.local_domains) if local_domains is None else local_domains,
                                      track_changes=persist_messages)
         self.detector = Detector(config.rules, config.allow_networks, config.allow_sasl_users, config.block_s)
         self.totals = Totals()
@@ -96,9 +98,18 @@ class Pipeline:
         if day is not None and t >= day.end and t <= self.day_limit:
             self.roll_day(t)
             day = self.day
-        fact = self.correlator.feed(event)
+        correlator = self.correlator
+        fact = correlator.feed(event)
+        if correlator.released:  # a filter's re-injected copy, credited late to its origin
+            due: list[Relayed | RelayDenied] = list(correlator.take_released())
+            if fact is not None:
+                due.append(fact)
+            return [d for f in due for d in self._observe(f, line, day)]
         if fact is None:
             return _NOTHING
+        return self._observe(fact, line, day)
+
+    def _observe(self, fact: Relayed | RelayDenied, line: str, day: DayStats | None) -> Sequence[Decision]:
         self._count(fact)
         for observe in self.fact_observers:
             observe(fact)
@@ -166,6 +177,13 @@ class Pipeline:
         if self.totals.last_time is not None:
             self.store.prune(self.detector.bucket(self.totals.last_time - self.config.longest_window_s) - 1)
 
+    def finish(self) -> None:
+        """The end of a log: facts the correlator still holds are counted as they stand."""
+        self.correlator.finish()
+        day = self.day
+        for fact in self.correlator.take_released():
+            self._observe(fact, "", day)
+
     @property
     def messages(self) -> int:
         return self.correlator.messages
@@ -177,15 +195,18 @@ def replay(
     year: int | None = None,
     on_decisions: Callable[[Sequence[Decision]], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    local_domains: tuple[str, ...] = (),
 ) -> ReplayResult:
     """Run a whole log (a rotated set in order) through the pipeline on log time.
 
     Windows live in a scratch in-memory database: log-time windows must never
-    mix with the daemon's.
+    mix with the daemon's. The local domains: `local_domains` (--local-domain), else
+    the config's, else Postfix's own (config_directory), else inferred from the log.
     """
     store = Store(None)
     tally, timeline = Tally(), Timeline(config.rules)
-    pipeline = Pipeline(config, store, persist_counts=False, tally=tally, timeline=timeline)
+    destinations, source, detail = local_destinations(local_domains, config.local_domains, config.config_directory)
+    pipeline = Pipeline(config, store, destinations, persist_counts=False, tally=tally, timeline=timeline)
     years = YearResolver(year) if year is not None else None
     other_names: dict[str, int] = {}
     for path in paths:
@@ -200,10 +221,12 @@ def replay(
                 pipeline.prune()
                 if on_progress is not None:
                     on_progress(pipeline.totals.lines)
+    pipeline.finish()
     pipeline.flush()
     if other_names:
         warn_other_syslog_names(other_names, config.syslog_names, none_read=pipeline.totals.first_time is None)
-    result = ReplayResult(pipeline.totals, pipeline.messages, store.decisions(), tally, timeline)
+    result = ReplayResult(pipeline.totals, pipeline.messages, store.decisions(), tally, timeline, source.value,
+                          detail, pipeline.correlator.inferred())
     store.close()
     return result
 

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .correlate import LocalDomains
+from .destinations import Destinations
 from .model import ConfigError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -234,7 +234,7 @@ class InlinePolicy:
     """The answers. `blocked` and `known` are replaced whole by the daemon (never mutated), so a
     request sees one consistent snapshot; the caller serialises `answer` and `logged`."""
 
-    def __init__(self, local_domains: LocalDomains, budget: Budget | None, allow: Iterable[Network] = (),
+    def __init__(self, local_domains: Destinations, budget: Budget | None, allow: Iterable[Network] = (),
                  known_networks: Iterable[Network] = (), quiet_s: int = 3600) -> None:
         self.local_domains = local_domains
         self.budget = budget if local_domains.known else None  # cannot tell relayed mail: no budget
@@ -248,7 +248,8 @@ class InlinePolicy:
     def relayed(self, req: Request) -> bool:
         """Unauthenticated, to a domain Postfix is not the destination for."""
         domain = recipient_domain(req.recipient)
-        return not req.sasl_user and bool(domain) and domain not in self.local_domains
+        # a domain Postfix's tables could not answer for is not held to the budget (fail open)
+        return not req.sasl_user and bool(domain) and self.local_domains.accepts(domain) is False
 
     def is_known(self, client: str) -> bool:
         if history_key(client) in self.known:

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from .correlate import LocalDomains
+from .destinations import Destinations
 from .inline import Blocked, Budget, Exceeded, InlinePolicy, Network, history_key, parse_listen, parse_request
 from .model import Decision, Relayed, RelayDenied, RelaywatchError
 from .relayers import RelayHistory, day_number
@@ -356,7 +356,7 @@ def decision_of(c: Exceeded) -> Decision:
                     window_s=c.window_s, evidence=c.evidence, sample_qids=c.qids)
 
 
-def service_for(listen: str, database: str, local_domains: LocalDomains, limit: int, window_s: int,
+def service_for(listen: str, database: str, local_domains: Destinations, limit: int, window_s: int,
                 allow: Iterable[Network], known: Iterable[Network], max_connections: int) -> InlineService:
     """The service as `relaywatch run` configures it; limit 0: blocks only."""
     budget = Budget(limit, window_s) if limit > 0 else None

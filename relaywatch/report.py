@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from .destinations import InferredDomain
 from .model import Decision, Relayed
 from .timeline import Timeline, text_block
 
@@ -93,6 +94,10 @@ class ReplayResult:
     decisions: list[Decision]
     tally: Tally
     timeline: Timeline = field(default_factory=Timeline)
+    # where the local domains came from (option, config, postfix, log) and, from the log, which and why
+    local_domains_source: str = ""
+    local_domains_detail: str = ""
+    inferred_local_domains: list[InferredDomain] = field(default_factory=list)
 
 
 def iso(t: float) -> str:
@@ -167,6 +172,12 @@ def to_json(result: ReplayResult) -> str:
             "last_time": iso(t.last_time) if t.last_time is not None else None,
             "decisions": [decision_dict(d, stopped(result, d)) for d in result.decisions],
             "top": {name: [{"key": k, "count": n} for k, n in rows] for name, rows in result.tally.tables().items()},
+            "local_domains": {
+                "source": result.local_domains_source,
+                "detail": result.local_domains_detail,
+                "inferred": [{"domain": i.domain, "host": i.host, "reason": i.reason.value, "evidence": i.evidence}
+                             for i in result.inferred_local_domains],
+            },
         },
         indent=2,
     )
@@ -183,6 +194,26 @@ def describe(d: Decision) -> str:
     return f"{what} in {d.window_s // 60 or 1} min (rule {d.rule})"
 
 
+_SOURCES = {"option": "from --local-domain", "config": "from [postfix] local_domains", "postfix": "from Postfix"}
+
+
+def _local_domains_text(result: ReplayResult) -> list[str]:
+    """Where the local domains came from; when from the log, each inferred domain and why."""
+    source = result.local_domains_source
+    if not source:
+        return []
+    if source in _SOURCES:
+        return [f"  local domains {_SOURCES[source]} ({result.local_domains_detail})"]
+    inferred = result.inferred_local_domains
+    out = [f"  local domains: none known ({result.local_domains_detail}); {len(inferred)} inferred from the log"
+           + (":" if inferred else " (give --local-domain)")]
+    for i in inferred[:TOP * 3]:
+        out.append(f"    {i.host + ': ' if i.host else ''}{i.domain}: {i.evidence}")
+    if len(inferred) > TOP * 3:
+        out.append(f"    ... and {len(inferred) - TOP * 3} more (--format json lists them all)")
+    return out
+
+
 def to_text(result: ReplayResult, dry_run: bool = True) -> str:
     t = result.totals
     out = []
@@ -193,6 +224,7 @@ def to_text(result: ReplayResult, dry_run: bool = True) -> str:
         f"{t.relayed:,} relayed recipients, {t.relay_denied:,} relay attempts refused"
         + (f", {t.forged:,} forged journal records ignored" if t.forged else "")
     )
+    out.extend(_local_domains_text(result))
     out.append("")
     verb = "would " if dry_run else ""
     out.append(f"Decisions ({len(result.decisions)}){' - dry run, nothing was changed' if dry_run else ''}:")

@@ -177,13 +177,13 @@ def test_open_messages_survive_a_restart_through_changes_and_load():
     head, tail = SEED_MESSAGE.strip().splitlines()[:4], SEED_MESSAGE.strip().splitlines()[4:]
     assert run("\n".join(head), first) == []
     rows, gone = first.changes()
-    assert [r[0] for r in rows] == ["8D076AE17"] and gone == []
+    assert [r[0] for r in rows] == ["zebra/8D076AE17"] and gone == []  # keyed by (host, queue id)
     assert first.changes() == ([], [])
     second = Correlator(track_changes=True)
     second.load(rows)
     [fact] = run("\n".join(tail), second)
     assert (fact.client, fact.sender) == ("218.144.108.161", "journeypark@hananet.net")
-    assert second.changes() == ([], ["8D076AE17"])  # every recipient seen: forgotten
+    assert second.changes() == ([], ["zebra/8D076AE17"])  # every recipient seen: forgotten
 
 
 def test_origins_of_queued_mail_are_reported_until_removed():
@@ -194,3 +194,71 @@ def test_origins_of_queued_mail_are_reported_until_removed():
     assert departed == ["8D076AE17"]
     assert correlator.origins() == ([], [])
     assert Correlator().origins() == ([], [])
+
+
+def test_the_host_of_an_open_message_survives_a_restart_through_the_store(tmp_path):
+    """Two hosts of a central log with the same short queue id, stopped between client= and delivery."""
+    from dataclasses import replace
+
+    from relaywatch.store import Store
+
+    parser = LineParser(YearResolver(2025))
+
+    def events(text: str) -> list:
+        return [replace(e, host=line.split()[3]) for line in text.strip().splitlines()
+                if (e := parser.parse(line.strip())) is not None]
+
+    head = events("""
+Mar  7 10:00:00 mx2 postfix/smtpd[901]: 8D076AE17: client=unknown[45.95.169.23]
+Mar  7 10:00:01 mx2 postfix/qmgr[902]: 8D076AE17: from=<promo@cheap-pills.example>, size=1500, nrcpt=1 (queue active)
+Mar  7 10:00:01 mx1 postfix/smtpd[501]: 8D076AE17: client=mail-wr1-f54.google.com[209.85.221.54]
+Mar  7 10:00:02 mx1 postfix/qmgr[502]: 8D076AE17: from=<friend@gmail.com>, size=4000, nrcpt=1 (queue active)
+""")
+    tail = events("""
+Mar  7 10:00:03 mx2 postfix/smtp[903]: 8D076AE17: to=<v1@hanmail.net>, relay=mx1.hanmail.net[211.231.106.11]:25, delay=2, status=sent (250 2.0.0 Ok)
+Mar  7 10:00:03 mx1 postfix/local[503]: 8D076AE17: to=<ann@example.com>, relay=local, delay=1, status=sent (delivered to mailbox)
+""")
+    first = Correlator(track_changes=True)
+    for e in head:
+        first.feed(e)
+    store = Store(tmp_path / "state.db")
+    store.commit_batch([], messages=first.changes())
+    store.close()
+    store = Store(tmp_path / "state.db")
+    assert sorted(r[0] for r in store.open_messages()) == ["mx1/8D076AE17", "mx2/8D076AE17"]
+    second = Correlator(track_changes=True)
+    second.load(store.open_messages())
+    facts = [f for e in tail if (f := second.feed(e)) is not None]
+    assert [(f.client, f.recipient) for f in facts] == [("45.95.169.23", "v1@hanmail.net")]
+    store.commit_batch([], messages=second.changes())
+    assert store.open_messages() == []
+    store.close()
+
+
+def test_a_proxy_accept_before_the_copys_client_line_is_kept_for_it():
+    from relaywatch.model import ClientSeen, Delivery, ProxyAccept, QueueActive
+
+    correlator = Correlator()
+    correlator.feed(ProxyAccept(1.0, "1C2D3E4F5A", "45.95.169.23", "unknown", None, host="mx3"))
+    correlator.feed(ClientSeen(1.1, "1C2D3E4F5A", "127.0.0.1", "localhost", None, None, host="mx3"))
+    correlator.feed(QueueActive(1.2, "1C2D3E4F5A", "x@spam.example", 900, 1, host="mx3"))
+    fact = correlator.feed(Delivery(2.0, "1C2D3E4F5A", "smtp", "v@gmail.com", None, "gmail-smtp-in.l.google.com",
+                                    "142.250.102.27", "sent", "250 ok", host="mx3"))
+    assert fact is not None and fact.client == "45.95.169.23"
+
+
+def test_held_copies_fall_due_after_the_bound_with_the_filters_address():
+    correlator = Correlator(hold_s=60)
+    run("""
+Mar 16 09:00:00 zebra postfix/smtpd[1]: 1A2B3C4D5E: client=unknown[203.0.113.7]
+Mar 16 09:00:01 zebra postfix/qmgr[2]: 1A2B3C4D5E: from=<a@b.example>, size=900, nrcpt=1 (queue active)
+Mar 16 09:00:02 zebra postfix/10025/smtpd[5]: 2B3C4D5E6F: client=localhost[127.0.0.1]
+Mar 16 09:00:02 zebra postfix/amavis/smtp[3]: 1A2B3C4D5E: to=<x@far.example>, relay=127.0.0.1[127.0.0.1]:10024, delay=1, status=sent (250 2.0.0 Ok: queued as 2B3C4D5E6F)
+Mar 16 09:01:00 zebra postfix/10025/smtpd[5]: 3C4D5E6F7A: client=localhost[127.0.0.1]
+Mar 16 09:01:01 zebra postfix/qmgr[2]: 3C4D5E6F7A: from=<a@b.example>, size=900, nrcpt=1 (queue active)
+Mar 16 09:01:02 zebra postfix/smtp[6]: 3C4D5E6F7A: to=<y@far.example>, relay=mx.far.example[192.0.2.25]:25, delay=1, status=sent (250 ok)
+""", correlator)
+    assert correlator.take_released() == []  # held: its link may still come
+    run("Mar 16 09:02:03 zebra postfix/qmgr[2]: 3C4D5E6F7A: removed", correlator)
+    [fact] = correlator.take_released()
+    assert (fact.recipient, fact.client) == ("y@far.example", "127.0.0.1")

@@ -10,7 +10,6 @@ import time
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
-import pytest
 
 from relaywatch import config as config_mod
 from relaywatch import digest, sources

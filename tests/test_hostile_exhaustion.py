@@ -17,7 +17,6 @@ import tracemalloc
 from collections import defaultdict
 from pathlib import Path
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

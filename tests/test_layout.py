@@ -7,8 +7,8 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).parent.parent / "relaywatch"
-PURE = {"model", "parse", "grammar", "replies", "logtime", "correlate", "windows", "policy", "timeline", "digest",
-        "report", "inline"}
+PURE = {"model", "parse", "grammar", "replies", "logtime", "correlate", "destinations", "windows", "policy",
+        "timeline", "digest", "report", "inline"}
 # I/O modules by family: a family may share code (the followers reuse the replay reader,
 # the map writer asks postconf for the default map type); families do not import each other.
 IO_FAMILIES = {"sources": "sources", "follow": "sources", "journal": "sources", "store": "store",
