@@ -17,6 +17,7 @@ from importlib import resources
 import click
 
 from . import config as config_mod
+from . import hostaddrs
 from . import report
 from .blocking import Blocker, maps_from_config, target_kind
 from .engine import replay as run_replay
@@ -179,7 +180,9 @@ def _run(cfg: config_mod.Config, paths: list[str], year: int | None) -> ReplayRe
             log.debug("%s %s %s %s (rule %s, %d in %ds)", report.iso(d.time), d.action, d.kind, d.target, d.rule,
                       d.count, d.window_s)
 
-    result = run_replay(paths, cfg, year, on_decisions=announce, on_progress=progress if tty else None)
+    own = hostaddrs.for_replay(cfg.config_directory, cfg.own_addresses)
+    result = run_replay(paths, cfg, year, on_decisions=announce, on_progress=progress if tty else None,
+                        own_addresses=own)
     if tty:
         click.echo("\r" + " " * 30 + "\r", err=True, nl=False)
     return result

@@ -18,6 +18,7 @@ from .model import (
     ClientSeen,
     Delivery,
     Event,
+    LocalRelayed,
     Pickup,
     QueueActive,
     Reject,
@@ -41,6 +42,7 @@ class _Message:
     sender: str = ""
     nrcpt: int = 0
     seen: set[str] = field(default_factory=set)
+    uid: int | None = None  # a local submission's (pickup), for LocalRelayed
 
 
 def is_loopback(addr: str) -> bool:
@@ -135,7 +137,7 @@ class Correlator:
         for qid, first, last, client, sasl_user, sender, nrcpt, seen in rows:
             self._open[qid] = _Message(first, last, client, sasl_user, sender, nrcpt, set(seen))
 
-    def feed(self, event: Event) -> Relayed | RelayDenied | None:
+    def feed(self, event: Event) -> Relayed | LocalRelayed | RelayDenied | None:
         """The fact this event completes, if any."""
         kind = type(event)
         if kind is Delivery:
@@ -156,7 +158,8 @@ class Correlator:
         elif kind is Reject:
             return self._reject(event)
         elif kind is Pickup:
-            self._start(event.qid, event.time, None, None).sender = event.sender
+            msg = self._start(event.qid, event.time, None, None)
+            msg.sender, msg.uid = event.sender, event.uid
         return None
 
     def _start(self, qid: str, t: float, client: str | None, sasl_user: str | None) -> _Message:
@@ -189,7 +192,7 @@ class Correlator:
             return RelayDenied(e.time, e.client, e.qid)
         return None
 
-    def _delivery(self, d: Delivery) -> Relayed | None:
+    def _delivery(self, d: Delivery) -> Relayed | LocalRelayed | None:
         msg = self._open.get(d.qid)
         if msg is None:
             return None
@@ -203,7 +206,11 @@ class Correlator:
         self._touch(d.qid)
         if msg.nrcpt and len(msg.seen) >= msg.nrcpt:
             del self._open[d.qid]
-        if msg.client is None or not self._outbound(d):
+        if msg.client is None:
+            if msg.uid is None or not self._outbound(d):
+                return None
+            return LocalRelayed(d.time, d.qid, msg.uid, msg.sender, d.recipient, domain_of(d.recipient), d.status)
+        if not self._outbound(d):
             return None
         return Relayed(d.time, d.qid, msg.client, msg.sasl_user, msg.sender, d.recipient, domain_of(d.recipient),
                        d.status, msg.first_seen)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from . import config as config_mod
+from . import hostaddrs
 from .audit import AuditMaps, block_ineffective_reason, run_audit
 from .blocking import Blocker
 from .correlate import LocalDomains
@@ -114,7 +115,8 @@ class Daemon:
         self._day_saved_at = clock()
 
     def _pipeline(self, cfg: config_mod.Config, day: DayStats | None) -> Pipeline:
-        pipeline = Pipeline(cfg, self.store, self._local_domains(cfg), persist_messages=True, day=day)
+        pipeline = Pipeline(cfg, self.store, self._local_domains(cfg), persist_messages=True, day=day,
+                            own_addresses=hostaddrs.for_daemon(cfg.config_directory, cfg.own_addresses))
         pipeline.restore(self.clock())
         pipeline.day_limit = self.clock() + 3600
         return pipeline

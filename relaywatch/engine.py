@@ -14,9 +14,9 @@ from . import sources
 from .config import Config
 from .correlate import Correlator, LocalDomains
 from .digest import DayStats
-from .model import Decision, Relayed, RelayDenied, Unparsed
+from .model import Decision, LocalRelayed, Relayed, RelayDenied, Unparsed
 from .parse import FORGED, LineParser, YearResolver
-from .policy import Detector
+from .policy import Detector, Fact, Network
 from .report import ReplayResult, Tally, Totals
 from .store import Store
 from .timeline import Timeline
@@ -30,21 +30,24 @@ FLUSH_EVERY = 20_000
 class Pipeline:
     def __init__(self, config: Config, store: Store, local_domains: LocalDomains | None = None,
                  persist_messages: bool = False, persist_counts: bool = True, day: DayStats | None = None,
-                 tally: Tally | None = None, timeline: Timeline | None = None) -> None:
+                 tally: Tally | None = None, timeline: Timeline | None = None,
+                 own_addresses: Iterable[Network] = ()) -> None:
         """`persist_messages`: keep open messages in the store too, so that a restarted
         daemon still correlates a delivery whose client= line it read before.
         `persist_counts` False: window counts stay in memory only (a replay never restores them,
         and a flood of distinct clients would grow its in-memory database by every key).
         `day`: the daily digest's counts (the daemon's); at local midnight of log time it moves
         to `finished_days` and a new day begins.
-        `tally`, `timeline`: the report's tables and plot, fed when given (replay; the daemon renders neither)."""
+        `tally`, `timeline`: the report's tables and plot, fed when given (replay; the daemon renders neither).
+        `own_addresses`: the mail host's own addresses (hostaddrs), never blocked."""
         self.config = config
         self.store = store
         self.persist_counts = persist_counts
         self._warned: set[str] = set()
         self.correlator = Correlator(local_domains or LocalDomains(config.local_domains),
                                      track_changes=persist_messages)
-        self.detector = Detector(config.rules, config.allow_networks, config.allow_sasl_users, config.block_s)
+        self.detector = Detector(config.rules, config.allow_networks, config.allow_sasl_users, config.block_s,
+                                 never_block=own_addresses)
         self.totals = Totals()
         self.tally = tally
         self.timeline = timeline
@@ -99,10 +102,12 @@ class Pipeline:
             return _NOTHING
         self._count(fact)
         timeline = self.timeline
+        if type(fact) is LocalRelayed:  # no client: the report's tables and the digest are about clients
+            timeline = day = None
         if timeline is not None:
-            timeline.observe(fact)
+            timeline.observe(fact)  # type: ignore[arg-type]
         if day is not None:
-            day.add(fact)
+            day.add(fact)  # type: ignore[arg-type]
         decisions = self.detector.observe(fact, line)
         if decisions:
             self._decisions.extend(decisions)
@@ -113,27 +118,26 @@ class Pipeline:
                     day.block(d.kind, d.target, d.time, d.time + self.config.block_s)
         return decisions
 
-    def _count(self, fact: Relayed | RelayDenied) -> None:
-        bucket = self.detector.bucket(fact.time)
-        counts = self._counts
-        if type(fact) is RelayDenied:
+    def _count(self, fact: Fact) -> None:
+        kind = type(fact)
+        if kind is RelayDenied:
             self.totals.relay_denied += 1
             if self.tally is not None:
                 self.tally.relay_denied.add(fact.client)
-            if self.persist_counts:
-                key = ("relay_denied", bucket, fact.client)
-                counts[key] = counts.get(key, 0) + 1
-            return
-        self.totals.relayed += 1
-        if self.tally is not None:
-            self.tally.add_relayed(fact)
+        elif kind is LocalRelayed:
+            self.totals.local_relayed += 1
+        else:
+            self.totals.relayed += 1
+            if self.tally is not None:
+                self.tally.add_relayed(fact)  # type: ignore[arg-type]
         if not self.persist_counts:
             return
-        for dim, value in (("client", fact.client), ("sender", fact.sender or "<>"), ("domain", fact.domain),
-                           ("sasl_user", fact.sasl_user)):
-            if value:
-                key = (dim, bucket, value)
-                counts[key] = counts.get(key, 0) + 1
+        # the keys the detector's windows count, so that a restart rebuilds exactly those windows
+        bucket = self.detector.bucket(fact.time)
+        counts = self._counts
+        for dim, value in self.detector.counted(fact):
+            key = (dim, bucket, value)
+            counts[key] = counts.get(key, 0) + 1
 
     def flush(self, position: tuple[str, dict] | None = None) -> None:
         """Write pending counts and decisions (and the source position) in one transaction."""
@@ -173,6 +177,7 @@ def replay(
     year: int | None = None,
     on_decisions: Callable[[Sequence[Decision]], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    own_addresses: Iterable[Network] = (),
 ) -> ReplayResult:
     """Run a whole log (a rotated set in order) through the pipeline on log time.
 
@@ -181,7 +186,8 @@ def replay(
     """
     store = Store(None)
     tally, timeline = Tally(), Timeline(config.rules)
-    pipeline = Pipeline(config, store, persist_counts=False, tally=tally, timeline=timeline)
+    pipeline = Pipeline(config, store, persist_counts=False, tally=tally, timeline=timeline,
+                        own_addresses=own_addresses)
     years = YearResolver(year) if year is not None else None
     for path in paths:
         parser = LineParser(years or YearResolver(reference=sources.mtime(path)), config.syslog_names)
