@@ -180,7 +180,7 @@ def _run(cfg: config_mod.Config, paths: list[str], year: int | None) -> ReplayRe
             log.debug("%s %s %s %s (rule %s, %d in %ds)", report.iso(d.time), d.action, d.kind, d.target, d.rule,
                       d.count, d.window_s)
 
-    own = hostaddrs.for_replay(cfg.config_directory, cfg.own_addresses)
+    own = hostaddrs.for_replay(cfg.config_directory)
     result = run_replay(paths, cfg, year, on_decisions=announce, on_progress=progress if tty else None,
                         own_addresses=own)
     if tty:

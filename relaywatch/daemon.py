@@ -116,7 +116,7 @@ class Daemon:
 
     def _pipeline(self, cfg: config_mod.Config, day: DayStats | None) -> Pipeline:
         pipeline = Pipeline(cfg, self.store, self._local_domains(cfg), persist_messages=True, day=day,
-                            own_addresses=hostaddrs.for_daemon(cfg.config_directory, cfg.own_addresses))
+                            own_addresses=hostaddrs.for_daemon(cfg.config_directory))
         pipeline.restore(self.clock())
         pipeline.day_limit = self.clock() + 3600
         return pipeline

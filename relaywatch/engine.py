@@ -39,7 +39,7 @@ class Pipeline:
         `day`: the daily digest's counts (the daemon's); at local midnight of log time it moves
         to `finished_days` and a new day begins.
         `tally`, `timeline`: the report's tables and plot, fed when given (replay; the daemon renders neither).
-        `own_addresses`: the mail host's own addresses (hostaddrs), never blocked."""
+        `own_addresses`: the mail host's own addresses (hostaddrs) besides [allow] own_addresses: never blocked."""
         self.config = config
         self.store = store
         self.persist_counts = persist_counts
@@ -47,7 +47,7 @@ class Pipeline:
         self.correlator = Correlator(local_domains or LocalDomains(config.local_domains),
                                      track_changes=persist_messages)
         self.detector = Detector(config.rules, config.allow_networks, config.allow_sasl_users, config.block_s,
-                                 never_block=own_addresses)
+                                 never_block=(*config.own_addresses, *own_addresses))
         self.totals = Totals()
         self.tally = tally
         self.timeline = timeline
@@ -102,12 +102,11 @@ class Pipeline:
             return _NOTHING
         self._count(fact)
         timeline = self.timeline
-        if type(fact) is LocalRelayed:  # no client: the report's tables and the digest are about clients
-            timeline = day = None
-        if timeline is not None:
-            timeline.observe(fact)  # type: ignore[arg-type]
-        if day is not None:
-            day.add(fact)  # type: ignore[arg-type]
+        if type(fact) is not LocalRelayed:  # no client: the timeline's panels and the digest are about clients
+            if timeline is not None:
+                timeline.observe(fact)
+            if day is not None:
+                day.add(fact)
         decisions = self.detector.observe(fact, line)
         if decisions:
             self._decisions.extend(decisions)

@@ -5,8 +5,8 @@ address looks like a client relaying a lot; blocking that address (or a
 subnet around it) would stop the server's own mail. The addresses come from
 the machine's interfaces (the daemon runs on the mail host), Postfix's
 `inet_interfaces` and `proxy_interfaces` (where `postconf` can answer), and
-`[allow] own_addresses`. Reading happens here, at the edge; the Detector gets
-the result as `never_block`.
+`[allow] own_addresses` (which the pipeline adds). Reading happens here, at the
+edge; the Detector gets the result as `never_block`.
 """
 
 from __future__ import annotations
@@ -98,26 +98,28 @@ def _postconf_addresses(config_directory: str | None, resolve: bool) -> set[str]
     try:
         return postfix_addresses(postconf(config_directory, INTERFACE_PARAMS), resolve)
     except PostfixError as exc:
-        log.debug("no inet_interfaces/proxy_interfaces from postconf: %s", exc)
+        # postconf refuses a configuration whose inet_interfaces are not on this machine (another host's)
+        report = log.warning if "parameter inet_interfaces" in str(exc) else log.debug
+        report("no inet_interfaces/proxy_interfaces from postconf (%s): list the mail host's own addresses in"
+               " [allow] own_addresses", exc)
         return set()
 
 
-def as_networks(addresses: Iterable[str], extra: Iterable[Network] = ()) -> tuple[Network, ...]:
-    """One network per address (/32, /128), then the configured ones; sorted for stable output."""
-    nets = {ipaddress.ip_network(a) for a in addresses} | set(extra)
+def as_networks(addresses: Iterable[str]) -> tuple[Network, ...]:
+    """One network per address (/32, /128), sorted for stable output."""
+    nets = {ipaddress.ip_network(a) for a in addresses}
     return tuple(sorted(nets, key=lambda n: (n.version, n)))
 
 
-def for_daemon(config_directory: str | None, configured: Iterable[Network] = ()) -> tuple[Network, ...]:
-    """On the mail host: its interfaces, Postfix's interface parameters and the configured ones."""
-    found = interface_addresses() | _postconf_addresses(config_directory, resolve=True)
-    nets = as_networks(found, configured)
-    log.info("never blocked, the host's own addresses: %s", ", ".join(n.compressed for n in nets) or "none")
+def for_daemon(config_directory: str | None, proc: str | Path = "/proc/net") -> tuple[Network, ...]:
+    """On the mail host: its interfaces and Postfix's interface parameters."""
+    nets = as_networks(interface_addresses(proc) | _postconf_addresses(config_directory, resolve=True))
+    log.info("never blocked, the host's own addresses: %s (and [allow] own_addresses)",
+             ", ".join(n.compressed for n in nets) or "none found")
     return nets
 
 
-def for_replay(config_directory: str | None, configured: Iterable[Network] = ()) -> tuple[Network, ...]:
+def for_replay(config_directory: str | None) -> tuple[Network, ...]:
     """Replaying a log, perhaps of another host: the literal addresses Postfix's configuration in
-    `config_directory` names (where there is one) and the configured ones; not this machine's interfaces."""
-    found = _postconf_addresses(config_directory, resolve=False) if config_directory else set()
-    return as_networks(found, configured)
+    `config_directory` names (where there is one); not this machine's interfaces."""
+    return as_networks(_postconf_addresses(config_directory, resolve=False) if config_directory else ())
