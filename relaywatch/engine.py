@@ -102,7 +102,7 @@ class Pipeline:
             return _NOTHING
         self._count(fact)
         timeline = self.timeline
-        if type(fact) is not LocalRelayed:  # no client: the timeline's panels and the digest are about clients
+        if not isinstance(fact, LocalRelayed):  # no client: the timeline's panels and the digest are about clients
             if timeline is not None:
                 timeline.observe(fact)
             if day is not None:
@@ -118,17 +118,16 @@ class Pipeline:
         return decisions
 
     def _count(self, fact: Fact) -> None:
-        kind = type(fact)
-        if kind is RelayDenied:
+        if isinstance(fact, RelayDenied):
             self.totals.relay_denied += 1
             if self.tally is not None:
                 self.tally.relay_denied.add(fact.client)
-        elif kind is LocalRelayed:
+        elif isinstance(fact, LocalRelayed):
             self.totals.local_relayed += 1
         else:
             self.totals.relayed += 1
             if self.tally is not None:
-                self.tally.add_relayed(fact)  # type: ignore[arg-type]
+                self.tally.add_relayed(fact)
         if not self.persist_counts:
             return
         # the keys the detector's windows count, so that a restart rebuilds exactly those windows

@@ -62,8 +62,8 @@ class Rule:
 DEFAULT_RULES = (
     Rule("client", "client", "block", threshold=60, window_s=600),
     Rule("subnet", "client", "block", threshold=60, window_s=600, prefix_v4=24, prefix_v6=64, min_clients=4),
-    Rule("wide_subnet", "client", "block", threshold=30, window_s=600, prefix_v4=16, prefix_v6=48, min_clients=10,
-         min_subnets=5),
+    Rule("wide_subnet", "client", "block", threshold=30, window_s=600, prefix_v4=16, prefix_v6=48, min_clients=8,
+         min_subnets=4),
     Rule("slow_subnet", "client", "block", threshold=160, window_s=3 * 3600, prefix_v4=24, prefix_v6=64,
          min_clients=8),
     Rule("slow_wide_subnet", "client", "block", threshold=200, window_s=3 * 3600, prefix_v4=16, prefix_v6=48,
@@ -105,21 +105,19 @@ def _supernet_of(prefix_v4: int, prefix_v6: int) -> Callable[[str], str | None]:
 def counted(fact: Fact, allow_sasl_users: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
     """The (dim, key) pairs one fact counts under: the single answer to "what feeds which rule",
     for the windows and for the stored counts they are rebuilt from."""
-    kind = type(fact)
-    if kind is RelayDenied:
+    if isinstance(fact, RelayDenied):
         return [("relay_denied", fact.client)]
-    if kind is LocalRelayed:
-        keys = [("uid", str(fact.uid)), ("sender", fact.sender or "<>")]  # type: ignore[union-attr]
+    if isinstance(fact, LocalRelayed):
+        keys = [("uid", str(fact.uid))]
+    elif not fact.sasl_user:
+        keys = [("client", fact.client)]
+    elif fact.sasl_user in allow_sasl_users:
+        return []
     else:
-        sasl_user = fact.sasl_user  # type: ignore[union-attr]
-        if sasl_user:
-            if sasl_user in allow_sasl_users:
-                return []
-            keys = [("sasl_user", sasl_user), ("sender", fact.sender or "<>")]  # type: ignore[union-attr]
-        else:
-            keys = [("client", fact.client), ("sender", fact.sender or "<>")]  # type: ignore[union-attr]
-    if fact.domain:  # type: ignore[union-attr]
-        keys.append(("domain", fact.domain))  # type: ignore[union-attr]
+        keys = [("sasl_user", fact.sasl_user)]
+    keys.append(("sender", fact.sender or "<>"))
+    if fact.domain:
+        keys.append(("domain", fact.domain))
     return keys
 
 
