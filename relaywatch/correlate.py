@@ -243,9 +243,13 @@ class Correlator:
                 self._inherited.popitem(last=False)
         elif reinjected.client is not None and is_loopback(reinjected.client):
             reinjected.client, reinjected.sasl_user = msg.client, reinjected.sasl_user or msg.sasl_user
+            reinjected.uid = msg.uid
             self._touch(new_qid)
             if self._changed is not None and msg.client is not None:
                 self._arrived.append((new_qid, msg.client, reinjected.sasl_user, d.time))
+        elif msg.sasl_user and not reinjected.sasl_user:  # XFORWARD names the client, never its login
+            reinjected.sasl_user = msg.sasl_user
+            self._touch(new_qid)
 
     def _evict(self, now: float) -> None:
         while len(self._open) > self.max_messages:

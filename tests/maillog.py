@@ -41,8 +41,10 @@ class Log:
         return f"{next(self._qids):05X}C2{len(self.lines) % 4096:03X}"[:10]
 
     def smtp(self, t: float, client: str, rcpts: list[str], sender: str = "newsletter@shop.example.org",
-             sasl: str | None = None, name: str = "unknown", status: str = "sent", port: str = "smtpd") -> str:
-        """One message from an SMTP client (`port` "submission/smtpd" for port 587), relayed to `rcpts`."""
+             sasl: str | None = None, name: str = "unknown", status: str = "sent", port: str = "smtpd",
+             amavis: bool = False) -> str:
+        """One message from an SMTP client (`port` "submission/smtpd" for port 587), relayed to `rcpts`,
+        with `amavis` through an after-queue content filter that re-injects with XFORWARD."""
         qid, pid = self.qid(), 20000 + len(self.lines) % 9000
         peer = f"{name}[{client}]"
         self._add(t, port, pid, f"connect from {peer}")
@@ -52,15 +54,37 @@ class Log:
         self._add(t + 0.4, "qmgr", 1021, f"{qid}: from=<{sender}>, size=2811, nrcpt={len(rcpts)} (queue active)")
         self._add(t + 0.5, port, pid, f"disconnect from {peer} ehlo=1 mail=1 rcpt={len(rcpts)} data=1 quit=1"
                                       f" commands={4 + len(rcpts)}")
+        if amavis:
+            return self._filter(t + 0.6, qid, rcpts, sender, status, f"orig_client={peer}")
         self._deliver(t + 1.0, qid, rcpts, status)
         return qid
 
-    def pickup(self, t: float, uid: int, sender: str, rcpts: list[str], status: str = "sent") -> str:
+    def _filter(self, t: float, qid: str, rcpts: list[str], sender: str, status: str, xforward: str) -> str:
+        """amavisd-new on 127.0.0.1:10024, re-injecting on 10025: the copy that leaves is a new queue file."""
+        new, pid = self.qid(), 30000 + len(self.lines) % 9000
+        self._add(t + 0.5, "smtpd", pid, "connect from localhost[127.0.0.1]")
+        self._add(t + 0.6, "smtpd", pid, f"{new}: client=localhost[127.0.0.1], orig_queue_id={qid}"
+                                         + (f", {xforward}" if xforward else ""))
+        self._add(t + 0.7, "qmgr", 1021, f"{new}: from=<{sender}>, size=3342, nrcpt={len(rcpts)} (queue active)")
+        self._add(t + 0.8, "smtpd", pid, "disconnect from localhost[127.0.0.1] ehlo=1 xforward=1 mail=1"
+                                         f" rcpt={len(rcpts)} data=1 quit=1 commands={5 + len(rcpts)}")
+        for r in rcpts:
+            self._add(t + 0.9, "smtp", 6000, f"{qid}: to=<{r}>, relay=127.0.0.1[127.0.0.1]:10024, delay=1.3,"
+                      " delays=0.4/0/0/0.9, dsn=2.0.0, status=sent (250 2.0.0 from MTA(smtp:[127.0.0.1]:10025):"
+                      f" 250 2.0.0 Ok: queued as {new})")
+        self._add(t + 1.0, "qmgr", 1021, f"{qid}: removed")
+        self._deliver(t + 1.5, new, rcpts, status)
+        return new
+
+    def pickup(self, t: float, uid: int, sender: str, rcpts: list[str], status: str = "sent",
+               amavis: bool = False) -> str:
         """One message submitted with sendmail (postfix/pickup), relayed to `rcpts`."""
         qid = self.qid()
         self._add(t, "pickup", 1020, f"{qid}: uid={uid} from=<{sender.partition('@')[0]}>")
         self._add(t + 0.1, "cleanup", 3001, f"{qid}: message-id=<{qid}.{int(t)}@{self.host}.example.org>")
         self._add(t + 0.2, "qmgr", 1021, f"{qid}: from=<{sender}>, size=1904, nrcpt={len(rcpts)} (queue active)")
+        if amavis:
+            return self._filter(t + 0.3, qid, rcpts, sender, status, "")
         self._deliver(t + 0.8, qid, rcpts, status)
         return qid
 
@@ -73,7 +97,7 @@ class Log:
         self._add(t + 0.4, "qmgr", 1021, f"{qid}: from=<{sender}>, size=5120, nrcpt={len(rcpts)} (queue active)")
         for i, r in enumerate(rcpts):
             self._add(t + 0.6 + i / 100, "local", 4000, f"{qid}: to=<{r}>, relay=local, delay=0.6,"
-                                                        " delays=0.4/0/0/0.2, dsn=2.0.0, status=sent (delivered to mailbox)")
+                      " delays=0.4/0/0/0.2, dsn=2.0.0, status=sent (delivered to mailbox)")
         self._add(t + 0.9, "qmgr", 1021, f"{qid}: removed")
         self._add(t + 1.0, "smtpd", pid, f"disconnect from {peer} ehlo=1 mail=1 rcpt=1 data=1 quit=1 commands=5")
         return qid
@@ -82,7 +106,8 @@ class Log:
         for i, r in enumerate(rcpts):
             relay = MX.get(r.partition("@")[2], "mx.example-isp.de[85.13.140.20]:25")
             if status == "sent":
-                tail = f"relay={relay}, delay=1.1, delays=0.3/0/0.4/0.4, dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as 4Xk{i:03d})"
+                tail = (f"relay={relay}, delay=1.1, delays=0.3/0/0.4/0.4, dsn=2.0.0, status=sent"
+                        f" (250 2.0.0 Ok: queued as 4Xk{i:03d})")
             else:
                 tail = (f"relay={relay}, delay=31, delays=0.3/0/30/0, dsn=4.4.1, status=deferred (connect to "
                         f"{relay.rpartition(':')[0]}: Connection timed out)")

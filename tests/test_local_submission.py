@@ -18,17 +18,19 @@ from relaywatch.report import to_json, to_text
 from relaywatch.store import Store
 
 
-def web_app_flood(log: Log, senders: list[str], n: int = 300, uid: int = 33) -> None:
-    """A compromised PHP app: one recipient per sendmail call, several a second."""
+def web_app_flood(log: Log, senders: list[str], n: int = 300, uid: int = 33, amavis: bool = False) -> None:
+    """A compromised PHP app: one recipient per sendmail call, one every 2 s."""
     for i in range(n):
-        log.pickup(T0 + i * 2, uid, senders[i % len(senders)], [f"lead{i}@{['gmail.com', 'web.de'][i % 2]}"])
+        log.pickup(T0 + i * 2, uid, senders[i % len(senders)], [f"lead{i}@{['gmail.com', 'web.de'][i % 2]}"],
+                   amavis=amavis)
 
 
+@pytest.mark.parametrize("amavis", [False, True])
 @pytest.mark.parametrize("senders", [["www-data@shop.example.org"],
                                      [f"info{i}@bank{i}.example.com" for i in range(300)]])
-def test_a_pickup_flood_raises_one_alert_for_its_uid_and_blocks_nothing(tmp_path, senders):
+def test_a_pickup_flood_raises_one_alert_for_its_uid_and_blocks_nothing(tmp_path, senders, amavis):
     log = Log()
-    web_app_flood(log, senders)
+    web_app_flood(log, senders, amavis=amavis)
     result = log.replay(tmp_path)
     assert result.totals.local_relayed == 300 and result.totals.relayed == 0
     uid_alerts = [d for d in result.decisions if d.kind == "uid"]

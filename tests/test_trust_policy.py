@@ -20,24 +20,27 @@ DOMAINS = ["gmail.com", "outlook.com", "web.de", "hanmail.net"]
 
 @pytest.mark.parametrize("port", ["submission/smtpd", "smtpd"])
 @pytest.mark.parametrize("n", [60, 90, 140])
-def test_one_login_one_message_to_many_bcc_recipients_blocks_nothing(tmp_path, port, n):
+@pytest.mark.parametrize("amavis", [False, True])
+def test_one_login_one_message_to_many_bcc_recipients_blocks_nothing(tmp_path, port, n, amavis):
     log = Log()
     log.smtp(T0, "84.160.33.7", [f"parent{i}@{DOMAINS[i % 4]}" for i in range(n)],
-             sender="teacher@school.example.org", sasl="teacher", name="p54a02107.dip0.t-ipconnect.de", port=port)
+             sender="teacher@school.example.org", sasl="teacher", name="p54a02107.dip0.t-ipconnect.de", port=port,
+             amavis=amavis)
     result = log.replay(tmp_path)
     assert result.totals.relayed == n
     assert blocks(result) == []
+    assert result.tally.sasl_users.top() == [("teacher", n)]
 
 
-@pytest.mark.parametrize("style", ["rfc3339", "bsd"])
-def test_25_users_behind_one_office_nat_30_mails_an_hour_each_block_nothing(tmp_path, style):
+@pytest.mark.parametrize(("style", "amavis"), [("rfc3339", False), ("bsd", False), ("rfc3339", True)])
+def test_25_users_behind_one_office_nat_30_mails_an_hour_each_block_nothing(tmp_path, style, amavis):
     log, rng = Log(), random.Random(25)
     for user in range(25):
         for k in range(60):  # two hours
             t = T0 + k * 120 + rng.uniform(0, 100)
             to = [f"c{user}.{k}@{rng.choice(DOMAINS)}" for _ in range(rng.choice([1, 1, 2]))]
             log.smtp(t, "80.187.110.14", to, sender=f"user{user}@office.example.org", sasl=f"user{user}",
-                     port="submission/smtpd")
+                     port="submission/smtpd", amavis=amavis)
     result = log.replay(tmp_path, style=style)
     assert result.totals.relayed > 1500
     assert result.decisions == [] or all(d.action == "alert" and d.kind == "destination" for d in result.decisions)
