@@ -19,6 +19,7 @@ import click
 
 from . import __version__, report
 from . import config as config_mod
+from . import hostaddrs
 from .blocking import Blocker, in_map, map_specs, maps_from_config, target_kind
 from .engine import replay as run_replay
 from .model import ConfigError, Decision, RelaywatchError
@@ -200,8 +201,9 @@ def _run(cfg: config_mod.Config, paths: list[str], year: int | None, local_domai
             log.debug("%s %s %s %s (rule %s, %d in %ds)", report.iso(d.time), d.action, d.kind, d.target, d.rule,
                       d.count, d.window_s)
 
+    own = hostaddrs.for_replay(cfg.config_directory)
     result = run_replay(paths, cfg, year, on_decisions=announce, on_progress=progress if tty else None,
-                        local_domains=tuple(d.lower() for d in local_domains))
+                        local_domains=tuple(d.lower() for d in local_domains), own_addresses=own)
     if tty:
         click.echo("\r" + " " * 30 + "\r", err=True, nl=False)
     return result

@@ -18,7 +18,7 @@ from typing import Any
 from . import permissions
 from .inline import parse_listen
 from .model import ConfigError
-from .policy import DEFAULT_RULES, DIMS, Network, Rule
+from .policy import ALERT_ONLY_DIMS, DEFAULT_RULES, DIMS, Network, Rule
 
 log = logging.getLogger("relaywatch.config")
 
@@ -40,6 +40,7 @@ class Config:
     syslog_names: tuple[str, ...] = ("postfix",)
     allow_networks: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
     allow_sasl_users: tuple[str, ...] = ()
+    own_addresses: tuple[Network, ...] = ()  # besides those found on the host and in inet/proxy_interfaces
     block_s: int = 86400
     notify_urls: tuple[str, ...] = ()
     notify_config: str | None = None
@@ -135,12 +136,19 @@ def _rule(name: str, table: object, base: Rule | None) -> Rule | None:
         prefix_v4=s.get("prefix_v4", int, base.prefix_v4 if base else 0),
         prefix_v6=s.get("prefix_v6", int, base.prefix_v6 if base else 0),
         min_clients=s.get("min_clients", int, base.min_clients if base else 0),
+        min_subnets=s.get("min_subnets", int, base.min_subnets if base else 0),
+        subnet_prefix_v4=s.get("subnet_prefix_v4", int, base.subnet_prefix_v4 if base else 24),
+        subnet_prefix_v6=s.get("subnet_prefix_v6", int, base.subnet_prefix_v6 if base else 64),
     )
     s.done()
     if rule.prefix_v4 and (dim != "client" or not 8 <= rule.prefix_v4 <= 31 or not 16 <= rule.prefix_v6 <= 127):
         raise ConfigError(f"[rules.{name}] prefix_v4/prefix_v6: need dim = \"client\", 8..31 and 16..127")
-    if action == "block" and dim in ("sender", "domain"):
-        raise ConfigError(f"[rules.{name}] action: senders and domains can be alerted on, not blocked")
+    if rule.min_subnets and (not rule.prefix_v4 or not rule.prefix_v4 < rule.subnet_prefix_v4 <= 32
+                             or not rule.prefix_v6 < rule.subnet_prefix_v6 <= 128):
+        raise ConfigError(f"[rules.{name}] min_subnets: needs prefix_v4/prefix_v6, and subnet_prefix_v4/"
+                          "subnet_prefix_v6 longer than them (at most 32 and 128)")
+    if action == "block" and dim in ALERT_ONLY_DIMS:
+        raise ConfigError(f"[rules.{name}] action: senders, domains and local uids can be alerted on, not blocked")
     return rule
 
 
@@ -192,6 +200,7 @@ def from_dict(data: dict[str, Any]) -> Config:
         syslog_names=pf.strings("syslog_names", d.syslog_names),
         allow_networks=_networks(allow),
         allow_sasl_users=allow.strings("sasl_users", d.allow_sasl_users),
+        own_addresses=_networks(allow, "own_addresses", ()),
         block_s=parse_duration(sections["block"].get("duration", object, "1d"), "[block] duration"),
         notify_urls=sections["notify"].strings("urls", d.notify_urls),
         notify_config=sections["notify"].get("config", str, None) or None,

@@ -27,6 +27,7 @@ from .model import (
     ClientSeen,
     Delivery,
     Event,
+    LocalRelayed,
     Pickup,
     ProxyAccept,
     QueueActive,
@@ -79,6 +80,7 @@ class _Message:
     nrcpt: int = 0
     seen: set[str] = field(default_factory=set)
     awaiting: bool = False  # a filter's re-injected copy whose origin is not linked yet: its facts are held
+    uid: int | None = None  # a local submission's (pickup), for LocalRelayed
 
 
 class Correlator:
@@ -97,12 +99,13 @@ class Correlator:
         self.max_idle_s = max_idle_s
         self.hold_s = hold_s
         self._open: OrderedDict[Key, _Message] = OrderedDict()
-        self._inherited: OrderedDict[Key, tuple[str | None, str | None]] = OrderedDict()
+        # a filtered copy's origin (client, login, pickup uid), when the link came before its client= line
+        self._inherited: OrderedDict[Key, tuple[str | None, str | None, int | None]] = OrderedDict()
         # re-injected copies waiting for their link: since, their client, the facts held back
         self._held: OrderedDict[Key, tuple[float, str | None, list[Relayed]]] = OrderedDict()
         self._filters: set[tuple[str, str]] = set()  # (host, address) a content filter re-injected from
         self._filter_hops: set[tuple[str, str]] = set()  # (host, address) a content filter was reached at
-        self.released: list[Relayed] = []  # held facts now due: the caller takes them after each feed
+        self.released: list[Relayed | LocalRelayed] = []  # held facts now due: the caller takes them after each feed
         self.messages = 0
         self.evicted = 0
         # keys whose state changed since `changes()`: the daemon persists them with its position
@@ -150,7 +153,7 @@ class Correlator:
         """The domains taken for local from the log (only when nothing else knew them)."""
         return [] if self._known else self.inference.inferred()
 
-    def take_released(self) -> list[Relayed]:
+    def take_released(self) -> list[Relayed | LocalRelayed]:
         released, self.released = self.released, []
         return released
 
@@ -159,7 +162,7 @@ class Correlator:
         while self._held:
             self.released.extend(self._held.popitem(last=False)[1][2])
 
-    def feed(self, event: Event) -> Relayed | RelayDenied | None:
+    def feed(self, event: Event) -> Relayed | LocalRelayed | RelayDenied | None:
         """The fact this event completes, if any; held facts that fall due go to `released`."""
         held = self._held
         if held and (event.time - next(iter(held.values()))[0] > self.hold_s or len(held) > HELD_MAX):
@@ -188,7 +191,8 @@ class Correlator:
         elif kind is Reject:
             return self._reject(event)
         elif kind is Pickup:
-            self._start((event.host, event.qid), event.time, None, None).sender = event.sender
+            msg = self._start((event.host, event.qid), event.time, None, None)
+            msg.sender, msg.uid = event.sender, event.uid
         elif kind is ProxyAccept:
             self._proxy_accept(event)
         return None
@@ -204,7 +208,7 @@ class Correlator:
     def _client(self, e: ClientSeen) -> None:
         key = (e.host, e.qid)
         client, sasl_user = e.client, e.sasl_user
-        awaiting = False
+        awaiting, uid = False, None
         if is_loopback(client) or (e.host, client) in self._filters:
             # A content filter re-injects: the real origin is the XFORWARD orig_client
             # or the message it was filtered from (linked now, or later).
@@ -212,10 +216,11 @@ class Correlator:
             if e.orig_client is not None:
                 client = e.orig_client
             elif inherited is not None:
-                client, sasl_user = inherited[0], sasl_user or inherited[1]
+                client, sasl_user, uid = inherited[0], sasl_user or inherited[1], inherited[2]
             else:
                 awaiting = sasl_user is None and (e.host, client) in self._filters
-        self._start(key, e.time, client, sasl_user).awaiting = awaiting
+        msg = self._start(key, e.time, client, sasl_user)
+        msg.awaiting, msg.uid = awaiting, uid
         if self._changed is not None:
             self._arrived.append((e.qid, client, sasl_user, e.time))
 
@@ -228,7 +233,7 @@ class Correlator:
             return RelayDenied(e.time, e.client, e.qid)
         return None
 
-    def _delivery(self, d: Delivery) -> Relayed | None:
+    def _delivery(self, d: Delivery) -> Relayed | LocalRelayed | None:
         if not self._known and d.agent in _LOCAL_AGENTS:
             self._note_local(d)
         key = (d.host, d.qid)
@@ -246,7 +251,11 @@ class Correlator:
             del self._open[key]
             if msg.awaiting:
                 self._held.setdefault(key, (d.time, msg.client, []))
-        if msg.client is None or filter_hop or not self._outbound(d):
+        if msg.client is None:
+            if msg.uid is None or filter_hop or not self._outbound(d):
+                return None
+            return LocalRelayed(d.time, d.qid, msg.uid, msg.sender, d.recipient, domain_of(d.recipient), d.status)
+        if filter_hop or not self._outbound(d):
             return None
         fact = Relayed(d.time, d.qid, msg.client, msg.sasl_user, msg.sender, d.recipient, domain_of(d.recipient),
                        d.status, msg.first_seen)
@@ -306,17 +315,22 @@ class Correlator:
         reinjected = self._open.get(new_key)
         if reinjected is not None:
             if not self._reinjected_by(d.host, reinjected.client, hop, hop_kind):
-                return known  # (a copy already linked by another recipient of the same message)
+                # a copy already linked by another recipient of the same message, or one whose client
+                # XFORWARD named: XFORWARD never carries the login, the link does
+                if known and reinjected.client == msg.client and msg.sasl_user and not reinjected.sasl_user:
+                    reinjected.sasl_user = msg.sasl_user
+                    self._touch(new_key)
+                return known
             self._learn_filter(d.host, hop, reinjected.client)
-            self._relink(new_key, reinjected, msg.client, msg.sasl_user, d.time)
+            self._relink(new_key, reinjected, msg.client, msg.sasl_user, d.time, msg.uid)
             return True
         held = self._held.get(new_key)
         if held is not None and self._reinjected_by(d.host, held[1], hop, hop_kind):
             self._learn_filter(d.host, hop, held[1])
-            self._release(new_key, msg.client, msg.sasl_user)
+            self._release(new_key, msg.client, msg.sasl_user, msg.uid)
             return True
         if known:
-            self._inherit(new_key, msg.client, msg.sasl_user)  # the copy's client= line is still to come
+            self._inherit(new_key, msg.client, msg.sasl_user, msg.uid)  # the copy's client= line is still to come
         return known
 
     def _reinjected_by(self, host: str, client: str | None, hop: str, hop_kind: AddrKind) -> bool:
@@ -354,24 +368,29 @@ class Correlator:
             if hop is not None:
                 self._filter_hops.add((host, hop))
 
-    def _relink(self, key: Key, msg: _Message, client: str | None, sasl_user: str | None, t: float) -> None:
+    def _relink(self, key: Key, msg: _Message, client: str | None, sasl_user: str | None, t: float,
+                uid: int | None = None) -> None:
         msg.client, msg.sasl_user, msg.awaiting = client, msg.sasl_user or sasl_user, False
+        msg.uid = uid
         self._touch(key)
         if self._changed is not None and client is not None:
             self._arrived.append((key[1], client, msg.sasl_user, t))
         if key in self._held:
-            self._release(key, client, sasl_user)
+            self._release(key, client, sasl_user, uid)
 
-    def _release(self, key: Key, client: str | None, sasl_user: str | None) -> None:
-        """The held facts of a re-injected copy, now credited to its origin (none for local submission)."""
+    def _release(self, key: Key, client: str | None, sasl_user: str | None, uid: int | None = None) -> None:
+        """The held facts of a re-injected copy, now credited to its origin (a local submission's uid)."""
+        facts = self._held.pop(key)[2]
         if client is None:
-            del self._held[key]
+            if uid is not None:
+                self.released.extend(LocalRelayed(f.time, f.qid, uid, f.sender, f.recipient, f.domain, f.status)
+                                     for f in facts)
             return
-        for fact in self._held.pop(key)[2]:
+        for fact in facts:
             self.released.append(replace(fact, client=client, sasl_user=fact.sasl_user or sasl_user))
 
-    def _inherit(self, key: Key, client: str | None, sasl_user: str | None) -> None:
-        self._inherited[key] = (client, sasl_user)
+    def _inherit(self, key: Key, client: str | None, sasl_user: str | None, uid: int | None = None) -> None:
+        self._inherited[key] = (client, sasl_user, uid)
         if len(self._inherited) > 1024:
             self._inherited.popitem(last=False)
 

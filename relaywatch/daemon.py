@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from . import config as config_mod
+from . import hostaddrs
 from .audit import AuditMaps, block_bypasses, bypass_text, run_audit
 from .blocking import Blocker, SyncResult
 from .destinations import Destinations, Source
@@ -141,7 +142,8 @@ class Daemon:
             self.pipeline.fact_observers.append(self.inline.observe)
 
     def _pipeline(self, cfg: config_mod.Config, day: DayStats | None) -> Pipeline:
-        pipeline = Pipeline(cfg, self.store, self._local_domains(cfg), persist_messages=True, day=day)
+        pipeline = Pipeline(cfg, self.store, self._local_domains(cfg), persist_messages=True, day=day,
+                            own_addresses=hostaddrs.for_daemon(cfg.config_directory))
         pipeline.restore(self.clock())
         self.leaks = LeakWatch()
         self.leaks.watch(self.blocker.in_force_since)

@@ -42,6 +42,7 @@ KEYS: tuple[tuple[str, str, str, Kind], ...] = (
     ("postfix", "syslog_names", "syslog_names", Kind.LIST),
     ("allow", "networks", "allow_networks", Kind.LIST),
     ("allow", "sasl_users", "allow_sasl_users", Kind.LIST),
+    ("allow", "own_addresses", "own_addresses", Kind.LIST),
     ("block", "duration", "block_s", Kind.DURATION),
     ("notify", "urls", "notify_urls", Kind.LIST),
     ("notify", "config", "notify_config", Kind.OPTIONAL_TEXT),
@@ -89,6 +90,9 @@ def _rule_lines(rule: Rule) -> list[str]:
              f"threshold = {rule.threshold}", f"window = {json.dumps(duration_text(rule.window_s))}"]
     if rule.prefix_v4:
         lines += [f"prefix_v4 = {rule.prefix_v4}", f"prefix_v6 = {rule.prefix_v6}", f"min_clients = {rule.min_clients}"]
+    if rule.min_subnets:
+        lines += [f"min_subnets = {rule.min_subnets}", f"subnet_prefix_v4 = {rule.subnet_prefix_v4}",
+                  f"subnet_prefix_v6 = {rule.subnet_prefix_v6}"]
     return lines
 
 

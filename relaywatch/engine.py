@@ -15,9 +15,9 @@ from .config import Config
 from .correlate import Correlator
 from .destinations import Destinations, LocalDomains
 from .digest import DayStats
-from .model import Decision, Relayed, RelayDenied, Unparsed
+from .model import Decision, LocalRelayed, RelayDenied, Unparsed
 from .parse import FORGED, LineParser, YearResolver
-from .policy import Detector
+from .policy import Detector, Fact, Network
 from .postconf import local_destinations
 from .report import ReplayResult, Tally, Totals
 from .store import Store
@@ -32,21 +32,24 @@ FLUSH_EVERY = 20_000
 class Pipeline:
     def __init__(self, config: Config, store: Store, local_domains: Destinations | None = None,
                  persist_messages: bool = False, persist_counts: bool = True, day: DayStats | None = None,
-                 tally: Tally | None = None, timeline: Timeline | None = None) -> None:
+                 tally: Tally | None = None, timeline: Timeline | None = None,
+                 own_addresses: Iterable[Network] = ()) -> None:
         """`persist_messages`: keep open messages in the store too, so that a restarted
         daemon still correlates a delivery whose client= line it read before.
         `persist_counts` False: window counts stay in memory only (a replay never restores them,
         and a flood of distinct clients would grow its in-memory database by every key).
         `day`: the daily digest's counts (the daemon's); at local midnight of log time it moves
         to `finished_days` and a new day begins.
-        `tally`, `timeline`: the report's tables and plot, fed when given (replay; the daemon renders neither)."""
+        `tally`, `timeline`: the report's tables and plot, fed when given (replay; the daemon renders neither).
+        `own_addresses`: the mail host's own addresses (hostaddrs) besides [allow] own_addresses: never blocked."""
         self.config = config
         self.store = store
         self.persist_counts = persist_counts
         self._warned: set[str] = set()
         self.correlator = Correlator(LocalDomains(config.local_domains) if local_domains is None else local_domains,
                                      track_changes=persist_messages)
-        self.detector = Detector(config.rules, config.allow_networks, config.allow_sasl_users, config.block_s)
+        self.detector = Detector(config.rules, config.allow_networks, config.allow_sasl_users, config.block_s,
+                                 never_block=(*config.own_addresses, *own_addresses))
         self.totals = Totals()
         self.tally = tally
         self.timeline = timeline
@@ -56,7 +59,7 @@ class Pipeline:
         self.finished_days: list[DayStats] = []
         self.day_limit = float("inf")  # the daemon: a line stamped later than this (a forged date) ends no day
         # each fact also goes to these (the daemon's enforcement check, the inline policy service)
-        self.fact_observers: list[Callable[[Relayed | RelayDenied], None]] = []
+        self.fact_observers: list[Callable[[Fact], None]] = []
 
     def roll_day(self, t: float) -> None:
         """Finish the current day if `t` is past its end (log time, or wall time when the log is idle)."""
@@ -101,7 +104,7 @@ class Pipeline:
         correlator = self.correlator
         fact = correlator.feed(event)
         if correlator.released:  # a filter's re-injected copy, credited late to its origin
-            due: list[Relayed | RelayDenied] = list(correlator.take_released())
+            due: list[Fact] = list(correlator.take_released())
             if fact is not None:
                 due.append(fact)
             return [d for f in due for d in self._observe(f, line, day)]
@@ -109,15 +112,16 @@ class Pipeline:
             return _NOTHING
         return self._observe(fact, line, day)
 
-    def _observe(self, fact: Relayed | RelayDenied, line: str, day: DayStats | None) -> Sequence[Decision]:
+    def _observe(self, fact: Fact, line: str, day: DayStats | None) -> Sequence[Decision]:
         self._count(fact)
         for observe in self.fact_observers:
             observe(fact)
         timeline = self.timeline
-        if timeline is not None:
-            timeline.observe(fact)
-        if day is not None:
-            day.add(fact)
+        if not isinstance(fact, LocalRelayed):  # no client: the timeline's panels and the digest are about clients
+            if timeline is not None:
+                timeline.observe(fact)
+            if day is not None:
+                day.add(fact)
         decisions = self.detector.observe(fact, line)
         if decisions:
             self._decisions.extend(decisions)
@@ -128,27 +132,25 @@ class Pipeline:
                     day.block(d.kind, d.target, d.time, d.time + self.config.block_s)
         return decisions
 
-    def _count(self, fact: Relayed | RelayDenied) -> None:
-        bucket = self.detector.bucket(fact.time)
-        counts = self._counts
-        if type(fact) is RelayDenied:
+    def _count(self, fact: Fact) -> None:
+        if isinstance(fact, RelayDenied):
             self.totals.relay_denied += 1
             if self.tally is not None:
                 self.tally.relay_denied.add(fact.client)
-            if self.persist_counts:
-                key = ("relay_denied", bucket, fact.client)
-                counts[key] = counts.get(key, 0) + 1
-            return
-        self.totals.relayed += 1
-        if self.tally is not None:
-            self.tally.add_relayed(fact)
+        elif isinstance(fact, LocalRelayed):
+            self.totals.local_relayed += 1
+        else:
+            self.totals.relayed += 1
+            if self.tally is not None:
+                self.tally.add_relayed(fact)
         if not self.persist_counts:
             return
-        for dim, value in (("client", fact.client), ("sender", fact.sender or "<>"), ("domain", fact.domain),
-                           ("sasl_user", fact.sasl_user)):
-            if value:
-                key = (dim, bucket, value)
-                counts[key] = counts.get(key, 0) + 1
+        # the keys the detector's windows count, so that a restart rebuilds exactly those windows
+        bucket = self.detector.bucket(fact.time)
+        counts = self._counts
+        for dim, value in self.detector.counted(fact):
+            key = (dim, bucket, value)
+            counts[key] = counts.get(key, 0) + 1
 
     def flush(self, position: tuple[str, dict] | None = None) -> None:
         """Write pending counts and decisions (and the source position) in one transaction."""
@@ -196,6 +198,7 @@ def replay(
     on_decisions: Callable[[Sequence[Decision]], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
     local_domains: tuple[str, ...] = (),
+    own_addresses: Iterable[Network] = (),
 ) -> ReplayResult:
     """Run a whole log (a rotated set in order) through the pipeline on log time.
 
@@ -206,7 +209,8 @@ def replay(
     store = Store(None)
     tally, timeline = Tally(), Timeline(config.rules)
     destinations, source, detail = local_destinations(local_domains, config.local_domains, config.config_directory)
-    pipeline = Pipeline(config, store, destinations, persist_counts=False, tally=tally, timeline=timeline)
+    pipeline = Pipeline(config, store, destinations, persist_counts=False, tally=tally, timeline=timeline,
+                        own_addresses=own_addresses)
     years = YearResolver(year) if year is not None else None
     other_names: dict[str, int] = {}
     for path in paths:

@@ -1,9 +1,13 @@
 """Decide from windowed counts whom to block or alert about. Pure: facts in, decisions out.
 
-Defaults a home or small-office admin can keep: a LAN host mailing a few
-dozen people an hour, an authenticated user's ordinary day, and inbound mail
-from big providers (delivered locally, so never "relayed") stay far below
-every threshold, while the 2003 flood trips the /16 rule within two minutes.
+Who feeds which rule (README, "What counts as relayed, and what gets blocked"):
+unauthenticated relaying feeds the client and subnet rules; authenticated
+relaying (a SASL login) feeds the SASL-user rule instead, so one login, an
+office NAT or a mobile carrier full of logged-in users never gets an address
+blocked; a login in `[allow] sasl_users` feeds nothing. Every relayed
+recipient feeds the sender and destination alerts; mail submitted on this
+host (pickup) feeds the per-uid alert. A subnet rule blocks the narrowest
+network that covers the abuse: a /16 rule needs clients in several /24s.
 """
 
 from __future__ import annotations
@@ -14,15 +18,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .model import Decision, Relayed, RelayDenied
+from .model import Decision, LocalRelayed, Relayed, RelayDenied
 from .windows import MAX_KEYS, WindowCounter
 
 BUCKET_S = 10
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Fact = Relayed | RelayDenied | LocalRelayed
 
-DIMS = ("client", "sender", "domain", "sasl_user", "relay_denied")
+DIMS = ("client", "sender", "domain", "sasl_user", "relay_denied", "uid")
 _KIND_OF_DIM = {"client": "client", "sender": "sender", "domain": "destination", "sasl_user": "sasl_user",
-                "relay_denied": "client"}
+                "relay_denied": "client", "uid": "uid"}
+ALERT_ONLY_DIMS = ("sender", "domain", "uid")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +37,9 @@ class Rule:
 
     With a prefix, clients are grouped into networks and the rule needs
     `min_clients` distinct addresses in the network: that is what rotation looks like.
+    With `min_subnets`, those clients must also fall into that many distinct
+    narrower networks (/`subnet_prefix_v4`, /`subnet_prefix_v6`): a flood inside
+    one /24 is the /24's business, not its /16's.
     """
 
     name: str
@@ -41,6 +50,9 @@ class Rule:
     prefix_v4: int = 0
     prefix_v6: int = 0
     min_clients: int = 0
+    min_subnets: int = 0
+    subnet_prefix_v4: int = 24
+    subnet_prefix_v6: int = 64
 
     @property
     def kind(self) -> str:
@@ -50,11 +62,17 @@ class Rule:
 DEFAULT_RULES = (
     Rule("client", "client", "block", threshold=60, window_s=600),
     Rule("subnet", "client", "block", threshold=60, window_s=600, prefix_v4=24, prefix_v6=64, min_clients=4),
-    Rule("wide_subnet", "client", "block", threshold=60, window_s=600, prefix_v4=16, prefix_v6=48, min_clients=8),
+    Rule("wide_subnet", "client", "block", threshold=30, window_s=600, prefix_v4=16, prefix_v6=48, min_clients=8,
+         min_subnets=4),
+    Rule("slow_subnet", "client", "block", threshold=160, window_s=3 * 3600, prefix_v4=24, prefix_v6=64,
+         min_clients=8),
+    Rule("slow_wide_subnet", "client", "block", threshold=200, window_s=3 * 3600, prefix_v4=16, prefix_v6=48,
+         min_clients=12, min_subnets=6),
     Rule("sasl_user", "sasl_user", "block", threshold=150, window_s=3600),
     Rule("sender", "sender", "alert", threshold=100, window_s=600),
     Rule("destination", "domain", "alert", threshold=100, window_s=600),
     Rule("relay_probe", "relay_denied", "alert", threshold=20, window_s=600),
+    Rule("local_submission", "uid", "alert", threshold=100, window_s=600),
 )
 
 
@@ -73,23 +91,62 @@ def network_of(prefix_v4: int, prefix_v6: int) -> Callable[[str], str | None]:
     return group
 
 
-def fact_key(dim: str, fact: Relayed | RelayDenied) -> str | None:
-    if dim == "client" or dim == "relay_denied":
-        return fact.client
-    if dim == "sender":
-        return fact.sender or "<>"  # type: ignore[union-attr]
-    if dim == "domain":
-        return fact.domain or None  # type: ignore[union-attr]
-    return fact.sasl_user  # type: ignore[union-attr]
+def _supernet_of(prefix_v4: int, prefix_v6: int) -> Callable[[str], str | None]:
+    """network text -> its enclosing /prefix network."""
+
+    @lru_cache(maxsize=65536)
+    def group(net: str) -> str | None:
+        n = ipaddress.ip_network(net)
+        return n.supernet(new_prefix=prefix_v4 if n.version == 4 else prefix_v6).compressed
+
+    return group
+
+
+def counted(fact: Fact, allow_sasl_users: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+    """The (dim, key) pairs one fact counts under: the single answer to "what feeds which rule",
+    for the windows and for the stored counts they are rebuilt from."""
+    if isinstance(fact, RelayDenied):
+        return [("relay_denied", fact.client)]
+    if isinstance(fact, LocalRelayed):
+        keys = [("uid", str(fact.uid))]
+    elif not fact.sasl_user:
+        keys = [("client", fact.client)]
+    elif fact.sasl_user in allow_sasl_users:
+        return []
+    else:
+        keys = [("sasl_user", fact.sasl_user)]
+    keys.append(("sender", fact.sender or "<>"))
+    if fact.domain:
+        keys.append(("domain", fact.domain))
+    return keys
 
 
 class _Watch:
-    __slots__ = ("rule", "counter")
+    """One rule's window; a subnet rule with `min_subnets` also counts its distinct narrower networks."""
+
+    __slots__ = ("rule", "counter", "spread", "narrow")
 
     def __init__(self, rule: Rule, bucket_s: int, max_keys: int = MAX_KEYS) -> None:
         group = network_of(rule.prefix_v4, rule.prefix_v6) if rule.prefix_v4 else None
         self.rule = rule
         self.counter = WindowCounter(rule.window_s // bucket_s, group, max_keys)
+        self.spread: WindowCounter | None = None
+        self.narrow: Callable[[str], str | None] | None = None
+        if group is not None and rule.min_subnets:
+            self.narrow = network_of(rule.subnet_prefix_v4, rule.subnet_prefix_v6)
+            self.spread = WindowCounter(rule.window_s // bucket_s, _supernet_of(rule.prefix_v4, rule.prefix_v6),
+                                        max_keys)
+
+    def add(self, bucket: int, key: str, n: int = 1) -> int:
+        if self.spread is not None:
+            narrow = self.narrow(key)  # type: ignore[misc]
+            if narrow is not None:
+                self.spread.add(bucket, narrow, n)
+        return self.counter.add(bucket, key, n)
+
+    def subnets(self, net: str) -> int:
+        """Distinct narrower networks with clients in `net` in the window."""
+        return self.spread.group_keys.get(net, 0) if self.spread is not None else 0
 
 
 class Detector:
@@ -97,7 +154,8 @@ class Detector:
 
     A target decided once stays quiet for `block_s` (blocks) or an hour
     (alerts: one push per flood, not one per window); a client inside a
-    blocked subnet needs no block of its own.
+    blocked subnet needs no block of its own. `never_block`: the host's own
+    addresses; no client or subnet block ever covers one.
     """
 
     def __init__(
@@ -110,6 +168,7 @@ class Detector:
         evidence: int = 512,
         alert_quiet_s: int = 3600,
         max_keys: int = MAX_KEYS,
+        never_block: Iterable[Network] = (),
     ) -> None:
         """`max_keys`: distinct keys (and networks) each rule's window holds at most (see WindowCounter)."""
         self.bucket_s = bucket_s
@@ -117,16 +176,24 @@ class Detector:
         self.block_s = block_s
         self.alert_quiet_s = alert_quiet_s
         self.allow = tuple(allow_networks)
+        self.never_block = tuple(never_block)
         self.allow_sasl_users = frozenset(allow_sasl_users)
         self._watches: dict[str, list[_Watch]] = {dim: [] for dim in DIMS}
-        for rule in rules:
+        # widest networks first: when a /16 and a /24 inside it cross at once, the /16 (which needs
+        # clients in several /24s) covers the /24, and a subnet block covers its clients
+        for rule in sorted(rules, key=lambda r: (-(r.prefix_v4 > 0), r.prefix_v4)):
             self._watches[rule.dim].append(_Watch(rule, bucket_s, max_keys))
         self._quiet: dict[tuple[str, str, str], float] = {}  # (action, kind, target) -> quiet until
         self._blocked_nets: dict[Network, float] = {}
-        self._recent: deque[tuple[Relayed | RelayDenied, str]] = deque(maxlen=evidence)
+        self._exempt: dict[tuple[str, str], bool] = {}  # (action, target) -> allow-listed or the host's own
+        self._recent: deque[tuple[Fact, str]] = deque(maxlen=evidence)
 
     def bucket(self, t: float) -> int:
         return int(t // self.bucket_s)
+
+    def counted(self, fact: Fact) -> list[tuple[str, str]]:
+        """The (dim, key) pairs `fact` counts under (see `counted`)."""
+        return counted(fact, self.allow_sasl_users)
 
     def evictions(self) -> dict[str, int]:
         """Rule name -> keys and networks its window forgot at the cap."""
@@ -135,7 +202,7 @@ class Detector:
     def restore(self, dim: str, bucket: int, key: str, n: int) -> None:
         """Replay a stored count (oldest bucket first) into the windows."""
         for watch in self._watches.get(dim, ()):
-            watch.counter.add(bucket, key, n)
+            watch.add(bucket, key, n)
 
     def remember_block(self, kind: str, target: str, until: float) -> None:
         """A block already in force (after a restart): no new decision for it or inside it."""
@@ -143,17 +210,13 @@ class Detector:
         if kind == "subnet":
             self._blocked_nets[ipaddress.ip_network(target)] = until
 
-    def observe(self, fact: Relayed | RelayDenied, line: str) -> list[Decision]:
+    def observe(self, fact: Fact, line: str) -> list[Decision]:
         self._recent.append((fact, line))
         bucket = self.bucket(fact.time)
         decisions: list[Decision] = []
-        dims = ("client", "sender", "domain", "sasl_user") if type(fact) is Relayed else ("relay_denied",)
-        for dim in dims:
-            key = fact_key(dim, fact)
-            if key is None:
-                continue
+        for dim, key in counted(fact, self.allow_sasl_users):
             for watch in self._watches[dim]:
-                total = watch.counter.add(bucket, key)
+                total = watch.add(bucket, key)
                 rule = watch.rule
                 if rule.prefix_v4:
                     decision = self._check_group(watch, fact, key)
@@ -165,7 +228,7 @@ class Detector:
                     decisions.append(decision)
         return decisions
 
-    def _check_group(self, watch: _Watch, fact: Relayed | RelayDenied, key: str) -> Decision | None:
+    def _check_group(self, watch: _Watch, fact: Fact, key: str) -> Decision | None:
         counter, rule = watch.counter, watch.rule
         net = counter.group(key) if counter.group else None
         if net is None:
@@ -174,6 +237,8 @@ class Detector:
         total = counter.group_totals.get(net, 0)
         clients = counter.group_keys.get(net, 0)
         if total < rule.threshold or clients < rule.min_clients:
+            return None
+        if rule.min_subnets and watch.subnets(net) < rule.min_subnets:
             return None
         return self._decide(watch, fact.time, net, total, clients)
 
@@ -213,7 +278,7 @@ class Detector:
         if kind not in ("client", "subnet"):
             return True
         net = ipaddress.ip_network(target)
-        if any(net.overlaps(a) for a in self.allow if a.version == net.version):
+        if self._is_exempt(rule.action, net):
             return False
         if rule.action != "block":
             return True
@@ -222,10 +287,20 @@ class Detector:
             for blocked, until in self._blocked_nets.items()
         )
 
-    @staticmethod
-    def _target_of(watch: _Watch, fact: Relayed | RelayDenied) -> str | None:
-        if (type(fact) is RelayDenied) != (watch.rule.dim == "relay_denied"):
-            return None
-        key = fact_key(watch.rule.dim, fact)
+    def _is_exempt(self, action: str, net: Network) -> bool:
+        """Allow-listed networks get no decision; the host's own addresses are never inside a block."""
+        key = (action, net.compressed)
+        exempt = self._exempt.get(key)
+        if exempt is None:
+            covers = self.allow + self.never_block if action == "block" else self.allow
+            exempt = any(net.overlaps(a) for a in covers if a.version == net.version)
+            if len(self._exempt) > 10_000:
+                self._exempt.clear()
+            self._exempt[key] = exempt
+        return exempt
+
+    def _target_of(self, watch: _Watch, fact: Fact) -> str | None:
+        dim = watch.rule.dim
+        key = next((k for d, k in counted(fact, self.allow_sasl_users) if d == dim), None)
         group = watch.counter.group
         return key if key is None or group is None else group(key)

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 
 from .destinations import Destinations
 from .inline import Blocked, Budget, Exceeded, InlinePolicy, Network, history_key, parse_listen, parse_request
-from .model import Decision, Relayed, RelayDenied, RelaywatchError
+from .model import Decision, Relayed, RelaywatchError
+from .policy import Fact
 from .relayers import RelayHistory, day_number
 
 log = logging.getLogger("relaywatch.policyd")
@@ -283,7 +284,7 @@ class InlineService:
             self._blocks = current
             self.policy.blocked = Blocked.of(current)  # one reference swap: a request sees the old or the new
 
-    def observe(self, fact: Relayed | RelayDenied) -> None:
+    def observe(self, fact: Fact) -> None:
         """The log pipeline's hook: each relayed recipient, on the main thread."""
         if type(fact) is not Relayed:
             return

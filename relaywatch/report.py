@@ -80,6 +80,7 @@ class Totals:
     forged: int = 0
     relayed: int = 0
     relay_denied: int = 0
+    local_relayed: int = 0  # recipients of mail submitted on the host (pickup) handed to another host
     first_time: float | None = None
     last_time: float | None = None
     unparsed_samples: list[str] = field(default_factory=list)
@@ -167,6 +168,7 @@ def to_json(result: ReplayResult) -> str:
             "messages": result.messages,
             "relayed": t.relayed,
             "relay_denied": t.relay_denied,
+            "local_relayed": t.local_relayed,
             "forged": t.forged,
             "first_time": iso(t.first_time) if t.first_time is not None else None,
             "last_time": iso(t.last_time) if t.last_time is not None else None,

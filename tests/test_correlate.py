@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from relaywatch.correlate import Correlator, LocalDomains
-from relaywatch.model import Relayed, RelayDenied
+from relaywatch.model import LocalRelayed, Relayed, RelayDenied
 from relaywatch.parse import LineParser, YearResolver
 
 
@@ -64,12 +64,12 @@ Mar 16 09:00:02 zebra postfix/smtp[3]: 1A2B3C4D5E: to=<zebra@example.net>, orig_
 """) == []
 
 
-def test_pickup_is_a_local_submission_not_a_relay():
-    assert run("""
+def test_pickup_is_a_local_submission_not_a_client_relay():
+    assert [type(f) for f in run("""
 Mar 16 09:00:00 zebra postfix/pickup[1]: 1A2B3C4D5E: uid=0 from=<root>
 Mar 16 09:00:01 zebra postfix/qmgr[2]: 1A2B3C4D5E: from=<root@woodelf.org>, size=900, nrcpt=1 (queue active)
 Mar 16 09:00:02 zebra postfix/smtp[3]: 1A2B3C4D5E: to=<admin@example.net>, relay=mx.example.net[192.0.2.25]:25, delay=1, status=sent (250 ok)
-""") == []
+""")] == [LocalRelayed]  # counted per uid and sender (tests/test_local_submission.py), never per client
 
 
 def test_known_local_domains_decide_for_every_agent():

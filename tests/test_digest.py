@@ -125,7 +125,7 @@ def test_the_sample_day_digest_names_the_flood_its_destination_and_the_block():
     assert "hanmail.net deferred or bounced" in body and "check hanmail.net's replies" in body
     assert "block subnet 218.144.0.0/16" in body
     # replay enforces nothing: the flood went on after the block, and the digest says so
-    assert "the block of subnet 218.144.0.0/16 at 02:01 did not stop it" in body
+    assert "the block of subnet 218.144.0.0/16 at 02:00 did not stop it" in body
 
 
 def test_the_pipeline_rolls_the_day_over_at_local_midnight():

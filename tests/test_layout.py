@@ -12,7 +12,7 @@ PURE = {"model", "parse", "grammar", "replies", "logtime", "correlate", "destina
 # I/O modules by family: a family may share code (the followers reuse the replay reader,
 # the map writer asks postconf for the default map type); families do not import each other.
 IO_FAMILIES = {"sources": "sources", "follow": "sources", "journal": "sources", "store": "store",
-               "postconf": "postfix", "postfix": "postfix", "queue": "queue", "notify": "notify",
+               "postconf": "postfix", "postfix": "postfix", "hostaddrs": "postfix", "queue": "queue", "notify": "notify",
                "policyd": "policyd", "relayers": "policyd"}
 THIRD_PARTY = {"click": "cli", "sqlite_utils": "store", "watchdog": "follow", "apprise": "notify"}
 STDLIB_IO = {"subprocess", "socket", "sqlite3", "http", "urllib", "shutil"}

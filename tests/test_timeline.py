@@ -71,8 +71,9 @@ def test_thresholds_are_per_window_scaled_to_the_bin():
     tl = Timeline(DEFAULT_RULES)
     assert [(t.rule, t.action, t.per_bin) for t in tl.thresholds("client")] == [("client", "block", 6.0)]
     wide = tl.thresholds("net:16/48")
-    assert [(t.rule, t.threshold, t.window_s, t.min_clients) for t in wide] == [("wide_subnet", 60, 600, 8)]
-    assert [t.rule for t in tl.thresholds("net:24/64")] == ["subnet"]
+    assert [(t.rule, t.threshold, t.window_s, t.min_clients) for t in wide] == [
+        ("wide_subnet", 30, 600, 8), ("slow_wide_subnet", 200, 10800, 12)]
+    assert [t.rule for t in tl.thresholds("net:24/64")] == ["subnet", "slow_subnet"]
     assert tl.thresholds("sasl_user")[0].per_bin == 150 * 60 / 3600
     assert tl.thresholds("relay_denied")[0].rule == "relay_probe"
     for i in range(3 * 24):
