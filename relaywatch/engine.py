@@ -149,6 +149,9 @@ class Pipeline:
         self._unsaved = (old[0] + changed, old[1] + gone, old[2] + arrived, old[3] + departed)
         changed, gone, arrived, departed = self._unsaved
         self.store.commit_batch(rows, self._decisions, position, (changed, gone), (arrived, departed))
+        self.store.on_commit(self._committed)  # inside the daemon's batch transaction: once that commits
+
+    def _committed(self) -> None:
         self._unsaved = ([], [], [], [])
         self._counts.clear()
         self._decisions.clear()

@@ -104,6 +104,7 @@ class Store:
         self.unavailable: StoreUnavailable | None = None  # the fault while the store cannot be written
         self._retry_at = 0.0
         self._depth = 0
+        self._on_commit: list[Callable[[], None]] = []
         self._unsaved_blocks: dict[tuple[str, str], BlockRow] = {}
         self._unsaved_meta: dict[str, object] = {}
         self._lock_fd: int | None = None
@@ -157,7 +158,10 @@ class Store:
                     if conn.in_transaction:
                         conn.rollback()
                     raise
-        except StoreUnavailable as exc:
+        except BaseException as exc:
+            self._on_commit.clear()
+            if not isinstance(exc, StoreUnavailable):
+                raise
             if self.unavailable is None and self.degrade:
                 self._busy(_OUTAGE_BUSY_S)
             self.unavailable, self._retry_at = exc, self.clock() + OUTAGE_RETRY_S
@@ -166,9 +170,20 @@ class Store:
             self._depth = 0
         self._unsaved_blocks.clear()
         self._unsaved_meta.clear()
+        done, self._on_commit = self._on_commit, []
+        for fn in done:
+            fn()
         if self.unavailable is not None:
             self.unavailable = None
             self._busy(BUSY_TIMEOUT_S)
+
+    def on_commit(self, fn: Callable[[], None]) -> None:
+        """Call `fn` once what was written so far is committed (at once outside a transaction);
+        never when the transaction fails: the caller still holds what it wrote."""
+        if self._depth:
+            self._on_commit.append(fn)
+        else:
+            fn()
 
     def _write_backlog(self) -> None:
         for row in self._unsaved_blocks.values():
