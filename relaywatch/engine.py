@@ -65,7 +65,7 @@ class Pipeline:
     def restore(self, now: float) -> None:
         """Rebuild the windows from the store (a restarted daemon resumes them)."""
         since = self.detector.bucket(now - self.config.longest_window_s)
-        for dim, bucket, key, n in self.store.counts_since(since):
+        for dim, bucket, key, n in self.store.counts_since(since, max_keys=self.detector.max_keys):
             self.detector.restore(dim, bucket, key, n)
         for b in self.store.blocks(now):
             self.detector.remember_block(b.kind, b.target, float("inf") if b.until is None else b.until)

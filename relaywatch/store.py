@@ -292,11 +292,30 @@ class Store:
                     [position[0], json.dumps(position[1], sort_keys=True)],
                 )
 
-    def counts_since(self, bucket: int) -> Iterator[tuple[str, int, str, int]]:
-        """Stored counts from `bucket` on, oldest first (the order windows are rebuilt in)."""
+    def counts_since(self, bucket: int, max_keys: int | None = None) -> Iterator[tuple[str, int, str, int]]:
+        """Stored counts from `bucket` on, oldest first (the order windows are rebuilt in).
+
+        With `max_keys`, a dimension holding more distinct keys than that gives only the rows of its
+        `max_keys` largest (the windows hold no more: the rest is what their caps forget first). A flood
+        of distinct clients leaves a million keys behind; parsing them all made a restart take minutes.
+        """
+        if max_keys is None:
+            yield from self.db.execute(
+                "SELECT dim, bucket, key, n FROM counts WHERE bucket >= ? ORDER BY bucket", [bucket])
+            return
+        crowded = [dim for dim, keys in self.db.execute(
+            "SELECT dim, count(DISTINCT key) FROM counts WHERE bucket >= ? GROUP BY dim", [bucket]) if keys > max_keys]
+        if not crowded:
+            yield from self.counts_since(bucket)
+            return
+        marks = ", ".join("?" * len(crowded))
         yield from self.db.execute(
-            "SELECT dim, bucket, key, n FROM counts WHERE bucket >= ? ORDER BY bucket", [bucket]
-        )
+            f"WITH top AS (SELECT dim, key FROM (SELECT dim, key, row_number() OVER (PARTITION BY dim ORDER BY"
+            f" sum(n) DESC, max(bucket) DESC) AS rank FROM counts WHERE bucket >= ? AND dim IN ({marks})"
+            f" GROUP BY dim, key) WHERE rank <= ?) "
+            f"SELECT dim, bucket, key, n FROM counts WHERE bucket >= ? AND (dim NOT IN ({marks})"
+            f" OR (dim, key) IN top) ORDER BY bucket",
+            [bucket, *crowded, max_keys, bucket, *crowded])
 
     def queue_ids(self, client: str | None = None, sasl_user: str | None = None,
                   network: str | None = None) -> list[str]:

@@ -13,6 +13,8 @@ import logging
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,9 +94,10 @@ def test_a_file_that_is_not_sqlite_is_left_exactly_as_it_was_even_by_status(tmp_
     before = os.stat(passwd)
     cfg = write_config(tmp_path / "relaywatch.toml", f'[state]\ndatabase = "{passwd}"\n')
     for args in (["status"], ["status", "--json"], ["blocks"], ["run"]):
-        result = CliRunner().invoke(main, [*args, "-c", str(cfg)])
-        assert result.exit_code == 78, (args, result.output)
-        assert f"[state] database: {passwd} is not a SQLite database (it starts with 'root:" in result.output
+        done = subprocess.run([sys.executable, "-m", "relaywatch", *args, "-c", str(cfg)], capture_output=True,
+                              text=True, timeout=30)
+        assert done.returncode == 78, (args, done.stderr)
+        assert f"[state] database: {passwd} is not a SQLite database (it starts with 'root:" in done.stderr
     after = os.stat(passwd)
     assert (after.st_mode, after.st_uid, after.st_size, after.st_mtime, after.st_atime) == (
         before.st_mode, before.st_uid, before.st_size, before.st_mtime, before.st_atime)
@@ -196,9 +199,10 @@ def test_a_config_in_a_group_writable_directory_is_refused(tmp_path):
     cfg = write_config(etc / "relaywatch.toml")
     os.chmod(etc, 0o775)
     os.chown(etc, -1, ADM)
-    result = CliRunner().invoke(main, ["run", "-c", str(cfg)])
-    assert result.exit_code == 78
-    assert f"its directory {etc} is writable by group adm (mode 0775)" in result.output
+    done = subprocess.run([sys.executable, "-m", "relaywatch", "run", "-c", str(cfg)], capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 78
+    assert f"its directory {etc} is writable by group adm (mode 0775)" in done.stderr
     os.chmod(etc, 0o755)
     load(cfg)
 
