@@ -76,11 +76,13 @@ class Signals:
         signal.signal(signal.SIGHUP, lambda *_: self.reload.set())
 
 
-def notifier_for(cfg: config_mod.Config) -> Notifier | None:
+def notifier_for(cfg: config_mod.Config, sent_at: dict[str, float] | None = None) -> Notifier | None:
+    """`sent_at`: the targets' last pushes before a restart (their cooldowns go on)."""
     if not cfg.notify_urls and not cfg.notify_config:
         return None
     return Notifier(cfg.notify_urls, cfg.notify_config, coalesce_s=cfg.notify_coalesce_s,
-                    cooldown_s=cfg.notify_cooldown_s, timeout_s=cfg.notify_timeout_s, retries=cfg.notify_retries)
+                    cooldown_s=cfg.notify_cooldown_s, timeout_s=cfg.notify_timeout_s, retries=cfg.notify_retries,
+                    sent_at=sent_at)
 
 
 def open_source(cfg: config_mod.Config, store: Store) -> FileFollower | JournalFollower:
@@ -104,7 +106,7 @@ class Daemon:
             raise
         self.blocker_factory = blocker_factory
         self.blocker = blocker_factory(cfg, self.store)
-        self.notifier = notifier_for(cfg)
+        self.notifier = notifier_for(cfg, (self.store.meta("daemon") or {}).get("notify_sent"))
         saved = self.store.meta("day_current")
         self.pipeline = self._pipeline(cfg, DayStats.from_dict(saved) if saved else DayStats.for_time(clock()))
         self.source = open_source(cfg, self.store)
@@ -360,6 +362,7 @@ class Daemon:
             "relayed": totals.relayed,
             "last_log_time": totals.last_time,
             "notify": self.notifier.status() if self.notifier is not None else None,
+            "notify_sent": self.notifier.sent_at() if self.notifier is not None else None,
         }
         self.store.set_meta("daemon", status)
         sd_notify(f"STATUS={totals.lines} lines, {totals.relayed} relayed, "
@@ -408,5 +411,8 @@ class Daemon:
         self.source.close()
         if self.notifier is not None:
             self.notifier.close(timeout=5)
-        self.store.set_meta("daemon", {**(self.store.meta("daemon") or {}), "pid": None, "stopped": self.clock()})
+        stopped = {"pid": None, "stopped": self.clock()}
+        if self.notifier is not None:
+            stopped["notify_sent"] = self.notifier.sent_at()
+        self.store.set_meta("daemon", {**(self.store.meta("daemon") or {}), **stopped})
         self.store.close()

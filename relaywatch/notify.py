@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import accumulate
@@ -303,11 +303,16 @@ class Notifier:
 
     def __init__(self, urls: tuple[str, ...] = (), config_file: str | None = None, *, coalesce_s: float = 30,
                  cooldown_s: float = 300, timeout_s: float = 10, retries: int = 3, backoff_s: float = 5,
-                 queue_size: int = 1000, clock: Callable[[], float] = time.monotonic) -> None:
+                 queue_size: int = 1000, clock: Callable[[], float] = time.monotonic,
+                 sent_at: Mapping[str, float] | None = None) -> None:
+        """`sent_at`: what `sent_at()` said before a restart, so that cooldowns outlive it."""
         self.coalesce_s, self.cooldown_s, self.timeout_s = coalesce_s, cooldown_s, timeout_s
         self.retries, self.backoff_s = retries, backoff_s
         self._clock = clock
         self._targets = _load(urls, config_file) if urls or config_file else []
+        for t in self._targets:
+            if sent_at and t.name in sent_at:
+                t.last_sent = clock() - (time.time() - sent_at[t.name])
         self._queue: queue.Queue[tuple[float, Notice] | None] = queue.Queue(queue_size)
         self._lock = threading.Lock()
         self._sent = self._failed = self._dropped = 0
@@ -355,6 +360,11 @@ class Notifier:
                 "last_error": self._last_error,
                 "last_success": iso(self._last_success) if self._last_success is not None else None,
             }
+
+    def sent_at(self) -> dict[str, float]:
+        """Target (redacted URL) -> wall time of its last push: the cooldowns, for the store."""
+        now, wall = self._clock(), time.time()
+        return {t.name: wall - (now - t.last_sent) for t in self._targets if t.last_sent != float("-inf")}
 
     def close(self, timeout: float = 10) -> None:
         """Send what is pending now (one attempt per target, within `timeout`) and stop."""

@@ -346,3 +346,30 @@ def test_a_store_in_degrade_mode_keeps_blocks_and_meta_in_memory_until_it_can_wr
     assert [(b.target, b.offences) for b in again.blocks(200.0)] == [("192.0.2.5", 1)]
     assert again.meta("map_pending") == {"since": 100.0}
     again.close()
+
+
+def test_a_notification_cooldown_outlives_a_restart(tmp_path, sink):
+    cfg = config(tmp_path, extra=f'[rules.sender]\nthreshold = 3\n[notify]\nurls = ["{sink.url("json", "/phone")}"]\n'
+                                 'coalesce = "1s"\ncooldown = "1h"\n')
+    maillog = tmp_path / "mail.log"
+    daemon = Daemon(str(cfg), load(cfg), _blocker)
+    try:
+        run_batches(daemon)
+        maillog.write_text(messages(3, client="203.0.113.61", sender="a@woodelf.org"))
+        run_batches(daemon)
+        [first] = sink.wait_for("/phone", 1)
+    finally:
+        daemon.close()
+    assert first["title"] == "relaywatch: alert sender a@woodelf.org"
+    again = Daemon(str(cfg), load(cfg), _blocker)  # a clean restart, well within the hour
+    try:
+        with open(maillog, "a") as f:
+            f.write(messages(3, client="203.0.113.62", first=3, sender="b@woodelf.org"))
+        run_batches(again)
+        assert [d.target for d in again.store.decisions() if d.action == "alert"] == ["a@woodelf.org",
+                                                                                      "b@woodelf.org"]
+        time.sleep(2.5)  # past the 1 s coalescing: without the stored cooldown it would have gone
+        assert len(sink.to("/phone")) == 1 and again.notifier.status()["pending"] == 1  # waits for the cooldown
+    finally:
+        again.notifier.close(timeout=0)  # the held notice is sent at close: not part of this test
+        again.close()
