@@ -42,8 +42,9 @@ def build(db: Path, maillog: Path, keys: int) -> None:
             store.commit_batch(batch + [("sender", bucket, "flood@spam.example", len(batch)),
                                         ("domain", bucket, "victim.example", len(batch))])
             batch = []
-    store.commit_batch([], position=(f"file:{maillog}", {"inode": maillog.stat().st_ino, "offset": 0,
-                                                          "size": 0, "head": ""}))
+    st = maillog.stat()
+    store.commit_batch([], position=(f"file:{maillog}", {"device": st.st_dev, "inode": st.st_ino, "offset": 0,
+                                                          "head": None}))
     store.close()
 
 
@@ -52,21 +53,28 @@ def time_to_ready(cfg: Path, code: str | None) -> float:
         address = os.path.join(tmp, "notify")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(address)
-        sock.settimeout(600)
+        sock.settimeout(1)
         env = {**os.environ, "NOTIFY_SOCKET": address}
         if code:
             env["PYTHONPATH"] = code
         else:
             env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+        log = open(os.path.join(tmp, "daemon.err"), "wb")  # noqa: SIM115 - closed below
         started = time.monotonic()
         proc = subprocess.Popen([sys.executable, "-m", "relaywatch", "run", "-c", str(cfg)], env=env,
-                                cwd=code or tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                cwd=code or tmp, stdout=subprocess.DEVNULL, stderr=log)
         try:
-            while True:
-                message = sock.recv(4096).decode()
+            while proc.poll() is None:
+                try:
+                    message = sock.recv(4096).decode()
+                except TimeoutError:
+                    continue
                 if "READY=1" in message.split("\n"):
                     return time.monotonic() - started
+            raise SystemExit(f"relaywatch run exited {proc.returncode}: "
+                             + Path(tmp, "daemon.err").read_text(errors="replace")[-2000:])
         finally:
+            log.close()
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=60)

@@ -293,29 +293,24 @@ class Store:
                 )
 
     def counts_since(self, bucket: int, max_keys: int | None = None) -> Iterator[tuple[str, int, str, int]]:
-        """Stored counts from `bucket` on, oldest first (the order windows are rebuilt in).
+        """Stored counts from `bucket` on, one dimension after the other, each oldest first (the
+        order its windows are rebuilt in).
 
-        With `max_keys`, a dimension holding more distinct keys than that gives only the rows of its
-        `max_keys` largest (the windows hold no more: the rest is what their caps forget first). A flood
-        of distinct clients leaves a million keys behind; parsing them all made a restart take minutes.
+        With `max_keys`, a dimension holding more rows than that gives only the rows of its
+        `max_keys` largest keys (a window holds no more: the rest is what its cap forgets first).
+        A flood of distinct clients leaves a million keys behind; reading and parsing them all
+        made a restart take minutes.
         """
-        if max_keys is None:
+        dims = self.db.execute("SELECT dim, count(*) FROM counts WHERE bucket >= ? GROUP BY dim", [bucket]).fetchall()
+        for dim, rows in dims:
+            if max_keys is None or rows <= max_keys:
+                yield from self.db.execute("SELECT dim, bucket, key, n FROM counts WHERE dim = ? AND bucket >= ?"
+                                           " ORDER BY bucket, key", [dim, bucket])
+                continue
             yield from self.db.execute(
-                "SELECT dim, bucket, key, n FROM counts WHERE bucket >= ? ORDER BY bucket", [bucket])
-            return
-        crowded = [dim for dim, keys in self.db.execute(
-            "SELECT dim, count(DISTINCT key) FROM counts WHERE bucket >= ? GROUP BY dim", [bucket]) if keys > max_keys]
-        if not crowded:
-            yield from self.counts_since(bucket)
-            return
-        marks = ", ".join("?" * len(crowded))
-        yield from self.db.execute(
-            f"WITH top AS (SELECT dim, key FROM (SELECT dim, key, row_number() OVER (PARTITION BY dim ORDER BY"
-            f" sum(n) DESC, max(bucket) DESC) AS rank FROM counts WHERE bucket >= ? AND dim IN ({marks})"
-            f" GROUP BY dim, key) WHERE rank <= ?) "
-            f"SELECT dim, bucket, key, n FROM counts WHERE bucket >= ? AND (dim NOT IN ({marks})"
-            f" OR (dim, key) IN top) ORDER BY bucket",
-            [bucket, *crowded, max_keys, bucket, *crowded])
+                "SELECT dim, bucket, key, n FROM counts WHERE dim = ? AND bucket >= ? AND key IN (SELECT key FROM"
+                " counts WHERE dim = ? AND bucket >= ? GROUP BY key ORDER BY sum(n) DESC, max(bucket) DESC LIMIT ?)"
+                " ORDER BY bucket, key", [dim, bucket, dim, bucket, max_keys])
 
     def queue_ids(self, client: str | None = None, sasl_user: str | None = None,
                   network: str | None = None) -> list[str]:
