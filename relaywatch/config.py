@@ -95,6 +95,8 @@ class _Section:
         value = self.table[key]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise ConfigError(f"[{self.name}] {key}: expected {kind.__name__}, got {value!r}")
+        if isinstance(value, str):
+            _no_controls(value, f"[{self.name}] {key}")
         return value
 
     def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -103,7 +105,7 @@ class _Section:
             return default
         if not all(isinstance(v, str) for v in value):
             raise ConfigError(f"[{self.name}] {key}: expected a list of strings")
-        return tuple(value)
+        return tuple(_no_controls(v, f"[{self.name}] {key}") for v in value)
 
     def done(self) -> None:
         unknown = sorted(set(self.table) - self.used)
@@ -237,6 +239,24 @@ def _rules(table: object) -> tuple[Rule, ...]:
     return tuple(rules)
 
 
+def _text(raw: bytes) -> str:
+    """TOML is UTF-8: say where it is not, instead of failing later on a stray byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"line {line}: byte 0x{raw[exc.start]:02X} is not UTF-8 (TOML files are UTF-8; was it"
+                          " saved as Latin-1?)") from None
+
+
+def _no_controls(value: str, where: str) -> str:
+    """A NUL or other control character (written as \\u0000 in TOML) has no place in a path, a map or a name."""
+    bad = next((c for c in value if ord(c) < 32 and c != "\t" or ord(c) == 127), None)
+    if bad is not None:
+        raise ConfigError(f"{where}: {value!r} holds the control character U+{ord(bad):04X}")
+    return value
+
+
 def load(path: str | Path | None) -> Config:
     """The configuration in `path`, or the defaults when `path` is None."""
     if path is None:
@@ -245,7 +265,7 @@ def load(path: str | Path | None) -> Config:
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())
             permissions.check_config_file(path, st)  # root acts on what it says: only root may change it
-            data = tomllib.load(f)
+            data = tomllib.loads(_text(f.read()))
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: no such file") from exc
     except tomllib.TOMLDecodeError as exc:

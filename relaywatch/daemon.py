@@ -39,7 +39,7 @@ from .queue import PostfixQueue, Target, select
 from .report import describe
 from .source_state import Choice, Reason
 from .source_state import choose as choose_source
-from .store import Store
+from .store import Store, StoreUnavailable
 
 log = logging.getLogger("relaywatch.daemon")
 
@@ -51,7 +51,6 @@ ORIGINS_KEPT_S = 6 * 86400  # longer than Postfix keeps mail (maximal_queue_life
 # After a block, queued messages the log did not tie to a client are looked up with postcat
 # only up to this many (~0.05 s per 1,000); `relaywatch queue hold` looks at them all.
 HOLD_POSTCAT_LIMIT = 20_000
-DAY_SAVE_S = 60.0  # the current day's digest counts are saved this often (and at every rollover and stop)
 DAYS_KEPT = 35  # finished days kept in meta as day:YYYY-MM-DD
 HOLD_KINDS = {"client": "client", "subnet": "network", "sasl_user": "sasl_user"}  # block kind -> queue target
 POSTFIX_SETTLE_S = 2.5  # Postfix commands wait while main.cf is younger than ~2 s: re-read it after that
@@ -116,7 +115,12 @@ class Daemon:
         self.cfg = cfg
         self.clock = clock
         self.signals = Signals()
-        self.store = Store(cfg.database)
+        self.store = Store(cfg.database, degrade=True)
+        try:
+            self.store.lock_for_daemon()
+        except RelaywatchError:
+            self.store.close()
+            raise
         self.blocker_factory = blocker_factory
         self.blocker = blocker_factory(cfg, self.store)
         self.notifier = notifier_for(cfg, self.store.meta("notify_state"))
@@ -131,7 +135,6 @@ class Daemon:
         self.started = clock()
         self.failed_lines = 0
         self._idle = False  # the last read found no new line: the log is read up to now
-        self._day_saved_at = clock()
         self._last_line_at: float | None = None
         self._notify_state: dict | None = None
         self.inline: InlineService | None = None
@@ -140,6 +143,8 @@ class Daemon:
                                       cfg.policy_budget, cfg.policy_window_s, cfg.allow_networks, cfg.policy_known,
                                       cfg.policy_max_connections)
             self.pipeline.fact_observers.append(self.inline.observe)
+        self._position: tuple[str, dict] | None = None  # the source's position after the last line read
+        self._store_fault: str | None = None  # why the store cannot be written; the batches wait in memory
 
     def _pipeline(self, cfg: config_mod.Config, day: DayStats | None) -> Pipeline:
         pipeline = Pipeline(cfg, self.store, self._local_domains(cfg), persist_messages=True, day=day,
@@ -162,7 +167,10 @@ class Daemon:
     def run(self) -> int:
         self.signals.install()
         self._audit()
-        self.blocker.expire()
+        try:
+            self.blocker.expire()
+        except StoreUnavailable as exc:
+            self._store_down(exc)
         self.blocker.pending = self.blocker.pending or bool(self.store.blocks(self.clock()))
         self._synced(self.blocker.sync())
         if self.inline is not None:
@@ -177,17 +185,20 @@ class Daemon:
             if self.signals.reload.is_set():
                 self.signals.reload.clear()
                 self._reload()
-            self._batch()
-            now = self.clock()
-            if self.inline is not None:
-                self._inline_tick(now)
-            if now >= next_housekeeping:
-                self._housekeeping(now)
-                next_housekeeping = now + HOUSEKEEPING_S
-            if now >= next_prune or self.pipeline.totals.lines >= next_prune_lines:
-                self.pipeline.prune()
-                self.store.prune_origins(now - ORIGINS_KEPT_S)
-                next_prune, next_prune_lines = now + PRUNE_S, self.pipeline.totals.lines + PRUNE_LINES
+            try:
+                self._batch()
+                now = self.clock()
+                if self.inline is not None:
+                    self._inline_tick(now)
+                if now >= next_housekeeping:
+                    self._housekeeping(now)
+                    next_housekeeping = now + HOUSEKEEPING_S
+                if now >= next_prune or self.pipeline.totals.lines >= next_prune_lines:
+                    self.pipeline.prune()
+                    self.store.prune_origins(now - ORIGINS_KEPT_S)
+                    next_prune, next_prune_lines = now + PRUNE_S, self.pipeline.totals.lines + PRUNE_LINES
+            except StoreUnavailable as exc:  # a write outside the batch (a block expiring...): retried later
+                self._store_down(exc)
         sd_notify("STOPPING=1")
         self.close()
         log.info("stopped")
@@ -198,10 +209,11 @@ class Daemon:
         self._idle = not batch.lines
         if batch.lines:
             self._last_line_at = self.clock()
-        else:
-            if not self._position_stored:
-                self.pipeline.flush((self.source.source_name, batch.position))
-                self._position_stored = True
+        if batch.lines or not self._position_stored:
+            self._position = (self.source.source_name, batch.position)
+        if not batch.lines:
+            if not self._position_stored or self._store_fault is not None:
+                self._commit([])
             return
         decisions: list[Decision] = []
         for line in batch.lines:
@@ -211,8 +223,7 @@ class Daemon:
                 self.failed_lines += 1
                 log.exception("relaywatch failed on this line (please report it): %r", line[:300])
         failed: dict[tuple[str, str], str] = {}
-        blocked = [d for d in decisions if self._act(d, failed)]
-        self.pipeline.flush((self.source.source_name, batch.position))
+        blocked = self._commit(decisions, failed)
         if self.inline is not None:
             self.inline.decided(decisions)
             if blocked:
@@ -222,12 +233,55 @@ class Daemon:
         held = {(d.kind, d.target): self._hold(d) for d in blocked}
         if self.pipeline.day is not None:
             self.pipeline.day.held += sum(n for n in held.values() if n)
-        if self.pipeline.finished_days:
-            self._save_days()
         for d in decisions:
             key = (d.kind, d.target)
             self._tell(d, held.get(key), failed.get(key) or (synced.error if synced is not None else None))
         self._check_leaks()
+
+    def _commit(self, decisions: list[Decision], failed: dict[tuple[str, str], str] | None = None) -> list[Decision]:
+        """Act on the batch's decisions and commit them with their blocks, counts, the day's digest
+        counts and the read position, in one transaction; the decisions that blocked.
+
+        When the store cannot be written (locked, disk full), the blocks wait in the store's memory
+        (the maps get them all the same) and the batch in the pipeline's; a later commit writes it all."""
+        blocked: list[Decision] | None = None
+        try:
+            with self.store.transaction():
+                blocked = [d for d in decisions if self._act(d, failed if failed is not None else {})]
+                self.pipeline.flush(self._position)
+                self._save_days()
+        except StoreUnavailable as exc:
+            if blocked is None:
+                blocked = [d for d in decisions if self._act(d, failed if failed is not None else {})]
+            self._store_down(exc)
+            return blocked
+        self._position_stored = True
+        if self._store_fault is not None:
+            self._store_up()
+        return blocked
+
+    def _store_down(self, exc: StoreUnavailable) -> None:
+        """Say once that the store cannot be written; detection and blocking go on in memory."""
+        if self._store_fault is not None:
+            return
+        self._store_fault = str(exc)
+        log.error("%s; relaywatch keeps following the log, detecting and blocking, and writes everything once"
+                  " the database can be written again", exc)
+        if self.notifier is not None:
+            self.notifier.submit(notice_for_text(
+                "failure", "relaywatch: cannot write its state database",
+                f"{exc}\n\nrelaywatch keeps running: it follows the log, detects and blocks from memory, and"
+                " writes everything it has once the database can be written again. A restart before then"
+                " reads again what it has not written.", ("failure",)))
+
+    def _store_up(self) -> None:
+        log.warning("the state database can be written again: the backlog is written, nothing was lost")
+        if self.notifier is not None:
+            self.notifier.submit(notice_for_text(
+                "info", "relaywatch: state database writable again",
+                f"The fault has passed ({self._store_fault}); everything relaywatch read meanwhile is written.",
+                ("info",)))
+        self._store_fault = None
 
     def _act(self, d: Decision, failed: dict[tuple[str, str], str]) -> bool:
         """Record a block decision; True when it changes what Postfix must refuse (else why not in `failed`)."""
@@ -376,16 +430,24 @@ class Daemon:
                                              body, kind=NoticeKind.AUDIT, key="audit"))
 
     def _reload(self) -> None:
+        """SIGHUP: the new configuration, or the old one kept with the reason; never a crash."""
         try:
             cfg = config_mod.load(self.config_path)
-        except ConfigError as exc:
+            blocker = self.blocker_factory(cfg, self.store)
+        except RelaywatchError as exc:
             log.error("SIGHUP: keeping the old configuration: %s", exc)
             return
-        self.pipeline.flush()
-        self._save_days()
+        except Exception:  # a bug must not kill the watch: the old configuration goes on
+            log.exception("SIGHUP: keeping the old configuration (please report this error)")
+            return
+        self._commit([])
+        if self._store_fault is not None:  # the new pipeline would restore without what waits in memory
+            log.error("SIGHUP: keeping the old configuration while the state database cannot be written;"
+                      " send SIGHUP again once it can")
+            return
         self.cfg = cfg
         in_force_since = self.blocker.in_force_since
-        self.blocker = self.blocker_factory(cfg, self.store)
+        self.blocker = blocker
         self.blocker.in_force_since = in_force_since  # the log check goes on across a reload
         self.pipeline = self._pipeline(cfg, self.pipeline.day)
         if self.inline is not None:  # [policy] itself changes at the next restart
@@ -409,7 +471,7 @@ class Daemon:
         self.pipeline.day_limit = now + 3600
         if self._idle:  # a quiet log: the day still ends at midnight
             self.pipeline.roll_day(now)
-        if self.pipeline.finished_days or now - self._day_saved_at >= DAY_SAVE_S:
+        if self.pipeline.finished_days:
             self._save_days()
         self._send_digest(now)
         totals = self.pipeline.totals
@@ -445,7 +507,6 @@ class Daemon:
             pipeline.finished_days.clear()
         if pipeline.day is not None:
             self.store.set_meta("day_current", pipeline.day.to_dict())
-        self._day_saved_at = self.clock()
 
     def _send_digest(self, now: float) -> None:
         """At [notify] digest_at (local time), send yesterday's digest once."""
@@ -479,8 +540,10 @@ class Daemon:
     def close(self) -> None:
         if self.inline is not None:
             self.inline.close()
-        self.pipeline.flush()
-        self._save_days()
+        self._commit([])
+        if self._store_fault is not None:
+            log.error("stopping while the state database cannot be written: the next start reads again what was"
+                      " not written (its position was not saved either), so nothing is lost")
         self.source.close()
         if self.notifier is not None:
             self.notifier.close(timeout=5)

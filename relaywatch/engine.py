@@ -55,6 +55,8 @@ class Pipeline:
         self.timeline = timeline
         self._counts: dict[tuple[str, int, str], int] = {}
         self._decisions: list[Decision] = []
+        # open messages and origins taken from the correlator but not yet committed (a store fault)
+        self._unsaved: tuple[list, list, list, list] = ([], [], [], [])
         self.day = day
         self.finished_days: list[DayStats] = []
         self.day_limit = float("inf")  # the daemon: a line stamped later than this (a forged date) ends no day
@@ -70,10 +72,14 @@ class Pipeline:
     def restore(self, now: float) -> None:
         """Rebuild the windows from the store (a restarted daemon resumes them)."""
         since = self.detector.bucket(now - self.config.longest_window_s)
-        for dim, bucket, key, n in self.store.counts_since(since):
+        for dim, bucket, key, n in self.store.counts_since(since, max_keys=self.detector.max_keys):
             self.detector.restore(dim, bucket, key, n)
         for b in self.store.blocks(now):
             self.detector.remember_block(b.kind, b.target, float("inf") if b.until is None else b.until)
+        quiet = self.detector.alert_quiet_s
+        for d in self.store.decisions(since=now - max(self.config.longest_window_s, quiet)):
+            if d.action == "alert":  # the alert quiet period outlives a restart: no second push
+                self.detector.remember_alert(d.kind, d.target, d.time + max(d.window_s, quiet))
         self.correlator.load(self.store.open_messages())
 
     def feed(self, line: str, parser: LineParser) -> Sequence[Decision]:
@@ -155,8 +161,15 @@ class Pipeline:
     def flush(self, position: tuple[str, dict] | None = None) -> None:
         """Write pending counts and decisions (and the source position) in one transaction."""
         rows = [(dim, bucket, key, n) for (dim, bucket, key), n in self._counts.items()]
-        self.store.commit_batch(rows, self._decisions, position, self.correlator.changes(),
-                                self.correlator.origins())
+        (changed, gone), (arrived, departed) = self.correlator.changes(), self.correlator.origins()
+        old = self._unsaved
+        self._unsaved = (old[0] + changed, old[1] + gone, old[2] + arrived, old[3] + departed)
+        changed, gone, arrived, departed = self._unsaved
+        self.store.commit_batch(rows, self._decisions, position, (changed, gone), (arrived, departed))
+        self.store.on_commit(self._committed)  # inside the daemon's batch transaction: once that commits
+
+    def _committed(self) -> None:
+        self._unsaved = ([], [], [], [])
         self._counts.clear()
         self._decisions.clear()
         self._warn_at_caps()

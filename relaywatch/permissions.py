@@ -11,8 +11,10 @@ ConfigError, exit 78, so systemd does not restart into the same refusal.
 
 from __future__ import annotations
 
+import grp
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from .model import ConfigError
@@ -29,11 +31,17 @@ def _owner_ok(st: os.stat_result, euid: int) -> bool:
 
 
 def file_problem(st: os.stat_result, euid: int) -> str | None:
-    """Why a file relaywatch trusts (its config) is unsafe, or None."""
+    """Why a file relaywatch trusts (its config, its state) is unsafe, or None.
+
+    Group-writable counts as unsafe whatever the group: the unit itself runs in group adm,
+    and every member of a group can rewrite what relaywatch acts on as root."""
     if not stat.S_ISREG(st.st_mode):
         return "is not a regular file"
     if st.st_mode & stat.S_IWOTH:
-        return f"is writable by every user (mode {stat.S_IMODE(st.st_mode):04o}); run: chmod o-w FILE"
+        return f"is writable by every user (mode {stat.S_IMODE(st.st_mode):04o}); run: chmod go-w FILE"
+    if st.st_mode & stat.S_IWGRP:
+        return (f"is writable by group {_group(st.st_gid)} (mode {stat.S_IMODE(st.st_mode):04o}); "
+                "run: chmod go-w FILE")
     if not _owner_ok(st, euid):
         return (f"is owned by uid {st.st_uid}, not root: that user could make relaywatch block anyone; "
                 "run: chown root FILE")
@@ -50,11 +58,21 @@ def dir_problem(st: os.stat_result, euid: int, *, sticky_ok: bool) -> str | None
     if not stat.S_ISDIR(st.st_mode):
         return "is not a directory"
     mode = stat.S_IMODE(st.st_mode)
-    if st.st_mode & stat.S_IWOTH and not (sticky_ok and st.st_mode & stat.S_ISVTX):
-        return f"is writable by every user (mode {mode:04o}); run: chmod o-w DIR"
+    shared_ok = sticky_ok and st.st_mode & stat.S_ISVTX
+    if st.st_mode & stat.S_IWOTH and not shared_ok:
+        return f"is writable by every user (mode {mode:04o}); run: chmod go-w DIR"
+    if st.st_mode & stat.S_IWGRP and not shared_ok:
+        return f"is writable by group {_group(st.st_gid)} (mode {mode:04o}); run: chmod go-w DIR"
     if not _owner_ok(st, euid):
         return f"is owned by uid {st.st_uid}, not root; run: chown root DIR"
     return None
+
+
+def _group(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
 
 
 def secrets_readable(st: os.stat_result) -> bool:
@@ -109,16 +127,49 @@ def private_dir(path: str | Path) -> None:
         raise ConfigError(f"state directory {path} {problem.replace('DIR', str(path))}")
 
 
-def private_file(path: str | Path) -> None:
-    """Make sure `path` exists, is a regular file and only its owner can read it (0600).
-    Created 0600 (O_EXCL, no symlink followed); an existing one of ours is tightened."""
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def state_file(path: str | Path, ours: Callable[[bytes], bool]) -> bool:
+    """Make sure `path` can safely be relaywatch's state database; True when created here.
+
+    Created 0600 (O_EXCL, no symlink followed). An existing file is looked at before
+    anything touches it: it must be a regular file of ours that nobody else can write,
+    starting with SQLite's header (or empty: created here, killed before the first write).
+    Its mode is tightened only when `ours(header)` says relaywatch made it; any other file
+    is refused as it is, never chmodded.
+    """
+    key = "[state] database"
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, DB_MODE)
     except FileExistsError:
-        st = os.lstat(path)
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"{path} is not a regular file (a symlink?); refusing to open it") from None
-        if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & 0o077:
-            os.chmod(path, DB_MODE)
-        return
-    os.close(fd)
+        pass
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot create {path}: {exc.strerror or exc}") from exc
+    else:
+        os.close(fd)
+        return True
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{key}: {path} is not a regular file (a symlink?); refusing to open it")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NOATIME)
+    except PermissionError:  # O_NOATIME needs ownership: refused just below anyway
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as f:
+        header = f.read(100)
+    if header and not header.startswith(SQLITE_HEADER):
+        shown = "".join(chr(b) if 32 <= b < 127 else "." for b in header[:24])
+        raise ConfigError(f"{key}: {path} is not a SQLite database (it starts with {shown!r}): relaywatch leaves it"
+                          " as it is; point [state] database at a new file")
+    if st.st_uid != os.geteuid():
+        raise ConfigError(f"{key}: {path} is owned by uid {st.st_uid}, not by relaywatch's user: that user could"
+                          " rewrite what relaywatch blocks; refusing to use it (move it aside or chown it)")
+    loose = stat.S_IMODE(st.st_mode) & 0o077
+    if loose and not ours(header):
+        problem = file_problem(st, os.geteuid()) or f"is readable by others (mode {stat.S_IMODE(st.st_mode):04o})"
+        raise ConfigError(f"{key}: {path} {problem.replace('FILE', str(path))}; relaywatch did not create it and"
+                          " will not change it: refusing to use it")
+    if loose:
+        os.chmod(path, DB_MODE)
+    return False

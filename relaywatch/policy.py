@@ -210,6 +210,10 @@ class Detector:
         if kind == "subnet":
             self._blocked_nets[ipaddress.ip_network(target)] = until
 
+    def remember_alert(self, kind: str, target: str, until: float) -> None:
+        """An alert already sent (after a restart): quiet for the rest of its period."""
+        self._quiet[("alert", kind, target)] = until
+
     def observe(self, fact: Fact, line: str) -> list[Decision]:
         self._recent.append((fact, line))
         bucket = self.bucket(fact.time)

@@ -193,12 +193,13 @@ def test_a_locked_database_makes_block_fail_cleanly(tmp_path, short_lock_wait):
 def test_a_damaged_database_is_a_clear_error_and_the_map_is_left_alone(tmp_path):
     path = tmp_path / "state.db"
     Store(path).close()
-    path.write_bytes(os.urandom(8192))
+    path.write_bytes(path.read_bytes()[:100] + os.urandom(8192))  # SQLite's header, garbage after it
     cidr = tmp_path / "reject.cidr"
     cidr.write_text("# BEGIN relaywatch managed section: do not edit, use 'relaywatch unblock'\n"
                     "192.0.2.9 REJECT blocked by relaywatch: earlier\n# END relaywatch managed section\n")
     before = cidr.read_bytes()
-    with pytest.raises(RelaywatchError, match=r"state database .*state.db: cannot open \(file is not a database\): "
+    with pytest.raises(RelaywatchError, match=r"state database .*state.db: cannot open \((file is not a database|"
+                                              r"database disk image is malformed)\): "
                                               r"it is damaged: restore it from a backup, or move it aside"):
         Store(path)
     cfg = tmp_path / "relaywatch.toml"

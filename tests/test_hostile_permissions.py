@@ -7,10 +7,14 @@ tokens never reach logs or `relaywatch status`.
 
 from __future__ import annotations
 
+import grp
 import json
 import logging
 import os
+import sqlite3
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +29,7 @@ from relaywatch.store import Store
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give files to another user")
 NOBODY = 65534
+ADM = grp.getgrnam("adm").gr_gid
 SECRET_URL = "json://relaywatch:S3CRETPASS@127.0.0.1:9/hook/S3CRETPATH?token=S3CRETTOKEN"
 SECRETS = ("S3CRETPASS", "S3CRETTOKEN")
 
@@ -81,6 +86,65 @@ def test_a_state_directory_anyone_can_write_is_refused(tmp_path):
     Store(shared / "state.db").close()
 
 
+def test_a_file_that_is_not_sqlite_is_left_exactly_as_it_was_even_by_status(tmp_path):
+    passwd = tmp_path / "passwd"
+    passwd.write_bytes(Path("/etc/passwd").read_bytes())  # an admin's typo: [state] database = "/etc/passwd"
+    os.chmod(passwd, 0o644)
+    os.utime(passwd, (1_000_000_000, 1_000_000_000))
+    before = os.stat(passwd)
+    cfg = write_config(tmp_path / "relaywatch.toml", f'[state]\ndatabase = "{passwd}"\n')
+    for args in (["status"], ["status", "--json"], ["blocks"], ["run"]):
+        done = subprocess.run([sys.executable, "-m", "relaywatch", *args, "-c", str(cfg)], capture_output=True,
+                              text=True, timeout=30)
+        assert done.returncode == 78, (args, done.stderr)
+        assert f"[state] database: {passwd} is not a SQLite database (it starts with 'root:" in done.stderr
+    after = os.stat(passwd)
+    assert (after.st_mode, after.st_uid, after.st_size, after.st_mtime, after.st_atime) == (
+        before.st_mode, before.st_uid, before.st_size, before.st_mtime, before.st_atime)
+    assert passwd.read_bytes() == Path("/etc/passwd").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["passwd", "relaywatch.toml"]  # no -wal, -shm, .lock
+
+
+def test_a_sqlite_file_relaywatch_did_not_make_is_never_chmodded(tmp_path):
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as conn:  # another program's database, shared on purpose
+        conn.execute("CREATE TABLE t (x)")
+    for bits in (0o666, 0o664, 0o644):
+        os.chmod(other, bits)
+        with pytest.raises(ConfigError, match=rf"\[state\] database: .*other.db .*mode 0{bits:o}.*relaywatch did not"
+                                              " create it and will not change it"):
+            Store(other)
+        assert mode(other) == bits
+
+
+def test_a_database_of_ours_that_others_can_write_is_fixed(tmp_path):
+    path = tmp_path / "state.db"
+    Store(path).close()
+    os.chmod(path, 0o666)
+    Store(path).close()
+    assert mode(path) == 0o600
+
+
+@needs_root
+def test_a_database_owned_by_another_user_is_refused(tmp_path):
+    path = tmp_path / "state.db"
+    Store(path).close()
+    os.chown(path, NOBODY, -1)
+    os.chmod(path, 0o666)
+    with pytest.raises(ConfigError, match=r"\[state\] database: .* is owned by uid 65534"):
+        Store(path)
+    assert mode(path) == 0o666 and os.stat(path).st_uid == NOBODY
+
+
+def test_a_group_writable_state_directory_is_refused(tmp_path):
+    shared = tmp_path / "lib"
+    shared.mkdir()
+    os.chmod(shared, 0o770)
+    with pytest.raises(ConfigError, match="is writable by group"):
+        Store(shared / "state.db")
+    assert not (shared / "state.db").exists()
+
+
 # --- the config ----------------------------------------------------------------------------------
 
 
@@ -95,7 +159,7 @@ def test_a_world_writable_config_is_refused_with_exit_78(tmp_path):
     os.chmod(cfg, 0o666)
     result = CliRunner().invoke(main, ["blocks", "-c", str(cfg)])
     assert result.exit_code == 78
-    assert "is writable by every user (mode 0666); run: chmod o-w" in result.output
+    assert "is writable by every user (mode 0666); run: chmod go-w" in result.output
     os.chmod(cfg, 0o640)
     assert CliRunner().invoke(main, ["blocks", "-c", str(cfg)]).exit_code == 0
 
@@ -116,6 +180,30 @@ def test_a_config_in_a_directory_anyone_can_write_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="its directory .* is writable by every user"):
         load(cfg)
     os.chmod(shared, 0o1777)
+    load(cfg)
+
+
+@pytest.mark.parametrize("bits", [0o660, 0o664, 0o620])
+def test_a_group_writable_config_is_refused_with_exit_78(tmp_path, bits):
+    cfg = write_config(tmp_path / "relaywatch.toml")
+    os.chmod(cfg, bits)
+    os.chown(cfg, -1, ADM)  # the unit itself runs in group adm
+    result = CliRunner().invoke(main, ["blocks", "-c", str(cfg)])
+    assert result.exit_code == 78
+    assert f"is writable by group adm (mode 0{bits:o}); run: chmod go-w" in result.output
+
+
+def test_a_config_in_a_group_writable_directory_is_refused(tmp_path):
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    cfg = write_config(etc / "relaywatch.toml")
+    os.chmod(etc, 0o775)
+    os.chown(etc, -1, ADM)
+    done = subprocess.run([sys.executable, "-m", "relaywatch", "run", "-c", str(cfg)], capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 78
+    assert f"its directory {etc} is writable by group adm (mode 0775)" in done.stderr
+    os.chmod(etc, 0o755)
     load(cfg)
 
 
@@ -152,7 +240,8 @@ def test_a_map_directory_owned_by_another_user_is_refused(tmp_path):
 
 @pytest.mark.parametrize("st_mode, uid, problem", [
     (stat.S_IFREG | 0o600, 0, None),
-    (stat.S_IFREG | 0o664, 0, None),  # group-writable by root's choice of group: the admin's call
+    (stat.S_IFREG | 0o664, 0, "is writable by group root (mode 0664)"),  # any group: the unit runs in adm
+    (stat.S_IFREG | 0o640, 0, None),
     (stat.S_IFREG | 0o646, 0, "is writable by every user (mode 0646)"),
     (stat.S_IFREG | 0o600, 1000, "is owned by uid 1000, not root"),
     (stat.S_IFREG | 0o600, 4242, None),  # our own file (relaywatch run as uid 4242)

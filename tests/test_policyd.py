@@ -23,6 +23,7 @@ import pytest
 
 from postfix_rig import POSTFIX, REMOTE_RCPT, PostfixRig, free_port
 from relaywatch.relayers import RelayHistory
+from relaywatch.store import Store
 
 pytestmark = pytest.mark.postfix
 
@@ -125,6 +126,7 @@ def test_the_service_stops_a_flood_in_open_sessions_and_fails_open(postfix_insta
                    # listed as known relayers: a block must still beat that, and they keep sending
                    'known = ["127.0.0.30", "127.0.0.40", "127.0.0.50"]\n')
     db.parent.chmod(0o700)
+    Store(str(db)).close()  # relaywatch's own database (the daemon refuses one it did not make)
     history = RelayHistory(db)  # 127.0.0.20 relayed yesterday: a known relayer
     history.saw("127.0.0.20", time.time() - 86400)
     history.flush()

@@ -85,3 +85,19 @@ def test_pruning_gives_the_space_back(tmp_path):
     store.prune(49)
     store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     assert path.stat().st_size < full / 5
+
+
+def test_a_restore_reads_no_more_keys_per_dimension_than_a_window_holds(tmp_path):
+    store = Store(tmp_path / "state.db")
+    flood = [("client", 100 + i % 60, f"2a01:4f8:1:{i:x}::1", 1) for i in range(5000)]
+    heavy = [("client", b, "198.51.100.7", 3) for b in range(100, 160)]
+    store.commit_batch(flood + heavy + [("sender", 100, "flood@spam.example", 5000), ("client", 99, "old", 9)])
+    every = list(store.counts_since(100))
+    capped = list(store.counts_since(100, max_keys=1000))
+    for dim in ("client", "sender"):  # oldest first, as windows are rebuilt
+        assert [r[1] for r in capped if r[0] == dim] == sorted(r[1] for r in capped if r[0] == dim)
+    assert len({r[2] for r in capped if r[0] == "client"}) == 1000
+    assert [r for r in capped if r[2] == "198.51.100.7"] == [r for r in every if r[2] == "198.51.100.7"]
+    assert ("sender", 100, "flood@spam.example", 5000) in capped and not any(r[2] == "old" for r in capped)
+    assert list(store.counts_since(100, max_keys=10_000)) == every
+    assert sorted(every) == sorted(r for r in store.db.execute("SELECT * FROM counts WHERE bucket >= 100"))
