@@ -460,6 +460,8 @@ def block_bypasses(params: dict[str, str], services: dict[str, dict[str, str]], 
     if map_kind is None or map_kind not in mapd:
         raise ValueError(f"no relaywatch access map blocks a {kind}")
     for scope in ev.scopes(params, services):
+        if scope.loopback_only:
+            continue  # a content filter's re-injection port: no blocked client reaches it (as audit, install-maps)
         if map_kind == "client":
             client = ev.Client(ev.membership(_trust(scope), ipaddress.ip_network(target, strict=False)),
                                listed="client")
