@@ -30,6 +30,13 @@ KIND_TEXT = {
     "sasl_user": "a SASL login (check_sasl_access)",
 }
 
+MANUAL_REASON = "blocked by hand"  # `relaywatch block`'s --reason when none is given
+
+
+def manual_evidence(reason: str) -> str:
+    """The evidence line of a manual block: "blocked by hand: REASON", never "blocked by hand: blocked by hand"."""
+    return MANUAL_REASON if reason == MANUAL_REASON else f"{MANUAL_REASON}: {reason}"
+
 
 def looks_like_address(text: str) -> bool:
     """`spammer@example.com` is more often meant as a sender than as a SASL login name."""

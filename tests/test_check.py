@@ -51,6 +51,8 @@ def test_block_refuses_what_allow_protects_unless_forced(postfix_instance, rw, t
     assert forced.output.startswith("blocked client 127.0.0.1 until ")
     assert "an SMTP client address" in forced.output and "despite [allow] networks" in forced.output
     assert postfix_instance.send("127.0.0.1")[0] == 554
+    why = run("check", "127.0.0.1", "-c", rw).output  # no --reason: no "blocked by hand: blocked by hand"
+    assert "why: manual: blocked by hand\n" in why and "hand: blocked by hand" not in why, why
 
 
 def test_an_address_looking_sasl_name_needs_sasl_user(postfix_instance, rw):
@@ -93,6 +95,10 @@ def test_check_names_the_covering_block_and_whether_postfix_enforces_it(postfix_
     assert "allowed by [allow] networks (127.0.0.0/8)" in inside.output
     assert "Postfix enforces a block of it" in inside.output
     assert postfix_instance.send("127.0.9.7")[0] == 554  # and it really does
+    address_only = run("unblock", "127.0.9.7", "-c", rw)  # the address has no block of its own
+    assert address_only.exit_code == 0 and address_only.output == (
+        "client 127.0.9.7 was not blocked\n"
+        "  but it is refused by the block of subnet 127.0.9.0/24: relaywatch unblock 127.0.9.0/24\n")
     doc = json.loads(run("check", "127.0.9.7", "--json", "-c", rw).output)
     assert doc["blocked"] and doc["enforced"] is True
     assert [b["target"] for b in doc["blocks"]] == ["127.0.9.0/24"]
