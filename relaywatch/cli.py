@@ -481,8 +481,8 @@ def run(config_path: str | None) -> None:
         daemon = Daemon(config_path, config_mod.load(config_path), _blocker)
         code = daemon.run()
     except RelaywatchError as exc:
-        log.error("%s", exc)
-        _fail(exc)
+        log.error("%s", exc)  # once: the log goes to stderr, hence the journal
+        sys.exit(exc.exit_code)
     sys.exit(code)
 
 
