@@ -71,7 +71,7 @@ def audit(params: dict[str, str], services: dict[str, dict[str, str]], maps: Aud
     if maps.policy and not any(f.code == "policy-service" for f in found):
         found.append(Finding("warning", "policy-unused", f"relaywatch's policy service ({maps.policy}) is not asked",
                              "No restriction list has check_policy_service for it, so blocks wait for the map and "
-                             "the inline budget does nothing.", _POLICY_FIX.format(ep=_endpoint(maps.policy)), {}))
+                             "the inline budget does nothing.", _policy_fix(scopes[0], maps.policy), {}))
     found += _type_mismatch(scopes, maps)
     if maps.sasl_access_map and not any(s.params.get("smtpd_sasl_auth_enable") == "yes" for s in scopes):
         found.append(Finding("info", "sasl-map-unused", "SASL is not enabled: the SASL access map has no effect",
@@ -81,13 +81,25 @@ def audit(params: dict[str, str], services: dict[str, dict[str, str]], maps: Aud
     return sorted(found, key=lambda f: SEVERITIES.index(f.severity))
 
 
-_POLICY_FIX = ("smtpd_recipient_restrictions = check_policy_service {{ {ep}, default_action=DUNNO, timeout=2s, "
-               "try_limit=1 }}, permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination")
 _POLICY_DEFAULT = re.compile(r"default_action\s*=\s*([^,}]+)", re.I)
 
 
 def _endpoint(listen: str) -> str:
     return f"unix:{listen}" if listen.startswith("/") else f"inet:{listen}"
+
+
+def _asks(rule: ev.Rule, listen: str) -> bool:
+    """Is `rule` a check_policy_service of relaywatch's service at `listen`?"""
+    target = rule.arg.replace(" ", "").strip("{}").split(",")[0]
+    return rule.name == "check_policy_service" and (target == _endpoint(listen) or (
+        listen.startswith("/") and target.startswith("unix:") and listen.endswith("/" + target[5:])))
+
+
+def _policy_fix(scope: ev.Scope, listen: str, list_name: str = "smtpd_recipient_restrictions") -> str:
+    """The admin's own list with relaywatch's service first, failing open; nothing else in it is dropped."""
+    entry = f"check_policy_service {{ {_endpoint(listen)}, default_action=DUNNO, timeout=2s, try_limit=1 }}"
+    rest = [str(r) for r in ev.rules(scope.params, list_name, flatten=False) if not _asks(r, listen)]
+    return scope.line(list_name, ", ".join([entry, *rest])) + "\npostfix reload"
 
 
 def _policy_service(scope: ev.Scope, listen: str) -> list[Finding]:
@@ -97,10 +109,7 @@ def _policy_service(scope: ev.Scope, listen: str) -> list[Finding]:
     for list_name in ev.LISTS:
         rules = ev.rules(scope.params, list_name)
         for i, rule in enumerate(rules):
-            arg = rule.arg.replace(" ", "")
-            target = arg.strip("{}").split(",")[0]
-            if rule.name != "check_policy_service" or not (target == _endpoint(listen) or (
-                    listen.startswith("/") and target.startswith("unix:") and listen.endswith("/" + target[5:]))):
+            if not _asks(rule, listen):
                 continue
             out.append(Finding("info", "policy-service", f"[{scope.name}] {list_name} asks relaywatch's policy service",
                                "Blocks take effect at the next RCPT, in sessions already open too.", "Nothing to do.",
@@ -111,12 +120,12 @@ def _policy_service(scope: ev.Scope, listen: str) -> list[Finding]:
                 out.append(Finding("warning", "policy-fail-closed", f"[{scope.name}] mail stops when relaywatch's "
                                    "policy service is down", f"check_policy_service in {list_name} falls back to "
                                    f"{action!r}: a stopped or slow relaywatch would defer all mail.",
-                                   _POLICY_FIX.format(ep=_endpoint(listen)), {}))
+                                   _policy_fix(scope, listen, list_name), {}))
             if any(r.name == "permit_mynetworks" for r in rules[:i]):
                 out.append(Finding("warning", "policy-after-permit", f"[{scope.name}] relaywatch's policy service "
                                    "comes after permit_mynetworks", f"In {list_name}, permit_mynetworks ends the list "
                                    "first for your networks (the 2003 hole): the service never sees them.",
-                                   _POLICY_FIX.format(ep=_endpoint(listen)), {}))
+                                   _policy_fix(scope, listen, list_name), {}))
     return out
 
 
@@ -460,6 +469,8 @@ def block_bypasses(params: dict[str, str], services: dict[str, dict[str, str]], 
     if map_kind is None or map_kind not in mapd:
         raise ValueError(f"no relaywatch access map blocks a {kind}")
     for scope in ev.scopes(params, services):
+        if scope.loopback_only:
+            continue  # a content filter's re-injection port: no blocked client reaches it (as audit, install-maps)
         if map_kind == "client":
             client = ev.Client(ev.membership(_trust(scope), ipaddress.ip_network(target, strict=False)),
                                listed="client")

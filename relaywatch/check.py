@@ -30,6 +30,13 @@ KIND_TEXT = {
     "sasl_user": "a SASL login (check_sasl_access)",
 }
 
+MANUAL_REASON = "blocked by hand"  # `relaywatch block`'s --reason when none is given
+
+
+def manual_evidence(reason: str) -> str:
+    """The evidence line of a manual block: "blocked by hand: REASON", never "blocked by hand: blocked by hand"."""
+    return MANUAL_REASON if reason == MANUAL_REASON else f"{MANUAL_REASON}: {reason}"
+
 
 def looks_like_address(text: str) -> bool:
     """`spammer@example.com` is more often meant as a sender than as a SASL login name."""
@@ -123,14 +130,15 @@ class Answer:
             out.append(f"  by {entry}: since {iso(b.since)}, {until} (offence {b.offences})")
             out.append(f"    why: {d.rule + ': ' + describe(d) if d else b.rule + ': ' + b.reason}")
             for line in (d.evidence[-3:] if d else ()):
-                out.append(f"    | {line[:160]}")
+                if line != describe(d):  # a manual block's only evidence is its why
+                    out.append(f"    | {line[:160]}")
             out.append(f"    undo: relaywatch unblock {b.target}")
         if self.partly:
             out.append("  partly: " + ", ".join(f"{b.kind} {b.target}" for b in self.partly) + " inside it are blocked")
         if self.allowed:
             out.append(f"  allowed by {self.allowed}: the rules never block it")
-        verdict = {True: "Postfix enforces", False: "Postfix would NOT enforce", None: "cannot tell whether Postfix "
-                   "enforces"}[self.enforced]
+        verdict = {True: "Postfix enforces" if self.blocked else "Postfix would enforce",
+                   False: "Postfix would NOT enforce", None: "cannot tell whether Postfix enforces"}[self.enforced]
         out.append(f"  {verdict} a block of it" + (f": {self.enforcement}" if self.enforcement else ""))
         return "\n".join(out) + "\n"
 

@@ -21,6 +21,7 @@ from . import __version__, report
 from . import config as config_mod
 from . import hostaddrs
 from .blocking import Blocker, in_map, map_specs, maps_from_config, target_kind
+from .check import MANUAL_REASON, manual_evidence
 from .engine import replay as run_replay
 from .model import ConfigError, Decision, RelaywatchError
 from .postfix import Postfix, default_database_type
@@ -211,7 +212,7 @@ def _run(cfg: config_mod.Config, paths: list[str], year: int | None, local_domai
 
 @main.command()
 @click.argument("target")
-@click.option("--reason", default="blocked by hand", show_default=True, help="Why; shown in the map's REJECT text.")
+@click.option("--reason", default=MANUAL_REASON, show_default=True, help="Why; shown in the map's REJECT text.")
 @click.option("--for", "duration", help="How long, e.g. 1h, 2d (default: [block] duration, doubled per repeat).")
 @click.option("--permanent", is_flag=True, help="Never expires.")
 @click.option("--sasl-user", "sasl_user", is_flag=True, help="TARGET is a SASL login name (needed if it has an @).")
@@ -251,7 +252,7 @@ def block(target: str, reason: str, duration: str | None, permanent: bool, sasl_
         row = blocker.block(kind, canonical, reason, duration=seconds, permanent=permanent)
         # remembered like the detector's decisions: the digest and the report show manual blocks
         store.commit_batch([], [Decision(row.since, "block", kind, canonical, "manual", 0, 0,
-                                         evidence=(f"blocked by hand: {reason}",))])
+                                         evidence=(manual_evidence(reason),))])
         synced = blocker.sync()
     except RelaywatchError as exc:
         _fail(exc)
@@ -299,6 +300,8 @@ def check(target: str, sasl_user: bool, as_json: bool, config_path: str | None) 
 @config_option
 def unblock(target: str, config_path: str | None) -> None:
     """Lift the block on TARGET (client IP, subnet or SASL login name)."""
+    from . import check as check_mod
+
     try:
         cfg = _load(config_path)
         kind, canonical = target_kind(target)
@@ -306,9 +309,12 @@ def unblock(target: str, config_path: str | None) -> None:
         blocker = _blocker(cfg, store)
         removed = blocker.unblock(kind, canonical)
         synced = blocker.sync()
+        still = [] if removed else check_mod.covering(kind, canonical, store.blocks(time.time()))
     except RelaywatchError as exc:
         _fail(exc)
     click.echo(f"unblocked {kind} {canonical}" if removed else f"{kind} {canonical} was not blocked")
+    for b in still:  # an address inside a blocked network: unblocking the address changes nothing
+        click.echo(f"  but it is refused by the block of {b.kind} {b.target}: relaywatch unblock {b.target}")
     if not synced:
         click.echo(f"relaywatch: the change is recorded but pending: {blocker.last_error}", err=True)
         sys.exit(1)
@@ -475,8 +481,8 @@ def run(config_path: str | None) -> None:
         daemon = Daemon(config_path, config_mod.load(config_path), _blocker)
         code = daemon.run()
     except RelaywatchError as exc:
-        log.error("%s", exc)
-        _fail(exc)
+        log.error("%s", exc)  # once: the log goes to stderr, hence the journal
+        sys.exit(exc.exit_code)
     sys.exit(code)
 
 

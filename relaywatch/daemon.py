@@ -105,7 +105,7 @@ def open_source(cfg: config_mod.Config, store: Store) -> tuple[FileFollower | Jo
         if choice.reason is not Reason.FALLBACK:
             raise
         raise ConfigError(f"[source] path: {cfg.source_path} does not exist and the journal cannot be read "
-                          f"either ({exc}): nothing to watch; set [source] path to Postfix's log") from exc
+                          f"either, nothing to watch ({exc})") from exc
 
 
 class Daemon:

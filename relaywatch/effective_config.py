@@ -112,7 +112,12 @@ def render(config: Config, source: str, redact: Callable[[str], str] | None = No
         if sect != section:
             out += ["", f"[{sect}]"]
             section = sect
-        out.append(f"{key} = {_value(getattr(config, attr), kind)}")
+        line = f"{key} = {_value(getattr(config, attr), kind)}"
+        if attr == "source_path" and not config.source_explicit:
+            # written out, the path would be "set": no journal fallback, a wait for a file that never comes
+            out += [f"# path unset: {config.source_path} if it exists, else the systemd journal", f"# {line}"]
+            continue
+        out.append(line)
     active = {r.name for r in config.rules}
     for rule in config.rules:
         out += ["", *_rule_lines(rule)]

@@ -273,6 +273,17 @@ def test_loopback_reinjection_service_is_left_alone() -> None:
     assert one(audit(GOOD, exposed, AuditMaps(REJECT_LIST)), "client-block-bypassed-mynetworks").severity == "warning"
 
 
+def test_block_warning_skips_the_loopback_reinjection_service_like_the_audit() -> None:
+    """`relaywatch block` said "Postfix will not enforce this block ... 127.0.0.1:10025/inet" while
+    `audit` and `install-maps` leave that service alone: no blocked client ever reaches it."""
+    lists = {"mynetworks": "10.0.0.0/8", "smtpd_client_restrictions": "permit_mynetworks, reject",
+             "smtpd_recipient_restrictions": "permit_mynetworks, reject"}
+    reinjection = {"127.0.0.1:10025/inet": lists}
+    assert block_ineffective_reason(GOOD, reinjection, "client", "10.1.2.3", AuditMaps(REJECT_LIST)) is None
+    reason = block_ineffective_reason(GOOD, {"2525/inet": lists}, "client", "10.1.2.3", AuditMaps(REJECT_LIST))
+    assert reason is not None and "2525/inet" in reason
+
+
 # --- open relay structure and self-test -----------------------------------------------------
 
 

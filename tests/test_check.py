@@ -51,6 +51,9 @@ def test_block_refuses_what_allow_protects_unless_forced(postfix_instance, rw, t
     assert forced.output.startswith("blocked client 127.0.0.1 until ")
     assert "an SMTP client address" in forced.output and "despite [allow] networks" in forced.output
     assert postfix_instance.send("127.0.0.1")[0] == 554
+    why = run("check", "127.0.0.1", "-c", rw).output  # no --reason: no "blocked by hand: blocked by hand"
+    assert "why: manual: blocked by hand\n" in why and "hand: blocked by hand" not in why, why
+    assert "| blocked by hand" not in why  # the why, not repeated as evidence
 
 
 def test_an_address_looking_sasl_name_needs_sasl_user(postfix_instance, rw):
@@ -93,12 +96,17 @@ def test_check_names_the_covering_block_and_whether_postfix_enforces_it(postfix_
     assert "allowed by [allow] networks (127.0.0.0/8)" in inside.output
     assert "Postfix enforces a block of it" in inside.output
     assert postfix_instance.send("127.0.9.7")[0] == 554  # and it really does
+    address_only = run("unblock", "127.0.9.7", "-c", rw)  # the address has no block of its own
+    assert address_only.exit_code == 0 and address_only.output == (
+        "client 127.0.9.7 was not blocked\n"
+        "  but it is refused by the block of subnet 127.0.9.0/24: relaywatch unblock 127.0.9.0/24\n")
     doc = json.loads(run("check", "127.0.9.7", "--json", "-c", rw).output)
     assert doc["blocked"] and doc["enforced"] is True
     assert [b["target"] for b in doc["blocks"]] == ["127.0.9.0/24"]
     assert doc["blocks"][0]["decision"]["evidence"] == ["blocked by hand: rotating flood"]
     outside = run("check", "127.0.10.1", "-c", rw)
     assert outside.exit_code == 3 and outside.output.startswith("client 127.0.10.1: not blocked")
+    assert "Postfix would enforce a block of it" in outside.output  # not "enforces": nothing is blocked
     wider = run("check", "127.0.0.0/16", "-c", rw)
     assert wider.exit_code == 3 and "partly: subnet 127.0.9.0/24 inside it are blocked" in wider.output
     assert run("check", "nobody", "--json", "-c", rw).exit_code == 3

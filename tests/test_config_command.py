@@ -82,6 +82,16 @@ def test_defaults_are_printed_when_there_is_no_file() -> None:
     assert 'path = "/var/log/mail.log"' in text and 'duration = "1d"' in text
 
 
+def test_an_unset_source_path_stays_unset_in_the_printed_configuration() -> None:
+    """`relaywatch config > relaywatch.toml` must not turn the default into a set path: a set path is
+    waited for, so on Debian 12 without rsyslog the daemon would read nothing instead of the journal."""
+    text = effective_config.render(config_mod.Config(), "defaults")
+    assert not config_mod.from_dict(tomllib.loads(text)).source_explicit
+    assert "else the systemd journal" in text
+    explicit = config_mod.from_dict({"source": {"path": "/var/log/mail.log"}})
+    assert config_mod.from_dict(tomllib.loads(effective_config.render(explicit, "a file"))).source_explicit
+
+
 def test_notification_tokens_are_masked(tmp_path: Path) -> None:
     path = _write(tmp_path, '[notify]\nurls = ["tgram://123456:SECRETTOKEN/987"]\n')
     out = CliRunner().invoke(main, ["config", "-c", str(path)])

@@ -286,3 +286,23 @@ def test_the_audit_warns_when_the_service_fails_closed_or_comes_after_permit_myn
     assert policy_findings("permit_mynetworks, " + ok.split(", permit")[0]) == {"policy-service",
                                                                               "policy-after-permit"}
     assert policy_findings("permit_mynetworks, check_policy_service inet:127.0.0.1:9998") == {"policy-unused"}
+
+
+def test_the_audits_policy_fix_keeps_the_admins_own_list():
+    """The fix used to be a whole new smtpd_recipient_restrictions: pasted in, it threw away the admin's
+    check_sasl_access, RBLs and postgrey (issue 16 item 4's trap, again)."""
+    from relaywatch.audit import AuditMaps, audit
+    own = ("check_sasl_access hash:/etc/postfix/relaywatch_sasl, permit_mynetworks, reject_unauth_destination, "
+           "reject_rbl_client zen.spamhaus.org, check_policy_service inet:127.0.0.1:10023")
+    p = {"mynetworks": "127.0.0.0/8", "smtpd_relay_restrictions": "permit_mynetworks, reject_unauth_destination",
+         "smtpd_recipient_restrictions": own}
+    maps = AuditMaps("hash:/etc/postfix/c", None, "127.0.0.1:10040")
+    [unused] = [f for f in audit(p, {}, maps) if f.code == "policy-unused"]
+    assert unused.fix == ("smtpd_recipient_restrictions = check_policy_service { inet:127.0.0.1:10040, "
+                          f"default_action=DUNNO, timeout=2s, try_limit=1 }}, {own}\npostfix reload")
+    closed = {**p, "smtpd_recipient_restrictions": "permit_mynetworks, check_policy_service inet:127.0.0.1:10040, "
+                                                   "reject_rbl_client zen.spamhaus.org"}
+    fixes = {f.code: f.fix for f in audit(closed, {}, maps)}
+    assert fixes["policy-after-permit"] == fixes["policy-fail-closed"] == (
+        "smtpd_recipient_restrictions = check_policy_service { inet:127.0.0.1:10040, default_action=DUNNO, "
+        "timeout=2s, try_limit=1 }, permit_mynetworks, reject_rbl_client zen.spamhaus.org\npostfix reload")

@@ -139,7 +139,9 @@ def test_without_mail_log_the_default_source_falls_back_to_the_journal(tmp_path)
             proc.kill()
     if not journal:
         assert code == 78
-        assert "[source] path: /var/log/mail.log does not exist and the journal cannot be read" in err.read_text()
+        text = err.read_text()
+        assert "[source] path: /var/log/mail.log does not exist and the journal cannot be read" in text
+        assert text.count("journal cannot be read") == 1 and text.count("set [source] path to Postfix's log") == 1, text
 
 
 def test_audit_says_what_is_read_and_whether_lines_arrive(tmp_path):
