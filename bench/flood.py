@@ -38,9 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from relaywatch.config import Config  # noqa: E402 - after the sys.path line
 from relaywatch.engine import FLUSH_EVERY, Pipeline  # noqa: E402 - after the sys.path line
-from relaywatch.parse import LineParser, YearResolver  # noqa: E402 - after the sys.path line
-from relaywatch.policy import Detector  # noqa: E402 - after the sys.path line
-from relaywatch.store import Store  # noqa: E402 - after the sys.path line
+from relaywatch.core.parse import LineParser, YearResolver  # noqa: E402 - after the sys.path line
+from relaywatch.core.policy import Detector  # noqa: E402 - after the sys.path line
+from relaywatch.store.sqlite import Store  # noqa: E402 - after the sys.path line
 
 T0 = 1795773600  # 2026-11-27 06:40:00 UTC
 SPAN_S = 600.0
@@ -182,8 +182,8 @@ def main() -> int:
             r = run(args.clients, args.scenario[0], args.max_keys, args.max_messages, database)
         print(json.dumps(r))
         return 0
-    from relaywatch.correlate import Correlator
-    from relaywatch.windows import MAX_KEYS
+    from relaywatch.core.correlate import Correlator
+    from relaywatch.core.windows import MAX_KEYS
 
     max_keys = args.max_keys or MAX_KEYS
     max_messages = args.max_messages or Correlator().max_messages

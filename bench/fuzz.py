@@ -194,7 +194,7 @@ def check_event(event: object, canary_free: bool, line: str) -> None:
 
 
 def check_decisions(decisions: Sequence, canary_free: bool) -> None:
-    from relaywatch.postfix import InvalidBlock, render_key
+    from relaywatch.postfix.maps import InvalidBlock, render_key
 
     for d in decisions:
         # senders and destination domains are the attacker's own text by nature (alerts only);
@@ -219,11 +219,11 @@ def check_decisions(decisions: Sequence, canary_free: bool) -> None:
 def _pipeline():
     from relaywatch.config import Config
     from relaywatch.engine import Pipeline
-    from relaywatch.parse import LineParser, YearResolver
-    from relaywatch.policy import DEFAULT_RULES
-    from relaywatch.report import Tally
-    from relaywatch.store import Store
-    from relaywatch.timeline import Timeline
+    from relaywatch.core.parse import LineParser, YearResolver
+    from relaywatch.core.policy import DEFAULT_RULES
+    from relaywatch.reports.report import Tally
+    from relaywatch.store.sqlite import Store
+    from relaywatch.reports.timeline import Timeline
 
     rules = tuple(dataclasses.replace(r, threshold=1, min_clients=min(r.min_clients, 1)) for r in DEFAULT_RULES)
     config = dataclasses.replace(Config(), rules=rules, allow_networks=())
@@ -233,9 +233,9 @@ def _pipeline():
 
 def run_lines(lines: Sequence[str], canary_free: bool, reports: bool = True) -> list:
     """Parse, correlate and decide `lines` in a fresh pipeline with every threshold at 1; check everything."""
-    from relaywatch import report
-    from relaywatch.report import ReplayResult
-    from relaywatch.htmlreport import render_html
+    from relaywatch.reports import report
+    from relaywatch.reports.report import ReplayResult
+    from relaywatch.reports.html import render_html
 
     pipeline, parser = _pipeline()
     decisions = []
@@ -408,7 +408,7 @@ def run_hypothesis(runs: int, deadline: float) -> None:
 
 
 def worst_case_table() -> tuple[float, str]:
-    from relaywatch.parse import LineParser, YearResolver
+    from relaywatch.core.parse import LineParser, YearResolver
 
     parser = LineParser(YearResolver(2026))
     slowest, what = 0.0, ""

@@ -1,5 +1,5 @@
 """python -m relaywatch"""
 
-from .cli import main
+from relaywatch.cli import main
 
 main()

@@ -26,11 +26,11 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from .destinations import Destinations
-from .inline import Blocked, Budget, Exceeded, InlinePolicy, Network, history_key, parse_listen, parse_request
-from .model import Decision, Relayed, RelaywatchError
-from .policy import Fact
-from .relayers import RelayHistory, day_number
+from relaywatch.core.destinations import Destinations
+from relaywatch.core.inline import Blocked, Budget, Exceeded, InlinePolicy, Network, history_key, parse_listen, parse_request
+from relaywatch.model import Decision, Relayed, RelaywatchError
+from relaywatch.core.policy import Fact
+from relaywatch.store.relayers import RelayHistory, day_number
 
 log = logging.getLogger("relaywatch.policyd")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from relaywatch.config import Config
 from relaywatch.engine import replay
-from relaywatch.report import ReplayResult
+from relaywatch.reports.report import ReplayResult
 
 T0 = datetime(2025, 6, 2, 9, 0, tzinfo=timezone.utc).timestamp()  # a Monday morning
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from relaywatch import audit_eval as ev
-from relaywatch.audit import (
+from relaywatch.postfix import audit_eval as ev
+from relaywatch.postfix.audit import (
     SAMPLES,
     AuditMaps,
     Finding,

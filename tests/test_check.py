@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from relaywatch.cli import main
-from relaywatch.digest import DayStats
-from relaywatch.store import Store
+from relaywatch.reports.digest import DayStats
+from relaywatch.store.sqlite import Store
 
 pytestmark = pytest.mark.postfix
 

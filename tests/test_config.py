@@ -10,7 +10,7 @@ import pytest
 
 from relaywatch import config
 from relaywatch.model import ConfigError
-from relaywatch.policy import DEFAULT_RULES
+from relaywatch.core.policy import DEFAULT_RULES
 
 EXAMPLE = Path(__file__).parent.parent / "conf" / "relaywatch.toml"
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 import relaywatch
 from relaywatch import config as config_mod
-from relaywatch import effective_config
+from relaywatch.reports import effective_config
 from relaywatch.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from relaywatch.correlate import Correlator, LocalDomains
+from relaywatch.core.correlate import Correlator, LocalDomains
 from relaywatch.model import LocalRelayed, Relayed, RelayDenied
-from relaywatch.parse import LineParser, YearResolver
+from relaywatch.core.parse import LineParser, YearResolver
 
 
 def run(text: str, correlator: Correlator | None = None) -> list:
@@ -200,7 +200,7 @@ def test_the_host_of_an_open_message_survives_a_restart_through_the_store(tmp_pa
     """Two hosts of a central log with the same short queue id, stopped between client= and delivery."""
     from dataclasses import replace
 
-    from relaywatch.store import Store
+    from relaywatch.store.sqlite import Store
 
     parser = LineParser(YearResolver(2025))
 

@@ -15,8 +15,8 @@ import pytest
 
 from relaywatch.config import load
 from relaywatch.engine import Pipeline
-from relaywatch.parse import LineParser, YearResolver
-from relaywatch.store import Store
+from relaywatch.core.parse import LineParser, YearResolver
+from relaywatch.store.sqlite import Store
 
 ROOT = Path(__file__).parent.parent
 

@@ -20,12 +20,12 @@ import pytest
 from test_daemon import position, start, wait_for
 from test_hostile_faults import fill, tiny_disk  # noqa: F401 - a fixture
 
-from relaywatch import store as store_mod
+from relaywatch.store import sqlite as store_mod
 from relaywatch.cli import _blocker
 from relaywatch.config import load
 from relaywatch.daemon import Daemon
-from relaywatch.notices import PREFIX
-from relaywatch.store import BlockRow, Store
+from relaywatch.notify.notices import PREFIX
+from relaywatch.store.sqlite import BlockRow, Store
 
 
 def messages(n: int, client: str = "203.0.113.50", first: int = 0, sender: str = "news@woodelf.org") -> str:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from relaywatch.correlate import Correlator
-from relaywatch.destinations import LocalDomains
+from relaywatch.core.correlate import Correlator
+from relaywatch.core.destinations import LocalDomains
 from relaywatch.model import Event, ProxyAccept, Relayed
-from relaywatch.parse import LineParser, YearResolver
+from relaywatch.core.parse import LineParser, YearResolver
 
 DATA = Path(__file__).parent / "data" / "deployments"
 _PROXY_ACCEPT = re.compile(r"NOQUEUE: proxy-accept: END-OF-MESSAGE from (?P<name>[^\s\[]*)\[(?P<addr>[^\]]+)\]: "

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from postfix_rig import POSTMAP, postfix_installed
-from relaywatch.destinations import DomainList, LocalDomains, LogInference, Pattern, Reason, Source, split_list
-from relaywatch.postconf import local_destinations, postfix_domains
+from relaywatch.core.destinations import DomainList, LocalDomains, LogInference, Pattern, Reason, Source, split_list
+from relaywatch.postfix.postconf import local_destinations, postfix_domains
 
 needs_postfix = pytest.mark.skipif(
     not postfix_installed() and os.environ.get("RELAYWATCH_REQUIRE_POSTFIX") != "1",
@@ -165,7 +165,7 @@ def test_replay_reads_relay_domains_from_postfix_and_says_where_they_came_from(e
 
 
 def test_replay_says_which_domains_it_inferred_and_why(tmp_path):
-    from relaywatch import report
+    from relaywatch.reports import report
     from relaywatch.config import from_dict
     from relaywatch.engine import replay
 

@@ -12,16 +12,17 @@ from pathlib import Path
 
 
 from relaywatch import config as config_mod
-from relaywatch import digest, sources
+from relaywatch.reports import digest
+from relaywatch.sources import files as sources
 from relaywatch.cli import _blocker
-from relaywatch.notices import HOST
+from relaywatch.notify.notices import HOST
 from relaywatch.config import Config
 from relaywatch.daemon import Daemon
-from relaywatch.digest import DayStats, digest_text, unusual
+from relaywatch.reports.digest import DayStats, digest_text, unusual
 from relaywatch.engine import Pipeline
 from relaywatch.model import Decision, Relayed, RelayDenied
-from relaywatch.parse import LineParser, YearResolver
-from relaywatch.store import Store
+from relaywatch.core.parse import LineParser, YearResolver
+from relaywatch.store.sqlite import Store
 
 SAMPLE = Path(__file__).parent.parent / "relaywatch" / "data" / "sample-2003-03-16.log.gz"
 DAY = "2024-05-14"

@@ -23,8 +23,8 @@ import pytest
 from postfix_rig import POSTFIX, POSTMAP, PostfixRig
 from test_daemon import start, wait_for
 
-from relaywatch.enforcement import LeakWatch
-from relaywatch.mapguard import BEGIN, END
+from relaywatch.core.enforcement import LeakWatch
+from relaywatch.postfix.mapguard import BEGIN, END
 from relaywatch.model import Relayed
 
 FLOODER = "127.0.0.9"

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from relaywatch import follow as follow_module
-from relaywatch import sources
-from relaywatch.follow import Batch, FileFollower, Follower
-from relaywatch.journal import JournalFollower
+from relaywatch.sources import follow as follow_module
+from relaywatch.sources import files as sources
+from relaywatch.sources.follow import Batch, FileFollower, Follower
+from relaywatch.sources.journal import JournalFollower
 from relaywatch.model import ClientSeen, Delivery, Reject, RelaywatchError
-from relaywatch.parse import LineParser, YearResolver
+from relaywatch.core.parse import LineParser, YearResolver
 
 DATA = Path(__file__).parent / "data" / "journal"
 

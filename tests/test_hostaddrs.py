@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from maillog import T0, Log, rcpts
-from relaywatch import hostaddrs
+from relaywatch.postfix import hostaddrs
 from relaywatch.cli import main
 
 FIB_TRIE = """Main:

@@ -20,13 +20,13 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relaywatch import sources
+from relaywatch.sources import files as sources
 from relaywatch.config import Config
 from relaywatch.engine import Pipeline
-from relaywatch.follow import FileFollower
-from relaywatch.parse import LineParser, YearResolver
-from relaywatch.store import Store
-from relaywatch.windows import WindowCounter
+from relaywatch.sources.follow import FileFollower
+from relaywatch.core.parse import LineParser, YearResolver
+from relaywatch.store.sqlite import Store
+from relaywatch.core.windows import WindowCounter
 
 BENCH = Path(__file__).parent.parent / "bench" / "flood.py"
 _spec = importlib.util.spec_from_file_location("flood", BENCH)

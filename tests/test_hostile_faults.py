@@ -20,12 +20,12 @@ import pytest
 from click.testing import CliRunner
 from postfix_rig import POSTFIX, PostfixRig
 
-from relaywatch import store as store_mod
-from relaywatch.blocking import Blocker, maps_from_config
+from relaywatch.store import sqlite as store_mod
+from relaywatch.postfix.blocking import Blocker, maps_from_config
 from relaywatch.cli import main
 from relaywatch.model import RelaywatchError
-from relaywatch.postfix import Postfix
-from relaywatch.store import Store
+from relaywatch.postfix.maps import Postfix
+from relaywatch.store.sqlite import Store
 
 
 class Clock:

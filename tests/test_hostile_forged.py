@@ -23,11 +23,11 @@ import pytest
 
 from relaywatch.config import Config
 from relaywatch.engine import Pipeline, replay
-from relaywatch.journal import JournalFollower
+from relaywatch.sources.journal import JournalFollower
 from relaywatch.model import Decision, Relayed, RelayDenied, Unparsed
-from relaywatch.parse import FORGED, LineParser, YearResolver, journal_forgery
-from relaywatch.policy import Detector
-from relaywatch.store import Store
+from relaywatch.core.parse import FORGED, LineParser, YearResolver, journal_forgery
+from relaywatch.core.policy import Detector
+from relaywatch.store.sqlite import Store
 
 RECORDED = Path(__file__).parent / "data" / "journal" / "forged.json.gz"
 REMOTE = "/lib/systemd/systemd-journal-remote"

@@ -9,12 +9,12 @@ from html.parser import HTMLParser
 
 import pytest
 
-from relaywatch.audit import Finding
-from relaywatch.report import ReplayResult, Totals
-from relaywatch.htmlreport import esc, render_html
+from relaywatch.postfix.audit import Finding
+from relaywatch.reports.report import ReplayResult, Totals
+from relaywatch.reports.html import esc, render_html
 from relaywatch.model import Decision, Relayed, RelayDenied
-from relaywatch.report import Tally
-from relaywatch.timeline import Timeline
+from relaywatch.reports.report import Tally
+from relaywatch.reports.timeline import Timeline
 
 T0 = 1_047_772_800.0  # 2003-03-16 00:00 UTC
 FLOOD = T0 + 2 * 3600 - 22  # 01:59:38, as in the thread
@@ -188,7 +188,7 @@ def flood_with_block(evidence: tuple[str, ...]) -> tuple[ReplayResult, Timeline,
 
 
 def test_each_block_says_what_it_would_have_stopped():
-    from relaywatch.report import stopped, to_json, to_text
+    from relaywatch.reports.report import stopped, to_json, to_text
 
     result, _, block = flood_with_block(())
     stop = stopped(result, block)

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 from postfix_rig import PostfixRig, free_port
 from relaywatch.cli import main
-from relaywatch.install_maps import front, map_specs, plan_edits
-from relaywatch.postfix import MapSpec
+from relaywatch.postfix.install_maps import front, map_specs, plan_edits
+from relaywatch.postfix.maps import MapSpec
 
 CLIENTS = MapSpec("hash", "/etc/postfix/relaywatch_clients")
 SASL = MapSpec("hash", "/etc/postfix/relaywatch_sasl")

@@ -9,13 +9,13 @@ import pytest
 
 from maillog import T0, Log, rcpts
 from relaywatch.config import Config
-from relaywatch.digest import DayStats
+from relaywatch.reports.digest import DayStats
 from relaywatch.engine import Pipeline
-from relaywatch.htmlreport import render_html
+from relaywatch.reports.html import render_html
 from relaywatch.model import LocalRelayed
-from relaywatch.parse import LineParser, YearResolver
-from relaywatch.report import to_json, to_text
-from relaywatch.store import Store
+from relaywatch.core.parse import LineParser, YearResolver
+from relaywatch.reports.report import to_json, to_text
+from relaywatch.store.sqlite import Store
 
 
 def web_app_flood(log: Log, senders: list[str], n: int = 300, uid: int = 33, amavis: bool = False) -> None:

@@ -18,8 +18,8 @@ import pytest
 from click.testing import CliRunner
 
 from relaywatch.cli import main
-from relaywatch.mapguard import BEGIN, END, ForeignMap
-from relaywatch.postfix import AccessMap, Block, MapSpec
+from relaywatch.postfix.mapguard import BEGIN, END, ForeignMap
+from relaywatch.postfix.maps import AccessMap, Block, MapSpec
 
 pytestmark = pytest.mark.postfix
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relaywatch.model import ClientSeen, Delivery, Reject, Removed, Unparsed
-from relaywatch.parse import LineParser, YearResolver
+from relaywatch.core.parse import LineParser, YearResolver
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 

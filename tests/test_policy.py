@@ -8,7 +8,7 @@ import pytest
 
 from relaywatch import config
 from relaywatch.model import ConfigError, LocalRelayed, Relayed, RelayDenied
-from relaywatch.policy import DEFAULT_RULES, Detector, Rule, counted
+from relaywatch.core.policy import DEFAULT_RULES, Detector, Rule, counted
 
 
 def relayed(t: float, client: str, n: int = 0, sender: str = "spam@x.example", sasl: str | None = None,

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from postfix_rig import POSTFIX, REMOTE_RCPT, PostfixRig, free_port
-from relaywatch.relayers import RelayHistory
-from relaywatch.store import Store
+from relaywatch.store.relayers import RelayHistory
+from relaywatch.store.sqlite import Store
 
 pytestmark = pytest.mark.postfix
 

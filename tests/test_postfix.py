@@ -14,7 +14,7 @@ import pytest
 
 from postfix_rig import POSTMAP, PostfixRig
 from relaywatch.model import ConfigError, PostfixError
-from relaywatch.postfix import (
+from relaywatch.postfix.maps import (
     BEGIN,
     END,
     AccessMap,

@@ -16,7 +16,7 @@ from postfix_rig import UNREACHABLE_DOMAIN, PostfixRig
 
 from relaywatch.cli import main
 from relaywatch.model import PostfixError
-from relaywatch.queue import (
+from relaywatch.postfix.queue import (
     Origin,
     PostfixQueue,
     QueuedMessage,
@@ -27,7 +27,7 @@ from relaywatch.queue import (
     select,
     target,
 )
-from relaywatch.store import Store
+from relaywatch.store.sqlite import Store
 
 # Recorded from Postfix 3.7.11 (`postqueue -j`; the null sender shows as MAILER-DAEMON).
 POSTQUEUE_J = """\

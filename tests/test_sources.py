@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from relaywatch import sources
+from relaywatch.sources import files as sources
 from relaywatch.model import RelaywatchError
 
 LINES = ["Mar 16 01:59:38 zebra postfix/smtpd[29327]: connect from unknown[218.144.108.161]", "second \u00e9"]

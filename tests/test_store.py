@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 from relaywatch.model import Decision
-from relaywatch.store import Store
+from relaywatch.store.sqlite import Store
 
 
 def decision(t: float = 1000.0) -> Decision:

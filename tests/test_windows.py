@@ -1,4 +1,4 @@
-from relaywatch.windows import WindowCounter
+from relaywatch.core.windows import WindowCounter
 
 
 def test_counts_slide_out_of_the_window():

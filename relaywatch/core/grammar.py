@@ -1,0 +1,215 @@
+"""What each Postfix program's message says: one grammar per daemon family. Pure: text in, dataclass out.
+
+Attackers write parts of every message (envelope addresses, HELO names, message ids,
+remote replies), so each field is read only where Postfix itself puts it: the queue id
+and keyword are anchored at the start of the message, a client address comes only from
+the fixed prefix Postfix writes, and free text after it is never searched. The line
+around the message (time, host, syslog tag) is relaywatch.parse's.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+from functools import lru_cache
+
+from relaywatch.model import ClientSeen, Delivery, Event, Pickup, QueueActive, Reject, Removed, Unparsed
+from relaywatch.core.replies import relay_denied
+
+# --- queue ids and peers -----------------------------------------------------
+
+_BASE52 = "0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-z"
+_BASE51 = "0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-y"
+QUEUE_ID = rf"(?:[0-9A-F]{{6,}}|[{_BASE52}]{{10,}}z[{_BASE51}]+)"
+PEER = r"(?P<name>[^\s\[\]]*)\[(?P<addr>[^\]\s]+)\](?::\d+)?"
+
+_QID = re.compile(QUEUE_ID)
+CLIENT = re.compile(
+    r"client=" + PEER
+    + r"(?:, sasl_method=[^,\s]*)?(?:, sasl_username=(?P<user>[^,]*))?(?:, sasl_sender=[^,]*)?"
+    r"(?:, orig_queue_id=\w+)?(?:, orig_client=(?P<oname>[^\s\[\]]*)\[(?P<oaddr>[^\]\s]+)\](?::\d+)?)?$"
+)
+_REJECT = re.compile(
+    r"(?P<action>reject|reject_warning|milter-reject|milter-discard|discard|hold|milter-hold|filter"
+    r"|redirect|proxy-reject): (?P<stage>[A-Z][A-Z-]*) from " + PEER + r": (?P<reply>.*)",
+    re.S,
+)
+_CLEANUP_DROP = re.compile(r"(?:reject|discard): (?:header|body) ")
+_QMGR = re.compile(
+    rf"(?P<qid>{QUEUE_ID}): (?:(?P<removed>removed)|(?P<from>from=<(?P<sender>.*)>, size=(?P<size>\d+), "
+    r"nrcpt=(?P<nrcpt>\d+) \(queue active\)))$",
+    re.S,
+)
+_PICKUP = re.compile(r"uid=(?P<uid>\d+) from=<(?P<sender>.*)>$", re.S)
+_DELIVERY_TAIL = re.compile(
+    r'(?:orig_to=<(?P<orig>"(?:[^"\\]|\\.)*"[^>]*|[^>]*)>, )?'
+    r"relay=(?P<relay>[^\s,\[]*(?:\[(?P<raddr>[^\]\s]*)\])?(?::\d+)?), "
+    r"(?:conn_use=\d+, )?delay=[\d.]+, (?:delays=[\d./]+, )?(?:tls=[^,\s]*, )?(?:dsn=\d\.\d{1,3}\.\d{1,3}, )?"
+    r"status=(?P<status>[a-z-]+)(?: \((?P<reply>.*)\))?$",
+    re.S,
+)
+
+DELIVERY_AGENTS = frozenset({"smtp", "lmtp", "local", "virtual", "pipe", "error", "retry", "discard"})
+
+
+@lru_cache(maxsize=16384)
+def client_address(addr: str) -> str | None:
+    """The canonical text of a client address, or None when Postfix did not log one."""
+    if addr.startswith("IPv6:"):
+        addr = addr[5:]
+    try:
+        return ipaddress.ip_address(addr).compressed
+    except ValueError:
+        return None
+
+
+# --- message grammars, one per daemon family ---------------------------------
+
+
+def _split(msg: str) -> tuple[str, str]:
+    """(what stands before the first ": ", the rest): a queue id, NOQUEUE, or anything else.
+
+    Callers check the keyword of the rest first (cheap) and validate the queue id after.
+    """
+    i = msg.find(": ", 0, 40)
+    return (msg[:i], msg[i + 2 :]) if i > 0 else ("", msg)
+
+
+def is_qid(text: str) -> bool:
+    return _QID.fullmatch(text) is not None
+
+
+Grammar = Callable[[float, str, str, str], Event | None]  # (time, program, message, host)
+
+
+def _smtpd(t: float, daemon: str, msg: str, host: str) -> Event | None:
+    qid, rest = _split(msg)
+    if rest.startswith("client="):
+        if not is_qid(qid):
+            return None  # NOQUEUE: client= (a before-queue proxy) starts no message: LineParser._proxy
+        c = CLIENT.match(rest)
+        addr = c and client_address(c["addr"])
+        if addr is None:
+            return Unparsed(t, "smtpd client=", host=host)
+        orig = client_address(c["oaddr"]) if c["oaddr"] else None
+        return ClientSeen(t, qid, addr, c["name"], c["user"] or None, orig, host=host)
+    return _reject(t, qid, rest, host, smtpd=True)
+
+
+def _reject(t: float, qid: str, rest: str, host: str, smtpd: bool = False) -> Event | None:
+    m = _REJECT.match(rest)
+    if m is None or not (qid == "NOQUEUE" or is_qid(qid)):
+        return None
+    addr = client_address(m["addr"])
+    if addr is None:
+        return Unparsed(t, "reject without a client address", host=host)
+    action, stage, reply = m.group("action", "stage", "reply")
+    denied = smtpd and action == "reject" and stage in ("RCPT", "VRFY") and relay_denied(reply)
+    return Reject(
+        t, None if qid == "NOQUEUE" else qid, action, stage, addr, m["name"], reply, denied, host=host
+    )
+
+
+def _qmgr(t: float, daemon: str, msg: str, host: str) -> Event | None:
+    m = _QMGR.match(msg)
+    if m is None:
+        if msg.endswith("(queue active)"):
+            return Unparsed(t, "qmgr from=", host=host)
+        return None
+    if m["removed"]:
+        return Removed(t, m["qid"], host=host)
+    return QueueActive(t, m["qid"], m["sender"], int(m["size"]), int(m["nrcpt"]), host=host)
+
+
+def _pickup(t: float, daemon: str, msg: str, host: str) -> Event | None:
+    qid, rest = _split(msg)
+    if not rest.startswith("uid=") or not is_qid(qid):
+        return None
+    p = _PICKUP.match(rest)
+    if p is None:
+        return Unparsed(t, "pickup", host=host)
+    return Pickup(t, qid, int(p["uid"]), p["sender"], host=host)
+
+
+def _cleanup(t: float, daemon: str, msg: str, host: str) -> Event | None:
+    qid, rest = _split(msg)
+    if rest.startswith("message-id="):
+        return None
+    if (rest.startswith("removed") or _CLEANUP_DROP.match(rest)) and is_qid(qid):
+        return Removed(t, qid, host=host)
+    return _reject(t, qid, rest, host)
+
+
+def _postsuper(t: float, daemon: str, msg: str, host: str) -> Event | None:
+    qid, rest = _split(msg)
+    return Removed(t, qid, host=host) if rest == "removed" and is_qid(qid) else None
+
+
+def _address_ends(text: str, start: int) -> list[int]:
+    """Candidate ends (index of '>') of an address opened at `start`.
+
+    A quoted local part (Postfix >= 3.5 logs the external form) may hold '>'
+    and ', '; an unquoted one from an older Postfix is ambiguous, so every
+    '>, ' is a candidate and the caller tries them in order.
+    """
+    if text.startswith('"', start):
+        i = start + 1
+        while True:
+            q = text.find('"', i)
+            if q < 0:
+                return []
+            if text[q - 1] != "\\":
+                break
+            i = q + 1
+        end = text.find(">, ", q)
+        return [end] if end >= 0 else []
+    ends = []
+    end = text.find(">, ", start)
+    while end >= 0:
+        ends.append(end)
+        end = text.find(">, ", end + 1)
+    return ends
+
+
+def _delivery(t: float, agent: str, msg: str, host: str) -> Event | None:
+    qid, rest = _split(msg)
+    if not rest.startswith("to=") or not is_qid(qid):
+        return None
+    for end in _address_ends(rest, 4):
+        tail = _DELIVERY_TAIL.match(rest, end + 3)
+        if tail is None:
+            continue
+        relay, raddr = tail["relay"], tail["raddr"]
+        scope = rest[end:] if rest.startswith('"', 4) else rest
+        if scope.count(", relay=") != 1:
+            # A second relay= is text an attacker put in an address or reply:
+            # keep the delivery but trust no relay it names.
+            relay, raddr = "?", None
+        return Delivery(
+            t, qid, agent, rest[4:end], tail["orig"], relay, raddr, tail["status"], tail["reply"] or "", host=host
+        )
+    return Unparsed(t, f"{agent} to=", host=host)
+
+
+def _postscreen(t: float, daemon: str, msg: str, host: str) -> Event | None:
+    qid, rest = _split(msg)
+    return _reject(t, qid, rest, host) if qid == "NOQUEUE" else None
+
+
+GRAMMARS: dict[str, Grammar] = {
+    "smtpd": _smtpd,
+    "qmgr": _qmgr,
+    "nqmgr": _qmgr,
+    "cleanup": _cleanup,
+    "pickup": _pickup,
+    "postscreen": _postscreen,
+    "postsuper": _postsuper,
+    **{agent: _delivery for agent in DELIVERY_AGENTS},
+}
+
+
+def parse_message(daemon: str, t: float, msg: str, host: str = "") -> Event | None:
+    """The event a Postfix program's message carries; None for lines with nothing relaywatch uses."""
+    grammar = GRAMMARS.get(daemon)
+    return grammar(t, daemon, msg, host) if grammar is not None else None

@@ -1,0 +1,259 @@
+"""Turn one mail-log line into one event. Pure: text in, dataclass out, no I/O.
+
+Here the envelope of a line is read (its time in any of the formats of syslog and
+journalctl, the host, the syslog tag, which decides which program spoke) and the
+context a line alone lacks is kept (the year, before-queue proxy sessions); what
+the message says is relaywatch.grammar's, read where Postfix itself puts each field.
+Every event carries its host: queue ids are unique per host only.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Container, Iterable
+from fnmatch import fnmatchcase
+
+from relaywatch.core.grammar import CLIENT, PEER, GRAMMARS, QUEUE_ID, client_address, is_qid, parse_message
+from relaywatch.core.logtime import MONTHS, YearResolver, full_epoch, rfc3339_epoch
+from relaywatch.model import ClientSeen, Event, ProxyAccept, Unparsed
+from relaywatch.core.replies import queued_as, relay_denied
+
+__all__ = ["FORGED", "GRAMMARS", "QUEUE_ID", "LineParser", "YearResolver", "client_address", "journal_forgery",
+           "parse_message", "relay_denied"]
+
+# --- envelope ----------------------------------------------------------------
+
+# host, then the syslog tag split into "postfix/submission/" and the program ("smtpd"), pid, message
+_TAG = r"(?P<host>\S+) (?P<prefix>[^\s\[:]*/)?(?P<daemon>[^\s\[:/]+)(?:\[(?P<pid>\d+)\])?:? (?P<msg>.*)"
+_BSD = re.compile(r"(?P<stamp>(?P<mon>[A-Z][a-z]{2}) {1,2}(?P<day>\d{1,2}) (?P<hms>\d\d:\d\d:\d\d)) " + _TAG, re.S)
+# rsyslog, and journalctl -o short-iso / short-iso-precise (offset without a colon)
+_RFC3339 = re.compile(
+    r"(?P<sec>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?P<frac>\.\d{1,9})?(?P<tz>Z|[+-]\d\d:?\d\d) " + _TAG, re.S
+)
+# journalctl -o short-full (`Fri 2026-11-27 10:00:00 CET`) and -o short-unix (`1795773600.000123`)
+_FULL = re.compile(r"[A-Z][a-z]{2} (?P<date>\d{4}-\d\d-\d\d) (?P<hms>\d\d:\d\d:\d\d) "
+                   r"(?P<zone>[A-Za-z+-][A-Za-z0-9+-]{0,9}) " + _TAG, re.S)
+_UNIX = re.compile(r"(?P<unix>\d{1,12}(?:\.\d{1,9})?) " + _TAG, re.S)
+NO_HOSTNAME = "line without a hostname"  # Unparsed.reason: journalctl omits it when a record has none
+# Times every report can print (datetime's years 1..9999 in any time zone): others are impossible
+_MIN_T, _MAX_T = 86400.0, 253_370_764_800.0  # 1970-01-02, 9998-12-31
+_PROXY_PEER = re.compile(PEER + ": ")
+_PROXY_STARTS = ("NOQUEUE: ", "proxy-accept: ")  # the smtpd lines of a before-queue proxy session
+
+# --- journal records: who really wrote them ----------------------------------
+
+FORGED = "forged journal record"  # Unparsed.reason of a record another program wrote as Postfix
+JOURNAL_UNITS = ("postfix.service", "postfix@*.service")
+# The programs that write the lines relaywatch reads (the `retry` service is the error program),
+# and where distributions install them: Debian, SUSE/Arch, Fedora/RHEL/Alpine/source, commands.
+POSTFIX_PROGRAMS = frozenset({*GRAMMARS, "error"})
+POSTFIX_EXE_DIRS = ("/usr/lib/postfix/sbin", "/usr/lib/postfix/bin", "/usr/libexec/postfix",
+                    "/usr/local/libexec/postfix", "/usr/sbin", "/usr/local/sbin")
+
+
+def journal_forgery(rec: dict, uids: Container[str], units: tuple[str, ...] = JOURNAL_UNITS,
+                    exe_dirs: tuple[str, ...] = POSTFIX_EXE_DIRS) -> str | None:
+    """Which trusted field of a journal record says that Postfix did not write it, or None.
+
+    SYSLOG_IDENTIFIER is whatever the sender chose (`logger -t postfix/smtpd`); journald
+    sets the underscore fields itself. Each one present must say Postfix: the unit, the
+    program (_COMM), its executable (_EXE: a copy of logger named smtpd lives elsewhere).
+    journald reads those from /proc, so a process that exits at once (logger) often has
+    none (systemd#2913); the kernel's _UID is always there, and must then be one of `uids`
+    (root, Postfix's mail_owner). A record with none of these fields decides nothing.
+    """
+    unit = rec.get("_SYSTEMD_UNIT")
+    if unit is not None and not (isinstance(unit, str) and any(fnmatchcase(unit, u) for u in units)):
+        return f"_SYSTEMD_UNIT={unit!r:.80}"
+    comm = rec.get("_COMM")
+    if comm is not None and not (isinstance(comm, str) and comm in POSTFIX_PROGRAMS):
+        return f"_COMM={comm!r:.80}"
+    exe = rec.get("_EXE")
+    if exe is not None:
+        directory, _, name = exe.rpartition("/") if isinstance(exe, str) else ("", "", "")
+        if name not in POSTFIX_PROGRAMS or directory not in exe_dirs:
+            return f"_EXE={exe!r:.120}"
+    uid = rec.get("_UID")
+    if unit is None and uid is not None and not (isinstance(uid, str) and uid in uids):
+        return f"_UID={uid!r:.20}"
+    return None
+
+
+# --- the line parser ---------------------------------------------------------
+
+
+class LineParser:
+    """Parses lines of one source. Holds only context: the year, a timestamp cache, the
+    clients of before-queue proxy sessions, and the syslog names seen that are not Postfix's."""
+
+    def __init__(self, years: YearResolver | None = None, syslog_names: tuple[str, ...] = ("postfix",),
+                 journal_uids: Iterable[int] | None = None) -> None:
+        """`journal_uids`: the users Postfix runs as (root, mail_owner), for journal records
+        journald could not tie to a unit. None: root, and the users of records from Postfix's
+        own units seen so far (the recorded host's uids are not known in advance)."""
+        self.years = years or YearResolver()
+        self.syslog_names = syslog_names
+        self._uids_given = journal_uids is not None
+        self.journal_uids: set[str] = {str(u) for u in journal_uids} if journal_uids is not None else {"0"}
+        self._stamps: dict[str, float] = {}
+        self._proxied: dict[tuple[str, str | None], ClientSeen] = {}  # (host, smtpd pid) -> NOQUEUE: client=
+        # Postfix-shaped lines under a syslog name not in `syslog_names`: name -> lines
+        self.other_names: dict[str, int] = {}
+
+    def parse(self, line: str) -> Event | None:
+        """One event per line: a fact, Unparsed, or None (a line with nothing relaywatch uses)."""
+        first = line[:1]
+        if first == "{":
+            return self._journal(line)
+        if first.isdigit():
+            envelope = _RFC3339 if line[4:5] == "-" else _UNIX
+        else:
+            envelope = _FULL if line[8:9] == "-" else _BSD
+        m = envelope.match(line)
+        if m is None:
+            return Unparsed(0.0, "no syslog envelope")
+        host, prefix, daemon, msg = m.group("host", "prefix", "daemon", "msg")
+        grammar = GRAMMARS.get(daemon)
+        if grammar is None or prefix is None or not prefix.startswith(self.syslog_names):
+            return self._not_postfix(host, prefix, daemon, msg)
+        if envelope is _BSD:
+            t = self._bsd(m)
+        elif envelope is _RFC3339:
+            t = self._rfc3339(m)
+        else:
+            t = self._full(m) if envelope is _FULL else float(m["unix"])
+        if not _MIN_T <= t <= _MAX_T:  # also NaN
+            return Unparsed(0.0, "impossible timestamp")
+        if msg[-1:] == "\r":
+            msg = msg.rstrip("\r")
+        event = grammar(t, daemon, msg, host)
+        if event is None and daemon == "smtpd" and msg.startswith(_PROXY_STARTS):
+            return self._proxy(t, host, m["pid"], msg)
+        return event
+
+    def _not_postfix(self, host: str, prefix: str | None, daemon: str, msg: str) -> Event | None:
+        """A line of another program, or of Postfix that relaywatch cannot place: say which."""
+        if host[-1:] == ":" and host.startswith(self.syslog_names) and "/" in host:
+            return Unparsed(0.0, NO_HOSTNAME)  # `postfix/smtpd[1]:` stands where the host belongs
+        grammar = GRAMMARS.get(daemon)
+        if grammar is None or prefix is None:
+            return None
+        tag = prefix + daemon
+        if tag in self.other_names or len(self.other_names) < 64:
+            event = grammar(0.0, daemon, msg.rstrip("\r"), host)
+            if event is not None and type(event) is not Unparsed:
+                self.other_names[tag] = self.other_names.get(tag, 0) + 1
+        return None
+
+    def _proxy(self, t: float, host: str, pid: str | None, msg: str) -> Event | None:
+        """A before-queue filter (smtpd_proxy_filter): `NOQUEUE: client=` names the session's client,
+        then `proxy-accept: END-OF-MESSAGE: 250 ... queued as QID` (Postfix 3.7: no NOQUEUE, no peer)
+        ties it to the queue file the filter's re-injection made."""
+        if msg.startswith("NOQUEUE: client="):
+            c = CLIENT.match(msg, 9)
+            addr = c and client_address(c["addr"])
+            if addr is None:
+                return Unparsed(t, "smtpd NOQUEUE: client=", host=host)
+            if len(self._proxied) >= 4096:
+                self._proxied.clear()
+            self._proxied[(host, pid)] = ClientSeen(t, "", addr, c["name"], c["user"] or None, None, host=host)
+            return None
+        rest = msg[9:] if msg.startswith("NOQUEUE: ") else msg
+        if not rest.startswith("proxy-accept: END-OF-MESSAGE"):
+            return None
+        session = self._proxied.pop((host, pid), None)
+        rest = rest[28:]
+        if rest.startswith(" from "):  # the shape of reject lines, should a Postfix write it so
+            p = _PROXY_PEER.match(rest, 6)
+            addr = p and client_address(p["addr"])
+            if addr is None:
+                return Unparsed(t, "smtpd proxy-accept", host=host)
+            if session is None or session.client != addr:
+                session = ClientSeen(t, "", addr, p["name"], None, None, host=host)
+            rest = rest[p.end():]
+        elif rest.startswith(": "):
+            rest = rest[2:]
+        else:
+            return Unparsed(t, "smtpd proxy-accept", host=host)
+        qid = queued_as(rest)
+        if qid is None or not is_qid(qid):
+            return None  # a filter that names no queue file: nothing to tie
+        if session is None:
+            return Unparsed(t, "proxy-accept without its NOQUEUE: client= line", host=host)
+        return ProxyAccept(t, qid, session.client, session.client_name, session.sasl_user, host=host)
+
+    def _bsd(self, m: re.Match[str]) -> float:
+        t = self._stamps.get(m["stamp"])
+        if t is None:
+            month = MONTHS.get(m["mon"])
+            year = self.years.year
+            t = self.years.epoch(month, int(m["day"]), m["hms"]) if month else float("nan")
+            if self.years.year != year:
+                self._stamps.clear()  # a new year: last year's stamps mean other times now
+            self._remember(m["stamp"], t)
+        return t
+
+    def _rfc3339(self, m: re.Match[str]) -> float:
+        sec, frac, tz = m.group("sec", "frac", "tz")
+        key = sec + tz
+        t = self._stamps.get(key)
+        if t is None:
+            t = rfc3339_epoch(sec, tz)
+            self._remember(key, t)
+        return t + float(frac) if frac else t
+
+    def _full(self, m: re.Match[str]) -> float:
+        date, hms, zone = m.group("date", "hms", "zone")
+        key = f"{date} {hms} {zone}"
+        t = self._stamps.get(key)
+        if t is None:
+            t = full_epoch(date, hms, zone)
+            self._remember(key, t)
+        return t
+
+    def _remember(self, key: str, t: float) -> None:
+        if len(self._stamps) >= 4096:
+            self._stamps.clear()
+        self._stamps[key] = t
+
+    def _journal(self, line: str) -> Event | None:
+        """A `journalctl -o json` record; MESSAGE may be a byte array when not UTF-8."""
+        try:
+            rec = json.loads(line)
+            ident = rec.get("SYSLOG_IDENTIFIER")
+            msg = rec.get("MESSAGE")
+            if isinstance(msg, list):
+                msg = bytes(msg).decode("utf-8", "replace")
+            t = int(rec["__REALTIME_TIMESTAMP"]) / 1e6
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError):
+            # OverflowError: a timestamp of 400 digits or 1e400; RecursionError: [[[[... nested deeper than Python
+            return Unparsed(0.0, "journal record")
+        if not _MIN_T <= t <= _MAX_T:
+            return Unparsed(0.0, "impossible timestamp")
+        host = rec.get("_HOSTNAME")
+        host = host if isinstance(host, str) else ""
+        if not isinstance(ident, str) or not isinstance(msg, str):
+            return Unparsed(t, "journal record without identifier or message", host=host)
+        daemon = self._daemon(ident)
+        if daemon is None or daemon not in GRAMMARS:
+            return None
+        if journal_forgery(rec, self.journal_uids) is not None:
+            return Unparsed(t, FORGED, host=host)
+        uid = rec.get("_UID")
+        if (not self._uids_given and isinstance(uid, str) and rec.get("_SYSTEMD_UNIT") is not None
+                and uid not in self.journal_uids and len(self.journal_uids) < 16):
+            self.journal_uids.add(uid)  # a Postfix unit's record: its user is Postfix's
+        msg = msg.rstrip("\r\n")
+        event = parse_message(daemon, t, msg, host)
+        if event is None and daemon == "smtpd" and msg.startswith(_PROXY_STARTS):
+            pid = rec.get("SYSLOG_PID") or rec.get("_PID")
+            return self._proxy(t, host, pid if isinstance(pid, str) else None, msg)
+        return event
+
+    def _daemon(self, tag: str) -> str | None:
+        """The Postfix program a syslog tag names (the last component), or None for other programs."""
+        slash = tag.rfind("/")
+        if slash < 0 or not tag.startswith(self.syslog_names):
+            return None
+        return tag[slash + 1:]

@@ -1,0 +1,310 @@
+"""Decide from windowed counts whom to block or alert about. Pure: facts in, decisions out.
+
+Who feeds which rule (README, "What counts as relayed, and what gets blocked"):
+unauthenticated relaying feeds the client and subnet rules; authenticated
+relaying (a SASL login) feeds the SASL-user rule instead, so one login, an
+office NAT or a mobile carrier full of logged-in users never gets an address
+blocked; a login in `[allow] sasl_users` feeds nothing. Every relayed
+recipient feeds the sender and destination alerts; mail submitted on this
+host (pickup) feeds the per-uid alert. A subnet rule blocks the narrowest
+network that covers the abuse: a /16 rule needs clients in several /24s.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+
+from relaywatch.model import Decision, LocalRelayed, Relayed, RelayDenied
+from relaywatch.core.windows import MAX_KEYS, WindowCounter
+
+BUCKET_S = 10
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Fact = Relayed | RelayDenied | LocalRelayed
+
+DIMS = ("client", "sender", "domain", "sasl_user", "relay_denied", "uid")
+_KIND_OF_DIM = {"client": "client", "sender": "sender", "domain": "destination", "sasl_user": "sasl_user",
+                "relay_denied": "client", "uid": "uid"}
+ALERT_ONLY_DIMS = ("sender", "domain", "uid")
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """Count `dim` over `window_s`; at `threshold` take `action`.
+
+    With a prefix, clients are grouped into networks and the rule needs
+    `min_clients` distinct addresses in the network: that is what rotation looks like.
+    With `min_subnets`, those clients must also fall into that many distinct
+    narrower networks (/`subnet_prefix_v4`, /`subnet_prefix_v6`): a flood inside
+    one /24 is the /24's business, not its /16's.
+    """
+
+    name: str
+    dim: str
+    action: str
+    threshold: int
+    window_s: int
+    prefix_v4: int = 0
+    prefix_v6: int = 0
+    min_clients: int = 0
+    min_subnets: int = 0
+    subnet_prefix_v4: int = 24
+    subnet_prefix_v6: int = 64
+
+    @property
+    def kind(self) -> str:
+        return "subnet" if self.prefix_v4 else _KIND_OF_DIM[self.dim]
+
+
+DEFAULT_RULES = (
+    Rule("client", "client", "block", threshold=60, window_s=600),
+    Rule("subnet", "client", "block", threshold=60, window_s=600, prefix_v4=24, prefix_v6=64, min_clients=4),
+    Rule("wide_subnet", "client", "block", threshold=30, window_s=600, prefix_v4=16, prefix_v6=48, min_clients=8,
+         min_subnets=4),
+    Rule("slow_subnet", "client", "block", threshold=160, window_s=3 * 3600, prefix_v4=24, prefix_v6=64,
+         min_clients=8),
+    Rule("slow_wide_subnet", "client", "block", threshold=200, window_s=3 * 3600, prefix_v4=16, prefix_v6=48,
+         min_clients=12, min_subnets=6),
+    Rule("sasl_user", "sasl_user", "block", threshold=150, window_s=3600),
+    Rule("sender", "sender", "alert", threshold=100, window_s=600),
+    Rule("destination", "domain", "alert", threshold=100, window_s=600),
+    Rule("relay_probe", "relay_denied", "alert", threshold=20, window_s=600),
+    Rule("local_submission", "uid", "alert", threshold=100, window_s=600),
+)
+
+
+def network_of(prefix_v4: int, prefix_v6: int) -> Callable[[str], str | None]:
+    """ip -> its enclosing network, or None for addresses no subnet rule may touch
+    (private, loopback, link-local: a LAN is never blocked wholesale)."""
+
+    @lru_cache(maxsize=65536)
+    def group(ip: str) -> str | None:
+        addr = ipaddress.ip_address(ip)
+        if not addr.is_global:
+            return None
+        prefix = prefix_v4 if addr.version == 4 else prefix_v6
+        return ipaddress.ip_network(f"{ip}/{prefix}", strict=False).compressed
+
+    return group
+
+
+def _supernet_of(prefix_v4: int, prefix_v6: int) -> Callable[[str], str | None]:
+    """network text -> its enclosing /prefix network."""
+
+    @lru_cache(maxsize=65536)
+    def group(net: str) -> str | None:
+        n = ipaddress.ip_network(net)
+        return n.supernet(new_prefix=prefix_v4 if n.version == 4 else prefix_v6).compressed
+
+    return group
+
+
+def counted(fact: Fact, allow_sasl_users: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+    """The (dim, key) pairs one fact counts under: the single answer to "what feeds which rule",
+    for the windows and for the stored counts they are rebuilt from."""
+    if isinstance(fact, RelayDenied):
+        return [("relay_denied", fact.client)]
+    if isinstance(fact, LocalRelayed):
+        keys = [("uid", str(fact.uid))]
+    elif not fact.sasl_user:
+        keys = [("client", fact.client)]
+    elif fact.sasl_user in allow_sasl_users:
+        return []
+    else:
+        keys = [("sasl_user", fact.sasl_user)]
+    keys.append(("sender", fact.sender or "<>"))
+    if fact.domain:
+        keys.append(("domain", fact.domain))
+    return keys
+
+
+class _Watch:
+    """One rule's window; a subnet rule with `min_subnets` also counts its distinct narrower networks."""
+
+    __slots__ = ("rule", "counter", "spread", "narrow")
+
+    def __init__(self, rule: Rule, bucket_s: int, max_keys: int = MAX_KEYS) -> None:
+        group = network_of(rule.prefix_v4, rule.prefix_v6) if rule.prefix_v4 else None
+        self.rule = rule
+        self.counter = WindowCounter(rule.window_s // bucket_s, group, max_keys)
+        self.spread: WindowCounter | None = None
+        self.narrow: Callable[[str], str | None] | None = None
+        if group is not None and rule.min_subnets:
+            self.narrow = network_of(rule.subnet_prefix_v4, rule.subnet_prefix_v6)
+            self.spread = WindowCounter(rule.window_s // bucket_s, _supernet_of(rule.prefix_v4, rule.prefix_v6),
+                                        max_keys)
+
+    def add(self, bucket: int, key: str, n: int = 1) -> int:
+        if self.spread is not None:
+            narrow = self.narrow(key)  # type: ignore[misc]
+            if narrow is not None:
+                self.spread.add(bucket, narrow, n)
+        return self.counter.add(bucket, key, n)
+
+    def subnets(self, net: str) -> int:
+        """Distinct narrower networks with clients in `net` in the window."""
+        return self.spread.group_keys.get(net, 0) if self.spread is not None else 0
+
+
+class Detector:
+    """Holds one sliding window per rule and turns crossings into decisions.
+
+    A target decided once stays quiet for `block_s` (blocks) or an hour
+    (alerts: one push per flood, not one per window); a client inside a
+    blocked subnet needs no block of its own. `never_block`: the host's own
+    addresses; no client or subnet block ever covers one.
+    """
+
+    def __init__(
+        self,
+        rules: Iterable[Rule] = DEFAULT_RULES,
+        allow_networks: Iterable[Network] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")),
+        allow_sasl_users: Iterable[str] = (),
+        block_s: int = 86400,
+        bucket_s: int = BUCKET_S,
+        evidence: int = 512,
+        alert_quiet_s: int = 3600,
+        max_keys: int = MAX_KEYS,
+        never_block: Iterable[Network] = (),
+    ) -> None:
+        """`max_keys`: distinct keys (and networks) each rule's window holds at most (see WindowCounter)."""
+        self.bucket_s = bucket_s
+        self.max_keys = max_keys
+        self.block_s = block_s
+        self.alert_quiet_s = alert_quiet_s
+        self.allow = tuple(allow_networks)
+        self.never_block = tuple(never_block)
+        self.allow_sasl_users = frozenset(allow_sasl_users)
+        self._watches: dict[str, list[_Watch]] = {dim: [] for dim in DIMS}
+        # widest networks first: when a /16 and a /24 inside it cross at once, the /16 (which needs
+        # clients in several /24s) covers the /24, and a subnet block covers its clients
+        for rule in sorted(rules, key=lambda r: (-(r.prefix_v4 > 0), r.prefix_v4)):
+            self._watches[rule.dim].append(_Watch(rule, bucket_s, max_keys))
+        self._quiet: dict[tuple[str, str, str], float] = {}  # (action, kind, target) -> quiet until
+        self._blocked_nets: dict[Network, float] = {}
+        self._exempt: dict[tuple[str, str], bool] = {}  # (action, target) -> allow-listed or the host's own
+        self._recent: deque[tuple[Fact, str]] = deque(maxlen=evidence)
+
+    def bucket(self, t: float) -> int:
+        return int(t // self.bucket_s)
+
+    def counted(self, fact: Fact) -> list[tuple[str, str]]:
+        """The (dim, key) pairs `fact` counts under (see `counted`)."""
+        return counted(fact, self.allow_sasl_users)
+
+    def evictions(self) -> dict[str, int]:
+        """Rule name -> keys and networks its window forgot at the cap."""
+        return {w.rule.name: w.counter.evicted for watches in self._watches.values() for w in watches}
+
+    def restore(self, dim: str, bucket: int, key: str, n: int) -> None:
+        """Replay a stored count (oldest bucket first) into the windows."""
+        for watch in self._watches.get(dim, ()):
+            watch.add(bucket, key, n)
+
+    def remember_block(self, kind: str, target: str, until: float) -> None:
+        """A block already in force (after a restart): no new decision for it or inside it."""
+        self._quiet[("block", kind, target)] = until
+        if kind == "subnet":
+            self._blocked_nets[ipaddress.ip_network(target)] = until
+
+    def remember_alert(self, kind: str, target: str, until: float) -> None:
+        """An alert already sent (after a restart): quiet for the rest of its period."""
+        self._quiet[("alert", kind, target)] = until
+
+    def observe(self, fact: Fact, line: str) -> list[Decision]:
+        self._recent.append((fact, line))
+        bucket = self.bucket(fact.time)
+        decisions: list[Decision] = []
+        for dim, key in counted(fact, self.allow_sasl_users):
+            for watch in self._watches[dim]:
+                total = watch.add(bucket, key)
+                rule = watch.rule
+                if rule.prefix_v4:
+                    decision = self._check_group(watch, fact, key)
+                elif total >= rule.threshold:
+                    decision = self._decide(watch, fact.time, key, total, 0)
+                else:
+                    continue
+                if decision is not None:
+                    decisions.append(decision)
+        return decisions
+
+    def _check_group(self, watch: _Watch, fact: Fact, key: str) -> Decision | None:
+        counter, rule = watch.counter, watch.rule
+        net = counter.group(key) if counter.group else None
+        if net is None:
+            return None
+        # absent when the event was older than the window (a log that jumps back in time)
+        total = counter.group_totals.get(net, 0)
+        clients = counter.group_keys.get(net, 0)
+        if total < rule.threshold or clients < rule.min_clients:
+            return None
+        if rule.min_subnets and watch.subnets(net) < rule.min_subnets:
+            return None
+        return self._decide(watch, fact.time, net, total, clients)
+
+    def _decide(self, watch: _Watch, t: float, target: str, count: int, clients: int) -> Decision | None:
+        rule = watch.rule
+        kind = rule.kind
+        # An alert never silences a block: a client that probed the relay (alert) and then relays must be blocked.
+        silent = self._quiet
+        if silent.get(("block", kind, target), -1.0) > t or silent.get((rule.action, kind, target), -1.0) > t:
+            return None
+        if not self._may_act_on(rule, kind, target, t):
+            return None
+        if len(self._quiet) > 10_000:
+            self._quiet = {k: until for k, until in self._quiet.items() if until > t}
+            self._blocked_nets = {n: until for n, until in self._blocked_nets.items() if until > t}
+        quiet = self.block_s if rule.action == "block" else max(rule.window_s, self.alert_quiet_s)
+        self._quiet[(rule.action, kind, target)] = t + quiet
+        if rule.action == "block" and kind == "subnet":
+            self._blocked_nets[ipaddress.ip_network(target)] = t + self.block_s
+        evidence = [(f, line) for f, line in self._recent if self._target_of(watch, f) == target][-5:]
+        return Decision(
+            time=t,
+            action=rule.action,
+            kind=kind,
+            target=target,
+            rule=rule.name,
+            count=count,
+            window_s=rule.window_s,
+            clients=clients,
+            evidence=tuple(line for _, line in evidence),
+            sample_qids=tuple(dict.fromkeys(f.qid for f, _ in evidence if f.qid)),
+        )
+
+    def _may_act_on(self, rule: Rule, kind: str, target: str, t: float) -> bool:
+        if kind == "sasl_user":
+            return target not in self.allow_sasl_users
+        if kind not in ("client", "subnet"):
+            return True
+        net = ipaddress.ip_network(target)
+        if self._is_exempt(rule.action, net):
+            return False
+        if rule.action != "block":
+            return True
+        return not any(
+            until > t and blocked.version == net.version and net.subnet_of(blocked) and net != blocked
+            for blocked, until in self._blocked_nets.items()
+        )
+
+    def _is_exempt(self, action: str, net: Network) -> bool:
+        """Allow-listed networks get no decision; the host's own addresses are never inside a block."""
+        key = (action, net.compressed)
+        exempt = self._exempt.get(key)
+        if exempt is None:
+            covers = self.allow + self.never_block if action == "block" else self.allow
+            exempt = any(net.overlaps(a) for a in covers if a.version == net.version)
+            if len(self._exempt) > 10_000:
+                self._exempt.clear()
+            self._exempt[key] = exempt
+        return exempt
+
+    def _target_of(self, watch: _Watch, fact: Fact) -> str | None:
+        dim = watch.rule.dim
+        key = next((k for d, k in counted(fact, self.allow_sasl_users) if d == dim), None)
+        group = watch.counter.group
+        return key if key is None or group is None else group(key)

@@ -1,0 +1,1 @@
+"""Postfix at the edge: postconf, access maps, the queue, the configuration audit."""

@@ -1,0 +1,297 @@
+"""Keep Postfix's access maps equal to the blocks remembered in the store.
+
+Wiring between the store (what is blocked, until when) and postfix.py (how a map
+is written and put in force). The store is the truth: a map is always rendered
+whole from it, so a failed postmap loses nothing: the block stays pending and
+`sync` is retried quickly (1 s doubling to 30 s), at once when the map directory's
+permissions or mount change. Every `sync` says what actually happened (a
+`SyncResult`): in force, not written, or written but not reloaded; a fault is
+reported once when it begins, and the blocks it held back once they are in force.
+A map changed by anyone else is noticed (`check_maps`) and rewritten.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from relaywatch.postfix.mapguard import DEFAULT_CONFIG_DIRECTORY, check_map_path, postfix_named_files
+from relaywatch.model import ConfigError, Decision, PostfixError
+from relaywatch.store.permissions import check_map_dir
+from relaywatch.postfix.maps import AccessMap, Block, InvalidBlock, MapNotLoaded, MapSpec, Postfix, apply_blocks, render_key
+from relaywatch.store.sqlite import BlockRow, Store
+
+log = logging.getLogger("relaywatch.blocking")
+
+MAX_BLOCK_S = 30 * 86400
+BACKOFF_S = (1, 2, 4, 8, 16, 30)
+TAMPER_QUIET_S = 300.0  # a map left alone this long after a restore ends the tamper episode
+
+
+def target_kind(text: str) -> tuple[str, str]:
+    """("client" | "subnet" | "sasl_user", canonical target) for what a user typed."""
+    text = text.strip()
+    if "/" in text:
+        try:
+            return "subnet", ipaddress.ip_network(text, strict=True).compressed
+        except ValueError as exc:
+            raise InvalidBlock(f"{text!r} is not a network ({exc}); e.g. 218.144.0.0/16") from None
+    try:
+        return "client", ipaddress.ip_address(text).compressed
+    except ValueError:
+        return "sasl_user", text
+
+
+def maps_from_config(client_access_map: str, sasl_access_map: str, default_type: str, *,
+                     config_directory: str | None, map_directories: Sequence[str] = ()) -> dict[str, AccessMap]:
+    """Kind -> the map that holds it; SASL blocks need a sasl_access_map.
+
+    ConfigError (exit 78) for a map relaywatch must not write (mapguard), or one
+    file named as both maps.
+    """
+    maps = map_specs(client_access_map, sasl_access_map, default_type)
+    client, sasl = maps["client"], maps.get("sasl_user")
+    if sasl is not None and os.path.realpath(sasl.path) == os.path.realpath(client.path):
+        raise ConfigError(f"[postfix] sasl_access_map names the same file as client_access_map ({client.path}): "
+                          "give SASL blocks a map of their own, or set sasl_access_map = \"\"")
+    allowed = (config_directory or DEFAULT_CONFIG_DIRECTORY, *map_directories)
+    named = postfix_named_files(config_directory)
+    for access_map in maps.values():
+        if access_map.path.parent.exists():
+            check_map_dir(access_map.path.parent)
+        check_map_path(access_map.spec.path, allowed, named)
+    return maps
+
+
+def map_specs(client_access_map: str, sasl_access_map: str, default_type: str) -> dict[str, AccessMap]:
+    """Kind -> map, for reading only (no safety checks: nothing is written)."""
+    client = AccessMap(MapSpec.parse(client_access_map, default_type=default_type))
+    maps = {"client": client, "subnet": client}
+    if sasl_access_map:
+        maps["sasl_user"] = AccessMap(MapSpec.parse(sasl_access_map, default_type=default_type))
+    return maps
+
+
+def in_map(rows: Sequence[BlockRow], maps: dict[str, AccessMap]) -> list[bool]:
+    """For each block, whether its map's managed section holds it (and the compiled map is current)."""
+    held: dict[int, set[str]] = {}
+    out = []
+    for b in rows:
+        access_map = maps.get(b.kind)
+        if access_map is None:
+            out.append(False)
+            continue
+        keys = held.setdefault(id(access_map), access_map.held_keys())
+        out.append(render_key(b.kind, b.target, access_map.spec.type) in keys)
+    return out
+
+
+class MapState(enum.Enum):
+    IN_FORCE = "in force"
+    NOT_WRITTEN = "not written"  # the files Postfix reads are unchanged
+    NOT_LOADED = "not reloaded"  # the map files hold the blocks; Postfix did not reload
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What one `sync` did. `fault_began`: the first failure of this fault (tell the admin once);
+    `recovered`: the blocks in force now that a fault ended (tell the admin they are)."""
+
+    state: MapState
+    error: str | None = None
+    fault_began: bool = False
+    recovered: tuple[BlockRow, ...] = ()
+
+    def __bool__(self) -> bool:
+        return self.state is MapState.IN_FORCE
+
+
+class Blocker:
+    def __init__(
+        self,
+        store: Store,
+        postfix: Postfix,
+        maps: dict[str, AccessMap],
+        block_s: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.postfix = postfix
+        self.maps = maps
+        self.block_s = block_s
+        self.clock = clock
+        self._failures = 0
+        self._next_try = 0.0
+        self._failed_at: tuple[object, ...] = ()
+        self._force = False
+        self._stamps: dict[str, tuple[object, ...]] = {}
+        self._tampers = 0
+        self._tampered_at = float("-inf")
+        self.pending = bool(store.meta("map_pending"))
+        # (kind, target) -> when this process first saw the block in force (the log-check's start)
+        self.in_force_since: dict[tuple[str, str], float] = {}
+
+    def _map_for(self, kind: str) -> AccessMap:
+        try:
+            return self.maps[kind]
+        except KeyError:
+            raise ConfigError(f"cannot block a {kind}: set [postfix] sasl_access_map") from None
+
+    def block(self, kind: str, target: str, reason: str, rule: str = "manual", duration: float | None = None,
+              permanent: bool = False) -> BlockRow:
+        """Remember a block (validated for its map first) and mark the maps for sync.
+
+        Without a duration, repeat offenders get longer: block_s doubled per earlier
+        offence, up to 30 days (like fail2ban's bantime.increment).
+        """
+        render_key(kind, target, self._map_for(kind).spec.type)
+        now = self.clock()
+        active = {(b.kind, b.target): b for b in self.store.blocks(now)}.get((kind, target))
+        if active is not None and rule != "manual":
+            return active
+        if permanent:
+            until = None
+        else:
+            if duration is None:
+                duration = min(self.block_s * 2 ** self.store.offences(kind, target), MAX_BLOCK_S)
+            until = now + duration
+        self.store.add_block(BlockRow(kind, target, reason, rule, now, until))
+        self._mark_pending()
+        return next(b for b in self.store.blocks(now) if (b.kind, b.target) == (kind, target))
+
+    def unblock(self, kind: str, target: str) -> bool:
+        removed = self.store.remove_block(kind, target)
+        if removed:
+            self._lifted([Decision(self.clock(), "unblock", kind, target, "manual", 0, 0)])
+        return removed
+
+    def expire(self) -> list[BlockRow]:
+        gone = self.store.expire_blocks(self.clock())
+        if gone:
+            self._lifted([Decision(b.until or self.clock(), "unblock", b.kind, b.target, "expired", 0, 0)
+                          for b in gone])
+        return gone
+
+    def _lifted(self, unblocks: list[Decision]) -> None:
+        """Remember when blocks ended (the report's timeline marks them) and rewrite the maps."""
+        self.store.commit_batch([], unblocks)
+        self._mark_pending()
+
+    def _mark_pending(self) -> None:
+        if not self.pending:
+            self.pending = True
+            self.store.set_meta("map_pending", {"since": self.clock()})
+        self._next_try = 0.0
+
+    def due(self) -> bool:
+        """Pending and its retry time has come, or the map directory changed since the last failure."""
+        if not self.pending:
+            return False
+        return self.clock() >= self._next_try or (self._failures > 0 and self._fingerprint() != self._failed_at)
+
+    def _fingerprint(self) -> tuple[object, ...]:
+        """What a fixed permission fault changes: modes, owners, writability (read-only mounts, chattr +i)."""
+        out: list[object] = []
+        for access_map in self._distinct_maps():
+            for name in (str(access_map.path.parent), str(access_map.path)):
+                try:
+                    st = os.stat(name)
+                    out.append((st.st_mode, st.st_uid, st.st_gid, os.access(name, os.W_OK)))
+                except OSError as exc:
+                    out.append(exc.errno)
+        return tuple(out)
+
+    def _distinct_maps(self) -> list[AccessMap]:
+        return list({id(m): m for m in self.maps.values()}.values())
+
+    def _blocks_for(self, access_map: AccessMap, active: list[BlockRow]) -> list[Block]:
+        kinds = [k for k, m in self.maps.items() if m is access_map]
+        return [Block(b.kind, b.target, f"{b.rule}: {b.reason}") for b in active if b.kind in kinds]
+
+    def sync(self) -> SyncResult:
+        """Write every map from the store, one postmap and one reload each; say what happened."""
+        if not self.pending:
+            return SyncResult(MapState.IN_FORCE)
+        now = self.clock()
+        active = self.store.blocks(now)
+        before = self.store.meta("map_pending")
+        before = before if isinstance(before, dict) else {}
+        try:
+            for access_map in self._distinct_maps():
+                apply_blocks(access_map, self.postfix, self._blocks_for(access_map, active),
+                             force=self._failures > 0 or self._force)
+        except (PostfixError, ConfigError, InvalidBlock, OSError) as exc:
+            return self._failed(now, exc, before)
+        if before.get("error"):
+            log.warning("access maps are in force again after %d failed attempts", self._failures)
+        self._failures = 0
+        self._force = False
+        self.pending = False
+        self.store.set_meta("map_pending", None)
+        self._stamps = {str(m.path): m.stamp() for m in self._distinct_maps()}
+        self.in_force_since = {(b.kind, b.target): self.in_force_since.get((b.kind, b.target), now) for b in active}
+        self.postfix.master_pid()  # remembers queue_directory: a later broken main.cf cannot tell it
+        return SyncResult(MapState.IN_FORCE, recovered=tuple(active) if before.get("error") else ())
+
+    def _failed(self, now: float, exc: Exception, before: dict) -> SyncResult:
+        state = MapState.NOT_LOADED if isinstance(exc, MapNotLoaded) else MapState.NOT_WRITTEN
+        fault = f"{state.name}:{type(exc).__name__}:{getattr(exc.__cause__, 'errno', '')}"
+        began = before.get("fault") != fault
+        self._failures += 1
+        delay = BACKOFF_S[min(self._failures, len(BACKOFF_S)) - 1]
+        self._next_try = now + delay
+        self._failed_at = self._fingerprint()
+        self.store.set_meta("map_pending", {"since": before.get("since", now), "error": str(exc),
+                                            "state": state.value, "fault": fault, "retry_in_s": delay})
+        (log.error if began else log.info)("blocks are not in force (map %s): %s (retrying in %d s)",
+                                           state.value, exc, delay)
+        return SyncResult(state, str(exc), fault_began=began)
+
+    def check_maps(self) -> list[str]:
+        """Maps someone else rewrote since our last write that no longer hold our blocks: marked
+        pending (the next `sync` rewrites and recompiles them). Repeated rewrites (a second
+        relaywatch on the same map) back off like faults instead of a rewrite every second."""
+        if self.pending:
+            return []
+        changed = []
+        for access_map in self._distinct_maps():
+            stamp = access_map.stamp()
+            old = self._stamps.get(str(access_map.path))
+            if stamp == old:
+                continue
+            try:
+                holds = access_map.holds(self._blocks_for(access_map, self.store.blocks(self.clock())))
+            except (PostfixError, ConfigError, OSError) as exc:
+                holds, exc_text = False, str(exc)
+            else:
+                exc_text = ""
+            if holds:  # the admin's own entries or a postmap of our source: nothing to restore
+                self._stamps[str(access_map.path)] = stamp
+                continue
+            changed.append(f"{access_map.spec} was changed by another program and no longer holds relaywatch's "
+                           f"blocks{': ' + exc_text if exc_text else ''}")
+        if changed:
+            now = self.clock()
+            self._tampers = self._tampers + 1 if now - self._tampered_at < TAMPER_QUIET_S else 1
+            self._tampered_at = now
+            self._mark_pending()
+            self._force = True
+            self._next_try = now + (0 if self._tampers == 1 else BACKOFF_S[min(self._tampers, len(BACKOFF_S)) - 1])
+            for text in changed:
+                log.warning("%s: restoring them", text)
+        return changed
+
+    @property
+    def first_tamper(self) -> bool:
+        """The last `check_maps` began a tamper episode (tell the admin once per episode)."""
+        return self._tampers == 1
+
+    @property
+    def last_error(self) -> str | None:
+        state = self.store.meta("map_pending")
+        return state.get("error") if isinstance(state, dict) else None

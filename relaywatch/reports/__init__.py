@@ -1,0 +1,1 @@
+"""What relaywatch shows: replay reports, timeline, HTML, digest, status, check, config."""

@@ -1,0 +1,263 @@
+"""What a replay found, as admins read it: a summary, the decisions, the top tables.
+
+The JSON shape is a contract other tools rely on: add fields, never rename.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from relaywatch.core.destinations import InferredDomain
+from relaywatch.model import Decision, Relayed
+from relaywatch.reports.timeline import Timeline, text_block
+
+TOP = 10
+
+
+class BoundedCounter:
+    """Exact counts until `cap` keys, then the smaller half is dropped.
+
+    A flood over a million IPv6 addresses must not grow memory; the heavy
+    hitters the top tables show survive every pruning.
+    """
+
+    __slots__ = ("cap", "counts", "approximate")
+
+    def __init__(self, cap: int = 20_000) -> None:
+        self.cap = cap
+        self.counts: dict[str, int] = {}
+        self.approximate = False
+
+    def add(self, key: str, n: int = 1) -> None:
+        counts = self.counts
+        counts[key] = counts.get(key, 0) + n
+        if len(counts) > self.cap:
+            keep = sorted(counts.items(), key=lambda kv: kv[1], reverse=True)[: self.cap // 2]
+            self.counts = dict(keep)
+            self.approximate = True
+
+    def top(self, n: int = TOP) -> list[tuple[str, int]]:
+        return sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+
+class Tally:
+    """The pflogsumm-like tables of relayed mail."""
+
+    def __init__(self) -> None:
+        self.clients = BoundedCounter()
+        self.senders = BoundedCounter()
+        self.domains = BoundedCounter()
+        self.sasl_users = BoundedCounter()
+        self.relay_denied = BoundedCounter()
+
+    def add_relayed(self, fact: Relayed) -> None:
+        self.clients.add(fact.client)
+        self.senders.add(fact.sender or "<>")
+        if fact.domain:
+            self.domains.add(fact.domain)
+        if fact.sasl_user:
+            self.sasl_users.add(fact.sasl_user)
+
+    def tables(self) -> dict[str, list[tuple[str, int]]]:
+        return {
+            "clients": self.clients.top(),
+            "senders": self.senders.top(),
+            "domains": self.domains.top(),
+            "sasl_users": self.sasl_users.top(),
+            "relay_denied": self.relay_denied.top(),
+        }
+
+
+@dataclass
+class Totals:
+    """What a run read: line counts and the span of log time."""
+
+    lines: int = 0
+    unparsed: int = 0
+    forged: int = 0
+    relayed: int = 0
+    relay_denied: int = 0
+    local_relayed: int = 0  # recipients of mail submitted on the host (pickup) handed to another host
+    first_time: float | None = None
+    last_time: float | None = None
+    unparsed_samples: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ReplayResult:
+    """Everything a replay found, for the text, JSON and HTML reports."""
+
+    totals: Totals
+    messages: int
+    decisions: list[Decision]
+    tally: Tally
+    timeline: Timeline = field(default_factory=Timeline)
+    # where the local domains came from (option, config, postfix, log) and, from the log, which and why
+    local_domains_source: str = ""
+    local_domains_detail: str = ""
+    inferred_local_domains: list[InferredDomain] = field(default_factory=list)
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    """What a block would have stopped: `after` of the target's `total` relayed recipients came after it."""
+
+    after: int
+    total: int
+
+    def text(self) -> str:
+        pct = 100 * self.after / self.total if self.total else 0.0
+        return f"would have stopped {self.after:,} of {self.total:,} relayed recipients, {pct:.1f} %"
+
+
+def stopped(result: ReplayResult, d: Decision, timeline: Timeline | None = None) -> Stopped | None:
+    """How much of a blocked target's relayed mail was queued after the block (replay only: the
+    daemon's reports have no per-message record). `timeline`: the one that saw the facts, if not
+    `result.timeline`."""
+    after = (timeline or result.timeline).after_block(d)
+    if after is None:
+        return None
+    tally = result.tally
+    if d.kind == "client":
+        total = tally.clients.counts.get(d.target, 0)
+    elif d.kind == "sasl_user":
+        total = tally.sasl_users.counts.get(d.target, 0)
+    else:
+        net = ipaddress.ip_network(d.target, strict=False)
+        total = sum(n for client, n in tally.clients.counts.items() if _inside(client, net))
+    return Stopped(after, max(total, after))  # a pruned table can undercount the total
+
+
+def _inside(client: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    try:
+        addr = ipaddress.ip_address(client)
+    except ValueError:
+        return False
+    return addr.version == net.version and addr in net
+
+
+def decision_dict(d: Decision, stop: Stopped | None = None) -> dict:
+    return {
+        "stopped": None if stop is None else {"after": stop.after, "of": stop.total},
+        "time": iso(d.time),
+        "action": d.action,
+        "kind": d.kind,
+        "target": d.target,
+        "rule": d.rule,
+        "count": d.count,
+        "window_s": d.window_s,
+        "clients": d.clients,
+        "evidence": list(d.evidence),
+        "sample_qids": list(d.sample_qids),
+    }
+
+
+def to_json(result: ReplayResult) -> str:
+    t = result.totals
+    return json.dumps(
+        {
+            "lines": t.lines,
+            "unparsed": t.unparsed,
+            "messages": result.messages,
+            "relayed": t.relayed,
+            "relay_denied": t.relay_denied,
+            "local_relayed": t.local_relayed,
+            "forged": t.forged,
+            "first_time": iso(t.first_time) if t.first_time is not None else None,
+            "last_time": iso(t.last_time) if t.last_time is not None else None,
+            "decisions": [decision_dict(d, stopped(result, d)) for d in result.decisions],
+            "top": {name: [{"key": k, "count": n} for k, n in rows] for name, rows in result.tally.tables().items()},
+            "local_domains": {
+                "source": result.local_domains_source,
+                "detail": result.local_domains_detail,
+                "inferred": [{"domain": i.domain, "host": i.host, "reason": i.reason.value, "evidence": i.evidence}
+                             for i in result.inferred_local_domains],
+            },
+        },
+        indent=2,
+    )
+
+
+def describe(d: Decision) -> str:
+    if d.action == "unblock":
+        return "lifted by hand" if d.rule == "manual" else "expired"
+    if d.rule == "manual":  # `relaywatch block`: its evidence is the reason given
+        return d.evidence[0] if d.evidence else "blocked by hand"
+    what = f"{d.count} relayed recipients" if d.rule != "relay_probe" else f"{d.count} relay attempts refused"
+    if d.clients:
+        what += f" from {d.clients} clients"
+    return f"{what} in {d.window_s // 60 or 1} min (rule {d.rule})"
+
+
+_SOURCES = {"option": "from --local-domain", "config": "from [postfix] local_domains", "postfix": "from Postfix"}
+
+
+def _local_domains_text(result: ReplayResult) -> list[str]:
+    """Where the local domains came from; when from the log, each inferred domain and why."""
+    source = result.local_domains_source
+    if not source:
+        return []
+    if source in _SOURCES:
+        return [f"  local domains {_SOURCES[source]} ({result.local_domains_detail})"]
+    inferred = result.inferred_local_domains
+    out = [f"  local domains: none known ({result.local_domains_detail}); {len(inferred)} inferred from the log"
+           + (":" if inferred else " (give --local-domain)")]
+    for i in inferred[:TOP * 3]:
+        out.append(f"    {i.host + ': ' if i.host else ''}{i.domain}: {i.evidence}")
+    if len(inferred) > TOP * 3:
+        out.append(f"    ... and {len(inferred) - TOP * 3} more (--format json lists them all)")
+    return out
+
+
+def to_text(result: ReplayResult, dry_run: bool = True) -> str:
+    t = result.totals
+    out = []
+    span = f"{iso(t.first_time)} .. {iso(t.last_time)}" if t.first_time is not None else "no timestamps"
+    out.append(f"relaywatch replay: {span}")
+    out.append(
+        f"  {t.lines:,} lines, {t.unparsed:,} unparsed, {result.messages:,} messages, "
+        f"{t.relayed:,} relayed recipients, {t.relay_denied:,} relay attempts refused"
+        + (f", {t.forged:,} forged journal records ignored" if t.forged else "")
+    )
+    out.extend(_local_domains_text(result))
+    out.append("")
+    verb = "would " if dry_run else ""
+    out.append(f"Decisions ({len(result.decisions)}){' - dry run, nothing was changed' if dry_run else ''}:")
+    if not result.decisions:
+        out.append("  none")
+    for d in result.decisions:
+        action = f"{verb}block" if d.action == "block" else d.action
+        out.append(f"  {iso(d.time)}  {action:<11} {d.kind:<11} {d.target:<22} {describe(d)}")
+        if (stop := stopped(result, d)) is not None:
+            out.append(f"      {stop.text() if dry_run else stop.text().replace('would have stopped', 'stopped')}"
+                       " (queued at or after the block, in this log)")
+        for line in d.evidence[-2:]:
+            out.append(f"      | {line[:160]}")
+    out.append("")
+    out.append(text_block(result.timeline).rstrip("\n"))
+    titles = {
+        "clients": "Top relaying clients",
+        "senders": "Top senders of relayed mail",
+        "domains": "Top destination domains",
+        "sasl_users": "Top SASL users (relayed)",
+        "relay_denied": "Top clients refused relay",
+    }
+    for name, rows in result.tally.tables().items():
+        out.append("")
+        out.append(f"{titles[name]}:")
+        if not rows:
+            out.append("  none")
+        for key, n in rows:
+            out.append(f"  {n:>8,}  {key}")
+    if t.unparsed_samples:
+        out.append("")
+        out.append("First unparsed lines:")
+        out.extend(f"  {line}" for line in t.unparsed_samples)
+    return "\n".join(out) + "\n"

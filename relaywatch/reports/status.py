@@ -1,0 +1,105 @@
+"""`relaywatch status`: is the daemon running, what it reads, how far behind, what it blocks.
+
+Exit codes follow the LSB, like `systemctl status`: 0 running, 3 not running,
+4 unknown (no state database: relaywatch has not run with this configuration).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from enum import IntEnum
+from typing import Any
+
+from relaywatch.sources import choose as source_state
+from relaywatch.reports.report import iso
+from relaywatch.store.sqlite import Store
+
+HEARTBEAT_S = 30  # the daemon writes one every second; older than this: hung or gone
+
+
+class Lsb(IntEnum):
+    RUNNING = 0
+    NOT_RUNNING = 3
+    UNKNOWN = 4
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def gather(store: Store, now: float) -> dict[str, Any]:
+    """Everything `status` shows, JSON-able (a contract: fields are added, never renamed)."""
+    daemon: dict[str, Any] = store.meta("daemon") or {}  # type: ignore[assignment]
+    pid = daemon.get("pid")
+    running = bool(pid) and alive(pid) and now - daemon.get("heartbeat", 0) < HEARTBEAT_S
+    source = daemon.get("source")
+    position = store.position(source) if source else None
+    last = daemon.get("last_log_time")
+    lag = source_state.lag(source, position, daemon.get("caught_up"), last, now) if running else source_state.Lag()
+    return {
+        "running": running,
+        "pid": pid if running else None,
+        "source": source,
+        "source_note": daemon.get("source_note") or None,
+        "position": position,
+        "position_text": source_state.describe_position(source, position),
+        "lines": daemon.get("lines"),
+        "relayed": daemon.get("relayed"),
+        "last_log_time": iso(last) if last else None,
+        "last_line_at": iso(daemon["last_line_at"]) if daemon.get("last_line_at") else None,
+        "arriving": source_state.arriving(daemon.get("last_line_at"), now) if running else None,
+        # how far behind the reader is: unread bytes of the file, or (journal) the age of the last line
+        # read while more were waiting; lag_s is kept for scripts written before lag_bytes existed
+        "lag_bytes": lag.unread_bytes,
+        "lag_s": lag.behind_s,
+        "lag_text": lag.text() if running else None,
+        "busiest": store.busiest(int((now - 600) // 10)),
+        "blocks": [{"kind": b.kind, "target": b.target, "rule": b.rule,
+                    "until": None if b.until is None else iso(b.until)} for b in store.blocks(now)],
+        "pending": store.meta("map_pending"),
+        # blocks whose mail the log shows still being queued after they took effect (the daemon's check)
+        "not_enforced": [a for a in (store.meta("enforcement_alarms") or {}).values()
+                         if (a["kind"], a["target"]) in {(b.kind, b.target) for b in store.blocks(now)}],
+        "notify": daemon.get("notify"),
+    }
+
+
+def exit_code(info: dict[str, Any]) -> Lsb:
+    return Lsb.RUNNING if info["running"] else Lsb.NOT_RUNNING
+
+
+def to_json(info: dict[str, Any]) -> str:
+    return json.dumps(info, indent=2)
+
+
+def to_text(info: dict[str, Any]) -> str:
+    out = [f"relaywatch is {'running (pid %d)' % info['pid'] if info['running'] else 'not running'}"]
+    out.append(f"  reading {info['position_text']}")
+    if info["source_note"]:
+        out.append(f"  note: {info['source_note']}")
+    read = f"  {info['lines'] or 0:,} lines read, {info['relayed'] or 0:,} relayed"
+    if info["running"]:
+        read += f"; {info['arriving']}; {info['lag_text']}"
+    out.append(read)
+    for dim, rows in info["busiest"].items():
+        out.append(f"  busiest {dim} (10 min): " + ", ".join(f"{k} {n}" for k, n in rows))
+    out.append(f"  {len(info['blocks'])} blocks in force" + (" (PENDING: maps not yet written)" if info["pending"]
+                                                              else ""))
+    for b in info["blocks"]:
+        out.append(f"    {b['kind']:<9} {b['target']:<24} {b['rule']:<12} until {b['until'] or 'forever'}")
+    for a in info["not_enforced"]:
+        out.append(f"  NOT ENFORCED: {a['messages']} messages from {a['kind']} {a['target']} queued after its block"
+                   f" took effect (last at {iso(a['last'])}): Postfix does not refuse it")
+    if info["notify"]:
+        n = info["notify"]
+        out.append(f"  notifications: {n.get('sent', 0)} sent, {n.get('failed', 0)} failed, "
+                   f"{n.get('pending', 0)} pending" + (f"; last error: {n['last_error']}" if n.get("last_error")
+                                                        else ""))
+    return "\n".join(out) + "\n"

@@ -1,0 +1,1 @@
+"""Where lines come from: files (replay, follow with rotation) and the systemd journal."""
