@@ -107,11 +107,16 @@ def test_answers_are_cached_until_they_age(etc):
 def test_a_table_postfix_cannot_read_answers_nothing_and_is_asked_again(etc, caplog):
     main = etc / "main.cf"
     main.write_text(main.read_text() + f"virtual_mailbox_domains = hash:{etc}/missing\n")
-    domains = postfix_domains(etc)
+    now = [0.0]
+    domains = postfix_domains(etc, clock=lambda: now[0])
     assert domains.accepts("gmail.com") is None
     assert domains.accepts("gw.example") is True  # another list says so
     assert "cannot ask Postfix" in caplog.text and "missing" in caplog.text
-    assert domains.accepts("gmail.com") is None  # not cached: asked again
+    (etc / "missing").write_text("other.example OK\n")
+    subprocess.run([POSTMAP, "-c", str(etc), f"hash:{etc}/missing"], check=True)
+    assert domains.accepts("gmail.com") is None  # not cached, and the failing table rests a while
+    now[0] += 61
+    assert domains.accepts("gmail.com") is False  # asked again
 
 
 @needs_postfix

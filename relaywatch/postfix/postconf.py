@@ -19,6 +19,7 @@ log = logging.getLogger("relaywatch.postconf")
 
 POSTCONF = "postconf"
 POSTMAP = "postmap"
+RETRY_FAILED_S = 60.0  # a table Postfix could not read is asked again after this long
 
 
 def _run(args: list[str], config_directory: str | Path | None) -> str:
@@ -149,19 +150,24 @@ def postfix_domains(config_directory: str | Path | None,
                    parent_style=name in parent)
         for name in DOMAIN_PARAMS
     )
-    failing: set[str] = set()
+    failing: dict[str, float] = {}  # table -> when it last failed
     tables = TableReader(config_directory)
 
     def lookup(table: str, keys: tuple[str, ...]) -> bool | None:
+        # A failing postmap costs a second (Postfix sleeps before a fatal exit): asked per
+        # delivery, one unreadable table would stall the pipeline. Ask it again only later.
+        failed = failing.get(table)
+        if failed is not None and clock() - failed < RETRY_FAILED_S:
+            return None
         try:
             found = tables.lookup(table, keys)
         except PostfixError as exc:
-            if table not in failing:
-                failing.add(table)
+            if failed is None:
                 log.warning("cannot ask Postfix whether a domain is local (%s): until it answers, mail for such "
                             "domains is judged from the log; [postfix] local_domains avoids the question", exc)
+            failing[table] = clock()
             return None
-        failing.discard(table)
+        failing.pop(table, None)
         return found
 
     return PostfixDomains(lists, lookup, clock)
