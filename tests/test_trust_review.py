@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from postfix_rig import POSTMAP, postfix_installed
-from relaywatch import postconf
-from relaywatch.postconf import postfix_domains
+from relaywatch.postfix import postconf
+from relaywatch.postfix.postconf import postfix_domains
 
 needs_postfix = pytest.mark.skipif(
     not postfix_installed() and os.environ.get("RELAYWATCH_REQUIRE_POSTFIX") != "1",
