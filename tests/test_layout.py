@@ -15,19 +15,19 @@ LAYERS = (
     {"core"},  # pure: parse, correlate, windows, policy
     {"config"},
     {"sources", "store", "postfix", "notify"},  # the edges: one family each, not importing each other
-    {"reports", "respond"},
-    {"engine"},  # the pipeline: knows no report, no responder
+    {"respond"},  # acting on decisions: block, hold, notify, check enforcement
+    {"engine", "reports"},  # the pipeline, and the reports that are its sinks: neither imports the other
     {"daemon", "policyd", "replay", "build"},
     {"cli", "__main__"},
 )
 EDGES = LAYERS[3]
+APART = {("engine", "reports"), ("reports", "engine")}
 THIRD_PARTY = {"click": "cli", "sqlite_utils": "store.sqlite", "watchdog": "sources.follow", "apprise": "notify.send"}
 STDLIB_IO = {"subprocess", "socket", "sqlite3", "http", "urllib", "shutil", "os", "io", "pathlib"}
 # Imports that go the wrong way today; the restructuring in progress (issue 14) empties this set.
-KNOWN = {
-    ("engine", "reports"), ("engine", "postfix"), ("engine", "sources"), ("engine", "store"),
-    ("notify", "reports"), ("notify", "store"), ("postfix", "store"), ("sources", "postfix"),
-    ("config", "store"),
+KNOWN: set[tuple[str, str]] = {
+    ("config", "store"), ("engine", "reports"), ("notify", "reports"), ("notify", "store"), ("postfix", "store"),
+    ("sources", "postfix"),
 }
 
 
@@ -79,7 +79,7 @@ def test_every_import_goes_down_the_layers():
             dst = unit(target)
             if dst == src:
                 continue
-            if layer_of(dst) > layer_of(src) or (src in EDGES and dst in EDGES):
+            if layer_of(dst) > layer_of(src) or (src in EDGES and dst in EDGES) or (src, dst) in APART:
                 wrong.add((src, dst))
     assert wrong <= KNOWN, sorted(wrong - KNOWN)
 
