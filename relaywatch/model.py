@@ -8,6 +8,8 @@ the sliding windows and the store.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import NamedTuple
 
 
 class RelaywatchError(Exception):
@@ -193,3 +195,105 @@ class Decision:
     clients: int = 0
     evidence: tuple[str, ...] = field(default=())
     sample_qids: tuple[str, ...] = field(default=())
+
+
+# --- vocabulary -----------------------------------------------------------------
+# StrEnum members equal their strings: the store, the maps and the JSON output keep the same text.
+
+
+class Action(StrEnum):
+    """What a decision does."""
+
+    BLOCK = "block"
+    ALERT = "alert"
+    UNBLOCK = "unblock"
+
+
+class Kind(StrEnum):
+    """What a decision is about (`uid`: a local user submitting through sendmail/pickup)."""
+
+    CLIENT = "client"
+    SUBNET = "subnet"
+    SASL_USER = "sasl_user"
+    SENDER = "sender"
+    DESTINATION = "destination"
+    UID = "uid"
+
+
+class Dim(StrEnum):
+    """What a window counts relayed recipients (or refusals) by."""
+
+    CLIENT = "client"
+    SENDER = "sender"
+    DOMAIN = "domain"
+    SASL_USER = "sasl_user"
+    RELAY_DENIED = "relay_denied"
+    UID = "uid"
+
+
+class AccessMap(StrEnum):
+    """The Postfix access map a block is written to."""
+
+    CLIENT = "client"  # check_client_access: smtpd_client_restrictions and the like
+    SASL = "sasl"  # check_sasl_access
+
+
+class QueueTarget(StrEnum):
+    """What `queue hold` selects queued mail by (its `--client`, `--network`, ... option)."""
+
+    CLIENT = "client"
+    NETWORK = "network"
+    SENDER = "sender"
+    SASL_USER = "sasl_user"
+
+
+@dataclass(frozen=True, slots=True)
+class Enforcement:
+    """Where a block of one kind takes effect: its access map and the queued mail it holds."""
+
+    access_map: AccessMap
+    queue: QueueTarget
+
+
+# The one table from block kind to access map to queue target: only these kinds can be blocked.
+ENFORCEMENT: dict[Kind, Enforcement] = {
+    Kind.CLIENT: Enforcement(AccessMap.CLIENT, QueueTarget.CLIENT),
+    Kind.SUBNET: Enforcement(AccessMap.CLIENT, QueueTarget.NETWORK),
+    Kind.SASL_USER: Enforcement(AccessMap.SASL, QueueTarget.SASL_USER),
+}
+
+
+# --- stored rows ------------------------------------------------------------------
+# Named tuples: built per batch on the hot path (as cheap as a tuple) and unpacked like one.
+
+
+class CountRow(NamedTuple):
+    """`n` events of `key` in the window dimension `dim` during time bucket `bucket`."""
+
+    dim: str
+    bucket: int
+    key: str
+    n: int
+
+
+class OpenMessage(NamedTuple):
+    """A message the correlator still holds, as a restarted daemon reloads it; `key` is
+    `host/qid` (`qid` alone when the log names no host)."""
+
+    key: str
+    first_seen: float
+    last_seen: float
+    client: str | None
+    sasl_user: str | None
+    sender: str
+    nrcpt: int
+    seen: tuple[str, ...]
+
+
+class Origin(NamedTuple):
+    """Where a queued message came from, until Postfix removes it: what `queue hold` selects by."""
+
+    qid: str
+    client: str
+    sasl_user: str | None
+    time: float

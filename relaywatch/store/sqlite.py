@@ -1,100 +1,46 @@
-"""The state database: window counts, decisions and read positions, in SQLite.
+"""The state database in SQLite: window counts, decisions, blocks, open messages, origins and
+read positions, and the typed state records (store.state) over its `meta` table.
 
 Counts are written in batches, each batch in one transaction together with
 the read position that produced it, so a crash loses or repeats nothing.
-WAL with synchronous=FULL: relaywatch must remember what it blocked.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import ipaddress
 import json
 import os
-import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
-import sqlite_utils
+from relaywatch.model import CountRow, Decision, OpenMessage, Origin
+from relaywatch.store import sqlite_file
+from relaywatch.store.records import BlockRow, JSONObject
+from relaywatch.store.sqlite_file import StoreUnavailable, sqlite_errors
+from relaywatch.store.state import DayArchive, EnforcementAlarms, MapState, NotifyState, Positions, StatusRecord
 
-from relaywatch.store import permissions
-from relaywatch.model import Decision, RelaywatchError
+__all__ = ["BlockRow", "Store", "StoreUnavailable"]
 
-BUSY_TIMEOUT_S = 20.0  # how long a write waits for another process's lock (systemd's watchdog allows 60 s)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS counts (
-    dim TEXT NOT NULL, bucket INTEGER NOT NULL, key TEXT NOT NULL, n INTEGER NOT NULL,
-    PRIMARY KEY (dim, bucket, key)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS decisions (
-    id INTEGER PRIMARY KEY, time REAL NOT NULL, action TEXT NOT NULL, kind TEXT NOT NULL,
-    target TEXT NOT NULL, rule TEXT NOT NULL, count INTEGER NOT NULL, window_s INTEGER NOT NULL,
-    clients INTEGER NOT NULL, evidence TEXT NOT NULL, sample_qids TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS positions (source TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS blocks (
-    kind TEXT NOT NULL, target TEXT NOT NULL, reason TEXT NOT NULL, rule TEXT NOT NULL,
-    since REAL NOT NULL, until REAL,
-    PRIMARY KEY (kind, target)
-);
-CREATE TABLE IF NOT EXISTS offences (
-    kind TEXT NOT NULL, target TEXT NOT NULL, count INTEGER NOT NULL, last REAL NOT NULL,
-    PRIMARY KEY (kind, target)
-);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS origins (
-    qid TEXT PRIMARY KEY, client TEXT NOT NULL, sasl_user TEXT, time REAL NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS origins_client ON origins (client);
-CREATE TABLE IF NOT EXISTS open_messages (
-    qid TEXT PRIMARY KEY, first_seen REAL NOT NULL, last_seen REAL NOT NULL, client TEXT, sasl_user TEXT,
-    sender TEXT NOT NULL, nrcpt INTEGER NOT NULL, seen TEXT NOT NULL
-) WITHOUT ROWID;
-"""
+OUTAGE_RETRY_S = 5.0  # while the store is unavailable, a write is tried again this often
+_OUTAGE_BUSY_S = 0.5  # ... waiting this long for a lock, so the daemon never stalls on it
 _UPSERT = (
     "INSERT INTO counts (dim, bucket, key, n) VALUES (?, ?, ?, ?) "
     "ON CONFLICT (dim, bucket, key) DO UPDATE SET n = n + excluded.n"
 )
 
 
-@dataclass(frozen=True, slots=True)
-class BlockRow:
-    """A block as remembered: `until` None is permanent; `offences` counts every block ever."""
-
-    kind: str
-    target: str
-    reason: str
-    rule: str
-    since: float
-    until: float | None
-    offences: int = 1
-
-
-class StoreUnavailable(RelaywatchError):
-    """The database cannot be written for now (locked past the busy timeout, disk full): a fault that
-    passes. The daemon keeps working in memory and writes the backlog once it has passed."""
-
-
-APPLICATION_ID = 0x52574442  # "RWDB" in SQLite's header: this file was made by relaywatch
-OUTAGE_RETRY_S = 5.0  # while the store is unavailable, a write is tried again this often
-_OUTAGE_BUSY_S = 0.5  # ... waiting this long for a lock, so the daemon never stalls on it
-
-
-def made_by_relaywatch(header: bytes) -> bool:
-    return len(header) >= 72 and int.from_bytes(header[68:72], "big") == APPLICATION_ID
-
-
 class Store:
+    """The SQLite backend of store.base.StateStore."""
+
     def __init__(self, path: str | Path | None = None, *, degrade: bool = False,
                  clock: Callable[[], float] = time.monotonic) -> None:
         """`path` None keeps everything in memory (a dry-run replay).
 
-        `degrade` (the daemon): when the database cannot be written for now, blocks and meta
-        values are kept in memory (and read back from there) and written with the next
+        `degrade` (the daemon): when the database cannot be written for now, blocks and state
+        records are kept in memory (and read back from there) and written with the next
         transaction that succeeds; `commit_batch` raises StoreUnavailable and the caller keeps
         its batch. Without it every failed write raises.
         """
@@ -106,29 +52,16 @@ class Store:
         self._depth = 0
         self._on_commit: list[Callable[[], None]] = []
         self._unsaved_blocks: dict[tuple[str, str], BlockRow] = {}
-        self._unsaved_meta: dict[str, object] = {}
+        self._unsaved_meta: dict[str, Any] = {}
         self._lock_fd: int | None = None
-        if path is None:
-            self.db = sqlite_utils.Database(memory=True)
-            self.db.executescript(_SCHEMA)
-            return
-        # 0700 directory and 0600 file (its WAL and shm files get the same mode): it holds log
-        # lines with addresses in them, and what relaywatch blocks. An existing file is checked
-        # before anything opens it: another program's file is never touched.
-        permissions.private_dir(Path(path).parent)
-        created = permissions.state_file(path, made_by_relaywatch)
-        with self._errors("open"):
-            self.db = sqlite_utils.Database(path)
-            self._busy(BUSY_TIMEOUT_S)
-            self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect on a new database only
-            if created or self.db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
-                self.db.execute(f"PRAGMA application_id={APPLICATION_ID}")  # before WAL: lands in the header
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.executescript(_SCHEMA)
-
-    def _busy(self, seconds: float) -> None:
-        self.db.execute(f"PRAGMA busy_timeout={int(seconds * 1000)}")
+        self.db = sqlite_file.open_database(path)
+        meta = _Meta(self)
+        self.days = DayArchive(meta)
+        self.status = StatusRecord(meta)
+        self.map_state = MapState(meta)
+        self.notify_state = NotifyState(meta)
+        self.alarms = EnforcementAlarms(meta)
+        self.positions = Positions(self._position)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -148,7 +81,7 @@ class Store:
         self._depth = 1
         conn = self.db.conn
         try:
-            with self._errors("write"):
+            with sqlite_errors(self.path, "write"):
                 try:
                     conn.execute("BEGIN IMMEDIATE")
                     self._write_backlog()
@@ -163,7 +96,7 @@ class Store:
             if not isinstance(exc, StoreUnavailable):
                 raise
             if self.unavailable is None and self.degrade:
-                self._busy(_OUTAGE_BUSY_S)
+                sqlite_file.busy(self.db, _OUTAGE_BUSY_S)
             self.unavailable, self._retry_at = exc, self.clock() + OUTAGE_RETRY_S
             raise
         finally:
@@ -175,7 +108,7 @@ class Store:
             fn()
         if self.unavailable is not None:
             self.unavailable = None
-            self._busy(BUSY_TIMEOUT_S)
+            sqlite_file.busy(self.db, sqlite_file.BUSY_TIMEOUT_S)
 
     def on_commit(self, fn: Callable[[], None]) -> None:
         """Call `fn` once what was written so far is committed (at once outside a transaction);
@@ -189,7 +122,7 @@ class Store:
         for row in self._unsaved_blocks.values():
             self._insert_block(row)
         for key, value in self._unsaved_meta.items():
-            self._set_meta(key, value)
+            write_meta(self, key, value)
 
     @contextlib.contextmanager
     def _kept_if_unavailable(self) -> Iterator[None]:
@@ -202,52 +135,13 @@ class Store:
 
     @property
     def backlog(self) -> int:
-        """Blocks and meta values waiting in memory for the store to be writable again."""
+        """Blocks and state records waiting in memory for the store to be writable again."""
         return len(self._unsaved_blocks) + len(self._unsaved_meta)
 
-    @contextlib.contextmanager
-    def _errors(self, doing: str) -> Iterator[None]:
-        """SQLite's errors as what happened and what to do; nothing of a failed write is kept."""
-        try:
-            yield
-        except sqlite3.DatabaseError as exc:
-            if type(exc) not in (sqlite3.OperationalError, sqlite3.DatabaseError):
-                raise  # IntegrityError and the like: a bug, not the environment
-            text = str(exc)
-            if "locked" in text or "busy" in text:
-                raise StoreUnavailable(
-                    f"state database {self.path}: cannot {doing} ({text}): another process has held a write lock"
-                    f" on it for more than {BUSY_TIMEOUT_S:g} s (an open sqlite3 shell, a backup?); nothing was"
-                    " written: retry once it lets go") from exc
-            if "full" in text:
-                raise StoreUnavailable(f"state database {self.path}: cannot {doing} ({text}): the disk is full;"
-                                       " nothing was written: free some space") from exc
-            if "not a database" in text or "malformed" in text or "corrupt" in text:
-                hint = ("it is damaged: restore it from a backup, or move it aside to start a new one (relaywatch then"
-                        " forgets its blocks; the access maps keep them until relaywatch next writes them)")
-            elif "unable to open" in text or "readonly" in text or "read-only" in text:
-                hint = "check that relaywatch runs as root and that its directory is writable"
-            else:
-                hint = "see the SQLite error"
-            raise RelaywatchError(f"state database {self.path}: cannot {doing} ({text}): {hint}") from exc
-
     def lock_for_daemon(self) -> None:
-        """One daemon per state database, for its whole life: an exclusive lock on `<database>.lock`
-        (released by the kernel when the process ends, SIGKILL included)."""
-        if self.path is None:
-            return
-        lock = Path(f"{self.path}.lock")
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, permissions.DB_MODE)
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
-            os.close(fd)
-            raise RelaywatchError(f"another relaywatch run (pid {holder}) already uses the state database"
-                                  f" {self.path}: one daemon per database; stop it first") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
+        """One daemon per state database, for its whole life (see sqlite_file.lock_for_daemon)."""
+        if self.path is not None:
+            self._lock_fd = sqlite_file.lock_for_daemon(self.path)
 
     def close(self) -> None:
         self.db.close()
@@ -257,13 +151,14 @@ class Store:
 
     def commit_batch(
         self,
-        counts: Iterable[tuple[str, int, str, int]],
+        counts: Iterable[CountRow],
         decisions: Iterable[Decision] = (),
-        position: tuple[str, dict] | None = None,
-        messages: tuple[list[tuple], list[str]] = ([], []),
-        origins: tuple[list[tuple], list[str]] = ([], []),
+        position: tuple[str, JSONObject] | None = None,
+        messages: tuple[Sequence[OpenMessage], Sequence[str]] = ((), ()),
+        origins: tuple[Sequence[Origin], Sequence[str]] = ((), ()),
     ) -> None:
-        """Counts, decisions, open messages, origins of queued mail and where the source stands:
+        """Counts, decisions, open messages (changed, and the keys gone), origins of queued mail
+        (arrived, and the queue ids removed) and where the source (name, its position) stands:
         all or nothing."""
         rows, gone = messages
         arrived, departed = origins
@@ -292,7 +187,7 @@ class Store:
                     [position[0], json.dumps(position[1], sort_keys=True)],
                 )
 
-    def counts_since(self, bucket: int, max_keys: int | None = None) -> Iterator[tuple[str, int, str, int]]:
+    def counts_since(self, bucket: int, max_keys: int | None = None) -> Iterator[CountRow]:
         """Stored counts from `bucket` on, one dimension after the other, each oldest first (the
         order its windows are rebuilt in).
 
@@ -304,13 +199,15 @@ class Store:
         dims = self.db.execute("SELECT dim, count(*) FROM counts WHERE bucket >= ? GROUP BY dim", [bucket]).fetchall()
         for dim, rows in dims:
             if max_keys is None or rows <= max_keys:
-                yield from self.db.execute("SELECT dim, bucket, key, n FROM counts WHERE dim = ? AND bucket >= ?"
-                                           " ORDER BY bucket, key", [dim, bucket])
+                cursor = self.db.execute("SELECT dim, bucket, key, n FROM counts WHERE dim = ? AND bucket >= ?"
+                                         " ORDER BY bucket, key", [dim, bucket])
+                yield from map(CountRow._make, cursor)
                 continue
-            yield from self.db.execute(
+            cursor = self.db.execute(
                 "SELECT dim, bucket, key, n FROM counts WHERE dim = ? AND bucket >= ? AND key IN (SELECT key FROM"
                 " counts WHERE dim = ? AND bucket >= ? GROUP BY key ORDER BY sum(n) DESC, max(bucket) DESC LIMIT ?)"
                 " ORDER BY bucket, key", [dim, bucket, dim, bucket, max_keys])
+            yield from map(CountRow._make, cursor)
 
     def queue_ids(self, client: str | None = None, sasl_user: str | None = None,
                   network: str | None = None) -> list[str]:
@@ -331,14 +228,16 @@ class Store:
             return self.db.execute("DELETE FROM origins WHERE time < ?", [before]).rowcount
         return 0
 
-    def open_messages(self) -> list[tuple]:
+    def open_messages(self) -> list[OpenMessage]:
         """Messages a restarted daemon must still correlate, oldest first."""
-        return [(*row[:7], tuple(json.loads(row[7]))) for row in
+        return [OpenMessage(key, first, last, client, sasl_user, sender, nrcpt, tuple(json.loads(seen)))
+                for key, first, last, client, sasl_user, sender, nrcpt, seen in
                 self.db.execute("SELECT * FROM open_messages ORDER BY last_seen")]
 
-    def position(self, source: str) -> dict | None:
+    def _position(self, source: str) -> JSONObject | None:
         row = self.db.execute("SELECT value FROM positions WHERE source = ?", [source]).fetchone()
-        return json.loads(row[0]) if row else None
+        value: JSONObject | None = json.loads(row[0]) if row else None
+        return value
 
     def decisions(self, since: float | None = None, until: float | None = None) -> list[Decision]:
         """Decisions in time order; with `since`/`until`, those in [since, until)."""
@@ -356,7 +255,7 @@ class Store:
             gone = self.db.execute("DELETE FROM counts WHERE bucket < ?", [before_bucket]).rowcount
         if self.unavailable is not None:
             return 0
-        with self._kept_if_unavailable(), self._errors("write"):
+        with self._kept_if_unavailable(), sqlite_errors(self.path, "write"):
             self.db.conn.executescript("PRAGMA incremental_vacuum;")  # executescript runs every step
         return gone
 
@@ -403,7 +302,7 @@ class Store:
             "SELECT b.kind, b.target, b.reason, b.rule, b.since, b.until, COALESCE(o.count, 1) FROM blocks b "
             "LEFT JOIN offences o ON o.kind = b.kind AND o.target = b.target"
         )
-        args: list = []
+        args: list[float] = []
         if now is not None:
             sql += " WHERE b.until IS NULL OR b.until > ?"
             args.append(now)
@@ -424,43 +323,6 @@ class Store:
             return gone
         return []
 
-    def set_meta(self, key: str, value: object) -> None:
-        """In degrade mode a value that cannot be written now is kept (and read back) from memory."""
-        self._unsaved_meta[key] = value
-        nested = self._depth > 0
-        try:
-            with self.transaction():
-                if nested:  # else the backlog, this value included, was written as the transaction began
-                    self._set_meta(key, value)
-        except StoreUnavailable:
-            if not self.degrade:
-                del self._unsaved_meta[key]
-                raise
-
-    def _set_meta(self, key: str, value: object) -> None:
-        self.db.execute(
-            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            [key, json.dumps(value, sort_keys=True)],
-        )
-
-    def meta(self, key: str, default: object = None) -> object:
-        if key in self._unsaved_meta:
-            return self._unsaved_meta[key]
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
-        return json.loads(row[0]) if row else default
-
-    def meta_keys(self, prefix: str) -> list[str]:
-        """Meta keys starting with `prefix`, sorted."""
-        rows = self.db.execute("SELECT key FROM meta WHERE substr(key, 1, ?) = ? ORDER BY key", [len(prefix), prefix])
-        return sorted({r[0] for r in rows} | {k for k in self._unsaved_meta if k.startswith(prefix)})
-
-    def prune_meta(self, prefix: str, before: str) -> int:
-        """Forget the meta keys `prefix` + x for every x sorting before `before` (old days)."""
-        with self._kept_if_unavailable(), self.transaction():
-            return self.db.execute("DELETE FROM meta WHERE substr(key, 1, ?) = ? AND substr(key, ?) < ?",
-                                   [len(prefix), prefix, len(prefix) + 1, before]).rowcount
-        return 0
-
     def busiest(self, since_bucket: int, per_dim: int = 5) -> dict[str, list[tuple[str, int]]]:
         """The largest window totals per dimension since `since_bucket`."""
         out: dict[str, list[tuple[str, int]]] = {}
@@ -472,3 +334,50 @@ class Store:
             if len(top) < per_dim:
                 top.append((key, total))
         return out
+
+
+class _Meta:
+    """The `meta` table as store.state's KeyValue: JSON values by key. In degrade mode a value that
+    cannot be written now is kept (and read back) from memory and written with the next transaction."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def get(self, key: str) -> Any:
+        unsaved = self._store._unsaved_meta
+        if key in unsaved:
+            return unsaved[key]
+        row = self._store.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def put(self, key: str, value: Any) -> None:
+        store = self._store
+        store._unsaved_meta[key] = value
+        nested = store._depth > 0
+        try:
+            with store.transaction():
+                if nested:  # else the backlog, this value included, was written as the transaction began
+                    write_meta(store, key, value)
+        except StoreUnavailable:
+            if not store.degrade:
+                del store._unsaved_meta[key]
+                raise
+
+    def keys(self, prefix: str) -> list[str]:
+        rows = self._store.db.execute("SELECT key FROM meta WHERE substr(key, 1, ?) = ? ORDER BY key",
+                                      [len(prefix), prefix])
+        return sorted({r[0] for r in rows} | {k for k in self._store._unsaved_meta if k.startswith(prefix)})
+
+    def prune(self, prefix: str, before: str) -> int:
+        store = self._store
+        with store._kept_if_unavailable(), store.transaction():
+            return int(store.db.execute("DELETE FROM meta WHERE substr(key, 1, ?) = ? AND substr(key, ?) < ?",
+                                        [len(prefix), prefix, len(prefix) + 1, before]).rowcount)
+        return 0
+
+
+def write_meta(store: Store, key: str, value: Any) -> None:
+    store.db.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [key, json.dumps(value, sort_keys=True)],
+    )

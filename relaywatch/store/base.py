@@ -1,0 +1,71 @@
+"""What the pipeline, the responder and the reports need of a state store: the seam a second
+backend (PostgreSQL) implements without touching them. store.sqlite.Store is the first.
+
+Writes happen inside `transaction()` (nested calls join the outer one) or in one of their own.
+A backend that cannot write for now raises StoreUnavailable (sqlite_file); with `degrade` it keeps
+blocks and state records in memory (`backlog`) and writes them with the next transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+from relaywatch.model import CountRow, Decision, OpenMessage, Origin
+from relaywatch.store.records import BlockRow, JSONObject
+from relaywatch.store.sqlite_file import StoreUnavailable
+from relaywatch.store.state import DayArchive, EnforcementAlarms, MapState, NotifyState, Positions, StatusRecord
+
+
+class StateStore(Protocol):
+    days: DayArchive
+    status: StatusRecord
+    map_state: MapState
+    notify_state: NotifyState
+    alarms: EnforcementAlarms
+    positions: Positions
+    unavailable: StoreUnavailable | None
+
+    @property
+    def backlog(self) -> int: ...
+
+    def transaction(self) -> AbstractContextManager[None]: ...
+
+    def on_commit(self, fn: Callable[[], None]) -> None: ...
+
+    def lock_for_daemon(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    # --- the pipeline's batches ---
+    def commit_batch(self, counts: Iterable[CountRow], decisions: Iterable[Decision] = (),
+                     position: tuple[str, JSONObject] | None = None,
+                     messages: tuple[Sequence[OpenMessage], Sequence[str]] = ((), ()),
+                     origins: tuple[Sequence[Origin], Sequence[str]] = ((), ())) -> None: ...
+
+    def counts_since(self, bucket: int, max_keys: int | None = None) -> Iterator[CountRow]: ...
+
+    def busiest(self, since_bucket: int, per_dim: int = 5) -> dict[str, list[tuple[str, int]]]: ...
+
+    def prune(self, before_bucket: int) -> int: ...
+
+    def open_messages(self) -> list[OpenMessage]: ...
+
+    def queue_ids(self, client: str | None = None, sasl_user: str | None = None,
+                  network: str | None = None) -> list[str]: ...
+
+    def prune_origins(self, before: float) -> int: ...
+
+    def decisions(self, since: float | None = None, until: float | None = None) -> list[Decision]: ...
+
+    # --- blocks ---
+    def offences(self, kind: str, target: str) -> int: ...
+
+    def add_block(self, row: BlockRow) -> None: ...
+
+    def remove_block(self, kind: str, target: str) -> bool: ...
+
+    def blocks(self, now: float | None = None) -> list[BlockRow]: ...
+
+    def expire_blocks(self, now: float) -> list[BlockRow]: ...
