@@ -39,6 +39,7 @@ from relaywatch.postfix.queue import PostfixQueue, Target, select
 from relaywatch.reports.report import describe
 from relaywatch.sources.choose import Choice, Reason
 from relaywatch.sources.choose import choose as choose_source
+from relaywatch.store.records import DaemonStatus, EnforcementAlarm
 from relaywatch.store.sqlite import Store, StoreUnavailable
 
 log = logging.getLogger("relaywatch.daemon")
@@ -98,9 +99,9 @@ def open_source(cfg: config_mod.Config, store: Store) -> tuple[FileFollower | Jo
     if choice.note:
         log.warning("%s", choice.note)
     if choice.path != "journal":
-        return FileFollower(choice.path, store.position(f"file:{choice.path}")), choice
+        return FileFollower(choice.path, store.positions.get(f"file:{choice.path}")), choice
     try:
-        return JournalFollower(store.position("journal"), syslog_names=cfg.syslog_names), choice
+        return JournalFollower(store.positions.get("journal"), syslog_names=cfg.syslog_names), choice
     except RelaywatchError as exc:
         if choice.reason is not Reason.FALLBACK:
             raise
@@ -123,12 +124,12 @@ class Daemon:
             raise
         self.blocker_factory = blocker_factory
         self.blocker = blocker_factory(cfg, self.store)
-        self.notifier = notifier_for(cfg, self.store.meta("notify_state"))
-        saved = self.store.meta("day_current")
+        self.notifier = notifier_for(cfg, self.store.notify_state.get())
+        saved = self.store.days.current()
         self.pipeline = self._pipeline(cfg, DayStats.from_dict(saved) if saved else DayStats.for_time(clock()))
         self.source, self.source_choice = open_source(cfg, self.store)
         # Until a first position is stored, a restart would start at the end of the log again.
-        self._position_stored = self.store.position(self.source.source_name) is not None
+        self._position_stored = self.store.positions.get(self.source.source_name) is not None
         self.parser = LineParser(YearResolver(), cfg.syslog_names)
         self.postfix_params: tuple[dict[str, str], dict[str, dict[str, str]]] | None = None
         self._postfix_stamp = self._postfix_files()
@@ -327,15 +328,14 @@ class Daemon:
         leaks = self.leaks.take()
         if not leaks:
             return
-        alarms = self.store.meta("enforcement_alarms")
-        alarms = alarms if isinstance(alarms, dict) else {}
+        alarms = self.store.alarms.get()
         for leak in leaks:
-            alarms[f"{leak.kind} {leak.target}"] = {
-                "kind": leak.kind, "target": leak.target, "since": leak.since, "first": leak.first,
-                "last": leak.last, "messages": leak.count, "sample_qids": list(leak.sample_qids)}
+            alarm = EnforcementAlarm(leak.kind, leak.target, leak.since, leak.first, leak.last, leak.count,
+                                     tuple(leak.sample_qids))
+            alarms[alarm.key] = alarm
             if leak.new:
                 self._leak_alarm(leak)
-        self.store.set_meta("enforcement_alarms", alarms)
+        self.store.alarms.put(alarms)
 
     def _leak_alarm(self, leak: Leak) -> None:
         reason = bypass_text(self._bypasses(leak.kind, leak.target))
@@ -475,23 +475,22 @@ class Daemon:
             self._save_days()
         self._send_digest(now)
         totals = self.pipeline.totals
-        status = {
-            "pid": os.getpid(),
-            "started": self.started,
-            "heartbeat": now,
-            "source": self.source.source_name,
-            "source_note": self.source_choice.note,
-            "caught_up": self._idle,
-            "last_line_at": self._last_line_at,
-            "lines": totals.lines,
-            "unparsed": totals.unparsed,
-            "failed_lines": self.failed_lines,
-            "relayed": totals.relayed,
-            "last_log_time": totals.last_time,
-            "notify": self.notifier.status() if self.notifier is not None else None,
-            "policy": self.inline.stats() if self.inline is not None else None,
-        }
-        self.store.set_meta("daemon", status)
+        self.store.status.put(DaemonStatus(
+            pid=os.getpid(),
+            started=self.started,
+            heartbeat=now,
+            source=self.source.source_name,
+            source_note=self.source_choice.note,
+            caught_up=self._idle,
+            last_line_at=self._last_line_at,
+            lines=totals.lines,
+            unparsed=totals.unparsed,
+            failed_lines=self.failed_lines,
+            relayed=totals.relayed,
+            last_log_time=totals.last_time,
+            notify=self.notifier.status() if self.notifier is not None else None,
+            policy=self.inline.stats() if self.inline is not None else None,
+        ))
         self._save_notify_state()
         sd_notify(f"STATUS={totals.lines} lines, {totals.relayed} relayed, "
                   f"{len(self.store.blocks(now))} blocks\nWATCHDOG=1")
@@ -500,13 +499,13 @@ class Daemon:
         """Keep finished days as day:YYYY-MM-DD (the last DAYS_KEPT) and the current one as day_current."""
         pipeline = self.pipeline
         for day in pipeline.finished_days:
-            self.store.set_meta(f"day:{day.day}", day.to_dict())
+            self.store.days.put(day.day, day.to_dict())
         if pipeline.finished_days:
             oldest = day_of(datetime.fromisoformat(pipeline.finished_days[-1].day).timestamp() - DAYS_KEPT * 86400)
-            self.store.prune_meta("day:", oldest)
+            self.store.days.prune(oldest)
             pipeline.finished_days.clear()
         if pipeline.day is not None:
-            self.store.set_meta("day_current", pipeline.day.to_dict())
+            self.store.days.put_current(pipeline.day.to_dict())
 
     def _send_digest(self, now: float) -> None:
         """At [notify] digest_at (local time), send yesterday's digest once."""
@@ -516,12 +515,12 @@ class Daemon:
         if local.strftime("%H:%M") < self.cfg.notify_digest_at:
             return
         day = (local.date() - timedelta(days=1)).isoformat()
-        if (self.store.meta("digest_sent") or "") >= day:
+        if self.store.days.digest_sent() >= day:
             return
         if self.pipeline.day is None or self.pipeline.day.day <= day:
             return  # still reading yesterday's log (a backlog): wait until it is finished
-        self.store.set_meta("digest_sent", day)  # before submitting: a crash loses it rather than repeat it
-        saved = self.store.meta(f"day:{day}")
+        self.store.days.mark_digest_sent(day)  # before submitting: a crash loses it rather than repeat it
+        saved = self.store.days.get(day)
         if saved is None:
             log.info("no digest for %s: relaywatch did not watch the log that day", day)
             return
@@ -534,7 +533,7 @@ class Daemon:
     def _save_notify_state(self) -> None:
         """Cooldowns and the keyed notices sent, so that a restart neither resets nor repeats them."""
         if self.notifier is not None and (state := self.notifier.state()) != self._notify_state:
-            self.store.set_meta("notify_state", state)
+            self.store.notify_state.put(state)
             self._notify_state = state
 
     def close(self) -> None:
@@ -548,5 +547,5 @@ class Daemon:
         if self.notifier is not None:
             self.notifier.close(timeout=5)
             self._save_notify_state()
-        self.store.set_meta("daemon", {**(self.store.meta("daemon") or {}), "pid": None, "stopped": self.clock()})
+        self.store.status.stopped(self.clock())
         self.store.close()

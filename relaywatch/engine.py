@@ -15,11 +15,12 @@ from relaywatch.config import Config
 from relaywatch.core.correlate import Correlator
 from relaywatch.core.destinations import Destinations, LocalDomains
 from relaywatch.reports.digest import DayStats
-from relaywatch.model import Decision, LocalRelayed, RelayDenied, Unparsed
+from relaywatch.model import CountRow, Decision, LocalRelayed, RelayDenied, Unparsed
 from relaywatch.core.parse import FORGED, LineParser, YearResolver
 from relaywatch.core.policy import Detector, Fact, Network
 from relaywatch.postfix.postconf import local_destinations
 from relaywatch.reports.report import ReplayResult, Tally, Totals
+from relaywatch.store.base import StateStore
 from relaywatch.store.sqlite import Store
 from relaywatch.reports.timeline import Timeline
 
@@ -30,7 +31,7 @@ FLUSH_EVERY = 20_000
 
 
 class Pipeline:
-    def __init__(self, config: Config, store: Store, local_domains: Destinations | None = None,
+    def __init__(self, config: Config, store: StateStore, local_domains: Destinations | None = None,
                  persist_messages: bool = False, persist_counts: bool = True, day: DayStats | None = None,
                  tally: Tally | None = None, timeline: Timeline | None = None,
                  own_addresses: Iterable[Network] = ()) -> None:
@@ -160,7 +161,7 @@ class Pipeline:
 
     def flush(self, position: tuple[str, dict] | None = None) -> None:
         """Write pending counts and decisions (and the source position) in one transaction."""
-        rows = [(dim, bucket, key, n) for (dim, bucket, key), n in self._counts.items()]
+        rows = [CountRow(dim, bucket, key, n) for (dim, bucket, key), n in self._counts.items()]
         (changed, gone), (arrived, departed) = self.correlator.changes(), self.correlator.origins()
         old = self._unsaved
         self._unsaved = (old[0] + changed, old[1] + gone, old[2] + arrived, old[3] + departed)

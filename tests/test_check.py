@@ -68,7 +68,7 @@ def test_an_address_looking_sasl_name_needs_sasl_user(postfix_instance, rw):
 
 def test_manual_blocks_are_in_the_digest_and_the_report(postfix_instance, rw, tmp_path):
     store = Store(tmp_path / "state.db")
-    store.set_meta("day_current", DayStats.for_time(time.time()).to_dict())  # as a running daemon keeps it
+    store.days.put_current(DayStats.for_time(time.time()).to_dict())  # as a running daemon keeps it
     store.close()
     assert run("block", "127.0.0.12", "--force", "--reason", "phished password", "-c", rw).exit_code == 0
     assert run("unblock", "127.0.0.12", "-c", rw).exit_code == 0

@@ -20,6 +20,8 @@ import pytest
 from test_daemon import position, start, wait_for
 from test_hostile_faults import fill, tiny_disk  # noqa: F401 - a fixture
 
+from relaywatch.store import sqlite_file
+from relaywatch.store.records import MapPending
 from relaywatch.store import sqlite as store_mod
 from relaywatch.cli import _blocker
 from relaywatch.config import load
@@ -212,7 +214,7 @@ def test_an_alert_is_not_sent_again_after_a_restart(tmp_path, how):
 
 @pytest.fixture
 def short_lock_wait(monkeypatch):
-    monkeypatch.setattr(store_mod, "BUSY_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(sqlite_file, "BUSY_TIMEOUT_S", 0.2)
     monkeypatch.setattr(store_mod, "OUTAGE_RETRY_S", 0.0, raising=False)
 
 
@@ -333,9 +335,9 @@ def test_a_store_in_degrade_mode_keeps_blocks_and_meta_in_memory_until_it_can_wr
     other.execute("BEGIN IMMEDIATE")
     try:
         store.add_block(BlockRow("client", "192.0.2.5", "flood", "client", 100.0, None))
-        store.set_meta("map_pending", {"since": 100.0})
+        store.map_state.set_pending(MapPending(100.0))
         assert [b.target for b in store.blocks(200.0)] == ["192.0.2.5"]
-        assert store.meta("map_pending") == {"since": 100.0} and store.backlog == 2
+        assert store.map_state.pending() == MapPending(100.0) and store.backlog == 2
         with pytest.raises(store_mod.StoreUnavailable):
             store.commit_batch([("client", 1, "192.0.2.5", 1)])
     finally:
@@ -346,7 +348,7 @@ def test_a_store_in_degrade_mode_keeps_blocks_and_meta_in_memory_until_it_can_wr
     store.close()
     again = Store(path)
     assert [(b.target, b.offences) for b in again.blocks(200.0)] == [("192.0.2.5", 1)]
-    assert again.meta("map_pending") == {"since": 100.0}
+    assert again.map_state.pending() == MapPending(100.0)
     again.close()
 
 

@@ -176,8 +176,8 @@ def test_the_daemon_sends_yesterdays_digest_at_the_configured_time_once(tmp_path
                 break
         assert daemon.pipeline.day.day == yesterday and daemon.pipeline.day.relayed == 24
         daemon._housekeeping(now)  # the log is read up to now: yesterday is over
-        assert daemon.store.meta(f"day:{yesterday}")["relayed"] == 24
-        assert daemon.store.meta("digest_sent") == yesterday
+        assert daemon.store.days.get(yesterday)["relayed"] == 24
+        assert daemon.store.days.digest_sent() == yesterday
         [payload] = sink.wait_for("/digest", 1)
         daemon._housekeeping(now + 60)
     finally:
@@ -203,7 +203,7 @@ def test_relaywatch_digest_send_reaches_a_real_http_endpoint(tmp_path, sink):
     stats.add(relayed(100, client="218.144.108.161", sender="journeypark@hananet.net"))
     stats.held = 3
     block = Decision(T0 + 100, "block", "client", "218.144.108.161", "client", 60, 600)
-    store.set_meta(f"day:{DAY}", stats.to_dict())
+    store.days.put(DAY, stats.to_dict())
     store.commit_batch([], [block, Decision(T0 + 86400, "block", "client", "192.0.2.99", "client", 60, 600)])
     store.close()
     cfg = tmp_path / "rw.toml"

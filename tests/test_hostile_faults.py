@@ -20,6 +20,8 @@ import pytest
 from click.testing import CliRunner
 from postfix_rig import POSTFIX, PostfixRig
 
+from relaywatch.store import sqlite_file
+from relaywatch.store.records import DaemonStatus
 from relaywatch.store import sqlite as store_mod
 from relaywatch.postfix.blocking import Blocker, maps_from_config
 from relaywatch.cli import main
@@ -146,7 +148,7 @@ def test_postfix_stopped_keeps_the_block_pending_until_it_is_back(postfix_instan
 
 @pytest.fixture
 def short_lock_wait(monkeypatch):
-    monkeypatch.setattr(store_mod, "BUSY_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(sqlite_file, "BUSY_TIMEOUT_S", 0.2)
 
 
 def test_a_locked_database_is_a_clear_error_that_loses_nothing(tmp_path, short_lock_wait):
@@ -160,11 +162,11 @@ def test_a_locked_database_is_a_clear_error_that_loses_nothing(tmp_path, short_l
                                                   r"written: retry once it lets go"):
             store.commit_batch([("client", 2, "192.0.2.1", 1)], position=("file:/var/log/mail.log", {"offset": 20}))
         with pytest.raises(RelaywatchError, match="locked"):
-            store.set_meta("daemon", {"pid": 1})
+            store.status.put(DaemonStatus(pid=1))
     finally:
         other.execute("ROLLBACK")
         other.close()
-    assert store.position("file:/var/log/mail.log") == {"offset": 10}  # the batch is read again, not lost
+    assert store.positions.get("file:/var/log/mail.log") == {"offset": 10}  # the batch is read again, not lost
     store.commit_batch([("client", 2, "192.0.2.1", 1)], position=("file:/var/log/mail.log", {"offset": 20}))
     assert list(store.counts_since(0)) == [("client", 1, "192.0.2.1", 1), ("client", 2, "192.0.2.1", 1)]
     store.close()
@@ -220,9 +222,9 @@ def test_disk_full_under_the_database_loses_nothing_and_recovers(tiny_disk):
     batch = [("client", 2, f"2001:db8::{i:x}", 1) for i in range(1000)]
     with pytest.raises(RelaywatchError, match="the disk is full; nothing was written: free some space"):
         store.commit_batch(batch, position=("journal", {"cursor": "b"}))
-    assert store.position("journal") == {"cursor": "a"}
+    assert store.positions.get("journal") == {"cursor": "a"}
     filler.unlink()
     store.commit_batch(batch, position=("journal", {"cursor": "b"}))
-    assert store.position("journal") == {"cursor": "b"}
+    assert store.positions.get("journal") == {"cursor": "b"}
     assert sum(1 for _ in store.counts_since(0)) == 1001
     store.close()

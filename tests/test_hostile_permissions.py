@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from relaywatch.store.records import DaemonStatus
 from relaywatch.store import permissions
 from relaywatch.cli import main
 from relaywatch.config import load
@@ -270,7 +271,7 @@ def test_tokens_never_reach_the_log_or_the_status(tmp_path, caplog):
     cfg = write_config(tmp_path / "relaywatch.toml", f'[state]\ndatabase = "{tmp_path / "state.db"}"\n'
                        f'[notify]\nurls = ["{SECRET_URL}"]\n')
     store = Store(tmp_path / "state.db")
-    store.set_meta("daemon", {"pid": None, "source": "journal", "notify": status})
+    store.status.put(DaemonStatus(pid=None, source="journal", notify=status))
     store.close()
     for args in (["status"], ["status", "--json"]):
         result = CliRunner().invoke(main, [*args, "-c", str(cfg)])

@@ -46,8 +46,8 @@ def prepared(tmp_path) -> str:
     old = DayStats("2024-05-10")
     old.add(relayed(at("2024-05-10", 9), "198.51.100.99"))
     for stats in (old, d13, d14):
-        store.set_meta(f"day:{stats.day}", stats.to_dict())
-    store.set_meta("day_current", d15.to_dict())
+        store.days.put(stats.day, stats.to_dict())
+    store.days.put_current(d15.to_dict())
     store.commit_batch([], [block(at("2024-05-10", 9, 5), "198.51.100.99"),
                             block(at(DAYS[0], 3, 20), "218.144.1.1"),
                             block(at(DAYS[1], 22, 10), "218.144.1.2")])

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from relaywatch.store.records import DaemonStatus
 from relaywatch.cli import main
 from relaywatch.sources.choose import Lag, Reason, choose, describe_position, lag
 from relaywatch.store.sqlite import Store
@@ -80,10 +81,10 @@ def test_status_exit_codes_follow_the_lsb(tmp_path):
     cfg = config(tmp_path, str(tmp_path / "mail.log"))
     assert status(cfg).exit_code == 4  # no state: unknown
     store = Store(tmp_path / "state.db")
-    store.set_meta("daemon", {"pid": None, "source": f"file:{tmp_path}/mail.log", "stopped": time.time()})
+    store.status.put(DaemonStatus(pid=None, source=f"file:{tmp_path}/mail.log", stopped=time.time()))
     assert status(cfg).exit_code == 3  # not running (it was 0 before)
-    store.set_meta("daemon", {"pid": os.getpid(), "heartbeat": time.time(), "source": "journal",
-                              "caught_up": True, "last_line_at": time.time() - 5})
+    store.status.put(DaemonStatus(pid=os.getpid(), heartbeat=time.time(), source="journal", caught_up=True,
+                                  last_line_at=time.time() - 5))
     store.commit_batch([], [], ("journal", {"cursor": "s=abcdef0123456789;i=99;b=00;t=5f1e2d3c4b5a6"}))
     result = status(cfg)
     assert result.exit_code == 0
@@ -163,8 +164,8 @@ def test_audit_says_what_is_read_and_whether_lines_arrive(tmp_path):
         f"relaywatch reads {missing}: the daemon is not running")
     assert "nothing is read until it appears" in source["explanation"]
     store = Store(tmp_path / "s.db")
-    store.set_meta("daemon", {"pid": os.getpid(), "heartbeat": time.time(), "source": "journal",
-                              "last_line_at": time.time() - 3 * 3600})
+    store.status.put(DaemonStatus(pid=os.getpid(), heartbeat=time.time(), source="journal",
+                                  last_line_at=time.time() - 3 * 3600))
     store.close()
     cfg.write_text(cfg.read_text().replace(f'[source]\npath = "{missing}"\n', ""))  # the default, missing here
     if os.path.exists("/var/log/mail.log"):

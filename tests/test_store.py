@@ -28,8 +28,8 @@ def test_decisions_and_position_survive_a_reopen(tmp_path):
     store.close()
     again = Store(path)
     assert again.decisions() == [decision()]
-    assert again.position("/var/log/mail.log") == {"inode": 7, "offset": 1234}
-    assert again.position("journal") is None
+    assert again.positions.get("/var/log/mail.log") == {"inode": 7, "offset": 1234}
+    assert again.positions.get("journal") is None
 
 
 def test_a_failed_batch_leaves_nothing_behind(tmp_path):
@@ -40,7 +40,7 @@ def test_a_failed_batch_leaves_nothing_behind(tmp_path):
     except sqlite3.IntegrityError:
         pass
     assert list(store.counts_since(0)) == [("client", 100, "1.2.3.4", 1)]
-    assert store.position("src") == {"offset": 10}
+    assert store.positions.get("src") == {"offset": 10}
 
 
 def test_prune_forgets_old_buckets(tmp_path):

@@ -333,7 +333,8 @@ def blocks(as_json: bool, config_path: str | None) -> None:
         _fail(exc)
     now = time.time()
     rows = store.blocks(now) if store is not None else []
-    pending = store.meta("map_pending") if store is not None else None
+    state = store.map_state.pending() if store is not None else None
+    pending = state.to_json() if state is not None else None
     try:
         held = in_map(rows, map_specs(cfg.client_access_map, cfg.sasl_access_map, _default_type(cfg))) if rows else []
     except RelaywatchError as exc:
@@ -388,11 +389,11 @@ def _source_finding(cfg: config_mod.Config) -> Finding:
     if os.path.exists(cfg.database):
         store = Store(cfg.database)
         try:
-            daemon = store.meta("daemon")
+            status = store.status.get()
+            daemon = status.to_json() if status is not None else None
         finally:
             store.close()
-    return finding(cfg.source_path, cfg.source_explicit, os.path.exists(cfg.source_path),
-                   daemon if isinstance(daemon, dict) else None, time.time())
+    return finding(cfg.source_path, cfg.source_explicit, os.path.exists(cfg.source_path), daemon, time.time())
 
 
 @main.command("notify-test")
@@ -441,13 +442,13 @@ def digest(day: str | None, send: bool, config_path: str | None) -> None:
         if send and not cfg.notify_urls and not cfg.notify_config:
             raise click.UsageError("--send needs [notify] urls or config in the configuration")
         store = _recorded_store(cfg)
-        saved = store.meta(f"day:{wanted}")
-        current = store.meta("day_current") or {}
+        saved = store.days.get(wanted)
+        current = store.days.current() or {}
         partial = saved is None and current.get("day") == wanted
         if partial:
             saved = current
         if saved is None:
-            days = [k.removeprefix("day:") for k in store.meta_keys("day:")] + ([current["day"]] if current else [])
+            days = store.days.days() + ([current["day"]] if current else [])
             raise RelaywatchError(f"no record of {wanted}; recorded days: {', '.join(days) or 'none'} "
                                   "(relaywatch run keeps the last 35)")
         stats = DayStats.from_dict(saved)
@@ -675,21 +676,21 @@ def report_command(since: str | None, until: str | None, fmt: str, output: str |
     try:
         cfg = _load(config_path)
         store = _recorded_store(cfg)
-        recorded = {k.removeprefix("day:"): k for k in store.meta_keys("day:")}
-        current = store.meta("day_current") or {}
-        if current.get("day") and current["day"] not in recorded:
-            recorded[current["day"]] = "day_current"
+        recorded = {d: r for d in store.days.days() if (r := store.days.get(d)) is not None}
+        current = store.days.current() or {}
+        in_progress = current.get("day") if current.get("day") not in recorded else None
+        if in_progress:
+            recorded[in_progress] = current
         wanted = sorted(d for d in recorded if first.isoformat() <= d <= last.isoformat())
         if not wanted:
             raise RelaywatchError(f"no record of {first} .. {last}; recorded days: "
                                   f"{', '.join(sorted(recorded)) or 'none'} (relaywatch run keeps the last 35)")
-        days = [DayStats.from_dict(current if recorded[d] == "day_current" else store.meta(recorded[d]))
-                for d in wanted]
+        days = [DayStats.from_dict(recorded[d]) for d in wanted]
         start, end = day_bounds(first.isoformat())[0], day_bounds(last.isoformat())[1]
         result, no_hours = period_result(days, store.decisions(start, end), cfg.rules, now=time.time())
     except RelaywatchError as exc:
         _fail(exc)
-    partial = " (so far)" if recorded[wanted[-1]] == "day_current" else ""
+    partial = " (so far)" if wanted[-1] == in_progress else ""
     missing = sorted(set(_days_between(first, last)) - set(wanted))
     notes = [PERIOD_NOTE, f"Days recorded: {', '.join(wanted)}{partial}."]
     if missing:

@@ -28,6 +28,8 @@ from relaywatch.model import (
     Delivery,
     Event,
     LocalRelayed,
+    OpenMessage,
+    Origin,
     Pickup,
     ProxyAccept,
     QueueActive,
@@ -111,7 +113,7 @@ class Correlator:
         # keys whose state changed since `changes()`: the daemon persists them with its position
         self._changed: set[Key] | None = set() if track_changes else None
         # where queued mail came from, until its queue file is removed: what `queue hold` needs
-        self._arrived: list[tuple[str, str, str | None, float]] = []
+        self._arrived: list[Origin] = []
         self._departed: list[str] = []
 
     def __len__(self) -> int:
@@ -121,30 +123,31 @@ class Correlator:
         if self._changed is not None:
             self._changed.add(key)
 
-    def origins(self) -> tuple[list[tuple[str, str, str | None, float]], list[str]]:
+    def origins(self) -> tuple[list[Origin], list[str]]:
         """Since the last call: (qid, client, sasl_user, time) of messages queued from a client,
         and the queue ids Postfix removed. Kept only with `track_changes`."""
         arrived, departed = self._arrived, self._departed
         self._arrived, self._departed = [], []
         return arrived, departed
 
-    def changes(self) -> tuple[list[tuple], list[str]]:
+    def changes(self) -> tuple[list[OpenMessage], list[str]]:
         """Open messages changed since the last call, as rows (key, first_seen, last_seen,
         client, sasl_user, sender, nrcpt, recipients seen), and the keys now forgotten;
         a key is `host/qid` (`qid` alone when the log names no host)."""
-        rows, gone = [], []
+        rows: list[OpenMessage] = []
+        gone: list[str] = []
         for key in self._changed or ():
             msg = self._open.get(key)
             if msg is None:
                 gone.append(key_text(key))
             else:
-                rows.append((key_text(key), msg.first_seen, msg.last_seen, msg.client, msg.sasl_user, msg.sender,
-                             msg.nrcpt, tuple(sorted(msg.seen))))
+                rows.append(OpenMessage(key_text(key), msg.first_seen, msg.last_seen, msg.client, msg.sasl_user,
+                                        msg.sender, msg.nrcpt, tuple(sorted(msg.seen))))
         if self._changed is not None:
             self._changed.clear()
         return rows, gone
 
-    def load(self, rows: Iterable[tuple]) -> None:
+    def load(self, rows: Iterable[OpenMessage]) -> None:
         """Open messages as `changes()` gave them, oldest first (a restarted daemon)."""
         for key, first, last, client, sasl_user, sender, nrcpt, seen in rows:
             self._open[key_of(key)] = _Message(first, last, client, sasl_user, sender, nrcpt, set(seen))
@@ -222,7 +225,7 @@ class Correlator:
         msg = self._start(key, e.time, client, sasl_user)
         msg.awaiting, msg.uid = awaiting, uid
         if self._changed is not None:
-            self._arrived.append((e.qid, client, sasl_user, e.time))
+            self._arrived.append(Origin(e.qid, client, sasl_user, e.time))
 
     def _reject(self, e: Reject) -> RelayDenied | None:
         if e.qid is not None and e.stage in _ENDS_MESSAGE and e.action in _DROPS_MESSAGE:
@@ -374,7 +377,7 @@ class Correlator:
         msg.uid = uid
         self._touch(key)
         if self._changed is not None and client is not None:
-            self._arrived.append((key[1], client, msg.sasl_user, t))
+            self._arrived.append(Origin(key[1], client, msg.sasl_user, t))
         if key in self._held:
             self._release(key, client, sasl_user, uid)
 

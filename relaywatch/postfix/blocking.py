@@ -24,7 +24,8 @@ from relaywatch.postfix.mapguard import DEFAULT_CONFIG_DIRECTORY, check_map_path
 from relaywatch.model import ConfigError, Decision, PostfixError
 from relaywatch.store.permissions import check_map_dir
 from relaywatch.postfix.maps import AccessMap, Block, InvalidBlock, MapNotLoaded, MapSpec, Postfix, apply_blocks, render_key
-from relaywatch.store.sqlite import BlockRow, Store
+from relaywatch.store.records import BlockRow, MapPending
+from relaywatch.store.base import StateStore
 
 log = logging.getLogger("relaywatch.blocking")
 
@@ -114,7 +115,7 @@ class SyncResult:
 class Blocker:
     def __init__(
         self,
-        store: Store,
+        store: StateStore,
         postfix: Postfix,
         maps: dict[str, AccessMap],
         block_s: int,
@@ -132,7 +133,7 @@ class Blocker:
         self._stamps: dict[str, tuple[object, ...]] = {}
         self._tampers = 0
         self._tampered_at = float("-inf")
-        self.pending = bool(store.meta("map_pending"))
+        self.pending = store.map_state.pending() is not None
         # (kind, target) -> when this process first saw the block in force (the log-check's start)
         self.in_force_since: dict[tuple[str, str], float] = {}
 
@@ -185,7 +186,7 @@ class Blocker:
     def _mark_pending(self) -> None:
         if not self.pending:
             self.pending = True
-            self.store.set_meta("map_pending", {"since": self.clock()})
+            self.store.map_state.set_pending(MapPending(self.clock()))
         self._next_try = 0.0
 
     def due(self) -> bool:
@@ -219,35 +220,33 @@ class Blocker:
             return SyncResult(MapState.IN_FORCE)
         now = self.clock()
         active = self.store.blocks(now)
-        before = self.store.meta("map_pending")
-        before = before if isinstance(before, dict) else {}
+        before = self.store.map_state.pending() or MapPending(now)
         try:
             for access_map in self._distinct_maps():
                 apply_blocks(access_map, self.postfix, self._blocks_for(access_map, active),
                              force=self._failures > 0 or self._force)
         except (PostfixError, ConfigError, InvalidBlock, OSError) as exc:
             return self._failed(now, exc, before)
-        if before.get("error"):
+        if before.error:
             log.warning("access maps are in force again after %d failed attempts", self._failures)
         self._failures = 0
         self._force = False
         self.pending = False
-        self.store.set_meta("map_pending", None)
+        self.store.map_state.set_pending(None)
         self._stamps = {str(m.path): m.stamp() for m in self._distinct_maps()}
         self.in_force_since = {(b.kind, b.target): self.in_force_since.get((b.kind, b.target), now) for b in active}
         self.postfix.master_pid()  # remembers queue_directory: a later broken main.cf cannot tell it
-        return SyncResult(MapState.IN_FORCE, recovered=tuple(active) if before.get("error") else ())
+        return SyncResult(MapState.IN_FORCE, recovered=tuple(active) if before.error else ())
 
-    def _failed(self, now: float, exc: Exception, before: dict) -> SyncResult:
+    def _failed(self, now: float, exc: Exception, before: MapPending) -> SyncResult:
         state = MapState.NOT_LOADED if isinstance(exc, MapNotLoaded) else MapState.NOT_WRITTEN
         fault = f"{state.name}:{type(exc).__name__}:{getattr(exc.__cause__, 'errno', '')}"
-        began = before.get("fault") != fault
+        began = before.fault != fault
         self._failures += 1
         delay = BACKOFF_S[min(self._failures, len(BACKOFF_S)) - 1]
         self._next_try = now + delay
         self._failed_at = self._fingerprint()
-        self.store.set_meta("map_pending", {"since": before.get("since", now), "error": str(exc),
-                                            "state": state.value, "fault": fault, "retry_in_s": delay})
+        self.store.map_state.set_pending(MapPending(before.since, str(exc), state.value, fault, delay))
         (log.error if began else log.info)("blocks are not in force (map %s): %s (retrying in %d s)",
                                            state.value, exc, delay)
         return SyncResult(state, str(exc), fault_began=began)
@@ -293,5 +292,5 @@ class Blocker:
 
     @property
     def last_error(self) -> str | None:
-        state = self.store.meta("map_pending")
-        return state.get("error") if isinstance(state, dict) else None
+        state = self.store.map_state.pending()
+        return state.error if state is not None else None

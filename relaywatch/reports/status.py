@@ -13,7 +13,8 @@ from typing import Any
 
 from relaywatch.sources import choose as source_state
 from relaywatch.reports.report import iso
-from relaywatch.store.sqlite import Store
+from relaywatch.store.base import StateStore
+from relaywatch.store.records import DaemonStatus
 
 HEARTBEAT_S = 30  # the daemon writes one every second; older than this: hung or gone
 
@@ -34,27 +35,27 @@ def alive(pid: int) -> bool:
     return True
 
 
-def gather(store: Store, now: float) -> dict[str, Any]:
+def gather(store: StateStore, now: float) -> dict[str, Any]:
     """Everything `status` shows, JSON-able (a contract: fields are added, never renamed)."""
-    daemon: dict[str, Any] = store.meta("daemon") or {}  # type: ignore[assignment]
-    pid = daemon.get("pid")
-    running = bool(pid) and alive(pid) and now - daemon.get("heartbeat", 0) < HEARTBEAT_S
-    source = daemon.get("source")
-    position = store.position(source) if source else None
-    last = daemon.get("last_log_time")
-    lag = source_state.lag(source, position, daemon.get("caught_up"), last, now) if running else source_state.Lag()
+    daemon = store.status.get() or DaemonStatus()
+    pid = daemon.pid
+    running = bool(pid) and alive(pid) and now - daemon.heartbeat < HEARTBEAT_S
+    source = daemon.source
+    position = store.positions.get(source) if source else None
+    last = daemon.last_log_time
+    lag = source_state.lag(source, position, daemon.caught_up, last, now) if running else source_state.Lag()
     return {
         "running": running,
         "pid": pid if running else None,
         "source": source,
-        "source_note": daemon.get("source_note") or None,
+        "source_note": daemon.source_note or None,
         "position": position,
         "position_text": source_state.describe_position(source, position),
-        "lines": daemon.get("lines"),
-        "relayed": daemon.get("relayed"),
+        "lines": daemon.lines,
+        "relayed": daemon.relayed,
         "last_log_time": iso(last) if last else None,
-        "last_line_at": iso(daemon["last_line_at"]) if daemon.get("last_line_at") else None,
-        "arriving": source_state.arriving(daemon.get("last_line_at"), now) if running else None,
+        "last_line_at": iso(daemon.last_line_at) if daemon.last_line_at else None,
+        "arriving": source_state.arriving(daemon.last_line_at, now) if running else None,
         # how far behind the reader is: unread bytes of the file, or (journal) the age of the last line
         # read while more were waiting; lag_s is kept for scripts written before lag_bytes existed
         "lag_bytes": lag.unread_bytes,
@@ -63,11 +64,11 @@ def gather(store: Store, now: float) -> dict[str, Any]:
         "busiest": store.busiest(int((now - 600) // 10)),
         "blocks": [{"kind": b.kind, "target": b.target, "rule": b.rule,
                     "until": None if b.until is None else iso(b.until)} for b in store.blocks(now)],
-        "pending": store.meta("map_pending"),
+        "pending": pending.to_json() if (pending := store.map_state.pending()) is not None else None,
         # blocks whose mail the log shows still being queued after they took effect (the daemon's check)
-        "not_enforced": [a for a in (store.meta("enforcement_alarms") or {}).values()
-                         if (a["kind"], a["target"]) in {(b.kind, b.target) for b in store.blocks(now)}],
-        "notify": daemon.get("notify"),
+        "not_enforced": [a.to_json() for a in store.alarms.get().values()
+                         if (a.kind, a.target) in {(b.kind, b.target) for b in store.blocks(now)}],
+        "notify": daemon.notify,
     }
 
 

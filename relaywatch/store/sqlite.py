@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import sqlite_utils
+
 from relaywatch.model import CountRow, Decision, OpenMessage, Origin
 from relaywatch.store import sqlite_file
 from relaywatch.store.records import BlockRow, JSONObject
@@ -54,7 +56,7 @@ class Store:
         self._unsaved_blocks: dict[tuple[str, str], BlockRow] = {}
         self._unsaved_meta: dict[str, Any] = {}
         self._lock_fd: int | None = None
-        self.db = sqlite_file.open_database(path)
+        self.db = sqlite_utils.Database(sqlite_file.open_connection(path))
         meta = _Meta(self)
         self.days = DayArchive(meta)
         self.status = StatusRecord(meta)
@@ -96,7 +98,7 @@ class Store:
             if not isinstance(exc, StoreUnavailable):
                 raise
             if self.unavailable is None and self.degrade:
-                sqlite_file.busy(self.db, _OUTAGE_BUSY_S)
+                sqlite_file.busy(self.db.conn, _OUTAGE_BUSY_S)
             self.unavailable, self._retry_at = exc, self.clock() + OUTAGE_RETRY_S
             raise
         finally:
@@ -108,7 +110,7 @@ class Store:
             fn()
         if self.unavailable is not None:
             self.unavailable = None
-            sqlite_file.busy(self.db, sqlite_file.BUSY_TIMEOUT_S)
+            sqlite_file.busy(self.db.conn, sqlite_file.BUSY_TIMEOUT_S)
 
     def on_commit(self, fn: Callable[[], None]) -> None:
         """Call `fn` once what was written so far is committed (at once outside a transaction);

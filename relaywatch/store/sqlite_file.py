@@ -10,8 +10,6 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-import sqlite_utils
-
 from relaywatch.model import RelaywatchError
 from relaywatch.store import permissions
 
@@ -61,11 +59,11 @@ def made_by_relaywatch(header: bytes) -> bool:
     return len(header) >= 72 and int.from_bytes(header[68:72], "big") == APPLICATION_ID
 
 
-def open_database(path: str | Path | None) -> sqlite_utils.Database:
+def open_connection(path: str | Path | None) -> sqlite3.Connection:
     """The database at `path` (None: in memory), with the schema; WAL with synchronous=FULL:
-    relaywatch must remember what it blocked."""
+    relaywatch must remember what it blocked. (sqlite-utils wraps it, in store.sqlite.)"""
     if path is None:
-        db = sqlite_utils.Database(memory=True)
+        db = sqlite3.connect(":memory:")
         db.executescript(SCHEMA)
         return db
     # 0700 directory and 0600 file (its WAL and shm files get the same mode): it holds log
@@ -74,7 +72,7 @@ def open_database(path: str | Path | None) -> sqlite_utils.Database:
     permissions.private_dir(Path(path).parent)
     created = permissions.state_file(path, made_by_relaywatch)
     with sqlite_errors(path, "open"):
-        db = sqlite_utils.Database(path)
+        db = sqlite3.connect(str(path))
         busy(db, BUSY_TIMEOUT_S)
         db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect on a new database only
         if created or db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
@@ -85,7 +83,7 @@ def open_database(path: str | Path | None) -> sqlite_utils.Database:
     return db
 
 
-def busy(db: sqlite_utils.Database, seconds: float) -> None:
+def busy(db: sqlite3.Connection, seconds: float) -> None:
     db.execute(f"PRAGMA busy_timeout={int(seconds * 1000)}")
 
 
