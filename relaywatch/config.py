@@ -17,7 +17,7 @@ from typing import Any
 
 from relaywatch.store import permissions
 from relaywatch.core.inline import parse_listen
-from relaywatch.model import ConfigError
+from relaywatch.model import Action, ConfigError, Dim
 from relaywatch.core.policy import ALERT_ONLY_DIMS, DEFAULT_RULES, DIMS, Network, Rule
 
 log = logging.getLogger("relaywatch.config")
@@ -131,8 +131,8 @@ def _rule(name: str, table: object, base: Rule | None) -> Rule | None:
     s.used.add("window")
     rule = Rule(
         name=name,
-        dim=dim,
-        action=action,
+        dim=Dim(dim),
+        action=Action(action),
         threshold=threshold,
         window_s=parse_duration(window, f"[rules.{name}] window"),
         prefix_v4=s.get("prefix_v4", int, base.prefix_v4 if base else 0),

@@ -29,7 +29,7 @@ from relaywatch.engine import Pipeline
 from relaywatch.core.enforcement import Leak, LeakWatch
 from relaywatch.sources.follow import FileFollower
 from relaywatch.sources.journal import JournalFollower
-from relaywatch.model import ConfigError, Decision, PostfixError, RelaywatchError
+from relaywatch.model import ENFORCEMENT, ConfigError, Decision, PostfixError, RelaywatchError
 from relaywatch.notify.notices import notice_for_leak, notice_for_map_changed, notice_for_map_fault, notice_for_map_restored
 from relaywatch.notify.send import Notifier, NoticeKind, notice_for_decision, notice_for_text, subnet_clients
 from relaywatch.core.parse import LineParser, YearResolver
@@ -53,7 +53,7 @@ ORIGINS_KEPT_S = 6 * 86400  # longer than Postfix keeps mail (maximal_queue_life
 # only up to this many (~0.05 s per 1,000); `relaywatch queue hold` looks at them all.
 HOLD_POSTCAT_LIMIT = 20_000
 DAYS_KEPT = 35  # finished days kept in meta as day:YYYY-MM-DD
-HOLD_KINDS = {"client": "client", "subnet": "network", "sasl_user": "sasl_user"}  # block kind -> queue target
+HOLD_KINDS = {kind: e.queue for kind, e in ENFORCEMENT.items()}  # block kind -> queue target
 POSTFIX_SETTLE_S = 2.5  # Postfix commands wait while main.cf is younger than ~2 s: re-read it after that
 
 

@@ -182,12 +182,12 @@ class RelayDenied:
 class Decision:
     """What the policy decided, with the evidence a human needs to check it.
 
-    action: "block" | "alert" | "unblock" (the daemon's store only: rule "manual" or "expired"); kind: "client" | "subnet" | "sasl_user" | "sender" | "destination".
+    action: unblock is the daemon's store only (rule "manual" or "expired").
     """
 
     time: float
-    action: str
-    kind: str
+    action: Action
+    kind: Kind
     target: str
     rule: str
     count: int
@@ -231,8 +231,8 @@ class Dim(StrEnum):
     UID = "uid"
 
 
-class AccessMap(StrEnum):
-    """The Postfix access map a block is written to."""
+class AccessMapName(StrEnum):
+    """Which configured access map a block is written to: [postfix] client_access_map or sasl_access_map."""
 
     CLIENT = "client"  # check_client_access: smtpd_client_restrictions and the like
     SASL = "sasl"  # check_sasl_access
@@ -251,15 +251,15 @@ class QueueTarget(StrEnum):
 class Enforcement:
     """Where a block of one kind takes effect: its access map and the queued mail it holds."""
 
-    access_map: AccessMap
+    access_map: AccessMapName
     queue: QueueTarget
 
 
 # The one table from block kind to access map to queue target: only these kinds can be blocked.
 ENFORCEMENT: dict[Kind, Enforcement] = {
-    Kind.CLIENT: Enforcement(AccessMap.CLIENT, QueueTarget.CLIENT),
-    Kind.SUBNET: Enforcement(AccessMap.CLIENT, QueueTarget.NETWORK),
-    Kind.SASL_USER: Enforcement(AccessMap.SASL, QueueTarget.SASL_USER),
+    Kind.CLIENT: Enforcement(AccessMapName.CLIENT, QueueTarget.CLIENT),
+    Kind.SUBNET: Enforcement(AccessMapName.CLIENT, QueueTarget.NETWORK),
+    Kind.SASL_USER: Enforcement(AccessMapName.SASL, QueueTarget.SASL_USER),
 }
 
 

@@ -18,17 +18,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from relaywatch.model import Decision, LocalRelayed, Relayed, RelayDenied
+from relaywatch.model import Action, Decision, Dim, Kind, LocalRelayed, Relayed, RelayDenied
 from relaywatch.core.windows import MAX_KEYS, WindowCounter
 
 BUCKET_S = 10
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Fact = Relayed | RelayDenied | LocalRelayed
 
-DIMS = ("client", "sender", "domain", "sasl_user", "relay_denied", "uid")
-_KIND_OF_DIM = {"client": "client", "sender": "sender", "domain": "destination", "sasl_user": "sasl_user",
-                "relay_denied": "client", "uid": "uid"}
-ALERT_ONLY_DIMS = ("sender", "domain", "uid")
+DIMS = tuple(Dim)
+_KIND_OF_DIM = {Dim.CLIENT: Kind.CLIENT, Dim.SENDER: Kind.SENDER, Dim.DOMAIN: Kind.DESTINATION,
+                Dim.SASL_USER: Kind.SASL_USER, Dim.RELAY_DENIED: Kind.CLIENT, Dim.UID: Kind.UID}
+ALERT_ONLY_DIMS = (Dim.SENDER, Dim.DOMAIN, Dim.UID)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +43,8 @@ class Rule:
     """
 
     name: str
-    dim: str
-    action: str
+    dim: Dim
+    action: Action
     threshold: int
     window_s: int
     prefix_v4: int = 0
@@ -55,24 +55,24 @@ class Rule:
     subnet_prefix_v6: int = 64
 
     @property
-    def kind(self) -> str:
-        return "subnet" if self.prefix_v4 else _KIND_OF_DIM[self.dim]
+    def kind(self) -> Kind:
+        return Kind.SUBNET if self.prefix_v4 else _KIND_OF_DIM[self.dim]
 
 
 DEFAULT_RULES = (
-    Rule("client", "client", "block", threshold=60, window_s=600),
-    Rule("subnet", "client", "block", threshold=60, window_s=600, prefix_v4=24, prefix_v6=64, min_clients=4),
-    Rule("wide_subnet", "client", "block", threshold=30, window_s=600, prefix_v4=16, prefix_v6=48, min_clients=8,
-         min_subnets=4),
-    Rule("slow_subnet", "client", "block", threshold=160, window_s=3 * 3600, prefix_v4=24, prefix_v6=64,
+    Rule("client", Dim.CLIENT, Action.BLOCK, threshold=60, window_s=600),
+    Rule("subnet", Dim.CLIENT, Action.BLOCK, threshold=60, window_s=600, prefix_v4=24, prefix_v6=64, min_clients=4),
+    Rule("wide_subnet", Dim.CLIENT, Action.BLOCK, threshold=30, window_s=600, prefix_v4=16, prefix_v6=48,
+         min_clients=8, min_subnets=4),
+    Rule("slow_subnet", Dim.CLIENT, Action.BLOCK, threshold=160, window_s=3 * 3600, prefix_v4=24, prefix_v6=64,
          min_clients=8),
-    Rule("slow_wide_subnet", "client", "block", threshold=200, window_s=3 * 3600, prefix_v4=16, prefix_v6=48,
+    Rule("slow_wide_subnet", Dim.CLIENT, Action.BLOCK, threshold=200, window_s=3 * 3600, prefix_v4=16, prefix_v6=48,
          min_clients=12, min_subnets=6),
-    Rule("sasl_user", "sasl_user", "block", threshold=150, window_s=3600),
-    Rule("sender", "sender", "alert", threshold=100, window_s=600),
-    Rule("destination", "domain", "alert", threshold=100, window_s=600),
-    Rule("relay_probe", "relay_denied", "alert", threshold=20, window_s=600),
-    Rule("local_submission", "uid", "alert", threshold=100, window_s=600),
+    Rule("sasl_user", Dim.SASL_USER, Action.BLOCK, threshold=150, window_s=3600),
+    Rule("sender", Dim.SENDER, Action.ALERT, threshold=100, window_s=600),
+    Rule("destination", Dim.DOMAIN, Action.ALERT, threshold=100, window_s=600),
+    Rule("relay_probe", Dim.RELAY_DENIED, Action.ALERT, threshold=20, window_s=600),
+    Rule("local_submission", Dim.UID, Action.ALERT, threshold=100, window_s=600),
 )
 
 

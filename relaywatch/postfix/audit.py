@@ -16,6 +16,7 @@ import textwrap
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from relaywatch.model import ENFORCEMENT, Kind
 from relaywatch.postfix import audit_eval as ev
 from relaywatch.postfix.postconf import postconf, postconf_services
 
@@ -465,7 +466,7 @@ def block_bypasses(params: dict[str, str], services: dict[str, dict[str, str]], 
     """(main.cf or master.cf service, why and the fix) for each place a block of `target` is bypassed."""
     out: list[tuple[str, str]] = []
     mapd = maps.by_kind()
-    map_kind = {"client": "client", "subnet": "client", "sasl_user": "sasl"}.get(kind)
+    map_kind = ENFORCEMENT[Kind(kind)].access_map if kind in ENFORCEMENT else None
     if map_kind is None or map_kind not in mapd:
         raise ValueError(f"no relaywatch access map blocks a {kind}")
     for scope in ev.scopes(params, services):

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from relaywatch.postfix.mapguard import BEGIN, END, ForeignMap, check_ours
-from relaywatch.model import ConfigError, PostfixError, RelaywatchError
+from relaywatch.model import ENFORCEMENT, ConfigError, PostfixError, RelaywatchError
 from relaywatch.store.permissions import check_map_dir
 from relaywatch.postfix.postconf import postconf
 
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 # Map type -> suffix of the file Postfix really opens (None: it reads the source).
 COMPILED_SUFFIX: dict[str, str | None] = {"hash": ".db", "btree": ".db", "lmdb": ".lmdb", "cdb": ".cdb", "cidr": None}
-KINDS = ("client", "subnet", "sasl_user")
+KINDS = tuple(ENFORCEMENT)  # what can be blocked
 
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from datetime import date, datetime, timedelta
 from datetime import time as clock_time
 
-from relaywatch.model import Decision, Relayed, RelayDenied
+from relaywatch.model import ENFORCEMENT, Decision, Relayed, RelayDenied
 from relaywatch.core.policy import DEFAULT_RULES, Rule
 from relaywatch.reports.report import BoundedCounter, ReplayResult, Tally, Totals, describe
 from relaywatch.reports.timeline import Timeline
@@ -36,7 +36,7 @@ TABLES = {
     "relay_denied": "Top clients refused relay",
 }
 _STATUS_INDEX = {"sent": 0, "deferred": 1, "bounced": 2, "expired": 2, "undeliverable": 2}
-_WATCHED_KINDS = ("client", "subnet", "sasl_user")
+_WATCHED_KINDS = tuple(ENFORCEMENT)
 
 
 def day_of(t: float) -> str:

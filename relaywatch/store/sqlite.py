@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlite_utils
 
-from relaywatch.model import CountRow, Decision, OpenMessage, Origin
+from relaywatch.model import Action, CountRow, Decision, Kind, OpenMessage, Origin
 from relaywatch.store import sqlite_file
 from relaywatch.store.records import BlockRow, JSONObject
 from relaywatch.store.sqlite_file import StoreUnavailable, sqlite_errors
@@ -246,7 +246,7 @@ class Store:
         sql, args = "SELECT * FROM decisions WHERE time >= ? AND time < ? ORDER BY time, id", [
             float("-inf") if since is None else since, float("inf") if until is None else until]
         return [
-            Decision(r["time"], r["action"], r["kind"], r["target"], r["rule"], r["count"], r["window_s"],
+            Decision(r["time"], Action(r["action"]), Kind(r["kind"]), r["target"], r["rule"], r["count"], r["window_s"],
                      r["clients"], tuple(json.loads(r["evidence"])), tuple(json.loads(r["sample_qids"])))
             for r in self.db.query(sql, args)
         ]
