@@ -244,7 +244,7 @@ def replay(
     if other_names:
         warn_other_syslog_names(other_names, config.syslog_names, none_read=pipeline.totals.first_time is None)
     result = ReplayResult(pipeline.totals, pipeline.messages, store.decisions(), tally, timeline, source.value,
-                          detail, pipeline.correlator.inferred())
+                          detail, pipeline.correlator.inferred(), pipeline.correlator.declined())
     store.close()
     return result
 

@@ -83,8 +83,10 @@ def test_each_deployment_is_credited_as_written(path, mode):
     if name == "unknown":
         inferred = {(i.domain, i.reason.value) for i in correlator.inferred()}
         assert inferred == set(re.findall(r"^# inferred: (\S+) (\S+)$", text, re.M))
+        declined = {(i.domain, i.reason.value) for i in correlator.declined()}
+        assert declined == set(re.findall(r"^# declined: (\S+) (\S+)$", text, re.M))
     else:
-        assert correlator.inferred() == []
+        assert correlator.inferred() == correlator.declined() == []
 
 
 def test_every_family_is_covered():

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from postfix_rig import POSTMAP, postfix_installed
-from relaywatch.core.destinations import DomainList, LocalDomains, LogInference, Pattern, Reason, Source, split_list
+from relaywatch.core.destinations import (Declined, DomainList, LocalDomains, LogInference, Pattern, Reason, Source,
+                                          mailbox_provider, registered_domain, split_list)
 from relaywatch.postfix.postconf import local_destinations, postfix_domains
 
 needs_postfix = pytest.mark.skipif(
@@ -47,7 +48,7 @@ def test_a_fixed_list_and_an_unknown_one():
 
 
 def test_a_private_next_hop_taking_many_domains_is_a_smarthost():
-    inference = LogInference(max_hop_domains=3)
+    inference = LogInference(max_hop_domains=3, max_unconfirmed=3)
     assert all(inference.handed_over("gw", f"d{i}.example", "10.0.0.5", True) for i in range(3))
     assert not inference.handed_over("gw", "d3.example", "10.0.0.5", True)
     assert not inference.is_local("gw", "d0.example")  # once it is a smarthost, no domain behind it is ours
@@ -56,6 +57,72 @@ def test_a_private_next_hop_taking_many_domains_is_a_smarthost():
     assert not inference.is_local("gw", "example.org")  # not a fixed private next hop any more
     inference.delivered_locally("gw", "example.com", "delivered by virtual")
     assert [(i.domain, i.reason) for i in inference.inferred()] == [("example.com", Reason.LOCAL_DELIVERY)]
+
+
+def test_a_private_next_hop_taking_a_mailbox_providers_mail_is_a_smarthost_at_once():
+    inference = LogInference()
+    assert inference.handed_over("mail", "example.org", "10.0.0.5", True)
+    assert not inference.handed_over("mail", "gmail.com", "10.0.0.5", True)
+    assert not inference.is_local("mail", "example.org")  # the primary it seemed to be was a relayhost
+    assert inference.inferred() == []
+    assert [(i.domain, i.reason) for i in inference.declined()] == [
+        ("example.org", Declined.SMARTHOST), ("gmail.com", Declined.MAILBOX_PROVIDER)]
+    assert all(map(mailbox_provider, ("yahoo.co.jp", "hotmail.fr", "googlemail.com", "web.de", "naver.com")))
+    assert not any(map(mailbox_provider, ("example.org", "live-music.example", "gmail.example.org")))
+    assert [registered_domain(d) for d in ("lists.example.org", "a.example.co.uk", "example.io")] == [
+        "example.org", "example.co.uk", "example.io"]
+
+
+def test_unrelated_domains_the_site_never_sends_from_make_a_smarthost():
+    inference = LogInference()
+    for domain in ("example.org", "lists.example.org", "example.co.uk"):  # two registered domains
+        assert inference.handed_over("gw", domain, "10.20.0.5", True)
+    inference.sent_from("gw", "example.net", "10.20.0.5", authenticated=False)  # the primary sends from it
+    assert inference.handed_over("gw", "example.net", "10.20.0.5", True)
+    inference.sent_from("gw", "example.com", "81.2.69.142", authenticated=True)  # a login sends from it
+    assert inference.handed_over("gw", "example.com", "10.20.0.5", True)
+    inference.sent_from("gw", "other.example", "10.9.9.9", authenticated=False)  # another private host: not it
+    assert not inference.handed_over("gw", "other.example", "10.20.0.5", True)
+    assert not inference.is_local("gw", "example.org")
+    assert {i.reason for i in inference.declined()} == {Declined.SMARTHOST}
+    assert "3 unrelated domains (example.co.uk, example.org, other.example)" in inference.declined()[0].evidence
+
+
+PROVIDERS = ("gmail.com", "yahoo.com", "hotmail.com")
+
+
+def flood_behind_smarthost(messages: int = 60) -> str:
+    """The reviewer's log: clients rotating through one /16, 16 recipients each at three mailbox
+    providers, every one handed to the private relayhost."""
+    lines = []
+    for k in range(messages):
+        t, qid = f"Mar 12 09:{k * 5 // 60:02d}:{k * 5 % 60:02d}", f"1A{k + 0x100:04X}"
+        ip = f"218.144.{100 + k % 16}.{k + 1}"
+        lines += [f"{t} mail postfix/smtpd[{2900 + k}]: {qid}: client=unknown[{ip}]",
+                  f"{t} mail postfix/qmgr[800]: {qid}: from=<x@hananet.net>, size=2412, nrcpt=16 (queue active)"]
+        lines += [f"{t} mail postfix/smtp[950]: {qid}: to=<v{k}_{j}@{PROVIDERS[j % 3]}>,"
+                  " relay=smarthost.lan[10.0.0.5]:25, delay=1.1, delays=0.1/0/0.4/0.6, dsn=2.0.0,"
+                  f" status=sent (250 2.0.0 Ok: queued as {qid}Z)" for j in range(16)]
+        lines.append(f"{t} mail postfix/qmgr[800]: {qid}: removed")
+    return "\n".join(lines) + "\n"
+
+
+def test_replay_blocks_an_open_relay_behind_a_private_smarthost_and_says_why(tmp_path):
+    from relaywatch.config import from_dict
+    from relaywatch.engine import replay
+    from relaywatch.reports import report
+
+    log = tmp_path / "smarthost.log"
+    log.write_text(flood_behind_smarthost())
+    result = replay([str(log)], from_dict({"postfix": {"config_directory": str(tmp_path / "nowhere")}}), year=2025)
+    assert result.totals.relayed == 960 and result.inferred_local_domains == []
+    assert any(d.action == "block" and d.target == "218.144.0.0/16" for d in result.decisions)
+    text = report.to_text(result)
+    assert "3 not inferred local, though handed to a private next hop:" in text
+    assert "gmail.com: handed to the private next hop 10.0.0.5, but a public mailbox provider's domain" in text
+    declined = json.loads(report.to_json(result))["local_domains"]["declined"]
+    assert {(i["domain"], i["reason"]) for i in declined} == {
+        ("gmail.com", "mailbox_provider"), ("yahoo.com", "mailbox_provider"), ("hotmail.com", "mailbox_provider")}
 
 
 @pytest.fixture

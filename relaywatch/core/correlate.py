@@ -21,8 +21,8 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from relaywatch.core.destinations import (AddrKind, Destinations, InferredDomain, LocalDomains, LogInference,
-                           address_kind)
+from relaywatch.core.destinations import (AddrKind, DeclinedDomain, Destinations, InferredDomain, LocalDomains,
+                                          LogInference, address_kind)
 from relaywatch.model import (
     ClientSeen,
     Delivery,
@@ -48,6 +48,8 @@ _DROPS_MESSAGE = frozenset({"reject", "milter-reject", "discard", "milter-discar
 _LOCAL_AGENTS = frozenset({"local", "virtual", "lmtp"})
 # LMTP replies of a content filter (amavis), not of a mailbox store
 _FILTER_REPLY = ("queued as", "discarded", "id=", "BOUNCE")
+# amavis's reply to an SMTP hand-off: a content filter, even when its copy cannot be linked (delivered and gone)
+_FILTER_SMTP_REPLY = " from MTA("
 HOLD_S = 60.0
 HELD_MAX = 10_000  # copies held at once: a flood of them falls due early rather than grow memory
 
@@ -156,6 +158,10 @@ class Correlator:
         """The domains taken for local from the log (only when nothing else knew them)."""
         return [] if self._known else self.inference.inferred()
 
+    def declined(self) -> list[DeclinedDomain]:
+        """The domains handed to a private next hop that were not taken for local, and why."""
+        return [] if self._known else self.inference.declined()
+
     def take_released(self) -> list[Relayed | LocalRelayed]:
         released, self.released = self.released, []
         return released
@@ -180,6 +186,8 @@ class Correlator:
                 msg.sender, msg.nrcpt, msg.last_seen = event.sender, event.nrcpt, event.time
                 self._open.move_to_end(key)
                 self._touch(key)
+                if not self._known:
+                    self._note_sender(event.host, msg)
         elif kind is ClientSeen:
             self._client(event)
         elif kind is Removed:
@@ -243,7 +251,8 @@ class Correlator:
         msg = self._open.get(key)
         if msg is None:
             return None
-        filter_hop = d.status == "sent" and "queued as " in d.reply and self._link_filtered(d, msg)
+        filter_hop = d.status == "sent" and "queued as " in d.reply and (
+            self._link_filtered(d, msg) or _FILTER_SMTP_REPLY in d.reply)
         if d.recipient in msg.seen:
             return None
         msg.seen.add(d.recipient)
@@ -303,6 +312,17 @@ class Correlator:
             domain = domain_of(address) if address else ""
             if domain:
                 self.inference.delivered_locally(d.host, domain, f"delivered by {d.agent}")
+
+    def _note_sender(self, host: str, msg: _Message) -> None:
+        """Mail from a logged-in user or a private host (not a content filter's copy) is the site's
+        own: its sender domain is one the site sends from."""
+        domain = domain_of(msg.sender)
+        if not domain or msg.client is None or msg.awaiting or (host, msg.client) in self._filters:
+            return
+        if msg.sasl_user is not None:
+            self.inference.sent_from(host, domain, msg.client, True)
+        elif address_kind(msg.client) is AddrKind.PRIVATE:
+            self.inference.sent_from(host, domain, msg.client, False)
 
     def _link_filtered(self, d: Delivery, msg: _Message) -> bool:
         """Whether this hand-off went to a content filter: its `250 ... queued as NEWQID` names a

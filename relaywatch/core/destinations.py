@@ -218,27 +218,108 @@ def address_kind(addr: str) -> AddrKind:
 
 # A private next hop that takes more domains than this is a smarthost, not a primary behind a gateway.
 MAX_HOP_DOMAINS = 20
+# ... and so is one taking mail for more unrelated domains than this that the site never sends from:
+# a primary behind a gateway is one organisation's mailbox server.
+MAX_UNCONFIRMED_DOMAINS = 2
+
+# Public mailbox providers: never a site's own domain, so a next hop taking their mail is a smarthost.
+_PROVIDERS = frozenset({
+    "googlemail.com", "ymail.com", "rocketmail.com", "aol.com", "icloud.com", "me.com", "mac.com", "mail.ru",
+    "bk.ru", "inbox.ru", "list.ru", "rambler.ru", "web.de", "t-online.de", "freenet.de", "qq.com", "163.com",
+    "126.com", "yeah.net", "sina.com", "sohu.com", "naver.com", "hanmail.net", "daum.net", "nate.com",
+    "protonmail.com", "proton.me", "tutanota.com", "zoho.com", "orange.fr", "wanadoo.fr", "free.fr", "sfr.fr",
+    "laposte.net", "libero.it", "virgilio.it", "seznam.cz", "wp.pl", "o2.pl", "interia.pl", "comcast.net",
+    "att.net", "verizon.net", "bigpond.com", "rediffmail.com", "mail.com", "fastmail.com", "hey.com"})
+# ... and those whose name is theirs under any suffix (yahoo.co.jp, hotmail.fr, gmx.at, outlook.de)
+_PROVIDER_NAMES = frozenset({"gmail", "yahoo", "hotmail", "outlook", "live", "msn", "aol", "gmx", "yandex"})
+# second-level labels under which a country's registered domains sit (example.co.uk, example.com.au)
+_SECOND_LEVEL = frozenset({"co", "com", "net", "org", "ac", "gov", "edu", "ne", "or", "go", "gv", "nic"})
+
+
+@lru_cache(maxsize=65536)
+def registered_domain(domain: str) -> str:
+    """The domain its owner registered, near enough without the public suffix list: the last two
+    labels, or three under a country's second level (`example.co.uk`). Unrelated domains differ here."""
+    labels = domain.split(".")
+    n = 3 if len(labels) >= 3 and len(labels[-1]) == 2 and labels[-2] in _SECOND_LEVEL else 2
+    return ".".join(labels[-n:])
+
+
+@lru_cache(maxsize=65536)
+def mailbox_provider(domain: str) -> bool:
+    """Whether the domain is a public mailbox provider's (gmail.com, yahoo.co.jp, ...)."""
+    reg = registered_domain(domain)
+    return reg in _PROVIDERS or reg.partition(".")[0] in _PROVIDER_NAMES
+
+
+class Declined(str, Enum):
+    """Why a domain handed to a private next hop was not inferred to be local."""
+
+    MAILBOX_PROVIDER = "mailbox_provider"  # a public mailbox provider's: never a site's own
+    SMARTHOST = "smarthost"  # its hop also took mail a primary never gets: it relays
+    WENT_PUBLIC = "went_public"  # its mail also went to a public next hop
+
+
+@dataclass(frozen=True, slots=True)
+class DeclinedDomain:
+    host: str
+    domain: str
+    reason: Declined
+    evidence: str
+
+
+@dataclass(slots=True)
+class _Hop:
+    """A private next hop: the registered domains it took mail for, and, once it showed itself to
+    be a smarthost, why."""
+
+    domains: set[str]
+    smarthost: str = ""
 
 
 class LogInference:
-    """Domains the log shows to be local: they get local, virtual or LMTP deliveries, or all
-    their mail goes to private next hops that take few domains. Bounded; per syslog host."""
+    """Domains the log shows to be local: they get local, virtual or LMTP deliveries, or all their
+    mail goes to a private next hop that looks like a primary behind a gateway (a backup MX or a
+    filtering gateway in front of the site's mailbox server).
 
-    def __init__(self, max_domains: int = 10_000, max_hop_domains: int = MAX_HOP_DOMAINS) -> None:
+    A private next hop stops being taken for a primary, for good and for every domain behind it,
+    as soon as it takes mail no primary gets: for a public mailbox provider (gmail.com: it is a
+    smarthost, the relayhost), for more than `max_unconfirmed` unrelated domains that the site
+    never sends from (the primary sends its users' mail through the gateway, or they log in), or
+    for more than `max_hop_domains` unrelated domains. Bounded; per syslog host."""
+
+    def __init__(self, max_domains: int = 10_000, max_hop_domains: int = MAX_HOP_DOMAINS,
+                 max_unconfirmed: int = MAX_UNCONFIRMED_DOMAINS) -> None:
         self.max_domains = max_domains
         self.max_hop_domains = max_hop_domains
+        self.max_unconfirmed = max_unconfirmed
         self._delivered: dict[tuple[str, str], str] = {}  # (host, domain) -> how
-        self._hop_domains: dict[tuple[str, str], set[str]] = {}  # (host, private hop) -> its domains
+        self._delivered_regs: set[tuple[str, str]] = set()  # (host, registered domain) of those
+        self._hops: dict[tuple[str, str], _Hop] = {}  # (host, private hop) -> what it took
         self._domain_hops: dict[tuple[str, str], str] = {}  # (host, domain) -> its first private hop
         self._went_public: set[tuple[str, str]] = set()
+        # (host, registered domain) -> who sent mail from it: private client addresses, "" for a login
+        self._senders: dict[tuple[str, str], set[str]] = {}
 
     def delivered_locally(self, host: str, domain: str, how: str) -> None:
         key = (host, domain)
         if key not in self._delivered and len(self._delivered) < self.max_domains:
             self._delivered[key] = how
+            self._delivered_regs.add((host, registered_domain(domain)))
+
+    def sent_from(self, host: str, domain: str, client: str, authenticated: bool) -> None:
+        """Mail from `domain` came from a private client or a logged-in user: the site's own mail."""
+        key = (host, registered_domain(domain))
+        senders = self._senders.get(key)
+        if senders is None:
+            if len(self._senders) >= self.max_domains:
+                return
+            senders = self._senders[key] = set()
+        if len(senders) < 16:
+            senders.add("" if authenticated else client)
 
     def handed_over(self, host: str, domain: str, hop: str, private: bool) -> bool:
-        """Record a hand-off; whether it makes the domain local (a fixed private next hop)."""
+        """Record a hand-off; whether it makes the domain local (a private next hop taken for its primary)."""
         key = (host, domain)
         if key in self._delivered:
             return True
@@ -248,16 +329,36 @@ class LogInference:
             return False
         if key in self._went_public:
             return False
-        domains = self._hop_domains.get((host, hop))
-        if domains is None:
-            if len(self._hop_domains) >= self.max_domains:
+        state = self._hops.get((host, hop))
+        if state is None:
+            if len(self._hops) >= self.max_domains:
                 return False
-            domains = self._hop_domains[(host, hop)] = set()
-        if len(domains) <= self.max_hop_domains:
-            domains.add(domain)
+            state = self._hops[(host, hop)] = _Hop(set())
         if key not in self._domain_hops and len(self._domain_hops) < self.max_domains:
             self._domain_hops[key] = hop
-        return len(domains) <= self.max_hop_domains
+        if state.smarthost:
+            return False
+        if mailbox_provider(domain):
+            state.smarthost = f"it also took mail for {domain}, a public mailbox provider"
+            return False
+        reg = registered_domain(domain)
+        if reg in state.domains:
+            return True
+        state.domains.add(reg)  # a new one: only now can the hop stop looking like a primary
+        if len(state.domains) > self.max_hop_domains:
+            state.smarthost = f"it took mail for more than {self.max_hop_domains} unrelated domains"
+        else:
+            unconfirmed = sorted(d for d in state.domains if not self._confirmed(host, d, hop))
+            if len(unconfirmed) > self.max_unconfirmed:
+                state.smarthost = (f"it took mail for {len(unconfirmed)} unrelated domains ({', '.join(unconfirmed)})"
+                                   " that no login or private host here sends from")
+        return not state.smarthost
+
+    def _confirmed(self, host: str, reg: str, hop: str) -> bool:
+        """Whether the site sends mail from this registered domain (the primary through its gateway,
+        or its users logged in), or delivers some of it here."""
+        senders = self._senders.get((host, reg), ())
+        return "" in senders or hop in senders or (host, reg) in self._delivered_regs
 
     def is_local(self, host: str, domain: str) -> bool:
         key = (host, domain)
@@ -267,11 +368,31 @@ class LogInference:
         return hop is not None and key not in self._went_public and self._hop_ok(host, hop)
 
     def _hop_ok(self, host: str, hop: str) -> bool:
-        return len(self._hop_domains.get((host, hop), ())) <= self.max_hop_domains
+        state = self._hops.get((host, hop))
+        return state is not None and not state.smarthost
 
     def inferred(self) -> list[InferredDomain]:
         out = [InferredDomain(h, d, Reason.LOCAL_DELIVERY, how) for (h, d), how in self._delivered.items()]
         out += [InferredDomain(h, d, Reason.PRIVATE_NEXT_HOP, f"always handed to the private next hop {hop}")
                 for (h, d), hop in self._domain_hops.items()
                 if (h, d) not in self._delivered and (h, d) not in self._went_public and self._hop_ok(h, hop)]
+        return sorted(out, key=lambda i: (i.host, i.domain))
+
+    def declined(self) -> list[DeclinedDomain]:
+        """The domains handed to a private next hop that were not taken for local, and why."""
+        out = []
+        for (h, d), hop in self._domain_hops.items():
+            if (h, d) in self._delivered:
+                continue
+            if mailbox_provider(d):
+                out.append(DeclinedDomain(h, d, Declined.MAILBOX_PROVIDER,
+                                          f"handed to the private next hop {hop}, but a public mailbox provider's"
+                                          " domain is never a site's own: that hop is a smarthost"))
+            elif (h, d) in self._went_public:
+                out.append(DeclinedDomain(h, d, Declined.WENT_PUBLIC,
+                                          f"handed to the private next hop {hop}, and to public next hops too"))
+            elif not self._hop_ok(h, hop):
+                out.append(DeclinedDomain(h, d, Declined.SMARTHOST,
+                                          f"handed to the private next hop {hop}, a smarthost, not a primary:"
+                                          f" {self._hops[(h, hop)].smarthost}"))
         return sorted(out, key=lambda i: (i.host, i.domain))

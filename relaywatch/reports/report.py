@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from relaywatch.core.destinations import InferredDomain
+from relaywatch.core.destinations import DeclinedDomain, InferredDomain
 from relaywatch.model import Decision, Relayed
 from relaywatch.reports.timeline import Timeline, text_block
 
@@ -99,6 +99,8 @@ class ReplayResult:
     local_domains_source: str = ""
     local_domains_detail: str = ""
     inferred_local_domains: list[InferredDomain] = field(default_factory=list)
+    # handed to a private next hop but not taken for local, and why (listed in JSON only when there are any)
+    declined_local_domains: list[DeclinedDomain] = field(default_factory=list)
 
 
 def iso(t: float) -> str:
@@ -179,7 +181,8 @@ def to_json(result: ReplayResult) -> str:
                 "detail": result.local_domains_detail,
                 "inferred": [{"domain": i.domain, "host": i.host, "reason": i.reason.value, "evidence": i.evidence}
                              for i in result.inferred_local_domains],
-            },
+            } | ({"declined": [{"domain": i.domain, "host": i.host, "reason": i.reason.value, "evidence": i.evidence}
+                               for i in result.declined_local_domains]} if result.declined_local_domains else {}),
         },
         indent=2,
     )
@@ -213,6 +216,12 @@ def _local_domains_text(result: ReplayResult) -> list[str]:
         out.append(f"    {i.host + ': ' if i.host else ''}{i.domain}: {i.evidence}")
     if len(inferred) > TOP * 3:
         out.append(f"    ... and {len(inferred) - TOP * 3} more (--format json lists them all)")
+    declined = result.declined_local_domains
+    if declined:
+        out.append(f"  {len(declined)} not inferred local, though handed to a private next hop:")
+        out += [f"    {i.host + ': ' if i.host else ''}{i.domain}: {i.evidence}" for i in declined[:TOP * 3]]
+        if len(declined) > TOP * 3:
+            out.append(f"    ... and {len(declined) - TOP * 3} more (--format json lists them all)")
     return out
 
 
