@@ -16,9 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from relaywatch.postfix.blocking import target_kind
 from relaywatch.config import Config
-from relaywatch.model import Decision
+from relaywatch.model import Decision, RelaywatchError
+from relaywatch.postfix.audit import AuditMaps, block_ineffective_reason
+from relaywatch.postfix.blocking import target_kind
+from relaywatch.postfix.postconf import postconf, postconf_services
 from relaywatch.reports.report import describe, iso
 from relaywatch.store.sqlite import BlockRow
 
@@ -58,6 +60,17 @@ def allowed_by(cfg: Config, kind: str, target: str) -> str | None:
             return f"[allow] networks ({allowed})"
     return None
 
+
+def enforcement(cfg: Config, kind: str, target: str) -> tuple[bool | None, str]:
+    """Would Postfix refuse `target` once blocked (the audit's restriction-order answer, from `postconf`)?
+    (True, ""), (False, why not and the fix), or (None, why it cannot tell)."""
+    try:
+        reason = block_ineffective_reason(
+            postconf(cfg.config_directory), postconf_services(cfg.config_directory), kind, target,
+            AuditMaps(cfg.client_access_map, cfg.sasl_access_map or None, cfg.policy_listen or None))
+    except (RelaywatchError, ValueError) as exc:
+        return None, f"cannot check the Postfix configuration: {exc}"
+    return (False, reason) if reason else (True, "")
 
 def covering(kind: str, target: str, blocks: Sequence[BlockRow]) -> list[BlockRow]:
     """The blocks in force that refuse `target`: itself, or a network around it."""

@@ -1,0 +1,68 @@
+"""What the command modules share: the -c option, loading the configuration, opening the state and the blocker."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import click
+
+from relaywatch import config as config_mod
+from relaywatch.model import RelaywatchError
+from relaywatch.postfix.blocking import Blocker, maps_from_config
+from relaywatch.postfix.maps import Postfix, default_database_type
+from relaywatch.store.sqlite import Store
+
+DEFAULT_CONFIG = "/etc/relaywatch/relaywatch.toml"
+log = logging.getLogger("relaywatch")
+
+config_option = click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
+                             help=f"relaywatch.toml to use (default: {DEFAULT_CONFIG} if it exists).")
+
+
+def config_path_or_default(config_path: str | None) -> str | None:
+    """The named config, else /etc/relaywatch/relaywatch.toml when it exists, else None (the defaults)."""
+    if config_path is None and os.path.exists(DEFAULT_CONFIG):
+        return DEFAULT_CONFIG
+    return config_path
+
+
+def load(config_path: str | None) -> config_mod.Config:
+    return config_mod.load(config_path_or_default(config_path))
+
+
+def recorded_store(cfg: config_mod.Config) -> Store:
+    """The state database for a command that only reads it: never create one as a side effect."""
+    if not os.path.exists(cfg.database):
+        raise RelaywatchError(f"{cfg.database} does not exist: relaywatch has not run with this configuration")
+    return Store(cfg.database)
+
+
+def existing_store(cfg: config_mod.Config) -> Store | None:
+    """The state database if there is one; None: relaywatch never ran, so nothing is blocked."""
+    return Store(cfg.database) if os.path.exists(cfg.database) else None
+
+
+def default_type(cfg: config_mod.Config) -> str:
+    specs = (cfg.client_access_map, cfg.sasl_access_map)
+    typed = all(":" in s and not s.startswith("/") for s in specs if s)
+    return "hash" if typed else default_database_type(cfg.config_directory)
+
+
+def blocker(cfg: config_mod.Config, store: Store) -> Blocker:
+    """The Blocker for this configuration (also the Daemon's blocker factory)."""
+    maps = maps_from_config(cfg.client_access_map, cfg.sasl_access_map, default_type(cfg),
+                            config_directory=cfg.config_directory, map_directories=cfg.map_directories)
+    return Blocker(store, Postfix(cfg.config_directory), maps, cfg.block_s)
+
+
+def write_atomically(path: str, text: str) -> None:
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise RelaywatchError(f"cannot write {path}: {exc.strerror or exc}") from exc
