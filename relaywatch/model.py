@@ -50,6 +50,12 @@ class Unparsed(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class Forged(Event):
+    """A journal record that claims to be Postfix's but was written by another program
+    (`logger -t postfix/smtpd`): counted apart, never read as Postfix's."""
+
+
+@dataclass(frozen=True, slots=True)
 class ClientSeen(Event):
     """smtpd `QID: client=name[addr]`: a message enters the queue from a client."""
 
@@ -171,6 +177,21 @@ class RelayDenied:
     time: float
     client: str
     qid: str | None
+
+
+# --- audit findings ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing the audit (or the source check) found, with why it matters and how to fix it."""
+
+    severity: str  # error | warning | info
+    code: str
+    title: str
+    explanation: str
+    fix: str
+    details: dict[str, object] = field(default_factory=dict, hash=False)
 
 
 # --- decisions ---------------------------------------------------------------

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from relaywatch.store import permissions
+from relaywatch import permissions
 from relaywatch.cli import main
 from relaywatch.config import load
 from relaywatch.model import ConfigError

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from relaywatch.postfix.mapguard import BEGIN, END, ForeignMap, check_ours
 from relaywatch.model import ConfigError, PostfixError, RelaywatchError
-from relaywatch.store.permissions import check_map_dir
+from relaywatch.permissions import check_map_dir
 from relaywatch.postfix.postconf import postconf
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from typing import Any
 from relaywatch.postfix.blocking import target_kind
 from relaywatch.config import Config
 from relaywatch.model import Decision
-from relaywatch.reports.report import describe, iso
+from relaywatch.wording import describe, iso
 from relaywatch.store.sqlite import BlockRow
 
 EXIT_BLOCKED = 0

@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, Protocol
 
 from relaywatch.model import Decision
 from relaywatch.reports.report import ReplayResult, stopped
-from relaywatch.reports.timeline import Marker, Timeline, dim_title, duration, unit
+from relaywatch.reports.timeline import Marker, Timeline, dim_title, unit
+from relaywatch.wording import duration, stamp
 
 if TYPE_CHECKING:
-    from relaywatch.postfix.audit import Finding
+    from relaywatch.model import Finding
 
 W, LEFT, PLOT_W = 1200, 50, 850
 LEGEND_X = LEFT + PLOT_W + 16
@@ -261,7 +262,7 @@ def _zoom(tl: Timeline) -> tuple[int, int] | None:
 
 
 def _when(t: float | None) -> str:
-    return datetime.fromtimestamp(t).astimezone().strftime("%Y-%m-%d %H:%M:%S") if t is not None else "-"
+    return stamp(t) if t is not None else "-"
 
 
 def _table(title: str, head: Sequence[str], rows: Sequence[Sequence[object]], cls: str = "") -> str:

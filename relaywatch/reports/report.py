@@ -8,11 +8,10 @@ from __future__ import annotations
 import ipaddress
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
-
 from relaywatch.core.destinations import InferredDomain
 from relaywatch.model import Decision, Relayed
 from relaywatch.reports.timeline import Timeline, text_block
+from relaywatch.wording import describe, iso
 
 TOP = 10
 
@@ -101,10 +100,6 @@ class ReplayResult:
     inferred_local_domains: list[InferredDomain] = field(default_factory=list)
 
 
-def iso(t: float) -> str:
-    return datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
-
-
 @dataclass(frozen=True, slots=True)
 class Stopped:
     """What a block would have stopped: `after` of the target's `total` relayed recipients came after it."""
@@ -183,17 +178,6 @@ def to_json(result: ReplayResult) -> str:
         },
         indent=2,
     )
-
-
-def describe(d: Decision) -> str:
-    if d.action == "unblock":
-        return "lifted by hand" if d.rule == "manual" else "expired"
-    if d.rule == "manual":  # `relaywatch block`: its evidence is the reason given
-        return d.evidence[0] if d.evidence else "blocked by hand"
-    what = f"{d.count} relayed recipients" if d.rule != "relay_probe" else f"{d.count} relay attempts refused"
-    if d.clients:
-        what += f" from {d.clients} clients"
-    return f"{what} in {d.window_s // 60 or 1} min (rule {d.rule})"
 
 
 _SOURCES = {"option": "from --local-domain", "config": "from [postfix] local_domains", "postfix": "from Postfix"}

@@ -12,7 +12,7 @@ from enum import IntEnum
 from typing import Any
 
 from relaywatch.sources import choose as source_state
-from relaywatch.reports.report import iso
+from relaywatch.wording import iso
 from relaywatch.store.sqlite import Store
 
 HEARTBEAT_S = 30  # the daemon writes one every second; older than this: hung or gone

@@ -13,12 +13,12 @@ import ipaddress
 import re
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from functools import lru_cache
 from typing import cast
 
 from relaywatch.model import Decision, Relayed, RelayDenied
 from relaywatch.core.policy import DEFAULT_RULES, Rule
+from relaywatch.wording import clock, why
 
 BIN_SIZES = (60, 3600, 86400)
 MAX_BINS = 2 * 24 * 60  # two days of minutes; longer spans switch to hours
@@ -235,14 +235,6 @@ class Timeline:
 
     def decision(self, d: Decision) -> None:
         """A block, alert or unblock (the daemon records unblocks as decisions) on the time axis."""
-        if d.action == "unblock":
-            detail = "lifted by hand" if d.rule == "manual" else "expired"
-        elif d.rule == "manual":
-            detail = d.evidence[0] if d.evidence else "blocked by hand"
-        else:
-            what = "relay attempts refused" if d.rule == "relay_probe" else "relayed recipients"
-            clients = f" from {d.clients} clients" if d.clients else ""
-            detail = f"{d.count} {what}{clients} in {duration(d.window_s)}"
         if d.action == "block" and d.kind in ("client", "subnet", "sasl_user") and len(self._watched) < MAX_WATCHED:
             try:
                 net = ipaddress.ip_network(d.target, strict=False) if d.kind == "subnet" else None
@@ -250,7 +242,7 @@ class Timeline:
                 net = None
             if d.kind != "subnet" or net is not None:
                 self._watched[(d.kind, d.target, d.time)] = [net, 0]
-        self._mark(Marker(d.time, d.action, d.kind, d.target, d.rule, detail, d.evidence))
+        self._mark(Marker(d.time, d.action, d.kind, d.target, d.rule, why(d), d.evidence))
 
     def _mark(self, m: Marker) -> None:
         self._bin(m.time)
@@ -412,10 +404,6 @@ def marker_row(tl: Timeline, columns: int) -> str:
     return "".join(row).rstrip()
 
 
-def clock(t: float) -> str:
-    return datetime.fromtimestamp(t).astimezone().strftime("%Y-%m-%d %H:%M")
-
-
 def printable(s: str, width: int) -> str:
     """Log text for a terminal: no control characters (escape sequences), cut to `width`."""
     s = _UNPRINTABLE.sub("?", s)
@@ -448,9 +436,3 @@ def text_block(tl: Timeline, width: int = 60, per_dim: int = 3) -> str:
         for s in rows:
             out.append(f"  {printable(s.label, 26):<26} {sparkline(s.values, width):<{columns}} {s.total:>8,}")
     return "\n".join(out) + "\n"
-
-
-def duration(seconds: int) -> str:
-    if seconds % 3600 == 0:
-        return f"{seconds // 3600} h"
-    return f"{seconds // 60} min" if seconds % 60 == 0 else f"{seconds} s"
