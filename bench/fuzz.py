@@ -227,8 +227,9 @@ def _pipeline():
 
     rules = tuple(dataclasses.replace(r, threshold=1, min_clients=min(r.min_clients, 1)) for r in DEFAULT_RULES)
     config = dataclasses.replace(Config(), rules=rules, allow_networks=())
-    pipeline = Pipeline(config, Store(None), persist_counts=False, tally=Tally(), timeline=Timeline(rules))
-    return pipeline, LineParser(YearResolver(2026))
+    tally, timeline = Tally(), Timeline(rules)
+    pipeline = Pipeline(config, Store(None), persist_counts=False, sinks=(tally, timeline))
+    return pipeline, tally, timeline, LineParser(YearResolver(2026))
 
 
 def run_lines(lines: Sequence[str], canary_free: bool, reports: bool = True) -> list:
@@ -237,7 +238,7 @@ def run_lines(lines: Sequence[str], canary_free: bool, reports: bool = True) -> 
     from relaywatch.reports.report import ReplayResult
     from relaywatch.reports.html import render_html
 
-    pipeline, parser = _pipeline()
+    pipeline, tally, timeline, parser = _pipeline()
     decisions = []
     for line in lines:
         start = time.perf_counter()
@@ -252,7 +253,7 @@ def run_lines(lines: Sequence[str], canary_free: bool, reports: bool = True) -> 
     check_decisions(decisions, canary_free)
     if reports:
         pipeline.flush()
-        result = ReplayResult(pipeline.totals, pipeline.messages, decisions, pipeline.tally, pipeline.timeline)
+        result = ReplayResult(pipeline.totals, pipeline.messages, decisions, tally, timeline)
         report.to_text(result)
         report.to_json(result)
         html = render_html(result, result.timeline)

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from relaywatch.reports import report
 from relaywatch.config import Config
-from relaywatch.engine import replay
+from relaywatch.replay import replay
 from relaywatch.reports.html import render_html
 from relaywatch.model import Unparsed
 from relaywatch.core.parse import LineParser, YearResolver

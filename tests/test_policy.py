@@ -19,7 +19,7 @@ def relayed(t: float, client: str, n: int = 0, sender: str = "spam@x.example", s
 def feed(detector: Detector, facts) -> list:
     out = []
     for f in facts:
-        out.extend(detector.observe(f, f"line for {f.qid}"))
+        out.extend(detector.observe(f, f"line for {f.qid}").decisions)
     return out
 
 

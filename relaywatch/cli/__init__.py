@@ -23,7 +23,7 @@ from relaywatch import config as config_mod
 from relaywatch.postfix import hostaddrs
 from relaywatch.postfix.blocking import Blocker, in_map, map_specs, maps_from_config, target_kind
 from relaywatch.reports.check import MANUAL_REASON, manual_evidence
-from relaywatch.engine import replay as run_replay
+from relaywatch.replay import replay as run_replay
 from relaywatch.model import ConfigError, Decision, RelaywatchError
 from relaywatch.postfix.maps import Postfix, default_database_type
 from relaywatch.postfix.queue import CLI_FLAGS, PostfixQueue, QueuedMessage, Target, select, target

@@ -14,9 +14,9 @@ from collections.abc import Iterable, Sequence
 from datetime import date, datetime, timedelta
 from datetime import time as clock_time
 
-from relaywatch.model import Decision, Relayed, RelayDenied
+from relaywatch.model import Decision, Relayed, RelayDenied, Totals
 from relaywatch.core.policy import DEFAULT_RULES, Rule
-from relaywatch.reports.report import BoundedCounter, ReplayResult, Tally, Totals
+from relaywatch.reports.report import BoundedCounter, ReplayResult, Tally
 from relaywatch.reports.timeline import Timeline
 from relaywatch.wording import clean, describe, hm
 

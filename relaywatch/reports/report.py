@@ -9,7 +9,7 @@ import ipaddress
 import json
 from dataclasses import dataclass, field
 from relaywatch.core.destinations import InferredDomain
-from relaywatch.model import Decision, Relayed
+from relaywatch.model import Decision, LocalRelayed, Relayed, RelayDenied, Totals
 from relaywatch.reports.timeline import Timeline, text_block
 from relaywatch.wording import describe, iso
 
@@ -43,7 +43,7 @@ class BoundedCounter:
 
 
 class Tally:
-    """The pflogsumm-like tables of relayed mail."""
+    """The pflogsumm-like tables of relayed mail: a pipeline sink (replay plugs it in)."""
 
     def __init__(self) -> None:
         self.clients = BoundedCounter()
@@ -51,6 +51,16 @@ class Tally:
         self.domains = BoundedCounter()
         self.sasl_users = BoundedCounter()
         self.relay_denied = BoundedCounter()
+
+    def fact(self, fact: Relayed | LocalRelayed) -> None:
+        if type(fact) is Relayed:  # the tables are about clients: not mail submitted on the host
+            self.add_relayed(fact)
+
+    def denied(self, fact: RelayDenied) -> None:
+        self.relay_denied.add(fact.client)
+
+    def decision(self, d: Decision) -> None:
+        """Decisions are not tabled: the report lists them."""
 
     def add_relayed(self, fact: Relayed) -> None:
         self.clients.add(fact.client)
@@ -68,21 +78,6 @@ class Tally:
             "sasl_users": self.sasl_users.top(),
             "relay_denied": self.relay_denied.top(),
         }
-
-
-@dataclass
-class Totals:
-    """What a run read: line counts and the span of log time."""
-
-    lines: int = 0
-    unparsed: int = 0
-    forged: int = 0
-    relayed: int = 0
-    relay_denied: int = 0
-    local_relayed: int = 0  # recipients of mail submitted on the host (pickup) handed to another host
-    first_time: float | None = None
-    last_time: float | None = None
-    unparsed_samples: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import cast
 
-from relaywatch.model import Decision, Relayed, RelayDenied
+from relaywatch.model import Decision, LocalRelayed, Relayed, RelayDenied
 from relaywatch.core.policy import DEFAULT_RULES, Rule
 from relaywatch.wording import clock, why
 
@@ -135,7 +135,7 @@ def _rebin(series: dict[int, int], factor: int) -> dict[int, int]:
 
 
 class Timeline:
-    """Collects the facts and decisions of a replay (or a daemon's period) for plotting."""
+    """Collects the facts and decisions of a replay (or a daemon's period) for plotting: a pipeline sink."""
 
     def __init__(self, rules: Iterable[Rule] = DEFAULT_RULES, bin_s: int = BIN_SIZES[0]) -> None:
         """`bin_s`: the finest bin, one of BIN_SIZES (3600 for counts known only per hour)."""
@@ -165,12 +165,21 @@ class Timeline:
     # --- feeding ---------------------------------------------------------------
 
     def observe(self, fact: Relayed | RelayDenied) -> None:
+        if isinstance(fact, RelayDenied):
+            self.denied(fact)
+        else:
+            self.fact(fact)
+
+    def denied(self, fact: RelayDenied) -> None:
+        b = self._bin(fact.time)
+        self._refused[b] = self._refused.get(b, 0) + 1
+        self._dims["relay_denied"].add(fact.client, b)
+
+    def fact(self, fact: Relayed | LocalRelayed) -> None:
+        if type(fact) is not Relayed:  # no client: the panels are about clients
+            return
         b = self._bin(fact.time)
         dims = self._dims
-        if isinstance(fact, RelayDenied):
-            self._refused[b] = self._refused.get(b, 0) + 1
-            dims["relay_denied"].add(fact.client, b)
-            return
         self._relayed[b] = self._relayed.get(b, 0) + 1
         self._observed += 1
         if self._watched:
