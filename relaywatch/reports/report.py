@@ -10,7 +10,8 @@ import json
 from dataclasses import dataclass, field
 from relaywatch.core.destinations import InferredDomain
 from relaywatch.model import Decision, LocalRelayed, Relayed, RelayDenied, Totals
-from relaywatch.reports.timeline import Timeline, text_block
+from relaywatch.reports.sparks import text_block
+from relaywatch.reports.timeline import Timeline
 from relaywatch.wording import describe, iso
 
 TOP = 10
