@@ -20,25 +20,43 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from relaywatch import config as config_mod
+from relaywatch.core.destinations import Destinations, Source
+from relaywatch.core.enforcement import Leak, LeakWatch
+from relaywatch.core.parse import LineParser, YearResolver
+from relaywatch.engine import Pipeline
+from relaywatch.model import (
+    ENFORCEMENT,
+    ConfigError,
+    Decision,
+    PostfixError,
+    RelaywatchError,
+)
+from relaywatch.notify.notices import (
+    notice_for_leak,
+    notice_for_map_changed,
+    notice_for_map_fault,
+    notice_for_map_restored,
+)
+from relaywatch.notify.send import (
+    NoticeKind,
+    Notifier,
+    notice_for_decision,
+    notice_for_text,
+    subnet_clients,
+)
+from relaywatch.policyd import InlineService, service_for
 from relaywatch.postfix import hostaddrs
 from relaywatch.postfix.audit import AuditMaps, block_bypasses, bypass_text, run_audit
 from relaywatch.postfix.blocking import Blocker, SyncResult
-from relaywatch.core.destinations import Destinations, Source
-from relaywatch.reports.digest import DayStats, day_of, digest_text, unusual
-from relaywatch.engine import Pipeline
-from relaywatch.core.enforcement import Leak, LeakWatch
-from relaywatch.sources.follow import FileFollower
-from relaywatch.sources.journal import JournalFollower
-from relaywatch.model import ENFORCEMENT, ConfigError, Decision, PostfixError, RelaywatchError
-from relaywatch.notify.notices import notice_for_leak, notice_for_map_changed, notice_for_map_fault, notice_for_map_restored
-from relaywatch.notify.send import Notifier, NoticeKind, notice_for_decision, notice_for_text, subnet_clients
-from relaywatch.core.parse import LineParser, YearResolver
-from relaywatch.policyd import InlineService, service_for
 from relaywatch.postfix.postconf import local_destinations, postconf, postconf_services
 from relaywatch.postfix.queue import PostfixQueue, Target, select
+from relaywatch.reports.daily import DailyRecord
+from relaywatch.reports.digest import DayStats, day_of, digest_text, unusual
 from relaywatch.reports.report import describe
 from relaywatch.sources.choose import Choice, Reason
 from relaywatch.sources.choose import choose as choose_source
+from relaywatch.sources.follow import FileFollower
+from relaywatch.sources.journal import JournalFollower
 from relaywatch.store.records import DaemonStatus, EnforcementAlarm
 from relaywatch.store.sqlite import Store, StoreUnavailable
 
@@ -126,7 +144,8 @@ class Daemon:
         self.blocker = blocker_factory(cfg, self.store)
         self.notifier = notifier_for(cfg, self.store.notify_state.get())
         saved = self.store.days.current()
-        self.pipeline = self._pipeline(cfg, DayStats.from_dict(saved) if saved else DayStats.for_time(clock()))
+        self.daily = DailyRecord(DayStats.from_dict(saved) if saved else DayStats.for_time(clock()), cfg.block_s)
+        self.pipeline = self._pipeline(cfg)
         self.source, self.source_choice = open_source(cfg, self.store)
         # Until a first position is stored, a restart would start at the end of the log again.
         self._position_stored = self.store.positions.get(self.source.source_name) is not None
@@ -147,14 +166,15 @@ class Daemon:
         self._position: tuple[str, dict] | None = None  # the source's position after the last line read
         self._store_fault: str | None = None  # why the store cannot be written; the batches wait in memory
 
-    def _pipeline(self, cfg: config_mod.Config, day: DayStats | None) -> Pipeline:
-        pipeline = Pipeline(cfg, self.store, self._local_domains(cfg), persist_messages=True, day=day,
+    def _pipeline(self, cfg: config_mod.Config) -> Pipeline:
+        self.daily.block_s = cfg.block_s
+        pipeline = Pipeline(cfg, self.store, self._local_domains(cfg), persist_messages=True, sinks=(self.daily,),
                             own_addresses=hostaddrs.for_daemon(cfg.config_directory))
         pipeline.restore(self.clock())
         self.leaks = LeakWatch()
         self.leaks.watch(self.blocker.in_force_since)
         pipeline.fact_observers.append(self.leaks.observe)
-        pipeline.day_limit = self.clock() + 3600
+        self.daily.limit = self.clock() + 3600
         return pipeline
 
     def _local_domains(self, cfg: config_mod.Config) -> Destinations:
@@ -232,8 +252,7 @@ class Daemon:
         synced = self._synced(self.blocker.sync()) if blocked else None
         # held even when the map is pending: holding is what stops the mail already queued
         held = {(d.kind, d.target): self._hold(d) for d in blocked}
-        if self.pipeline.day is not None:
-            self.pipeline.day.held += sum(n for n in held.values() if n)
+        self.daily.held(sum(n for n in held.values() if n))
         for d in decisions:
             key = (d.kind, d.target)
             self._tell(d, held.get(key), failed.get(key) or (synced.error if synced is not None else None))
@@ -449,7 +468,7 @@ class Daemon:
         in_force_since = self.blocker.in_force_since
         self.blocker = blocker
         self.blocker.in_force_since = in_force_since  # the log check goes on across a reload
-        self.pipeline = self._pipeline(cfg, self.pipeline.day)
+        self.pipeline = self._pipeline(cfg)
         if self.inline is not None:  # [policy] itself changes at the next restart
             self.inline.policy.local_domains = self.pipeline.correlator.destinations
             self.pipeline.fact_observers.append(self.inline.observe)
@@ -468,10 +487,10 @@ class Daemon:
         if stamp != self._postfix_stamp and all(s is None or now - s[2] / 1e9 >= POSTFIX_SETTLE_S for s in stamp):
             log.info("Postfix's main.cf or master.cf changed: reading the configuration in force again")
             self._audit()
-        self.pipeline.day_limit = now + 3600
+        self.daily.limit = now + 3600
         if self._idle:  # a quiet log: the day still ends at midnight
-            self.pipeline.roll_day(now)
-        if self.pipeline.finished_days:
+            self.daily.roll(now)
+        if self.daily.finished:
             self._save_days()
         self._send_digest(now)
         totals = self.pipeline.totals
@@ -497,15 +516,13 @@ class Daemon:
 
     def _save_days(self) -> None:
         """Keep finished days as day:YYYY-MM-DD (the last DAYS_KEPT) and the current one as day_current."""
-        pipeline = self.pipeline
-        for day in pipeline.finished_days:
+        finished = self.daily.take_finished()
+        for day in finished:
             self.store.days.put(day.day, day.to_dict())
-        if pipeline.finished_days:
-            oldest = day_of(datetime.fromisoformat(pipeline.finished_days[-1].day).timestamp() - DAYS_KEPT * 86400)
+        if finished:
+            oldest = day_of(datetime.fromisoformat(finished[-1].day).timestamp() - DAYS_KEPT * 86400)
             self.store.days.prune(oldest)
-            pipeline.finished_days.clear()
-        if pipeline.day is not None:
-            self.store.days.put_current(pipeline.day.to_dict())
+        self.store.days.put_current(self.daily.day.to_dict())
 
     def _send_digest(self, now: float) -> None:
         """At [notify] digest_at (local time), send yesterday's digest once."""
@@ -517,7 +534,7 @@ class Daemon:
         day = (local.date() - timedelta(days=1)).isoformat()
         if self.store.days.digest_sent() >= day:
             return
-        if self.pipeline.day is None or self.pipeline.day.day <= day:
+        if self.daily.day.day <= day:
             return  # still reading yesterday's log (a backlog): wait until it is finished
         self.store.days.mark_digest_sent(day)  # before submitting: a crash loses it rather than repeat it
         saved = self.store.days.get(day)

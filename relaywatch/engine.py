@@ -1,28 +1,34 @@
-"""The one place the pipeline is wired: parse -> correlate -> windows -> detect -> store.
+"""The one place the pipeline is wired: parse -> correlate -> windows -> detect -> store, and out to its sinks.
 
 The daemon and `replay` both run `Pipeline.feed`; they differ only in where
 lines come from, whose clock the windows follow (log time either way, which
-is wall time for a live log) and whether decisions are acted on.
+is wall time for a live log), which sinks they plug in (the report's tables and
+timeline, the daily record) and whether decisions are acted on.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
 
-from relaywatch.sources import files as sources
 from relaywatch.config import Config
 from relaywatch.core.correlate import Correlator
 from relaywatch.core.destinations import Destinations, LocalDomains
-from relaywatch.reports.digest import DayStats
-from relaywatch.model import CountRow, Decision, LocalRelayed, RelayDenied, Unparsed
-from relaywatch.core.parse import FORGED, LineParser, YearResolver
+from relaywatch.core.parse import LineParser
 from relaywatch.core.policy import Detector, Fact, Network
-from relaywatch.postfix.postconf import local_destinations
-from relaywatch.reports.report import ReplayResult, Tally, Totals
+from relaywatch.model import (
+    CountRow,
+    Decision,
+    Forged,
+    LocalRelayed,
+    RelayDenied,
+    Relayed,
+    Totals,
+    Unparsed,
+)
+from relaywatch.sources import files as sources
 from relaywatch.store.base import StateStore
-from relaywatch.store.sqlite import Store
-from relaywatch.reports.timeline import Timeline
 
 log = logging.getLogger("relaywatch.engine")
 
@@ -30,18 +36,27 @@ _NOTHING: Sequence[Decision] = ()
 FLUSH_EVERY = 20_000
 
 
+class Sink(Protocol):
+    """Where the pipeline sends what it saw: each relayed recipient (also mail submitted on the host,
+    `LocalRelayed`), each refused relay attempt, and each decision, in the order they happen. The
+    report's tally and timeline and the daemon's daily record are sinks; they never feed back."""
+
+    def fact(self, fact: Relayed | LocalRelayed) -> None: ...
+
+    def denied(self, fact: RelayDenied) -> None: ...
+
+    def decision(self, d: Decision) -> None: ...
+
+
 class Pipeline:
     def __init__(self, config: Config, store: StateStore, local_domains: Destinations | None = None,
-                 persist_messages: bool = False, persist_counts: bool = True, day: DayStats | None = None,
-                 tally: Tally | None = None, timeline: Timeline | None = None,
+                 persist_messages: bool = False, persist_counts: bool = True, sinks: Iterable[Sink] = (),
                  own_addresses: Iterable[Network] = ()) -> None:
         """`persist_messages`: keep open messages in the store too, so that a restarted
         daemon still correlates a delivery whose client= line it read before.
         `persist_counts` False: window counts stay in memory only (a replay never restores them,
         and a flood of distinct clients would grow its in-memory database by every key).
-        `day`: the daily digest's counts (the daemon's); at local midnight of log time it moves
-        to `finished_days` and a new day begins.
-        `tally`, `timeline`: the report's tables and plot, fed when given (replay; the daemon renders neither).
+        `sinks`: fed every fact and decision (see `Sink`).
         `own_addresses`: the mail host's own addresses (hostaddrs) besides [allow] own_addresses: never blocked."""
         self.config = config
         self.store = store
@@ -52,23 +67,13 @@ class Pipeline:
         self.detector = Detector(config.rules, config.allow_networks, config.allow_sasl_users, config.block_s,
                                  never_block=(*config.own_addresses, *own_addresses))
         self.totals = Totals()
-        self.tally = tally
-        self.timeline = timeline
+        self.sinks = tuple(sinks)
         self._counts: dict[tuple[str, int, str], int] = {}
         self._decisions: list[Decision] = []
         # open messages and origins taken from the correlator but not yet committed (a store fault)
         self._unsaved: tuple[list, list, list, list] = ([], [], [], [])
-        self.day = day
-        self.finished_days: list[DayStats] = []
-        self.day_limit = float("inf")  # the daemon: a line stamped later than this (a forged date) ends no day
         # each fact also goes to these (the daemon's enforcement check, the inline policy service)
         self.fact_observers: list[Callable[[Fact], None]] = []
-
-    def roll_day(self, t: float) -> None:
-        """Finish the current day if `t` is past its end (log time, or wall time when the log is idle)."""
-        if self.day is not None and t >= self.day.end:
-            self.finished_days.append(self.day)
-            self.day = DayStats.for_time(t)
 
     def restore(self, now: float) -> None:
         """Rebuild the windows from the store (a restarted daemon resumes them)."""
@@ -89,75 +94,60 @@ class Pipeline:
         event = parser.parse(line) if len(line) < sources.MAX_LINE else Unparsed(0.0, "line too long")
         if event is None:
             return _NOTHING
-        if type(event) is Unparsed:
-            if event.reason == FORGED:
-                totals.forged += 1
-                if totals.forged == 1 or totals.forged % 100_000 == 0:
-                    log.warning("%d journal records claiming to be Postfix's were written by another program"
-                                " (logger -t postfix/...?) and ignored", totals.forged)
-                return _NOTHING
+        cls = type(event)
+        if cls is Unparsed:
             totals.unparsed += 1
             if len(totals.unparsed_samples) < 5 and line.strip():
                 totals.unparsed_samples.append(line[:300])
+            return _NOTHING
+        if cls is Forged:
+            totals.forged += 1
+            if totals.forged == 1 or totals.forged % 100_000 == 0:
+                log.warning("%d journal records claiming to be Postfix's were written by another program"
+                            " (logger -t postfix/...?) and ignored", totals.forged)
             return _NOTHING
         t = event.time
         if totals.first_time is None:
             totals.first_time = t
         totals.last_time = t
-        day = self.day
-        if day is not None and t >= day.end and t <= self.day_limit:
-            self.roll_day(t)
-            day = self.day
         correlator = self.correlator
         fact = correlator.feed(event)
         if correlator.released:  # a filter's re-injected copy, credited late to its origin
             due: list[Fact] = list(correlator.take_released())
             if fact is not None:
                 due.append(fact)
-            return [d for f in due for d in self._observe(f, line, day)]
+            return [d for f in due for d in self._observe(f, line)]
         if fact is None:
             return _NOTHING
-        return self._observe(fact, line, day)
+        return self._observe(fact, line)
 
-    def _observe(self, fact: Fact, line: str, day: DayStats | None) -> Sequence[Decision]:
-        self._count(fact)
+    def _observe(self, fact: Fact, line: str) -> Sequence[Decision]:
+        totals, sinks = self.totals, self.sinks
+        if type(fact) is RelayDenied:
+            totals.relay_denied += 1
+            for sink in sinks:
+                sink.denied(fact)
+        else:
+            if type(fact) is LocalRelayed:
+                totals.local_relayed += 1
+            else:
+                totals.relayed += 1
+            for sink in sinks:
+                sink.fact(fact)
         for observe in self.fact_observers:
             observe(fact)
-        timeline = self.timeline
-        if not isinstance(fact, LocalRelayed):  # no client: the timeline's panels and the digest are about clients
-            if timeline is not None:
-                timeline.observe(fact)
-            if day is not None:
-                day.add(fact)
-        decisions = self.detector.observe(fact, line)
+        bucket, counted, decisions = self.detector.observe(fact, line)
+        if self.persist_counts:  # exactly what the windows counted, so that a restart rebuilds those windows
+            counts = self._counts
+            for dim, value in counted:
+                key = (dim, bucket, value)
+                counts[key] = counts.get(key, 0) + 1
         if decisions:
             self._decisions.extend(decisions)
             for d in decisions:
-                if timeline is not None:
-                    timeline.decision(d)
-                if day is not None and d.action == "block":
-                    day.block(d.kind, d.target, d.time, d.time + self.config.block_s)
+                for sink in sinks:
+                    sink.decision(d)
         return decisions
-
-    def _count(self, fact: Fact) -> None:
-        if isinstance(fact, RelayDenied):
-            self.totals.relay_denied += 1
-            if self.tally is not None:
-                self.tally.relay_denied.add(fact.client)
-        elif isinstance(fact, LocalRelayed):
-            self.totals.local_relayed += 1
-        else:
-            self.totals.relayed += 1
-            if self.tally is not None:
-                self.tally.add_relayed(fact)
-        if not self.persist_counts:
-            return
-        # the keys the detector's windows count, so that a restart rebuilds exactly those windows
-        bucket = self.detector.bucket(fact.time)
-        counts = self._counts
-        for dim, value in self.detector.counted(fact):
-            key = (dim, bucket, value)
-            counts[key] = counts.get(key, 0) + 1
 
     def flush(self, position: tuple[str, dict] | None = None) -> None:
         """Write pending counts and decisions (and the source position) in one transaction."""
@@ -196,68 +186,10 @@ class Pipeline:
     def finish(self) -> None:
         """The end of a log: facts the correlator still holds are counted as they stand."""
         self.correlator.finish()
-        day = self.day
         for fact in self.correlator.take_released():
-            self._observe(fact, "", day)
+            self._observe(fact, "")
 
     @property
     def messages(self) -> int:
         return self.correlator.messages
 
-
-def replay(
-    paths: Iterable[str],
-    config: Config,
-    year: int | None = None,
-    on_decisions: Callable[[Sequence[Decision]], None] | None = None,
-    on_progress: Callable[[int], None] | None = None,
-    local_domains: tuple[str, ...] = (),
-    own_addresses: Iterable[Network] = (),
-) -> ReplayResult:
-    """Run a whole log (a rotated set in order) through the pipeline on log time.
-
-    Windows live in a scratch in-memory database: log-time windows must never
-    mix with the daemon's. The local domains: `local_domains` (--local-domain), else
-    the config's, else Postfix's own (config_directory), else inferred from the log.
-    """
-    store = Store(None)
-    tally, timeline = Tally(), Timeline(config.rules)
-    destinations, source, detail = local_destinations(local_domains, config.local_domains, config.config_directory)
-    pipeline = Pipeline(config, store, destinations, persist_counts=False, tally=tally, timeline=timeline,
-                        own_addresses=own_addresses)
-    years = YearResolver(year) if year is not None else None
-    other_names: dict[str, int] = {}
-    for path in paths:
-        parser = LineParser(years or YearResolver(reference=sources.mtime(path)), config.syslog_names)
-        parser.other_names = other_names
-        for line in sources.read_lines(path):
-            decisions = pipeline.feed(line, parser)
-            if decisions and on_decisions is not None:
-                on_decisions(decisions)
-            if pipeline.totals.lines % FLUSH_EVERY == 0:
-                pipeline.flush()
-                pipeline.prune()
-                if on_progress is not None:
-                    on_progress(pipeline.totals.lines)
-    pipeline.finish()
-    pipeline.flush()
-    if other_names:
-        warn_other_syslog_names(other_names, config.syslog_names, none_read=pipeline.totals.first_time is None)
-    result = ReplayResult(pipeline.totals, pipeline.messages, store.decisions(), tally, timeline, source.value,
-                          detail, pipeline.correlator.inferred(), pipeline.correlator.declined())
-    store.close()
-    return result
-
-
-def warn_other_syslog_names(names: dict[str, int], syslog_names: tuple[str, ...], none_read: bool) -> None:
-    """Say that lines shaped like Postfix's were skipped for their syslog name (`mail/smtpd`,
-    a master.cf `-o syslog_name=`): otherwise a replay of such a log finds nothing, silently."""
-    seen = ", ".join(f"{name} ({n:,} lines)" for name, n in sorted(names.items(), key=lambda x: -x[1])[:8])
-    wanted = ", ".join(f'"{n}"' for n in syslog_names)
-    first = sorted({name.split("/", 1)[0] for name in names})
-    log.warning("%s; lines shaped like Postfix's were logged under other syslog names: %s. If that is Postfix"
-                " (a second instance, or syslog_name set in main.cf/master.cf), add their first part to"
-                " [postfix] syslog_names in the configuration, e.g. syslog_names = [%s]",
-                f"no line of this log was Postfix's under syslog_names [{wanted}]" if none_read
-                else f"only some lines were Postfix's under syslog_names [{wanted}]",
-                seen, ", ".join(f'"{n}"' for n in (*syslog_names, *first)))

@@ -1,8 +1,8 @@
 """The values that flow through the pipeline, and the error family.
 
 sources -> parse (events) -> correlate (Relayed, RelayDenied) -> policy (Decision) -> actions.
-Every value here is immutable; the only mutable state lives in the correlator,
-the sliding windows and the store.
+Every value here is immutable but `Totals`, a run's running counts; the other mutable
+state lives in the correlator, the sliding windows, the store and the pipeline's sinks.
 """
 
 from __future__ import annotations
@@ -49,6 +49,12 @@ class Unparsed(Event):
     whose grammar did not match. Counted, never fatal."""
 
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Forged(Event):
+    """A journal record that claims to be Postfix's but was written by another program
+    (`logger -t postfix/smtpd`): counted apart, never read as Postfix's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +179,39 @@ class RelayDenied:
     time: float
     client: str
     qid: str | None
+
+
+# --- what a run read ---------------------------------------------------------
+
+
+@dataclass
+class Totals:
+    """What a run (a replay, the daemon) read: line counts and the span of log time."""
+
+    lines: int = 0
+    unparsed: int = 0
+    forged: int = 0
+    relayed: int = 0
+    relay_denied: int = 0
+    local_relayed: int = 0  # recipients of mail submitted on the host (pickup) handed to another host
+    first_time: float | None = None
+    last_time: float | None = None
+    unparsed_samples: list[str] = field(default_factory=list)
+
+
+# --- audit findings ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing the audit (or the source check) found, with why it matters and how to fix it."""
+
+    severity: str  # error | warning | info
+    code: str
+    title: str
+    explanation: str
+    fix: str
+    details: dict[str, object] = field(default_factory=dict, hash=False)
 
 
 # --- decisions ---------------------------------------------------------------

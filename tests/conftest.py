@@ -7,7 +7,6 @@ import os
 from collections.abc import Iterator
 
 import pytest
-
 from http_sink import Hang, Sink
 from postfix_rig import PostfixRig, postfix_installed
 

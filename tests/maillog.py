@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from relaywatch.config import Config
-from relaywatch.engine import replay
+from relaywatch.replay import replay
 from relaywatch.reports.report import ReplayResult
 
 T0 = datetime(2025, 6, 2, 9, 0, tzinfo=timezone.utc).timestamp()  # a Monday morning

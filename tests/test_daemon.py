@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from relaywatch.config import load
-from relaywatch.engine import Pipeline
 from relaywatch.core.parse import LineParser, YearResolver
+from relaywatch.engine import Pipeline
 from relaywatch.store.sqlite import Store
 
 ROOT = Path(__file__).parent.parent

@@ -20,13 +20,13 @@ import pytest
 from test_daemon import position, start, wait_for
 from test_hostile_faults import fill, tiny_disk  # noqa: F401 - a fixture
 
-from relaywatch.store import sqlite_file
-from relaywatch.store.records import MapPending
-from relaywatch.store import sqlite as store_mod
 from relaywatch.cli import _blocker
 from relaywatch.config import load
 from relaywatch.daemon import Daemon
 from relaywatch.notify.notices import PREFIX
+from relaywatch.store import sqlite as store_mod
+from relaywatch.store import sqlite_file
+from relaywatch.store.records import MapPending
 from relaywatch.store.sqlite import BlockRow, Store
 
 

@@ -10,10 +10,20 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from postfix_rig import POSTMAP, postfix_installed
-from relaywatch.core.destinations import (Declined, DomainList, LocalDomains, LogInference, Pattern, Reason, Source,
-                                          mailbox_provider, registered_domain, split_list)
+
+from relaywatch.core.destinations import (
+    Declined,
+    DomainList,
+    LocalDomains,
+    LogInference,
+    Pattern,
+    Reason,
+    Source,
+    mailbox_provider,
+    registered_domain,
+    split_list,
+)
 from relaywatch.postfix.postconf import local_destinations, postfix_domains
 
 needs_postfix = pytest.mark.skipif(
@@ -109,7 +119,7 @@ def flood_behind_smarthost(messages: int = 60) -> str:
 
 def test_replay_blocks_an_open_relay_behind_a_private_smarthost_and_says_why(tmp_path):
     from relaywatch.config import from_dict
-    from relaywatch.engine import replay
+    from relaywatch.replay import replay
     from relaywatch.reports import report
 
     log = tmp_path / "smarthost.log"
@@ -237,9 +247,9 @@ def test_replay_reads_relay_domains_from_postfix_and_says_where_they_came_from(e
 
 
 def test_replay_says_which_domains_it_inferred_and_why(tmp_path):
-    from relaywatch.reports import report
     from relaywatch.config import from_dict
-    from relaywatch.engine import replay
+    from relaywatch.replay import replay
+    from relaywatch.reports import report
 
     log = Path(__file__).parent / "data" / "deployments" / "gateway-relay-domains.log"
     result = replay([str(log)], from_dict({"postfix": {"config_directory": str(tmp_path / "nowhere")}}))

@@ -10,18 +10,18 @@ import time
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
-
 from relaywatch import config as config_mod
-from relaywatch.reports import digest
-from relaywatch.sources import files as sources
 from relaywatch.cli import _blocker
-from relaywatch.notify.notices import HOST
 from relaywatch.config import Config
-from relaywatch.daemon import Daemon
-from relaywatch.reports.digest import DayStats, digest_text, unusual
-from relaywatch.engine import Pipeline
-from relaywatch.model import Decision, Relayed, RelayDenied
 from relaywatch.core.parse import LineParser, YearResolver
+from relaywatch.daemon import Daemon
+from relaywatch.engine import Pipeline
+from relaywatch.model import Decision, RelayDenied, Relayed
+from relaywatch.notify.notices import HOST
+from relaywatch.reports import digest
+from relaywatch.reports.daily import DailyRecord
+from relaywatch.reports.digest import DayStats, digest_text, unusual
+from relaywatch.sources import files as sources
 from relaywatch.store.sqlite import Store
 
 SAMPLE = Path(__file__).parent.parent / "relaywatch" / "data" / "sample-2003-03-16.log.gz"
@@ -110,13 +110,14 @@ def test_stored_and_restored_says_the_same():
 
 def test_the_sample_day_digest_names_the_flood_its_destination_and_the_block():
     store = Store(None)
-    pipeline = Pipeline(Config(), store, persist_counts=False, day=DayStats("2003-03-16"))
+    daily = DailyRecord(DayStats("2003-03-16"), Config().block_s)
+    pipeline = Pipeline(Config(), store, persist_counts=False, sinks=(daily,))
     parser = LineParser(YearResolver(2003))
     for line in sources.read_lines(str(SAMPLE)):
         pipeline.feed(line, parser)
     pipeline.flush()
-    stats = pipeline.day
-    assert pipeline.finished_days == [] and stats.day == "2003-03-16"
+    stats = daily.day
+    assert daily.finished == [] and stats.day == "2003-03-16"
     title, body = digest_text(stats, store.decisions(stats.start, stats.end))
     # the worst event leads: replay enforces nothing, so the block did not hold
     assert title.startswith("relaywatch: block of subnet 218.144.0.0/16 did not hold - digest 2003-03-16: "
@@ -131,17 +132,18 @@ def test_the_sample_day_digest_names_the_flood_its_destination_and_the_block():
 
 def test_the_pipeline_rolls_the_day_over_at_local_midnight():
     midnight = digest.day_bounds(DAY)[1]
-    pipeline = Pipeline(Config(), Store(None), persist_counts=False, day=DayStats(DAY))
-    pipeline.day_limit = midnight + 3600  # the daemon's "now + 1 h": a forged far-future date ends no day
+    daily = DailyRecord(DayStats(DAY), Config().block_s)
+    pipeline = Pipeline(Config(), Store(None), persist_counts=False, sinks=(daily,))
+    daily.limit = midnight + 3600  # the daemon's "now + 1 h": a forged far-future date ends no day
     parser = LineParser(YearResolver())
     for t, line in ((midnight - 1, "q1"), (midnight + 86400 * 400, "q0"), (midnight + 1, "q2")):
         stamp = datetime.fromtimestamp(t).astimezone().isoformat()
         pipeline.feed(f"{stamp} mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from unknown[198.51.100.4]: 554 5.7.1 "
                       f"<{line}@x.example>: Relay access denied; from=<a@b.example> to=<{line}@x.example> "
                       "proto=ESMTP helo=<x>", parser)
-    [finished] = pipeline.finished_days
+    [finished] = daily.finished
     assert (finished.day, finished.relay_denied) == (DAY, 2)
-    assert (pipeline.day.day, pipeline.day.relay_denied) == ((date.fromisoformat(DAY) + timedelta(days=1)).isoformat(), 1)
+    assert (daily.day.day, daily.day.relay_denied) == ((date.fromisoformat(DAY) + timedelta(days=1)).isoformat(), 1)
 
 
 def _message(qid: str, t: float, rcpt: str, status: str) -> str:
@@ -172,9 +174,9 @@ def test_the_daemon_sends_yesterdays_digest_at_the_configured_time_once(tmp_path
                                             "deferred" if i % 4 else "sent") for i in range(24)))
         for _ in range(20):
             daemon._batch()
-            if daemon._idle and daemon.pipeline.day.relayed:
+            if daemon._idle and daemon.daily.day.relayed:
                 break
-        assert daemon.pipeline.day.day == yesterday and daemon.pipeline.day.relayed == 24
+        assert daemon.daily.day.day == yesterday and daemon.daily.day.relayed == 24
         daemon._housekeeping(now)  # the log is read up to now: yesterday is over
         assert daemon.store.days.get(yesterday)["relayed"] == 24
         assert daemon.store.days.digest_sent() == yesterday

@@ -20,13 +20,12 @@ import pytest
 from click.testing import CliRunner
 from postfix_rig import POSTFIX, PostfixRig
 
-from relaywatch.store import sqlite_file
-from relaywatch.store.records import DaemonStatus
-from relaywatch.store import sqlite as store_mod
-from relaywatch.postfix.blocking import Blocker, maps_from_config
 from relaywatch.cli import main
 from relaywatch.model import RelaywatchError
+from relaywatch.postfix.blocking import Blocker, maps_from_config
 from relaywatch.postfix.maps import Postfix
+from relaywatch.store import sqlite_file
+from relaywatch.store.records import DaemonStatus
 from relaywatch.store.sqlite import Store
 
 

@@ -22,11 +22,12 @@ import hostile_journal as hj
 import pytest
 
 from relaywatch.config import Config
-from relaywatch.engine import Pipeline, replay
-from relaywatch.sources.journal import JournalFollower
-from relaywatch.model import Decision, Relayed, RelayDenied, Unparsed
-from relaywatch.core.parse import FORGED, LineParser, YearResolver, journal_forgery
+from relaywatch.core.parse import LineParser, YearResolver, journal_forgery
 from relaywatch.core.policy import Detector
+from relaywatch.engine import Pipeline
+from relaywatch.model import Decision, Forged, RelayDenied, Relayed, Unparsed
+from relaywatch.replay import replay
+from relaywatch.sources.journal import JournalFollower
 from relaywatch.store.sqlite import Store
 
 RECORDED = Path(__file__).parent / "data" / "journal" / "forged.json.gz"
@@ -76,9 +77,9 @@ def test_each_forger_is_caught_by_a_journald_field():
         name = names.get(json.dumps(trusted, sort_keys=True))
         event = parser.parse(line)
         if name is None:
-            assert not (isinstance(event, Unparsed) and event.reason == FORGED), line
+            assert not isinstance(event, Forged), line
         else:
-            assert isinstance(event, Unparsed) and event.reason == FORGED, line
+            assert isinstance(event, Forged), line
             caught[name] = caught.get(name, 0) + 1
     assert set(caught) == set(hj.FORGERS)
     assert parser.journal_uids == {"0", "107"}  # learned from the records of postfix@-.service
@@ -103,18 +104,18 @@ def test_probing_the_relay_first_does_not_buy_an_hour_without_a_block():
     """Found by the control above: the relay_probe alert on a client silenced its block for an hour."""
     detector = Detector()
     t = 1795773600.0
-    decisions = [d for n in range(20) for d in detector.observe(RelayDenied(t + n, "203.0.113.66", None), "probe")]
+    decisions = [d for n in range(20) for d in detector.observe(RelayDenied(t + n, "203.0.113.66", None), "probe").decisions]
     assert [(d.action, d.rule) for d in decisions] == [("alert", "relay_probe")]
     relayed = [Relayed(t + 30 + n, f"5A{n:08X}", "203.0.113.66", None, "a@b.example", f"u{n}@c.example",
                        "c.example", "sent") for n in range(60)]
-    decisions = [d for fact in relayed for d in detector.observe(fact, "relay")]
+    decisions = [d for fact in relayed for d in detector.observe(fact, "relay").decisions]
     assert ("block", "client", "203.0.113.66") in [(d.action, d.kind, d.target) for d in decisions]
 
 
 def test_journal_uids_given_by_the_admin_replace_the_learned_ones():
     parser = LineParser(YearResolver(2026), journal_uids=[0, 73])  # mail_owner is 73 on that host
     first = recorded()[0]  # from postfix@-.service, uid 107: the unit vouches for it
-    assert not isinstance(parser.parse(first), Unparsed)
+    assert not isinstance(parser.parse(first), (Unparsed, Forged))
     assert parser.journal_uids == {"0", "73"}  # nothing learned when the admin said
     rec = {"_UID": "107", "_COMM": "smtpd"}  # journald lost the unit: the user decides
     assert journal_forgery(rec, parser.journal_uids) == "_UID='107'"

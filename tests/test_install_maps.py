@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from postfix_rig import PostfixRig, free_port
+
 from relaywatch.cli import main
 from relaywatch.postfix.install_maps import front, map_specs, plan_edits
 from relaywatch.postfix.maps import MapSpec

@@ -6,14 +6,15 @@ from __future__ import annotations
 import random
 
 import pytest
-
 from maillog import T0, Log, rcpts
+
 from relaywatch.config import Config
-from relaywatch.reports.digest import DayStats
-from relaywatch.engine import Pipeline
-from relaywatch.reports.html import render_html
-from relaywatch.model import LocalRelayed
 from relaywatch.core.parse import LineParser, YearResolver
+from relaywatch.engine import Pipeline
+from relaywatch.model import LocalRelayed
+from relaywatch.reports.daily import DailyRecord
+from relaywatch.reports.digest import DayStats
+from relaywatch.reports.html import render_html
 from relaywatch.reports.report import to_json, to_text
 from relaywatch.store.sqlite import Store
 
@@ -79,13 +80,14 @@ def test_reports_timeline_and_digest_take_local_submissions(tmp_path):
     assert "uid" in to_text(result) and "33" in to_text(result)
     assert "local_submission" in render_html(result, result.timeline)
     assert result.tally.senders.top() == [("newsletter@shop.example.org", 1)]  # the tables are about clients
-    # the daemon's day statistics: a pipeline with a DayStats
+    # the daemon's day statistics: a pipeline with the daily record as a sink
     path = tmp_path / "mail-rfc3339.log"
-    pipeline = Pipeline(Config(), Store(None), day=DayStats.for_time(T0))
+    daily = DailyRecord(DayStats.for_time(T0), Config().block_s)
+    pipeline = Pipeline(Config(), Store(None), sinks=(daily,))
     parser = LineParser(YearResolver(2025))
     for line in path.read_text().splitlines():
         pipeline.feed(line, parser)
-    assert pipeline.day is not None and pipeline.day.relayed == 1
+    assert daily.day.relayed == 1
     assert pipeline.totals.local_relayed == 150
 
 
@@ -113,7 +115,7 @@ def test_a_restarted_daemon_rebuilds_the_windows_it_counted(tmp_path):
     decisions = []
     for i in range(10):
         late = LocalRelayed(T0 + 301 + i, f"X{i}", 33, "www-data@shop.example.org", f"z{i}@web.de", "web.de", "sent")
-        decisions += again.detector.observe(late, "late")
+        decisions += again.detector.observe(late, "late").decisions
     assert [(d.kind, d.target, d.count, d.time) for d in decisions if d.kind == "uid"] == [("uid", "33", 100, T0 + 310)]
     store.close()
 

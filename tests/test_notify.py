@@ -18,7 +18,15 @@ from http_sink import Hang, Sink
 
 from relaywatch.model import ConfigError, Decision
 from relaywatch.notify.notices import PREFIX as P
-from relaywatch.notify.send import Notice, NoticeKind, Notifier, notice_for_decision, notice_for_text, redact, send_test
+from relaywatch.notify.send import (
+    Notice,
+    NoticeKind,
+    Notifier,
+    notice_for_decision,
+    notice_for_text,
+    redact,
+    send_test,
+)
 
 SECRETS = ("s3cretpw", "k3y123abc", "t0ken99")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from relaywatch.config import Config
-from relaywatch.engine import replay
+from relaywatch.replay import replay
 
 JOURNAL = Path(__file__).parent / "data" / "journal"
 CLIENT = "81.2.69.160"  # global: the client rule's abuser
@@ -83,7 +83,7 @@ def test_journalctl_exports_replay_and_count_the_line_without_a_hostname(name):
 def test_a_log_of_postfix_under_another_syslog_name_says_which_key_to_set(tmp_path, caplog):
     log = tmp_path / "maillog"
     log.write_text("\n".join(new_year_flood(tag="mail")) + "\n")
-    with caplog.at_level(logging.WARNING, logger="relaywatch.engine"):
+    with caplog.at_level(logging.WARNING, logger="relaywatch.replay"):
         result = replay([str(log)], Config(), year=2025)
     assert result.totals.relayed == 0
     text = caplog.text
@@ -97,6 +97,6 @@ def test_a_log_of_postfix_under_another_syslog_name_says_which_key_to_set(tmp_pa
 def test_a_second_instance_is_read_without_configuration(tmp_path, caplog):
     log = tmp_path / "maillog"
     log.write_text("\n".join(new_year_flood(tag="postfix-out")) + "\n")
-    with caplog.at_level(logging.WARNING, logger="relaywatch.engine"):
+    with caplog.at_level(logging.WARNING, logger="relaywatch.replay"):
         result = replay([str(log)], Config(), year=2025)
     assert result.totals.relayed == 80 and "syslog" not in caplog.text

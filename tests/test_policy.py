@@ -7,8 +7,8 @@ import ipaddress
 import pytest
 
 from relaywatch import config
-from relaywatch.model import ConfigError, LocalRelayed, Relayed, RelayDenied
 from relaywatch.core.policy import DEFAULT_RULES, Detector, Rule, counted
+from relaywatch.model import ConfigError, LocalRelayed, RelayDenied, Relayed
 
 
 def relayed(t: float, client: str, n: int = 0, sender: str = "spam@x.example", sasl: str | None = None,
@@ -19,7 +19,7 @@ def relayed(t: float, client: str, n: int = 0, sender: str = "spam@x.example", s
 def feed(detector: Detector, facts) -> list:
     out = []
     for f in facts:
-        out.extend(detector.observe(f, f"line for {f.qid}"))
+        out.extend(detector.observe(f, f"line for {f.qid}").decisions)
     return out
 
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from postfix_rig import POSTMAP, PostfixRig
+
 from relaywatch.model import ConfigError, PostfixError
 from relaywatch.postfix.maps import (
     BEGIN,

@@ -7,10 +7,10 @@ import re
 
 from click.testing import CliRunner
 
-from relaywatch.reports import digest
 from relaywatch.cli import main
+from relaywatch.model import Decision, RelayDenied, Relayed
+from relaywatch.reports import digest
 from relaywatch.reports.digest import DayStats, period_result
-from relaywatch.model import Decision, Relayed, RelayDenied
 from relaywatch.store.sqlite import Store
 
 DAYS = ("2024-05-13", "2024-05-14", "2024-05-15")

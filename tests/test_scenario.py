@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from relaywatch.config import Config
-from relaywatch.engine import replay
+from relaywatch.replay import replay
 
 ROOT = Path(__file__).parent.parent
 SAMPLE = ROOT / "relaywatch" / "data" / "sample-2003-03-16.log.gz"

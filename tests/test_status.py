@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from relaywatch.store.records import DaemonStatus
 from relaywatch.cli import main
 from relaywatch.sources.choose import Lag, Reason, choose, describe_position, lag
+from relaywatch.store.records import DaemonStatus
 from relaywatch.store.sqlite import Store
 
 LINE = ("2026-11-27T23:06:12.123456+00:00 mx postfix/smtpd[1]: 8D076AE17: client=unknown[203.0.113.5]\n")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from relaywatch.reports import timeline as tl_mod
-from relaywatch.model import Decision, Relayed, RelayDenied
 from relaywatch.core.policy import DEFAULT_RULES, network_of
-from relaywatch.reports.timeline import Timeline, sparkline, text_block
+from relaywatch.model import Decision, RelayDenied, Relayed
+from relaywatch.reports import timeline as tl_mod
+from relaywatch.reports.sparks import sparkline, text_block
+from relaywatch.reports.timeline import Timeline
 
 T0 = 1_047_772_800.0  # 2003-03-16 00:00:00 UTC, a whole minute and hour
 

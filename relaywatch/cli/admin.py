@@ -10,7 +10,12 @@ from typing import TYPE_CHECKING
 import click
 
 from relaywatch import config as config_mod
-from relaywatch.cli.common import DEFAULT_CONFIG, config_option, config_path_or_default, load
+from relaywatch.cli.common import (
+    DEFAULT_CONFIG,
+    config_option,
+    config_path_or_default,
+    load,
+)
 from relaywatch.model import ConfigError, RelaywatchError
 from relaywatch.postfix.maps import default_database_type
 from relaywatch.store.sqlite import Store

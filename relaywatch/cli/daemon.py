@@ -9,7 +9,13 @@ import time
 import click
 
 from relaywatch import config as config_mod
-from relaywatch.cli.common import blocker, config_option, config_path_or_default, load, recorded_store
+from relaywatch.cli.common import (
+    blocker,
+    config_option,
+    config_path_or_default,
+    load,
+    recorded_store,
+)
 
 
 @click.command()

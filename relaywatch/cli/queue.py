@@ -11,7 +11,14 @@ import click
 
 from relaywatch import config as config_mod
 from relaywatch.cli.common import config_option, load
-from relaywatch.postfix.queue import CLI_FLAGS, PostfixQueue, QueuedMessage, Target, select, target
+from relaywatch.postfix.queue import (
+    CLI_FLAGS,
+    PostfixQueue,
+    QueuedMessage,
+    Target,
+    select,
+    target,
+)
 from relaywatch.reports.report import iso
 from relaywatch.store.sqlite import Store
 

@@ -10,9 +10,9 @@ import click
 from relaywatch import config as config_mod
 from relaywatch.cli.common import blocker as make_blocker
 from relaywatch.cli.common import config_option, load, log, write_atomically
-from relaywatch.engine import replay as run_replay
 from relaywatch.model import Decision
 from relaywatch.postfix import hostaddrs
+from relaywatch.replay import replay as run_replay
 from relaywatch.reports import report
 from relaywatch.reports.report import ReplayResult
 from relaywatch.sources.sample import SAMPLE, SAMPLE_YEAR, sample_log

@@ -14,12 +14,20 @@ import re
 from collections.abc import Container, Iterable
 from fnmatch import fnmatchcase
 
-from relaywatch.core.grammar import CLIENT, PEER, GRAMMARS, QUEUE_ID, client_address, is_qid, parse_message
+from relaywatch.core.grammar import (
+    CLIENT,
+    GRAMMARS,
+    PEER,
+    QUEUE_ID,
+    client_address,
+    is_qid,
+    parse_message,
+)
 from relaywatch.core.logtime import MONTHS, YearResolver, full_epoch, rfc3339_epoch
-from relaywatch.model import ClientSeen, Event, ProxyAccept, Unparsed
 from relaywatch.core.replies import queued_as, relay_denied
+from relaywatch.model import ClientSeen, Event, Forged, ProxyAccept, Unparsed
 
-__all__ = ["FORGED", "GRAMMARS", "QUEUE_ID", "LineParser", "YearResolver", "client_address", "journal_forgery",
+__all__ = ["GRAMMARS", "QUEUE_ID", "LineParser", "YearResolver", "client_address", "journal_forgery",
            "parse_message", "relay_denied"]
 
 # --- envelope ----------------------------------------------------------------
@@ -43,7 +51,6 @@ _PROXY_STARTS = ("NOQUEUE: ", "proxy-accept: ")  # the smtpd lines of a before-q
 
 # --- journal records: who really wrote them ----------------------------------
 
-FORGED = "forged journal record"  # Unparsed.reason of a record another program wrote as Postfix
 JOURNAL_UNITS = ("postfix.service", "postfix@*.service")
 # The programs that write the lines relaywatch reads (the `retry` service is the error program),
 # and where distributions install them: Debian, SUSE/Arch, Fedora/RHEL/Alpine/source, commands.
@@ -102,7 +109,8 @@ class LineParser:
         self.other_names: dict[str, int] = {}
 
     def parse(self, line: str) -> Event | None:
-        """One event per line: a fact, Unparsed, or None (a line with nothing relaywatch uses)."""
+        """One event per line: a fact, Unparsed, Forged (a journal record another program wrote as
+        Postfix), or None (a line with nothing relaywatch uses)."""
         first = line[:1]
         if first == "{":
             return self._journal(line)
@@ -239,7 +247,7 @@ class LineParser:
         if daemon is None or daemon not in GRAMMARS:
             return None
         if journal_forgery(rec, self.journal_uids) is not None:
-            return Unparsed(t, FORGED, host=host)
+            return Forged(t, host=host)
         uid = rec.get("_UID")
         if (not self._uids_given and isinstance(uid, str) and rec.get("_SYSTEMD_UNIT") is not None
                 and uid not in self.journal_uids and len(self.journal_uids) < 16):

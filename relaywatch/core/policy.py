@@ -17,9 +17,18 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
-from relaywatch.model import Action, Decision, Dim, Kind, LocalRelayed, Relayed, RelayDenied
 from relaywatch.core.windows import MAX_KEYS, WindowCounter
+from relaywatch.model import (
+    Action,
+    Decision,
+    Dim,
+    Kind,
+    LocalRelayed,
+    RelayDenied,
+    Relayed,
+)
 
 BUCKET_S = 10
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -121,6 +130,15 @@ def counted(fact: Fact, allow_sasl_users: frozenset[str] = frozenset()) -> list[
     return keys
 
 
+class Observed(NamedTuple):
+    """What one fact did to the detector: the window increments it made, (dim, key) pairs in `bucket`
+    (what the store counts, so that a restart rebuilds exactly these windows), and its decisions."""
+
+    bucket: int
+    counted: list[tuple[str, str]]
+    decisions: list[Decision]
+
+
 class _Watch:
     """One rule's window; a subnet rule with `min_subnets` also counts its distinct narrower networks."""
 
@@ -191,10 +209,6 @@ class Detector:
     def bucket(self, t: float) -> int:
         return int(t // self.bucket_s)
 
-    def counted(self, fact: Fact) -> list[tuple[str, str]]:
-        """The (dim, key) pairs `fact` counts under (see `counted`)."""
-        return counted(fact, self.allow_sasl_users)
-
     def evictions(self) -> dict[str, int]:
         """Rule name -> keys and networks its window forgot at the cap."""
         return {w.rule.name: w.counter.evicted for watches in self._watches.values() for w in watches}
@@ -214,11 +228,13 @@ class Detector:
         """An alert already sent (after a restart): quiet for the rest of its period."""
         self._quiet[("alert", kind, target)] = until
 
-    def observe(self, fact: Fact, line: str) -> list[Decision]:
+    def observe(self, fact: Fact, line: str) -> Observed:
+        """Count `fact` into the windows of the rules it feeds; decide on the ones that crossed."""
         self._recent.append((fact, line))
         bucket = self.bucket(fact.time)
         decisions: list[Decision] = []
-        for dim, key in counted(fact, self.allow_sasl_users):
+        keys = counted(fact, self.allow_sasl_users)
+        for dim, key in keys:
             for watch in self._watches[dim]:
                 total = watch.add(bucket, key)
                 rule = watch.rule
@@ -230,7 +246,7 @@ class Detector:
                     continue
                 if decision is not None:
                     decisions.append(decision)
-        return decisions
+        return Observed(bucket, keys, decisions)
 
     def _check_group(self, watch: _Watch, fact: Fact, key: str) -> Decision | None:
         counter, rule = watch.counter, watch.rule

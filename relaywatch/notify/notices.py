@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from relaywatch.model import Decision
-from relaywatch.reports.report import iso
+from relaywatch.wording import clean, describe, iso
 
 SEVERITIES = ("info", "warning", "failure")  # the values of apprise's NotifyType we use
 HOST = socket.gethostname().split(".")[0] or "localhost"
@@ -100,8 +100,7 @@ def notice_for_decision(
     d = decision
     label = f"{_LABELS.get(d.kind, d.kind)} {d.target}"
     short = d.target if d.kind in ("client", "subnet") else label
-    what = f"{d.count:,} relay attempts refused" if d.rule == "relay_probe" else f"{d.count:,} relayed recipients"
-    why = what + (f" from {d.clients} clients" if d.clients else "") + f" in {_span(d.window_s)} (rule {d.rule})"
+    why = describe(d)
     lines: list[str] = []
     if d.action == "block" and dry_run:
         severity = "info"
@@ -142,7 +141,7 @@ def notice_for_decision(
     if d.evidence:
         # the client= lines first: they say who; delivery lines only say where to
         ordered = sorted(d.evidence[-5:], key=lambda line: "client=" not in line)
-        extra += ["Evidence:", *(f"  | {_cut(line, _EVIDENCE_CHARS)}" for line in ordered[:3])]
+        extra += ["Evidence:", *(f"  | {clean(line, _EVIDENCE_CHARS)}" for line in ordered[:3])]
     if d.sample_qids:
         extra.append("Queue IDs: " + ", ".join(d.sample_qids[:5]))
     tags = (d.action, d.kind, severity)
@@ -209,20 +208,14 @@ def subnet_clients(d: Decision, counts: Iterable[tuple[str, int, str, int]]) -> 
     return sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
-def _cut(text: str, limit: int) -> str:
-    """Log fields are written by strangers: no control characters, no endless lines."""
-    clean = "".join(c if c.isprintable() else "?" for c in text[:limit])
-    return clean + ("..." if len(text) > limit else "")
-
-
 def _size(title: str, lines: Sequence[str]) -> int:
     return len(title.encode()) + len("\n".join(lines).encode())
 
 
 def _fit(base: Notice, lines: list[str], extra: Sequence[str]) -> Notice:
     """`lines` always (cut if they must be), then as many of `extra` as fit in MAX_BYTES."""
-    title = _cut(base.title, 200)
-    body = [_cut(line, 400) for line in lines]
+    title = clean(base.title, 200)
+    body = [clean(line, 400) for line in lines]
     for line in extra:
         if _size(title, [*body, line]) > MAX_BYTES:
             break
@@ -231,10 +224,6 @@ def _fit(base: Notice, lines: list[str], extra: Sequence[str]) -> Notice:
     while len((title + text).encode()) > MAX_BYTES:
         text = text[: len(text) - 16]
     return Notice(base.severity, title, text, base.tags, kind=base.kind, key=base.key)
-
-
-def _span(s: int) -> str:
-    return f"{s // 3600} h" if s >= 3600 and s % 3600 == 0 else f"{s // 60} min" if s >= 60 else f"{s} s"
 
 
 def merge(notices: Sequence[Notice]) -> Notice:

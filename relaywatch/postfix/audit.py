@@ -13,10 +13,10 @@ import ipaddress
 import json
 import re
 import textwrap
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from relaywatch.model import ENFORCEMENT, Kind
+from relaywatch.model import ENFORCEMENT, Finding, Kind
 from relaywatch.postfix import audit_eval as ev
 from relaywatch.postfix.postconf import postconf, postconf_services
 
@@ -39,16 +39,6 @@ class AuditMaps:
 
     def by_kind(self) -> dict[str, str]:
         return {k: v for k, v in (("client", self.client_access_map), ("sasl", self.sasl_access_map)) if v}
-
-
-@dataclass(frozen=True)
-class Finding:
-    severity: str  # error | warning | info
-    code: str
-    title: str
-    explanation: str
-    fix: str
-    details: dict[str, object] = field(default_factory=dict, hash=False)
 
 
 def audit(params: dict[str, str], services: dict[str, dict[str, str]], maps: AuditMaps,

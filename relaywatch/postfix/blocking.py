@@ -20,12 +20,25 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from relaywatch.postfix.mapguard import DEFAULT_CONFIG_DIRECTORY, check_map_path, postfix_named_files
 from relaywatch.model import ConfigError, Decision, PostfixError
-from relaywatch.store.permissions import check_map_dir
-from relaywatch.postfix.maps import AccessMap, Block, InvalidBlock, MapNotLoaded, MapSpec, Postfix, apply_blocks, render_key
-from relaywatch.store.records import BlockRow, MapPending
+from relaywatch.permissions import check_map_dir
+from relaywatch.postfix.mapguard import (
+    DEFAULT_CONFIG_DIRECTORY,
+    check_map_path,
+    postfix_named_files,
+)
+from relaywatch.postfix.maps import (
+    AccessMap,
+    Block,
+    InvalidBlock,
+    MapNotLoaded,
+    MapSpec,
+    Postfix,
+    apply_blocks,
+    render_key,
+)
 from relaywatch.store.base import StateStore
+from relaywatch.store.records import BlockRow, MapPending
 
 log = logging.getLogger("relaywatch.blocking")
 

@@ -32,9 +32,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from relaywatch.postfix.mapguard import BEGIN, END, ForeignMap, check_ours
 from relaywatch.model import ENFORCEMENT, ConfigError, PostfixError, RelaywatchError
-from relaywatch.store.permissions import check_map_dir
+from relaywatch.permissions import check_map_dir
+from relaywatch.postfix.mapguard import BEGIN, END, ForeignMap, check_ours
 from relaywatch.postfix.postconf import postconf
 
 log = logging.getLogger(__name__)

@@ -14,10 +14,11 @@ from collections.abc import Iterable, Sequence
 from datetime import date, datetime, timedelta
 from datetime import time as clock_time
 
-from relaywatch.model import ENFORCEMENT, Decision, Relayed, RelayDenied
 from relaywatch.core.policy import DEFAULT_RULES, Rule
-from relaywatch.reports.report import BoundedCounter, ReplayResult, Tally, Totals, describe
+from relaywatch.model import ENFORCEMENT, Decision, RelayDenied, Relayed, Totals
+from relaywatch.reports.report import BoundedCounter, ReplayResult, Tally
 from relaywatch.reports.timeline import Timeline
+from relaywatch.wording import clean, describe, hm
 
 CAP = 5_000  # distinct keys per table in memory
 KEEP = 500  # rows per table kept in the store
@@ -49,12 +50,6 @@ def day_bounds(day: str) -> tuple[float, float]:
     d = date.fromisoformat(day)
     return (datetime.combine(d, clock_time()).timestamp(),
             datetime.combine(d + timedelta(days=1), clock_time()).timestamp())
-
-
-def _clean(text: str, limit: int = 100) -> str:
-    """Log fields are written by strangers: no control characters, no endless lines."""
-    short = "".join(c if c.isprintable() else "?" for c in text[:limit])
-    return short + ("..." if len(text) > limit else "")
 
 
 class StatusTable:
@@ -238,10 +233,6 @@ def _hours(values: object) -> list[int] | None:
     return [int(v) for v in values]
 
 
-def _hm(t: float) -> str:
-    return datetime.fromtimestamp(t).strftime("%H:%M")
-
-
 def _pct(part: int, whole: int) -> str:
     return f"{100 * part // whole}%" if whole else "0%"
 
@@ -250,17 +241,17 @@ def unusual(stats: DayStats) -> list[str]:
     """What an admin should look at: destinations refusing our mail, blocks that did not hold, probing."""
     out = []
     for domain, failed, attempts in stats.status.failing()[:TOP]:
-        d = _clean(domain)
+        d = clean(domain)
         out.append(f"{d} deferred or bounced {failed:,} of {attempts:,} first delivery attempts "
                    f"({_pct(failed, attempts)}): we may be on a blocklist: check {d}'s replies")
     for target, (kind, since, _until, late, first_late) in stats.blocks.items():
         if late:
-            out.append(f"the block of {kind} {_clean(target)} at {_hm(since)} did not stop it: {late:,} relayed "
-                       f"recipients were queued after it (from {_hm(first_late)}): Postfix does not enforce it "
+            out.append(f"the block of {kind} {clean(target)} at {hm(since)} did not stop it: {late:,} relayed "
+                       f"recipients were queued after it (from {hm(first_late)}): Postfix does not enforce it "
                        "unless it was lifted; run relaywatch audit (is the map consulted before permit_mynetworks?)")
     if stats.relay_denied >= DENIED_NOTABLE:
         [(client, n)] = stats.tables["relay_denied"].top(1) or [("?", 0)]
-        out.append(f"{stats.relay_denied:,} relay attempts refused ({n:,} from {_clean(client)}): "
+        out.append(f"{stats.relay_denied:,} relay attempts refused ({n:,} from {clean(client)}): "
                    "someone is testing whether this server relays")
     return out
 
@@ -269,20 +260,20 @@ def headline(stats: DayStats, decisions: Sequence[Decision] = ()) -> str:
     """The day's worst event in a few words, to lead the digest's title on a lock screen."""
     for target, (kind, _since, _until, late, _first) in stats.blocks.items():
         if late:
-            return f"block of {kind} {_clean(target, 40)} did not hold"
+            return f"block of {kind} {clean(target, 40)} did not hold"
     failing = stats.status.failing()
     if failing:
         domain, failed, attempts = failing[0]
-        return f"{_clean(domain, 40)} refused {_pct(failed, attempts)} of our mail"
+        return f"{clean(domain, 40)} refused {_pct(failed, attempts)} of our mail"
     blocked = [d for d in decisions if d.action == "block"]
     if blocked:
         more = f" (+{len(blocked) - 1} more)" if len(blocked) > 1 else ""
-        return f"blocked {blocked[0].kind} {_clean(blocked[0].target, 40)}{more}"
+        return f"blocked {blocked[0].kind} {clean(blocked[0].target, 40)}{more}"
     if stats.relay_denied >= DENIED_NOTABLE:
         return f"{stats.relay_denied:,} relay attempts refused"
     alerts = [d for d in decisions if d.action == "alert"]
     if alerts:
-        return f"alert {alerts[0].kind} {_clean(alerts[0].target, 40)}"
+        return f"alert {alerts[0].kind} {clean(alerts[0].target, 40)}"
     return "a quiet day"
 
 
@@ -295,7 +286,7 @@ def digest_text(stats: DayStats, decisions: Sequence[Decision] = (), held: int |
     odd = unusual(stats)
     title = (f"relaywatch: {headline(stats, decisions)} - digest {stats.day}: {stats.relayed:,} relayed, "
              f"{blocks} block{'s' * (blocks != 1)}" + (f", {len(odd)} unusual" if odd else ""))
-    span = f", {_hm(stats.first)}..{_hm(stats.last)}" if stats.first is not None and stats.last is not None else ""
+    span = f", {hm(stats.first)}..{hm(stats.last)}" if stats.first is not None and stats.last is not None else ""
     sent, deferred, bounced = stats.status.totals()
     lines = [
         f"{date.fromisoformat(stats.day):%A} {stats.day} (log time{span})",
@@ -308,7 +299,7 @@ def digest_text(stats: DayStats, decisions: Sequence[Decision] = (), held: int |
         lines += ["", "Unusual:", *(f"- {line}" for line in odd)]
     if decisions:
         lines += ["", "Blocks and alerts:"]
-        lines += [f"  {_hm(d.time)} {d.action} {d.kind} {_clean(d.target)}: {describe(d)}"
+        lines += [f"  {hm(d.time)} {d.action} {d.kind} {clean(d.target)}: {describe(d)}"
                   for d in decisions[:MAX_DECISION_LINES]]
         if len(decisions) > MAX_DECISION_LINES:
             lines.append(f"  ... and {len(decisions) - MAX_DECISION_LINES} more (relaywatch blocks)")
@@ -320,7 +311,7 @@ def digest_text(stats: DayStats, decisions: Sequence[Decision] = (), held: int |
         for key, n in rows:
             row = stats.status.rows.get(key) if name == "domains" else None
             failed = f"  ({_pct(row[1] + row[2], sum(row))} deferred/bounced)" if row and row[1] + row[2] else ""
-            lines.append(f"  {n:>8,}  {_clean(key)}{failed}")
+            lines.append(f"  {n:>8,}  {clean(key)}{failed}")
     if stats.approximate:
         lines += ["", "(More distinct keys than relaywatch keeps: the smallest counts are approximate.)"]
     return title, "\n".join(lines)

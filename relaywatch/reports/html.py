@@ -8,19 +8,20 @@ to install).
 
 from __future__ import annotations
 
-import html
 import math
-import re
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
 from relaywatch.model import Decision
 from relaywatch.reports.report import ReplayResult, stopped
-from relaywatch.reports.timeline import Marker, Timeline, dim_title, duration, unit
+from relaywatch.reports.sparks import dim_title, unit
+from relaywatch.reports.svg import Svg, esc, num
+from relaywatch.reports.timeline import Marker, Timeline
+from relaywatch.wording import duration, stamp
 
 if TYPE_CHECKING:
-    from relaywatch.postfix.audit import Finding
+    from relaywatch.model import Finding
 
 W, LEFT, PLOT_W = 1200, 50, 850
 LEGEND_X = LEFT + PLOT_W + 16
@@ -30,7 +31,6 @@ SHORT_UNITS = {"minute": "min", "hour": "h", "day": "day"}
 ZOOM_BINS = 120  # the two hours around the first block, when the plot spans more than 3 times that
 ACTION_COLORS = {"block": "#b91c1c", "alert": "#b45309", "unblock": "#15803d"}
 TICK_STEPS = (60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172800, 604800, 2592000)
-_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
 
 
 class _Totals(Protocol):
@@ -53,55 +53,6 @@ class ReportSource(Protocol):
     messages: int
     decisions: Sequence[Decision]
     tally: _Tally
-
-
-def esc(value: object) -> str:
-    """Text for HTML or XML: escaped, and without the characters XML forbids."""
-    return html.escape(_NOT_XML.sub("\ufffd", str(value)), quote=True)
-
-
-def _num(v: float) -> str:
-    return str(int(v)) if float(v).is_integer() else f"{v:.1f}"
-
-
-class Svg:
-    """A tiny SVG writer; attribute names take `_` for `-` and a trailing `_` for keywords (class_)."""
-
-    def __init__(self) -> None:
-        self.parts: list[str] = []
-
-    @staticmethod
-    def _attrs(attrs: dict[str, object]) -> str:
-        out = []
-        for k, v in attrs.items():
-            if v is not None:
-                value = _num(v) if isinstance(v, float | int) and not isinstance(v, bool) else v
-                out.append(f' {k.rstrip("_").replace("_", "-")}="{esc(value)}"')
-        return "".join(out)
-
-    def add(self, tag: str, text: str | None = None, title: str | None = None, /, **attrs: object) -> None:
-        inner = (f"<title>{esc(title)}</title>" if title else "") + (esc(text) if text is not None else "")
-        self.parts.append(f"<{tag}{self._attrs(attrs)}>{inner}</{tag}>" if inner else f"<{tag}{self._attrs(attrs)}/>")
-
-    def open(self, tag: str, title: str | None = None, /, **attrs: object) -> None:
-        self.parts.append(f"<{tag}{self._attrs(attrs)}>" + (f"<title>{esc(title)}</title>" if title else ""))
-
-    def close(self, tag: str) -> None:
-        self.parts.append(f"</{tag}>")
-
-    def line(self, x1: float, y1: float, x2: float, y2: float, **attrs: object) -> None:
-        self.add("line", x1=round(x1, 1), y1=round(y1, 1), x2=round(x2, 1), y2=round(y2, 1), **attrs)
-
-    def text(self, x: float, y: float, text: str, title: str | None = None, /, **attrs: object) -> None:
-        self.add("text", text, title, x=round(x, 1), y=round(y, 1), **attrs)
-
-    def polyline(self, points: Iterable[tuple[float, float]], **attrs: object) -> None:
-        self.add("polyline", points=" ".join(f"{x:.1f},{y:.1f}" for x, y in points), **attrs)
-
-    def render(self, width: float, height: float, **attrs: object) -> str:
-        head = (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {_num(width)} {_num(height)}"'
-                f'{self._attrs(attrs)} font-family="system-ui, sans-serif" font-size="12">')
-        return head + "".join(self.parts) + "</svg>"
 
 
 def _nice_step(top: float, lines: int = 4) -> int:
@@ -237,7 +188,7 @@ class _Chart:
             svg.line(LEFT, y(t.per_bin), LEFT + PLOT_W, y(t.per_bin), stroke=color, stroke_width=1.2,
                      stroke_dasharray="6 4")
             legend_y += 15
-            rate = f"{_num(round(t.per_bin, 1))}/{SHORT_UNITS[self.unit]}"
+            rate = f"{num(round(t.per_bin, 1))}/{SHORT_UNITS[self.unit]}"
             clients = f", ≥{t.min_clients} IPs" if t.min_clients else ""
             self._legend(legend_y, color, f"{t.rule} {t.action} {t.threshold}/{duration(t.window_s)}{clients}",
                          rate, "6 4")
@@ -261,7 +212,7 @@ def _zoom(tl: Timeline) -> tuple[int, int] | None:
 
 
 def _when(t: float | None) -> str:
-    return datetime.fromtimestamp(t).astimezone().strftime("%Y-%m-%d %H:%M:%S") if t is not None else "-"
+    return stamp(t) if t is not None else "-"
 
 
 def _table(title: str, head: Sequence[str], rows: Sequence[Sequence[object]], cls: str = "") -> str:
@@ -317,7 +268,7 @@ def _explain(tl: Timeline) -> str:
     u = unit(tl.bin_s)
     text = (f"Each line counts relayed recipients per {u}. A rule counts over a sliding window, so its threshold is "
             f"drawn dashed, spread evenly over the window and scaled to one {u}: 60 per 10 min is drawn at "
-            f"{_num(60 * tl.bin_s / 600)} per {u}, the steady rate at which the rule trips. ")
+            f"{num(60 * tl.bin_s / 600)} per {u}, the steady rate at which the rule trips. ")
     if tl.bin_s < 600:
         text += ("A line that stays below it for a whole window never trips the rule; one above it trips the rule "
                  "only if it stays there long enough. ")

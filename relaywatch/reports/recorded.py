@@ -14,7 +14,13 @@ from datetime import date, timedelta
 from relaywatch.core.policy import Rule
 from relaywatch.model import RelaywatchError
 from relaywatch.reports import report
-from relaywatch.reports.digest import PERIOD_NOTE, DayStats, day_bounds, digest_text, period_result
+from relaywatch.reports.digest import (
+    PERIOD_NOTE,
+    DayStats,
+    day_bounds,
+    digest_text,
+    period_result,
+)
 from relaywatch.reports.report import ReplayResult
 from relaywatch.store.sqlite import Store
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 import ipaddress
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
 
 from relaywatch.core.destinations import DeclinedDomain, InferredDomain
-from relaywatch.model import Decision, Relayed
-from relaywatch.reports.timeline import Timeline, text_block
+from relaywatch.model import Decision, LocalRelayed, RelayDenied, Relayed, Totals
+from relaywatch.reports.sparks import text_block
+from relaywatch.reports.timeline import Timeline
+from relaywatch.wording import describe, iso
 
 TOP = 10
 
@@ -44,7 +45,7 @@ class BoundedCounter:
 
 
 class Tally:
-    """The pflogsumm-like tables of relayed mail."""
+    """The pflogsumm-like tables of relayed mail: a pipeline sink (replay plugs it in)."""
 
     def __init__(self) -> None:
         self.clients = BoundedCounter()
@@ -52,6 +53,16 @@ class Tally:
         self.domains = BoundedCounter()
         self.sasl_users = BoundedCounter()
         self.relay_denied = BoundedCounter()
+
+    def fact(self, fact: Relayed | LocalRelayed) -> None:
+        if type(fact) is Relayed:  # the tables are about clients: not mail submitted on the host
+            self.add_relayed(fact)
+
+    def denied(self, fact: RelayDenied) -> None:
+        self.relay_denied.add(fact.client)
+
+    def decision(self, d: Decision) -> None:
+        """Decisions are not tabled: the report lists them."""
 
     def add_relayed(self, fact: Relayed) -> None:
         self.clients.add(fact.client)
@@ -72,21 +83,6 @@ class Tally:
 
 
 @dataclass
-class Totals:
-    """What a run read: line counts and the span of log time."""
-
-    lines: int = 0
-    unparsed: int = 0
-    forged: int = 0
-    relayed: int = 0
-    relay_denied: int = 0
-    local_relayed: int = 0  # recipients of mail submitted on the host (pickup) handed to another host
-    first_time: float | None = None
-    last_time: float | None = None
-    unparsed_samples: list[str] = field(default_factory=list)
-
-
-@dataclass
 class ReplayResult:
     """Everything a replay found, for the text, JSON and HTML reports."""
 
@@ -101,10 +97,6 @@ class ReplayResult:
     inferred_local_domains: list[InferredDomain] = field(default_factory=list)
     # handed to a private next hop but not taken for local, and why (listed in JSON only when there are any)
     declined_local_domains: list[DeclinedDomain] = field(default_factory=list)
-
-
-def iso(t: float) -> str:
-    return datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,17 +178,6 @@ def to_json(result: ReplayResult) -> str:
         },
         indent=2,
     )
-
-
-def describe(d: Decision) -> str:
-    if d.action == "unblock":
-        return "lifted by hand" if d.rule == "manual" else "expired"
-    if d.rule == "manual":  # `relaywatch block`: its evidence is the reason given
-        return d.evidence[0] if d.evidence else "blocked by hand"
-    what = f"{d.count} relayed recipients" if d.rule != "relay_probe" else f"{d.count} relay attempts refused"
-    if d.clients:
-        what += f" from {d.clients} clients"
-    return f"{what} in {d.window_s // 60 or 1} min (rule {d.rule})"
 
 
 _SOURCES = {"option": "from --local-domain", "config": "from [postfix] local_domains", "postfix": "from Postfix"}

@@ -10,15 +10,14 @@ clients or a year of logs stays a few megabytes.
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from functools import lru_cache
 from typing import cast
 
-from relaywatch.model import Decision, Relayed, RelayDenied
 from relaywatch.core.policy import DEFAULT_RULES, Rule
+from relaywatch.model import Decision, LocalRelayed, RelayDenied, Relayed
+from relaywatch.wording import why
 
 BIN_SIZES = (60, 3600, 86400)
 MAX_BINS = 2 * 24 * 60  # two days of minutes; longer spans switch to hours
@@ -27,8 +26,6 @@ SERIES_KEYS = 12  # keys per dimension that keep a per-bin series
 STATUS_CAP = 4096  # destination domains with delivery status counts
 MAX_MARKERS = 1000
 MAX_WATCHED = 200  # blocks whose target's later traffic is counted ("would have stopped")
-SPARKS = "▁▂▃▄▅▆▇█"
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +132,7 @@ def _rebin(series: dict[int, int], factor: int) -> dict[int, int]:
 
 
 class Timeline:
-    """Collects the facts and decisions of a replay (or a daemon's period) for plotting."""
+    """Collects the facts and decisions of a replay (or a daemon's period) for plotting: a pipeline sink."""
 
     def __init__(self, rules: Iterable[Rule] = DEFAULT_RULES, bin_s: int = BIN_SIZES[0]) -> None:
         """`bin_s`: the finest bin, one of BIN_SIZES (3600 for counts known only per hour)."""
@@ -165,12 +162,21 @@ class Timeline:
     # --- feeding ---------------------------------------------------------------
 
     def observe(self, fact: Relayed | RelayDenied) -> None:
+        if isinstance(fact, RelayDenied):
+            self.denied(fact)
+        else:
+            self.fact(fact)
+
+    def denied(self, fact: RelayDenied) -> None:
+        b = self._bin(fact.time)
+        self._refused[b] = self._refused.get(b, 0) + 1
+        self._dims["relay_denied"].add(fact.client, b)
+
+    def fact(self, fact: Relayed | LocalRelayed) -> None:
+        if type(fact) is not Relayed:  # no client: the panels are about clients
+            return
         b = self._bin(fact.time)
         dims = self._dims
-        if isinstance(fact, RelayDenied):
-            self._refused[b] = self._refused.get(b, 0) + 1
-            dims["relay_denied"].add(fact.client, b)
-            return
         self._relayed[b] = self._relayed.get(b, 0) + 1
         self._observed += 1
         if self._watched:
@@ -235,14 +241,6 @@ class Timeline:
 
     def decision(self, d: Decision) -> None:
         """A block, alert or unblock (the daemon records unblocks as decisions) on the time axis."""
-        if d.action == "unblock":
-            detail = "lifted by hand" if d.rule == "manual" else "expired"
-        elif d.rule == "manual":
-            detail = d.evidence[0] if d.evidence else "blocked by hand"
-        else:
-            what = "relay attempts refused" if d.rule == "relay_probe" else "relayed recipients"
-            clients = f" from {d.clients} clients" if d.clients else ""
-            detail = f"{d.count} {what}{clients} in {duration(d.window_s)}"
         if d.action == "block" and d.kind in ("client", "subnet", "sasl_user") and len(self._watched) < MAX_WATCHED:
             try:
                 net = ipaddress.ip_network(d.target, strict=False) if d.kind == "subnet" else None
@@ -250,7 +248,7 @@ class Timeline:
                 net = None
             if d.kind != "subnet" or net is not None:
                 self._watched[(d.kind, d.target, d.time)] = [net, 0]
-        self._mark(Marker(d.time, d.action, d.kind, d.target, d.rule, detail, d.evidence))
+        self._mark(Marker(d.time, d.action, d.kind, d.target, d.rule, why(d), d.evidence))
 
     def _mark(self, m: Marker) -> None:
         self._bin(m.time)
@@ -366,91 +364,3 @@ class Timeline:
         rows = [DomainStatus(d, *c) for d, c in self._status.items() if c[0] >= at_least and c[1]]
         return sorted(rows, key=lambda r: (-r.deferred_ratio, -r.relayed, r.domain))[:n]
 
-
-# --- terminal rendering ----------------------------------------------------------
-
-DIM_TITLES = {"client": "clients", "sender": "senders", "domain": "destination domains",
-              "sasl_user": "SASL users", "relay_denied": "clients refused relay"}
-
-
-def dim_title(dim: str) -> str:
-    if dim.startswith("net:"):
-        p4, p6 = dim[4:].split("/")
-        return f"/{p4} networks (IPv6 /{p6})"
-    return DIM_TITLES[dim]
-
-
-def unit(bin_s: int) -> str:
-    return {60: "minute", 3600: "hour"}.get(bin_s, "day")
-
-
-def sparkline(values: list[int], width: int) -> str:
-    """One character per column, the column's busiest bin scaled to ▁..█; blank for none at all."""
-    if not values or width < 1:
-        return ""
-    cols = min(width, len(values))
-    peaks = [max(values[i * len(values) // cols:(i + 1) * len(values) // cols]) for i in range(cols)]
-    top = max(peaks)
-    if top <= 0:
-        return " " * cols
-    return "".join(SPARKS[min(7, (v * 8 - 1) // top)] if v > 0 else " " for v in peaks)
-
-
-def marker_row(tl: Timeline, columns: int) -> str:
-    """A row under the overall sparkline with each marker in its column; a block wins a shared column."""
-    span = tl.span()
-    if span is None:
-        return ""
-    row = [" "] * columns
-    bins = round((span[1] - span[0]) / tl.bin_s)
-    rank = {" ": 0, "a": 1, "u": 2, "B": 3}
-    for m in tl.markers():
-        col = ((int((m.time - span[0]) // tl.bin_s) + 1) * columns - 1) // bins  # as sparkline() groups bins
-        char = {"block": "B", "unblock": "u"}.get(m.action, "a")
-        if rank[char] > rank[row[col]]:
-            row[col] = char
-    return "".join(row).rstrip()
-
-
-def clock(t: float) -> str:
-    return datetime.fromtimestamp(t).astimezone().strftime("%Y-%m-%d %H:%M")
-
-
-def printable(s: str, width: int) -> str:
-    """Log text for a terminal: no control characters (escape sequences), cut to `width`."""
-    s = _UNPRINTABLE.sub("?", s)
-    return s if len(s) <= width else s[: width - 1] + "…"
-
-
-def text_block(tl: Timeline, width: int = 60, per_dim: int = 3) -> str:
-    """The terminal chart for the text report: overall sparkline, then the leaders per dimension."""
-    span = tl.span()
-    if span is None:
-        return "Timeline: nothing relayed\n"
-    u = unit(tl.bin_s)
-    relayed = tl.relayed()
-    columns = min(width, len(relayed))
-    per_col = -(-len(relayed) // columns)
-    out = [f"Relayed recipients per {u}, {clock(span[0])} .. {clock(span[1])}"
-           + (f" (each mark: the busiest {u} of up to {per_col})" if per_col > 1 else "") + ":"]
-    refused = tl.refused()
-    out.append(f"  {'all relayed':<26} {sparkline(relayed, width):<{columns}} {sum(relayed):>8,}"
-               f"  peak {max(relayed):,}/{u}")
-    if tl.markers():
-        out.append(f"  {'B block, a alert, u unblock':<26} {marker_row(tl, columns)}")
-    if any(refused):
-        out.append(f"  {'relay refused':<26} {sparkline(refused, width):<{columns}} {sum(refused):>8,}")
-    for dim in tl.dims():
-        rows = tl.top(dim, per_dim)
-        if not rows:
-            continue
-        out.append(f"Top {dim_title(dim)}:")
-        for s in rows:
-            out.append(f"  {printable(s.label, 26):<26} {sparkline(s.values, width):<{columns}} {s.total:>8,}")
-    return "\n".join(out) + "\n"
-
-
-def duration(seconds: int) -> str:
-    if seconds % 3600 == 0:
-        return f"{seconds // 3600} h"
-    return f"{seconds // 60} min" if seconds % 60 == 0 else f"{seconds} s"

@@ -18,10 +18,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from relaywatch.postfix.audit import Finding
+from relaywatch.model import Finding
+from relaywatch.wording import age
 
 JOURNAL = "journal"
 QUIET_S = 3600  # no new line for this long while the daemon runs: worth a warning
@@ -113,22 +112,12 @@ def arriving(last_line_at: float | None, now: float) -> str:
     """Whether lines are arriving, for `status` and `audit`."""
     if last_line_at is None:
         return "no line read yet"
-    age = now - last_line_at
-    return f"last line read {_ago(age)} ago" + (" (is Postfix logging here?)" if age >= QUIET_S else "")
-
-
-def _ago(s: float) -> str:
-    if s < 120:
-        return f"{s:.0f} s"
-    if s < 7200:
-        return f"{s / 60:.0f} min"
-    return f"{s / 3600:.1f} h"
+    seconds = now - last_line_at
+    return f"last line read {age(seconds)} ago" + (" (is Postfix logging here?)" if seconds >= QUIET_S else "")
 
 
 def finding(path: str, explicit: bool, exists: bool, daemon: dict | None, now: float) -> Finding:
     """What the audit says about the log relaywatch reads: which one, and whether lines arrive."""
-    from relaywatch.postfix.audit import Finding
-
     choice = choose(path, explicit, exists)
     what = "the systemd journal" if choice.path == JOURNAL else choice.path
     daemon = daemon or {}

@@ -15,7 +15,14 @@ from typing import Protocol
 from relaywatch.model import CountRow, Decision, OpenMessage, Origin
 from relaywatch.store.records import BlockRow, JSONObject
 from relaywatch.store.sqlite_file import StoreUnavailable
-from relaywatch.store.state import DayArchive, EnforcementAlarms, MapState, NotifyState, Positions, StatusRecord
+from relaywatch.store.state import (
+    DayArchive,
+    EnforcementAlarms,
+    MapState,
+    NotifyState,
+    Positions,
+    StatusRecord,
+)
 
 
 class StateStore(Protocol):

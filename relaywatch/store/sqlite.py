@@ -22,7 +22,14 @@ from relaywatch.model import Action, CountRow, Decision, Kind, OpenMessage, Orig
 from relaywatch.store import sqlite_file
 from relaywatch.store.records import BlockRow, JSONObject
 from relaywatch.store.sqlite_file import StoreUnavailable, sqlite_errors
-from relaywatch.store.state import DayArchive, EnforcementAlarms, MapState, NotifyState, Positions, StatusRecord
+from relaywatch.store.state import (
+    DayArchive,
+    EnforcementAlarms,
+    MapState,
+    NotifyState,
+    Positions,
+    StatusRecord,
+)
 
 __all__ = ["BlockRow", "Store", "StoreUnavailable"]
 

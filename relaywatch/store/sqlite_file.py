@@ -10,8 +10,8 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+from relaywatch import permissions
 from relaywatch.model import RelaywatchError
-from relaywatch.store import permissions
 
 BUSY_TIMEOUT_S = 20.0  # how long a write waits for another process's lock (systemd's watchdog allows 60 s)
 APPLICATION_ID = 0x52574442  # "RWDB" in SQLite's header: this file was made by relaywatch

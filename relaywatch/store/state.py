@@ -10,7 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from relaywatch.store.records import DaemonStatus, EnforcementAlarm, JSONObject, MapPending
+from relaywatch.store.records import (
+    DaemonStatus,
+    EnforcementAlarm,
+    JSONObject,
+    MapPending,
+)
 
 
 class KeyValue(Protocol):

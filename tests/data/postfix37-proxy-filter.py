@@ -1,10 +1,16 @@
 """Writes tests/data/postfix37-proxy-filter.log: a real Postfix (tests/postfix_rig.py) with a before-queue
 filter, relay restrictions and hostile envelopes. Run as root from the worktree; the log goes to stdout."""
 
-import sys, time, smtplib, subprocess
+import smtplib
+import subprocess
+import sys
+import time
+
 sys.path[:0] = ["tests", "."]
 from pathlib import Path
+
 import postfix_rig as pr
+
 rig = pr.PostfixRig.start()
 try:
     etc = Path(rig.config_directory)

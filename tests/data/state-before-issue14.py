@@ -4,9 +4,12 @@
     git archive 43004a5 relaywatch | tar -x -C OLD
     PYTHONPATH=OLD python tests/data/state-before-issue14.py state-before-issue14.db
 """
-import sqlite3, sys
-from relaywatch.store.sqlite import Store, BlockRow
+import sqlite3
+import sys
+
 from relaywatch.model import Decision
+from relaywatch.store.sqlite import BlockRow, Store
+
 path = sys.argv[1]
 s = Store(path)
 s.commit_batch([("client", 100, "198.18.7.9", 3), ("sender", 100, "a@example.org", 2)],
