@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from relaywatch.postfix.blocking import MAX_BLOCK_S, Blocker, maps_from_config, target_kind
+from relaywatch.respond.blocking import MAX_BLOCK_S, Blocker, maps_from_config, target_kind
 from relaywatch.cli import main
 from relaywatch.postfix.maps import BEGIN, END, InvalidBlock, Postfix
 from relaywatch.store.sqlite import Store

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from postfix_rig import POSTFIX, PostfixRig
 
 from relaywatch.store import sqlite as store_mod
-from relaywatch.postfix.blocking import Blocker, maps_from_config
+from relaywatch.respond.blocking import Blocker, maps_from_config
 from relaywatch.cli import main
 from relaywatch.model import RelaywatchError
 from relaywatch.postfix.maps import Postfix

@@ -21,11 +21,12 @@ from relaywatch import __version__
 from relaywatch.reports import report
 from relaywatch import config as config_mod
 from relaywatch.postfix import hostaddrs
-from relaywatch.postfix.blocking import Blocker, in_map, map_specs, maps_from_config, target_kind
+from relaywatch.build import blocker_for, map_type
+from relaywatch.respond.blocking import in_map, map_specs, target_kind
 from relaywatch.reports.check import MANUAL_REASON, manual_evidence
 from relaywatch.engine import replay as run_replay
 from relaywatch.model import ConfigError, Decision, RelaywatchError
-from relaywatch.postfix.maps import Postfix, default_database_type
+from relaywatch.postfix.maps import default_database_type
 from relaywatch.postfix.queue import CLI_FLAGS, PostfixQueue, QueuedMessage, Target, select, target
 from relaywatch.reports.report import ReplayResult
 from relaywatch.store.sqlite import Store
@@ -56,19 +57,6 @@ def _recorded_store(cfg: config_mod.Config) -> Store:
     if not os.path.exists(cfg.database):
         raise RelaywatchError(f"{cfg.database} does not exist: relaywatch has not run with this configuration")
     return Store(cfg.database)
-
-
-def _default_type(cfg: config_mod.Config) -> str:
-    specs = (cfg.client_access_map, cfg.sasl_access_map)
-    typed = all(":" in s and not s.startswith("/") for s in specs if s)
-    return "hash" if typed else default_database_type(cfg.config_directory)
-
-
-def _blocker(cfg: config_mod.Config, store: Store) -> Blocker:
-    default_type = _default_type(cfg)
-    maps = maps_from_config(cfg.client_access_map, cfg.sasl_access_map, default_type,
-                            config_directory=cfg.config_directory, map_directories=cfg.map_directories)
-    return Blocker(store, Postfix(cfg.config_directory), maps, cfg.block_s)
 
 
 def _enforcement(cfg: config_mod.Config, kind: str, target: str) -> tuple[bool | None, str]:
@@ -139,9 +127,7 @@ def replay(logs: tuple[str, ...], config_path: str | None, fmt: str, output: str
                 result = _run(cfg, [str(path)], year or SAMPLE_YEAR, local_domains)
         else:
             result = _run(cfg, list(logs), year, local_domains)
-        pending = _apply(cfg, result.decisions) if apply else False
-        if notify:
-            _notify(cfg, result.decisions, dry_run=not apply)
+        pending = _act(cfg, result.decisions, apply, notify) if apply or notify else None
     except RelaywatchError as exc:
         _fail(exc)
     if fmt == "html":
@@ -171,25 +157,27 @@ def _write_atomically(path: str, text: str) -> None:
         raise RelaywatchError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
-def _notify(cfg: config_mod.Config, decisions: Sequence[Decision], dry_run: bool) -> None:
-    from relaywatch.notify.send import Notifier, notice_for_decision
+def _act(cfg: config_mod.Config, decisions: Sequence[Decision], apply: bool, notify: bool) -> str | None:
+    """Block what the replay decided to block and hold its queued mail (--apply), tell the [notify]
+    targets (--notify); why the blocks are not in force when the maps could not be written."""
+    from relaywatch.build import notifier_for, responder_for
 
-    if not cfg.notify_urls and not cfg.notify_config:
+    if notify and not cfg.notify_urls and not cfg.notify_config:
         raise click.UsageError("--notify needs [notify] urls or config in the configuration")
-    with Notifier(cfg.notify_urls, cfg.notify_config, coalesce_s=0, timeout_s=cfg.notify_timeout_s,
-                  retries=cfg.notify_retries) as notifier:
-        for d in decisions:
-            notifier.submit(notice_for_decision(d, dry_run=dry_run))
-
-
-def _apply(cfg: config_mod.Config, decisions: Sequence[Decision]) -> str | None:
-    """Block now what the replay decided to block; the error text if the maps could not be written."""
-    store = Store(cfg.database)
-    blocker = _blocker(cfg, store)
-    for d in decisions:
-        if d.action == "block":
-            blocker.block(d.kind, d.target, report.describe(d), rule=d.rule)
-    return None if blocker.sync() else blocker.last_error
+    store = Store(cfg.database) if apply else Store(None)
+    notifier = None
+    try:
+        blocker = blocker_for(cfg, store) if apply else None
+        notifier = notifier_for(cfg, coalesce=False) if notify else None
+        outcomes = responder_for(cfg, store, blocker, notifier).act(decisions)
+        for held in (o.held for o in outcomes if o.held is not None and o.held.count != 0):
+            for _, text in held.messages():
+                click.echo(f"relaywatch: {text}", err=True)
+        return None if blocker is None or blocker.sync() else blocker.last_error
+    finally:
+        if notifier is not None:
+            notifier.close()
+        store.close()
 
 
 def _run(cfg: config_mod.Config, paths: list[str], year: int | None, local_domains: tuple[str, ...]) -> ReplayResult:
@@ -249,7 +237,7 @@ def block(target: str, reason: str, duration: str | None, permanent: bool, sasl_
             raise RelaywatchError(f"not blocking {kind} {canonical}: it is in {allowed}, which relaywatch never "
                                   "blocks; add --force to block it anyway")
         store = Store(cfg.database)
-        blocker = _blocker(cfg, store)
+        blocker = blocker_for(cfg, store)
         row = blocker.block(kind, canonical, reason, duration=seconds, permanent=permanent)
         # remembered like the detector's decisions: the digest and the report show manual blocks
         store.commit_batch([], [Decision(row.since, "block", kind, canonical, "manual", 0, 0,
@@ -307,7 +295,7 @@ def unblock(target: str, config_path: str | None) -> None:
         cfg = _load(config_path)
         kind, canonical = target_kind(target)
         store = Store(cfg.database)
-        blocker = _blocker(cfg, store)
+        blocker = blocker_for(cfg, store)
         removed = blocker.unblock(kind, canonical)
         synced = blocker.sync()
         still = [] if removed else check_mod.covering(kind, canonical, store.blocks(time.time()))
@@ -335,7 +323,7 @@ def blocks(as_json: bool, config_path: str | None) -> None:
     rows = store.blocks(now) if store is not None else []
     pending = store.meta("map_pending") if store is not None else None
     try:
-        held = in_map(rows, map_specs(cfg.client_access_map, cfg.sasl_access_map, _default_type(cfg))) if rows else []
+        held = in_map(rows, map_specs(cfg.client_access_map, cfg.sasl_access_map, map_type(cfg))) if rows else []
     except RelaywatchError as exc:
         _fail(exc)
     if as_json:
@@ -479,7 +467,7 @@ def run(config_path: str | None) -> None:
     if config_path is None and os.path.exists(DEFAULT_CONFIG):
         config_path = DEFAULT_CONFIG
     try:
-        daemon = Daemon(config_path, config_mod.load(config_path), _blocker)
+        daemon = Daemon(config_path, config_mod.load(config_path))
         code = daemon.run()
     except RelaywatchError as exc:
         log.error("%s", exc)  # once: the log goes to stderr, hence the journal

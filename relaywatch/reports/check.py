@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from relaywatch.postfix.blocking import target_kind
+from relaywatch.respond.blocking import target_kind
 from relaywatch.config import Config
 from relaywatch.model import Decision
 from relaywatch.reports.report import describe, iso
