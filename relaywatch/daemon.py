@@ -169,11 +169,15 @@ class Daemon:
                 self.failed_lines += 1
                 log.exception("relaywatch failed on this line (please report it): %r", line[:300])
         recorded = self._commit(decisions)
+        for o in recorded:
+            _log(o.recording())
         if self.inline is not None:
             self.inline.decided(decisions)
             if any(o.recorded for o in recorded):
                 self.inline.set_blocks(self.responder.block_pairs())
-        outcomes = self._done(self.responder.follow_up(recorded))
+        outcomes = self.responder.follow_up(recorded)
+        for o in outcomes:
+            _log(o.following())
         if self.pipeline.day is not None:
             self.pipeline.day.held += sum(o.held.count or 0 for o in outcomes if o.held is not None)
         for alarm in self.responder.check_leaks():
@@ -200,12 +204,6 @@ class Daemon:
         if self._store_fault is not None:
             self._store_up()
         return recorded
-
-    @staticmethod
-    def _done(outcomes: list[Outcome]) -> list[Outcome]:
-        for o in outcomes:
-            _log(o.messages())
-        return outcomes
 
     def _store_down(self, exc: StoreUnavailable) -> None:
         """Say once that the store cannot be written; detection and blocking go on in memory."""
@@ -236,7 +234,8 @@ class Daemon:
         decisions = self.inline.tick(now, self.responder.block_pairs)
         if decisions:
             self.store.commit_batch([], decisions)
-            self._done(self.responder.act(decisions))
+            for o in self.responder.act(decisions):
+                _log(o.messages())
 
     def _reload(self) -> None:
         """SIGHUP: everything built again from the new configuration (source, parser, blocker,

@@ -83,15 +83,21 @@ class Outcome:
         return self.refused or self.not_in_force or bypass_text(list(self.bypasses))
 
     def messages(self) -> list[Message]:
+        return self.recording() + self.following()
+
+    def recording(self) -> list[Message]:
+        """What was decided and recorded: said as soon as it is, before the maps are written."""
         d = self.decision
         if d.action != "block":
-            out = [(logging.WARNING, f"ALERT {d.kind} {d.target}: {self.reason}")]
-        elif self.refused is not None:
-            out = [(logging.ERROR, f"cannot block {d.kind} {d.target}: {self.refused}")]
-        else:
-            out = [(logging.WARNING, f"BLOCK {d.kind} {d.target}: {self.reason}")]
-        if self.held is not None:
-            out += self.held.messages()
+            return [(logging.WARNING, f"ALERT {d.kind} {d.target}: {self.reason}")]
+        if self.refused is not None:
+            return [(logging.ERROR, f"cannot block {d.kind} {d.target}: {self.refused}")]
+        return [(logging.WARNING, f"BLOCK {d.kind} {d.target}: {self.reason}")]
+
+    def following(self) -> list[Message]:
+        """What the follow-up did: the mail held, where Postfix would not enforce the block."""
+        d = self.decision
+        out = self.held.messages() if self.held is not None else []
         if self.bypasses:
             out.append((logging.ERROR, f"the block of {d.kind} {d.target} is not enforced everywhere: "
                                        f"{bypass_text(list(self.bypasses))}"))
