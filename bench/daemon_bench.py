@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from postfix_rig import PostfixRig, postfix_installed  # noqa: E402  (the test rig is the bench's Postfix)
+from postfix_rig import PostfixRig, postfix_installed
 
 
 def cpu_seconds(pid: int) -> float:

@@ -445,7 +445,7 @@ def main() -> int:
     engine = args.engine
     if engine is None:
         try:
-            import atheris  # noqa: F401 - only whether it imports
+            import atheris
 
             engine = "atheris"
         except ImportError:
@@ -459,7 +459,7 @@ def main() -> int:
     import atheris
 
     with atheris.instrument_imports(include=["relaywatch"]):
-        import relaywatch.htmlreport  # noqa: F401
+        import relaywatch.htmlreport
 
         import relaywatch.engine  # noqa: F401 - imported to be instrumented
     atexit.register(report)

@@ -309,7 +309,7 @@ class _Out:
 
 
 class _Proc:
-    __slots__ = ("pid", "free_at", "uses")
+    __slots__ = ("free_at", "pid", "uses")
 
     def __init__(self, pid):
         self.pid, self.free_at, self.uses = pid, 0, 0
@@ -328,9 +328,7 @@ class _Pool:
                 self.sim.live_pids.discard(p.pid)
                 continue
             alive.append(p)
-            if pid is None and p.free_at <= t and (best is None or p.free_at > best.free_at):
-                best = p
-            elif pid is not None and p.pid == pid:
+            if pid is None and p.free_at <= t and (best is None or p.free_at > best.free_at) or pid is not None and p.pid == pid:
                 best = p
         self.procs = alive
         if best is None:
@@ -342,8 +340,22 @@ class _Pool:
 
 
 class _Msg:
-    __slots__ = ("qid", "inode", "kind", "sender", "size", "nrcpt", "pending", "arrival", "attempts",
-                 "bounced", "client", "doomed", "first", "pin")
+    __slots__ = (
+        "arrival",
+        "attempts",
+        "bounced",
+        "client",
+        "doomed",
+        "first",
+        "inode",
+        "kind",
+        "nrcpt",
+        "pending",
+        "pin",
+        "qid",
+        "sender",
+        "size",
+    )
 
     def __init__(self, qid, inode, kind, sender, size, rcpts, arrival, client):
         self.qid, self.inode, self.kind, self.sender, self.size = qid, inode, kind, sender, size

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from relaywatch.store.sqlite import Store  # noqa: E402 - after the sys.path line
+from relaywatch.store.sqlite import Store
 
 BUCKET_S = 10
 WINDOW_BUCKETS = 60  # ten minutes

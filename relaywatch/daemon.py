@@ -20,45 +20,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from relaywatch import config as config_mod
-from relaywatch.core.destinations import Destinations, Source
-from relaywatch.core.enforcement import Leak, LeakWatch
-from relaywatch.core.parse import LineParser, YearResolver
+from relaywatch.build import Parts, build
 from relaywatch.engine import Pipeline
-from relaywatch.model import (
-    ENFORCEMENT,
-    ConfigError,
-    Decision,
-    PostfixError,
-    RelaywatchError,
-)
-from relaywatch.notify.notices import (
-    notice_for_leak,
-    notice_for_map_changed,
-    notice_for_map_fault,
-    notice_for_map_restored,
-)
-from relaywatch.notify.send import (
-    NoticeKind,
-    Notifier,
-    notice_for_decision,
-    notice_for_text,
-    subnet_clients,
-)
-from relaywatch.policyd import InlineService, service_for
+from relaywatch.model import Decision, RelaywatchError
+from relaywatch.notify.send import notice_for_text
 from relaywatch.postfix import hostaddrs
-from relaywatch.postfix.audit import AuditMaps, block_bypasses, bypass_text, run_audit
-from relaywatch.postfix.blocking import Blocker, SyncResult
-from relaywatch.postfix.postconf import local_destinations, postconf, postconf_services
-from relaywatch.postfix.queue import PostfixQueue, Target, select
 from relaywatch.reports.daily import DailyRecord
 from relaywatch.reports.digest import DayStats, day_of, digest_text, unusual
-from relaywatch.reports.report import describe
-from relaywatch.sources.choose import Choice, Reason
-from relaywatch.sources.choose import choose as choose_source
-from relaywatch.sources.follow import FileFollower
-from relaywatch.sources.journal import JournalFollower
-from relaywatch.store.records import DaemonStatus, EnforcementAlarm
-from relaywatch.store.sqlite import Store, StoreUnavailable
+from relaywatch.respond.responder import Counts, Message, Outcome, audit_messages
+from relaywatch.store.records import DaemonStatus
+from relaywatch.store.sqlite import StoreUnavailable
 
 log = logging.getLogger("relaywatch.daemon")
 
@@ -67,12 +38,12 @@ HOUSEKEEPING_S = 1.0
 PRUNE_S = 300.0
 PRUNE_LINES = 200_000  # and after this many lines: a backlog must not grow the database
 ORIGINS_KEPT_S = 6 * 86400  # longer than Postfix keeps mail (maximal_queue_lifetime = 5d)
-# After a block, queued messages the log did not tie to a client are looked up with postcat
-# only up to this many (~0.05 s per 1,000); `relaywatch queue hold` looks at them all.
-HOLD_POSTCAT_LIMIT = 20_000
 DAYS_KEPT = 35  # finished days kept in meta as day:YYYY-MM-DD
-HOLD_KINDS = {kind: e.queue for kind, e in ENFORCEMENT.items()}  # block kind -> queue target
-POSTFIX_SETTLE_S = 2.5  # Postfix commands wait while main.cf is younger than ~2 s: re-read it after that
+
+
+def _log(messages: list[Message]) -> None:
+    for level, text in messages:
+        log.log(level, "%s", text)
 
 
 def sd_notify(message: str) -> None:
@@ -102,102 +73,60 @@ class Signals:
         signal.signal(signal.SIGHUP, lambda *_: self.reload.set())
 
 
-def notifier_for(cfg: config_mod.Config, state: dict | None = None) -> Notifier | None:
-    """`state`: what the last run's notifier remembered (`Notifier.state()`, kept in meta notify_state)."""
-    if not cfg.notify_urls and not cfg.notify_config:
-        return None
-    return Notifier(cfg.notify_urls, cfg.notify_config, coalesce_s=cfg.notify_coalesce_s,
-                    cooldown_s=cfg.notify_cooldown_s, timeout_s=cfg.notify_timeout_s, retries=cfg.notify_retries,
-                    state=state)
-
-
-def open_source(cfg: config_mod.Config, store: Store) -> tuple[FileFollower | JournalFollower, Choice]:
-    """The follower for [source] path, or for the journal when the default file does not exist."""
-    choice = choose_source(cfg.source_path, cfg.source_explicit, os.path.exists(cfg.source_path))
-    if choice.note:
-        log.warning("%s", choice.note)
-    if choice.path != "journal":
-        return FileFollower(choice.path, store.positions.get(f"file:{choice.path}")), choice
-    try:
-        return JournalFollower(store.positions.get("journal"), syslog_names=cfg.syslog_names), choice
-    except RelaywatchError as exc:
-        if choice.reason is not Reason.FALLBACK:
-            raise
-        raise ConfigError(f"[source] path: {cfg.source_path} does not exist and the journal cannot be read "
-                          f"either, nothing to watch ({exc})") from exc
-
-
 class Daemon:
-    def __init__(self, config_path: str | None, cfg: config_mod.Config, blocker_factory: Callable[
-            [config_mod.Config, Store], Blocker], clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, config_path: str | None, cfg: config_mod.Config, clock: Callable[[], float] = time.time) -> None:
         self.config_path = config_path
-        self.cfg = cfg
         self.clock = clock
         self.signals = Signals()
-        self.store = Store(cfg.database, degrade=True)
-        try:
-            self.store.lock_for_daemon()
-        except RelaywatchError:
-            self.store.close()
-            raise
-        self.blocker_factory = blocker_factory
-        self.blocker = blocker_factory(cfg, self.store)
-        self.notifier = notifier_for(cfg, self.store.notify_state.get())
+        self._use(build(cfg, counts_since=self._counts_since, clock=clock))
         saved = self.store.days.current()
         self.daily = DailyRecord(DayStats.from_dict(saved) if saved else DayStats.for_time(clock()), cfg.block_s)
         self.pipeline = self._pipeline(cfg)
-        self.source, self.source_choice = open_source(cfg, self.store)
         # Until a first position is stored, a restart would start at the end of the log again.
         self._position_stored = self.store.positions.get(self.source.source_name) is not None
-        self.parser = LineParser(YearResolver(), cfg.syslog_names)
-        self.postfix_params: tuple[dict[str, str], dict[str, dict[str, str]]] | None = None
-        self._postfix_stamp = self._postfix_files()
         self.started = clock()
         self.failed_lines = 0
         self._idle = False  # the last read found no new line: the log is read up to now
         self._last_line_at: float | None = None
         self._notify_state: dict | None = None
-        self.inline: InlineService | None = None
-        if cfg.policy_listen:
-            self.inline = service_for(cfg.policy_listen, cfg.database, self.pipeline.correlator.destinations,
-                                      cfg.policy_budget, cfg.policy_window_s, cfg.allow_networks, cfg.policy_known,
-                                      cfg.policy_max_connections)
-            self.pipeline.fact_observers.append(self.inline.observe)
         self._position: tuple[str, dict] | None = None  # the source's position after the last line read
         self._store_fault: str | None = None  # why the store cannot be written; the batches wait in memory
 
+    def _use(self, parts: Parts) -> None:
+        self.parts = parts
+        self.cfg, self.store, self.blocker, self.notifier = parts.cfg, parts.store, parts.blocker, parts.notifier
+        self.responder, self.parser, self.inline = parts.responder, parts.parser, parts.inline
+        self.source, self.source_choice = parts.source, parts.source_choice
+
     def _pipeline(self, cfg: config_mod.Config) -> Pipeline:
         self.daily.block_s = cfg.block_s
-        pipeline = Pipeline(cfg, self.store, self._local_domains(cfg), persist_messages=True, sinks=(self.daily,),
+        pipeline = Pipeline(cfg, self.store, self.parts.destinations, persist_messages=True, sinks=(self.daily,),
                             own_addresses=hostaddrs.for_daemon(cfg.config_directory))
         pipeline.restore(self.clock())
-        self.leaks = LeakWatch()
-        self.leaks.watch(self.blocker.in_force_since)
-        pipeline.fact_observers.append(self.leaks.observe)
+        pipeline.fact_observers.append(self.responder.leaks.observe)
+        if self.inline is not None:
+            pipeline.fact_observers.append(self.inline.observe)
         self.daily.limit = self.clock() + 3600
         return pipeline
 
-    def _local_domains(self, cfg: config_mod.Config) -> Destinations:
-        """[postfix] local_domains, else what Postfix accepts mail for (its tables asked per domain)."""
-        destinations, source, detail = local_destinations((), cfg.local_domains, cfg.config_directory)
-        if source is Source.LOG:
-            log.warning("cannot ask Postfix for the local domains (%s): they are inferred from the log; "
-                        "set [postfix] local_domains", detail)
-        return destinations
+    def _counts_since(self, t: float) -> Counts:
+        """The relayed counts since `t`, for the notice of a subnet's busiest clients."""
+        return self.store.counts_since(self.pipeline.detector.bucket(t))
 
     def run(self) -> int:
         self.signals.install()
-        self._audit()
+        _log(audit_messages(self.responder.audit()))
         try:
             self.blocker.expire()
         except StoreUnavailable as exc:
             self._store_down(exc)
         self.blocker.pending = self.blocker.pending or bool(self.store.blocks(self.clock()))
-        self._synced(self.blocker.sync())
+        self.responder.sync()
         if self.inline is not None:
             since = self.pipeline.detector.bucket(self.clock() - self.cfg.policy_window_s)
-            self.inline.start(self._block_pairs(), ((key, bucket * self.pipeline.detector.bucket_s, n) for dim, bucket,
-                                                    key, n in self.store.counts_since(since) if dim == "client"))
+            self.inline.start(self.responder.block_pairs(), ((key, bucket * self.pipeline.detector.bucket_s, n) for dim,
+                                                              bucket, key, n in self.store.counts_since(since)
+                                                              if dim == "client"))
         sd_notify("READY=1")
         log.info("following %s; %d blocks in force", self.source.source_name, len(self.store.blocks(self.clock())))
         next_housekeeping = next_prune = 0.0
@@ -243,42 +172,41 @@ class Daemon:
             except Exception:  # a bug must not stop the watch: say which line, keep going
                 self.failed_lines += 1
                 log.exception("relaywatch failed on this line (please report it): %r", line[:300])
-        failed: dict[tuple[str, str], str] = {}
-        blocked = self._commit(decisions, failed)
+        recorded = self._commit(decisions)
+        for o in recorded:
+            _log(o.recording())
         if self.inline is not None:
             self.inline.decided(decisions)
-            if blocked:
-                self.inline.set_blocks(self._block_pairs())
-        synced = self._synced(self.blocker.sync()) if blocked else None
-        # held even when the map is pending: holding is what stops the mail already queued
-        held = {(d.kind, d.target): self._hold(d) for d in blocked}
-        self.daily.held(sum(n for n in held.values() if n))
-        for d in decisions:
-            key = (d.kind, d.target)
-            self._tell(d, held.get(key), failed.get(key) or (synced.error if synced is not None else None))
-        self._check_leaks()
+            if any(o.recorded for o in recorded):
+                self.inline.set_blocks(self.responder.block_pairs())
+        outcomes = self.responder.follow_up(recorded)
+        for o in outcomes:
+            _log(o.following())
+        self.daily.held(sum(o.held.count or 0 for o in outcomes if o.held is not None))
+        for alarm in self.responder.check_leaks():
+            _log(alarm.messages())
 
-    def _commit(self, decisions: list[Decision], failed: dict[tuple[str, str], str] | None = None) -> list[Decision]:
-        """Act on the batch's decisions and commit them with their blocks, counts, the day's digest
-        counts and the read position, in one transaction; the decisions that blocked.
+    def _commit(self, decisions: list[Decision]) -> list[Outcome]:
+        """Record the batch's blocks and commit them with its counts, the day's digest counts and the
+        read position, in one transaction; what recording each decision did.
 
         When the store cannot be written (locked, disk full), the blocks wait in the store's memory
         (the maps get them all the same) and the batch in the pipeline's; a later commit writes it all."""
-        blocked: list[Decision] | None = None
+        recorded: list[Outcome] | None = None
         try:
             with self.store.transaction():
-                blocked = [d for d in decisions if self._act(d, failed if failed is not None else {})]
+                recorded = self.responder.record(decisions)
                 self.pipeline.flush(self._position)
                 self._save_days()
         except StoreUnavailable as exc:
-            if blocked is None:
-                blocked = [d for d in decisions if self._act(d, failed if failed is not None else {})]
+            if recorded is None:
+                recorded = self.responder.record(decisions)
             self._store_down(exc)
-            return blocked
+            return recorded
         self._position_stored = True
         if self._store_fault is not None:
             self._store_up()
-        return blocked
+        return recorded
 
     def _store_down(self, exc: StoreUnavailable) -> None:
         """Say once that the store cannot be written; detection and blocking go on in memory."""
@@ -303,190 +231,52 @@ class Daemon:
                 ("info",)))
         self._store_fault = None
 
-    def _act(self, d: Decision, failed: dict[tuple[str, str], str]) -> bool:
-        """Record a block decision; True when it changes what Postfix must refuse (else why not in `failed`)."""
-        if d.action != "block":
-            log.warning("ALERT %s %s: %s", d.kind, d.target, describe(d))
-            return False
-        try:
-            self.blocker.block(d.kind, d.target, describe(d), rule=d.rule)
-        except RelaywatchError as exc:
-            log.error("cannot block %s %s: %s", d.kind, d.target, exc)
-            failed[(d.kind, d.target)] = f"relaywatch could not record the block: {exc}"
-            return False
-        log.warning("BLOCK %s %s: %s", d.kind, d.target, describe(d))
-        return True
-
-    def _block_pairs(self) -> list[tuple[str, str]]:
-        return [(b.kind, b.target) for b in self.store.blocks(self.clock())]
-
     def _inline_tick(self, now: float) -> None:
         """Budgets the policy service saw crossed become decisions like the log's: stored, logged, told."""
         assert self.inline is not None
-        decisions = self.inline.tick(now, self._block_pairs)
+        decisions = self.inline.tick(now, self.responder.block_pairs)
         if decisions:
             self.store.commit_batch([], decisions)
-            for d in decisions:
-                self._act(d, {})
-                self._tell(d)
-
-    def _synced(self, result: SyncResult) -> SyncResult:
-        """Tell the admin when a map fault begins (once) and when the blocks it held back are in force."""
-        self.leaks.watch(self.blocker.in_force_since)
-        if self.notifier is None:
-            return result
-        if result.fault_began and result.error:
-            waiting = [b.target for b in self.store.blocks(self.clock())]
-            self.notifier.submit(notice_for_map_fault(result.error, waiting))
-        if result.recovered:
-            self.notifier.submit(notice_for_map_restored([b.target for b in result.recovered]))
-        return result
-
-    def _check_leaks(self) -> None:
-        """Blocked targets whose mail is still queued (from the log): an alarm, a status entry, a decision."""
-        leaks = self.leaks.take()
-        if not leaks:
-            return
-        alarms = self.store.alarms.get()
-        for leak in leaks:
-            alarm = EnforcementAlarm(leak.kind, leak.target, leak.since, leak.first, leak.last, leak.count,
-                                     tuple(leak.sample_qids))
-            alarms[alarm.key] = alarm
-            if leak.new:
-                self._leak_alarm(leak)
-        self.store.alarms.put(alarms)
-
-    def _leak_alarm(self, leak: Leak) -> None:
-        reason = bypass_text(self._bypasses(leak.kind, leak.target))
-        log.error("the block of %s %s is NOT enforced: %d messages queued after it took effect%s", leak.kind,
-                  leak.target, leak.count, f": {reason}" if reason else "")
-        self.store.commit_batch([], [Decision(leak.last, "alert", leak.kind, leak.target, "block_not_enforced",
-                                              leak.count, int(leak.last - leak.since), sample_qids=leak.sample_qids)])
-        if self.notifier is not None:
-            self.notifier.submit(notice_for_leak(leak.kind, leak.target, leak.since, leak.first, leak.last,
-                                                 leak.count, leak.sample_qids, reason))
-
-    def _hold(self, d: Decision) -> int | None:
-        """Put what a blocked target already queued on hold; None when off or impossible."""
-        if not self.cfg.queue_hold or d.kind not in HOLD_KINDS:
-            return None
-        who = Target(HOLD_KINDS[d.kind], d.target)
-        queue = PostfixQueue(self.cfg.config_directory)
-        try:
-            found = select(queue, who, self.store.queue_ids(**{who.kind: who.value}),
-                           queues=("incoming", "active", "deferred"), postcat_limit=HOLD_POSTCAT_LIMIT)
-            held = queue.hold(m.qid for m in found.messages)
-        except PostfixError as exc:
-            log.error("cannot hold the queued mail of %s: %s; then run: relaywatch queue hold %s", who, exc, who.option)
-            return None
-        if found.unchecked:
-            log.warning("%d queued messages the log did not tie to %s were not looked at (more than %d, or "
-                        "mail was leaving the queue); relaywatch queue hold %s looks at them all",
-                        found.unchecked, who, HOLD_POSTCAT_LIMIT, who.option)
-        log.warning("HOLD %d messages of %s", held, who)
-        return held
-
-    def _tell(self, d: Decision, held: int | None = None, not_in_force: str | None = None) -> None:
-        bypasses = self._bypasses(d.kind, d.target) if d.action == "block" else []
-        effective = bypass_text(bypasses)
-        if effective:
-            log.error("the block of %s %s is not enforced everywhere: %s", d.kind, d.target, effective)
-        if self.notifier is not None:
-            undo = f"relaywatch unblock {d.target}" if d.action == "block" else None
-            if undo and held:
-                undo += "; held mail: " + Target(HOLD_KINDS[d.kind], d.target).hint()
-            clients = subnet_clients(d, self.store.counts_since(self.pipeline.detector.bucket(d.time - d.window_s)))
-            self.notifier.submit(notice_for_decision(d, effective=effective, held=held, undo=undo, clients=clients,
-                                                     bypassed_on=[name for name, _ in bypasses],
-                                                     not_in_force=not_in_force if d.action == "block" else None))
-
-    def _bypasses(self, kind: str, target: str) -> list[tuple[str, str]]:
-        """Where Postfix's configuration in force now would not enforce a block of `target`
-        (main.cf, master.cf services); re-read when main.cf or master.cf changed."""
-        if self._postfix_files() != self._postfix_stamp:
-            self._audit()
-        if self.postfix_params is None:
-            return []
-        params, services = self.postfix_params
-        try:
-            return block_bypasses(params, services, kind, target, self._audit_maps())
-        except ValueError:
-            return []
-
-    def _audit_maps(self) -> AuditMaps:
-        return AuditMaps(self.cfg.client_access_map, self.cfg.sasl_access_map or None, self.cfg.policy_listen or None)
-
-    def _postfix_files(self) -> tuple[tuple[int, int, int] | None, ...]:
-        """(inode, size, mtime) of main.cf and master.cf: the configuration in force changed when these did."""
-        out = []
-        for name in ("main.cf", "master.cf"):
-            try:
-                st = os.stat(os.path.join(self.cfg.config_directory or "/etc/postfix", name))
-                out.append((st.st_ino, st.st_size, st.st_mtime_ns))
-            except OSError:
-                out.append(None)
-        return tuple(out)
-
-    def _audit(self) -> None:
-        """Read Postfix's configuration and say loudly where blocks would be bypassed."""
-        self._postfix_stamp = self._postfix_files()
-        try:
-            self.postfix_params = (postconf(self.cfg.config_directory), postconf_services(self.cfg.config_directory))
-            findings = run_audit(self.cfg.config_directory, self._audit_maps())
-        except PostfixError as exc:
-            log.warning("cannot audit the Postfix configuration: %s", exc)
-            return
-        errors = [f for f in findings if f.severity == "error"]
-        for f in errors:
-            log.error("audit: %s: %s Fix: %s", f.code, f.title, f.fix.replace("\n", "; "))
-        if self.notifier is None:
-            return
-        if not errors:
-            self.notifier.forget("audit")
-            return
-        body = "\n\n".join(f"{f.title}\n{f.fix}" for f in errors)
-        self.notifier.submit(notice_for_text("failure", f"{len(errors)} hole(s) in Postfix: relaywatch audit",
-                                             body, kind=NoticeKind.AUDIT, key="audit"))
+            for o in self.responder.act(decisions):
+                _log(o.messages())
 
     def _reload(self) -> None:
-        """SIGHUP: the new configuration, or the old one kept with the reason; never a crash."""
+        """SIGHUP: everything built again from the new configuration (source, parser, blocker,
+        notifier, responder, pipeline), or the old one kept whole with the reason; never a crash."""
         try:
             cfg = config_mod.load(self.config_path)
-            blocker = self.blocker_factory(cfg, self.store)
         except RelaywatchError as exc:
             log.error("SIGHUP: keeping the old configuration: %s", exc)
             return
         except Exception:  # a bug must not kill the watch: the old configuration goes on
             log.exception("SIGHUP: keeping the old configuration (please report this error)")
             return
-        self._commit([])
+        self._commit([])  # the position read so far: the new source resumes there
         if self._store_fault is not None:  # the new pipeline would restore without what waits in memory
             log.error("SIGHUP: keeping the old configuration while the state database cannot be written;"
                       " send SIGHUP again once it can")
             return
-        self.cfg = cfg
-        in_force_since = self.blocker.in_force_since
-        self.blocker = blocker
-        self.blocker.in_force_since = in_force_since  # the log check goes on across a reload
+        try:
+            parts = build(cfg, self.parts, self._counts_since, self.clock)
+        except RelaywatchError as exc:
+            log.error("SIGHUP: keeping the old configuration: %s", exc)
+            return
+        except Exception:
+            log.exception("SIGHUP: keeping the old configuration (please report this error)")
+            return
+        old = self.parts
+        self._use(parts)
+        old.source.close()
+        if old.notifier is not None:
+            old.notifier.close(timeout=5)
         self.pipeline = self._pipeline(cfg)
-        if self.inline is not None:  # [policy] itself changes at the next restart
-            self.inline.policy.local_domains = self.pipeline.correlator.destinations
-            self.pipeline.fact_observers.append(self.inline.observe)
-        self._audit()
+        self._position = None
+        self._position_stored = self.store.positions.get(self.source.source_name) is not None
+        _log(audit_messages(self.responder.audit()))
         log.info("configuration reloaded from %s", self.config_path)
 
     def _housekeeping(self, now: float) -> None:
-        for b in self.blocker.expire():
-            log.info("block of %s %s expired", b.kind, b.target)
-        changed = self.blocker.check_maps()
-        if changed and self.blocker.first_tamper and self.notifier is not None:
-            self.notifier.submit(notice_for_map_changed(changed))
-        if self.blocker.due():
-            self._synced(self.blocker.sync())
-        stamp = self._postfix_files()
-        if stamp != self._postfix_stamp and all(s is None or now - s[2] / 1e9 >= POSTFIX_SETTLE_S for s in stamp):
-            log.info("Postfix's main.cf or master.cf changed: reading the configuration in force again")
-            self._audit()
+        _log(self.responder.upkeep(now).messages())
         self.daily.limit = now + 3600
         if self._idle:  # a quiet log: the day still ends at midnight
             self.daily.roll(now)

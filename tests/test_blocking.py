@@ -11,13 +11,13 @@ import pytest
 from click.testing import CliRunner
 
 from relaywatch.cli import main
-from relaywatch.postfix.blocking import (
+from relaywatch.postfix.maps import BEGIN, END, InvalidBlock, Postfix
+from relaywatch.respond.blocking import (
     MAX_BLOCK_S,
     Blocker,
     maps_from_config,
     target_kind,
 )
-from relaywatch.postfix.maps import BEGIN, END, InvalidBlock, Postfix
 from relaywatch.store.sqlite import Store
 
 pytestmark = pytest.mark.postfix

@@ -20,7 +20,6 @@ import pytest
 from test_daemon import position, start, wait_for
 from test_hostile_faults import fill, tiny_disk  # noqa: F401 - a fixture
 
-from relaywatch.cli import _blocker
 from relaywatch.config import load
 from relaywatch.daemon import Daemon
 from relaywatch.notify.notices import PREFIX
@@ -150,7 +149,7 @@ def test_sigkill_right_after_a_block_never_loses_its_decision(tmp_path):
 
             Store.commit_batch = dying
             logging.disable(logging.CRITICAL)
-            Daemon(str(cfg), load(cfg), _blocker).run()
+            Daemon(str(cfg), load(cfg)).run()
         finally:
             os._exit(3)
     _, status = os.waitpid(pid, 0)
@@ -234,7 +233,7 @@ def test_a_locked_store_keeps_the_daemon_detecting_and_blocking_and_loses_nothin
         f'config_directory = "{tmp_path / "no-postfix"}"', f'config_directory = "{rig.config_directory}"')
     (tmp_path / "rw.toml").write_text(cfg)
     cfg_path = tmp_path / "rw.toml"
-    daemon = Daemon(str(cfg_path), load(cfg_path), _blocker)
+    daemon = Daemon(str(cfg_path), load(cfg_path))
     other = sqlite3.connect(db, isolation_level=None)
     try:
         run_batches(daemon)  # the first position
@@ -356,7 +355,7 @@ def test_a_notification_cooldown_outlives_a_restart(tmp_path, sink):
     cfg = config(tmp_path, extra=f'[rules.sender]\nthreshold = 3\n[notify]\nurls = ["{sink.url("json", "/phone")}"]\n'
                                  'coalesce = "1s"\ncooldown = "1h"\n')
     maillog = tmp_path / "mail.log"
-    daemon = Daemon(str(cfg), load(cfg), _blocker)
+    daemon = Daemon(str(cfg), load(cfg))
     try:
         run_batches(daemon)
         maillog.write_text(messages(3, client="203.0.113.61", sender="a@woodelf.org"))
@@ -365,7 +364,7 @@ def test_a_notification_cooldown_outlives_a_restart(tmp_path, sink):
     finally:
         daemon.close()
     assert first["title"] == f"{PREFIX}alert sender a@woodelf.org"
-    again = Daemon(str(cfg), load(cfg), _blocker)  # a clean restart, well within the hour
+    again = Daemon(str(cfg), load(cfg))  # a clean restart, well within the hour
     try:
         with open(maillog, "a") as f:
             f.write(messages(3, client="203.0.113.62", first=3, sender="b@woodelf.org"))

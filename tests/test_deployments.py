@@ -72,7 +72,7 @@ def test_each_deployment_is_credited_as_written(path, mode):
     text = path.read_text()
     name, _, domains = mode.partition("=")
     expected = set()
-    for tag, fields in re.findall(r"^# relayed(\[\w+\])?: (.*)$", text, re.M):
+    for tag, fields in re.findall(r"^# relayed(\[\w+\])?: (.*)$", text, re.MULTILINE):
         if tag in ("", f"[{name}]"):
             qid, rcpt, client, sasl = fields.split()
             expected.add((qid, rcpt, client, None if sasl == "-" else sasl))
@@ -82,9 +82,9 @@ def test_each_deployment_is_credited_as_written(path, mode):
     assert sorted(got) == sorted(expected)  # each once, to the right client
     if name == "unknown":
         inferred = {(i.domain, i.reason.value) for i in correlator.inferred()}
-        assert inferred == set(re.findall(r"^# inferred: (\S+) (\S+)$", text, re.M))
+        assert inferred == set(re.findall(r"^# inferred: (\S+) (\S+)$", text, re.MULTILINE))
         declined = {(i.domain, i.reason.value) for i in correlator.declined()}
-        assert declined == set(re.findall(r"^# declined: (\S+) (\S+)$", text, re.M))
+        assert declined == set(re.findall(r"^# declined: (\S+) (\S+)$", text, re.MULTILINE))
     else:
         assert correlator.inferred() == correlator.declined() == []
 

@@ -11,7 +11,6 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from relaywatch import config as config_mod
-from relaywatch.cli import _blocker
 from relaywatch.config import Config
 from relaywatch.core.parse import LineParser, YearResolver
 from relaywatch.daemon import Daemon
@@ -168,7 +167,7 @@ def test_the_daemon_sends_yesterdays_digest_at_the_configured_time_once(tmp_path
     now = time.time()
     yesterday = (date.today() - timedelta(days=1)).isoformat()
     noon = digest.day_bounds(yesterday)[0] + 12 * 3600
-    daemon = Daemon(str(cfg_path), cfg, _blocker, clock=lambda: noon)  # started yesterday
+    daemon = Daemon(str(cfg_path), cfg, clock=lambda: noon)  # started yesterday
     try:
         maillog.write_text("".join(_message(f"{0xA00000 + i:X}", noon + i, f"u{i}@blocky.example",
                                             "deferred" if i % 4 else "sent") for i in range(24)))
@@ -188,7 +187,7 @@ def test_the_daemon_sends_yesterdays_digest_at_the_configured_time_once(tmp_path
                                 "24 relayed, 0 blocks, 1 unusual")
     assert payload["type"] == "warning"
     assert "blocky.example deferred or bounced 18 of 24" in payload["message"]
-    again = Daemon(str(cfg_path), cfg, _blocker)  # a restart: sent already
+    again = Daemon(str(cfg_path), cfg)  # a restart: sent already
     try:
         again._batch()
         again._housekeeping(time.time())

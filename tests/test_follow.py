@@ -237,9 +237,7 @@ def _rotate(log: Path, style: str, n: int) -> None:
                     else:
                         os.rename(old, new)
         target = Path(f"{log}.1")
-    elif style == "dateext":
-        target = Path(f"{log}-2025120{n}")
-    elif style == "dateext-gz":
+    elif style == "dateext" or style == "dateext-gz":
         target = Path(f"{log}-2025120{n}")
     else:  # postfix logrotate (maillog_file): maillog.YYYYMMDD-HHMMSS, then gzip
         target = Path(f"{log}.2025120{n}-23595{n}")

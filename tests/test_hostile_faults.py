@@ -22,8 +22,8 @@ from postfix_rig import POSTFIX, PostfixRig
 
 from relaywatch.cli import main
 from relaywatch.model import RelaywatchError
-from relaywatch.postfix.blocking import Blocker, maps_from_config
 from relaywatch.postfix.maps import Postfix
+from relaywatch.respond.blocking import Blocker, maps_from_config
 from relaywatch.store import sqlite_file
 from relaywatch.store.records import DaemonStatus
 from relaywatch.store.sqlite import Store

@@ -65,7 +65,7 @@ def day() -> tuple[str, list[Decision]]:
 
 
 def svgs(page: str) -> list[ET.Element]:
-    return [ET.fromstring(m) for m in re.findall(r"<svg\b.*?</svg>", page, re.S)]
+    return [ET.fromstring(m) for m in re.findall(r"<svg\b.*?</svg>", page, re.DOTALL)]
 
 
 class Tables(HTMLParser):
@@ -144,7 +144,7 @@ def test_findings_come_first_and_every_log_string_is_escaped(day):
 
 def test_the_page_fetches_nothing_and_its_svg_is_xml(day):
     page, _ = day
-    assert not re.search(r"""\b(src|href|xlink:href)\s*=\s*["']?\s*(https?:)?//""", page, re.I)
+    assert not re.search(r"""\b(src|href|xlink:href)\s*=\s*["']?\s*(https?:)?//""", page, re.IGNORECASE)
     assert "@import" not in page and "url(" not in page and "<link" not in page and "<img" not in page
     assert len(svgs(page)) == 2  # the day, and the zoom on the first block
 

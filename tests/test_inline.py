@@ -143,7 +143,7 @@ def test_a_relayed_fact_feeds_the_history_and_the_budget(tmp_path: Path):
     assert service.handle(request("61.2.2.2")).startswith(b"action=DEFER_IF_PERMIT")
     service.history.flush()
     assert service.history.known(day_number(T0) + 1) == {"61.2.2.2"}
-    decisions = service.tick(T0, lambda: [])
+    decisions = service.tick(T0, list)
     assert [(d.rule, d.target, d.action) for d in decisions] == [("inline_budget", "61.2.2.2", "alert")]
     service.history.flush()
     assert service.history.known(day_number(T0) + 1) == frozenset()  # struck: never known

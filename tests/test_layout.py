@@ -24,8 +24,6 @@ EDGES = LAYERS[3]
 APART = {("engine", "reports"), ("reports", "engine")}
 THIRD_PARTY = {"click": "cli", "sqlite_utils": "store.sqlite", "watchdog": "sources.follow", "apprise": "notify.send"}
 STDLIB_IO = {"subprocess", "socket", "sqlite3", "http", "urllib", "shutil", "os", "io", "pathlib"}
-# Imports that go the wrong way today; the restructuring in progress (issue 14) empties this set.
-KNOWN: set[tuple[str, str]] = {("postfix", "store")}  # postfix/blocking.py: moves to respond/
 
 
 def unit(module: str) -> str:
@@ -78,7 +76,7 @@ def test_every_import_goes_down_the_layers():
                 continue
             if layer_of(dst) > layer_of(src) or (src in EDGES and dst in EDGES) or (src, dst) in APART:
                 wrong.add((src, dst))
-    assert wrong <= KNOWN, sorted(wrong - KNOWN)
+    assert not wrong, sorted(wrong)
 
 
 def test_the_core_is_pure():

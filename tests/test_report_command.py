@@ -104,7 +104,7 @@ def test_html_report_plots_the_hours_with_the_blocks_marked(tmp_path):
     assert "198.51.100.99" not in page
     assert "approximate" in page and "<b>0</b>lines" not in page and "<b>0</b>messages" not in page
     assert "<td>hanmail.net</td><td>42</td><td>30 (71%)</td>" in page  # deferral per destination
-    svg = re.search(r"<svg.*?</svg>", page, re.S).group(0)
+    svg = re.search(r"<svg.*?</svg>", page, re.DOTALL).group(0)
     assert 'data-t0="%d"' % digest.day_bounds(DAYS[0])[0] in svg  # the plot starts at the period's midnight
 
 

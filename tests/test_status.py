@@ -181,9 +181,9 @@ def test_a_restarted_daemon_does_not_resend_an_unchanged_audit_and_a_block_does_
     import shutil
 
     from relaywatch import config as config_mod
-    from relaywatch.cli import _blocker
     from relaywatch.daemon import Daemon
     from relaywatch.model import Decision
+    from relaywatch.respond.responder import Outcome
 
     conf = tmp_path / "postfix"
     conf.mkdir()
@@ -201,19 +201,20 @@ def test_a_restarted_daemon_does_not_resend_an_unchanged_audit_and_a_block_does_
                         f'[notify]\nurls = ["{sink.url("json", "/phone")}"]\ncoalesce = "1s"\ncooldown = "5m"\n')
     cfg_path.chmod(0o600)
     cfg = config_mod.load(cfg_path)
-    first = Daemon(str(cfg_path), cfg, _blocker)
+    first = Daemon(str(cfg_path), cfg)
     try:
-        first._audit()
+        first.responder.audit()
         [audit] = sink.wait_for("/phone", 1)
         assert "hole(s) in Postfix" in audit["title"]
-        first._tell(Decision(time.time(), "block", "client", "203.0.113.5", "client", 60, 600))
+        first.responder.follow_up([Outcome(Decision(time.time(), "block", "client", "203.0.113.5", "client", 60, 600),
+                                           "60 relayed recipients in 10 min (rule client)")])
         block = sink.wait_for("/phone", 2, timeout=10)[1]
         assert "blocked 203.0.113.5" in block["title"]
     finally:
         first.close()
-    again = Daemon(str(cfg_path), cfg, _blocker)  # a restart (or SIGHUP: the same _audit)
+    again = Daemon(str(cfg_path), cfg)  # a restart (or SIGHUP: the same audit)
     try:
-        again._audit()
+        again.responder.audit()
         time.sleep(1.5)
     finally:
         again.close()

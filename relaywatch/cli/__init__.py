@@ -4,7 +4,6 @@ main: the group, options shared by all, errors to exit codes; replay; blocks (bl
 queue; daemon (run, status); report (report, digest); admin (audit, config, install-maps, notify-test).
 """
 
-from relaywatch.cli.common import blocker as _blocker
 from relaywatch.cli.main import main
 
-__all__ = ["_blocker", "main"]
+__all__ = ["main"]

@@ -8,14 +8,15 @@ import time
 import click
 
 from relaywatch import config as config_mod
-from relaywatch.cli.common import blocker as make_blocker
-from relaywatch.cli.common import config_option, default_type, existing_store, load, log
+from relaywatch.build import blocker_for as make_blocker
+from relaywatch.build import map_type
+from relaywatch.cli.common import config_option, existing_store, load, log
 from relaywatch.model import Decision, RelaywatchError
-from relaywatch.postfix.blocking import in_map, map_specs, target_kind
 from relaywatch.reports import blocks as blocks_report
 from relaywatch.reports import check as check_mod
 from relaywatch.reports.check import MANUAL_REASON
 from relaywatch.reports.report import iso
+from relaywatch.respond.blocking import in_map, map_specs, target_kind
 from relaywatch.store.sqlite import Store
 
 
@@ -135,7 +136,7 @@ def blocks(as_json: bool, config_path: str | None) -> None:
     rows = store.blocks(time.time()) if store is not None else []
     state = store.map_state.pending() if store is not None else None
     pending = state.to_json() if state is not None else None
-    held = in_map(rows, map_specs(cfg.client_access_map, cfg.sasl_access_map, default_type(cfg))) if rows else []
+    held = in_map(rows, map_specs(cfg.client_access_map, cfg.sasl_access_map, map_type(cfg))) if rows else []
     if as_json:
         click.echo(blocks_report.to_json(rows, held, pending))
         return

@@ -1,4 +1,4 @@
-"""What the command modules share: the -c option, loading the configuration, opening the state and the blocker."""
+"""What the command modules share: the -c option, loading the configuration, opening the state."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ import click
 
 from relaywatch import config as config_mod
 from relaywatch.model import RelaywatchError
-from relaywatch.postfix.blocking import Blocker, maps_from_config
-from relaywatch.postfix.maps import Postfix, default_database_type
 from relaywatch.store.sqlite import Store
 
 DEFAULT_CONFIG = "/etc/relaywatch/relaywatch.toml"
@@ -41,19 +39,6 @@ def recorded_store(cfg: config_mod.Config) -> Store:
 def existing_store(cfg: config_mod.Config) -> Store | None:
     """The state database if there is one; None: relaywatch never ran, so nothing is blocked."""
     return Store(cfg.database) if os.path.exists(cfg.database) else None
-
-
-def default_type(cfg: config_mod.Config) -> str:
-    specs = (cfg.client_access_map, cfg.sasl_access_map)
-    typed = all(":" in s and not s.startswith("/") for s in specs if s)
-    return "hash" if typed else default_database_type(cfg.config_directory)
-
-
-def blocker(cfg: config_mod.Config, store: Store) -> Blocker:
-    """The Blocker for this configuration (also the Daemon's blocker factory)."""
-    maps = maps_from_config(cfg.client_access_map, cfg.sasl_access_map, default_type(cfg),
-                            config_directory=cfg.config_directory, map_directories=cfg.map_directories)
-    return Blocker(store, Postfix(cfg.config_directory), maps, cfg.block_s)
 
 
 def write_atomically(path: str, text: str) -> None:

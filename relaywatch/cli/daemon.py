@@ -10,7 +10,6 @@ import click
 
 from relaywatch import config as config_mod
 from relaywatch.cli.common import (
-    blocker,
     config_option,
     config_path_or_default,
     load,
@@ -25,7 +24,7 @@ def run(config_path: str | None) -> None:
     from relaywatch.daemon import Daemon
 
     config_path = config_path_or_default(config_path)
-    daemon = Daemon(config_path, config_mod.load(config_path), blocker)
+    daemon = Daemon(config_path, config_mod.load(config_path))
     sys.exit(daemon.run())
 
 

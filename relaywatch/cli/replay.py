@@ -8,7 +8,6 @@ from collections.abc import Sequence
 import click
 
 from relaywatch import config as config_mod
-from relaywatch.cli.common import blocker as make_blocker
 from relaywatch.cli.common import config_option, load, log, write_atomically
 from relaywatch.model import Decision
 from relaywatch.postfix import hostaddrs
@@ -47,9 +46,7 @@ def replay(logs: tuple[str, ...], config_path: str | None, fmt: str, output: str
             result = _run(cfg, [path], year or SAMPLE_YEAR, local_domains)
     else:
         result = _run(cfg, list(logs), year, local_domains)
-    pending = _apply(cfg, result.decisions) if apply else False
-    if notify:
-        _notify(cfg, result.decisions, dry_run=not apply)
+    pending = _act(cfg, result.decisions, apply, notify) if apply or notify else None
     if fmt == "html":
         from relaywatch.reports.html import render_html
 
@@ -65,25 +62,27 @@ def replay(logs: tuple[str, ...], config_path: str | None, fmt: str, output: str
         sys.exit(1)
 
 
-def _notify(cfg: config_mod.Config, decisions: Sequence[Decision], dry_run: bool) -> None:
-    from relaywatch.notify.send import Notifier, notice_for_decision
+def _act(cfg: config_mod.Config, decisions: Sequence[Decision], apply: bool, notify: bool) -> str | None:
+    """Block what the replay decided to block and hold its queued mail (--apply), tell the [notify]
+    targets (--notify); why the blocks are not in force when the maps could not be written."""
+    from relaywatch.build import blocker_for, notifier_for, responder_for
 
-    if not cfg.notify_urls and not cfg.notify_config:
+    if notify and not cfg.notify_urls and not cfg.notify_config:
         raise click.UsageError("--notify needs [notify] urls or config in the configuration")
-    with Notifier(cfg.notify_urls, cfg.notify_config, coalesce_s=0, timeout_s=cfg.notify_timeout_s,
-                  retries=cfg.notify_retries) as notifier:
-        for d in decisions:
-            notifier.submit(notice_for_decision(d, dry_run=dry_run))
-
-
-def _apply(cfg: config_mod.Config, decisions: Sequence[Decision]) -> str | None:
-    """Block now what the replay decided to block; the error text if the maps could not be written."""
-    store = Store(cfg.database)
-    blocker = make_blocker(cfg, store)
-    for d in decisions:
-        if d.action == "block":
-            blocker.block(d.kind, d.target, report.describe(d), rule=d.rule)
-    return None if blocker.sync() else blocker.last_error
+    store = Store(cfg.database) if apply else Store(None)
+    notifier = None
+    try:
+        blocker = blocker_for(cfg, store) if apply else None
+        notifier = notifier_for(cfg, coalesce=False) if notify else None
+        outcomes = responder_for(cfg, store, blocker, notifier).act(decisions)
+        for held in (o.held for o in outcomes if o.held is not None and o.held.count != 0):
+            for _, text in held.messages():
+                click.echo(f"relaywatch: {text}", err=True)
+        return None if blocker is None or blocker.sync() else blocker.last_error
+    finally:
+        if notifier is not None:
+            notifier.close()
+        store.close()
 
 
 def _run(cfg: config_mod.Config, paths: list[str], year: int | None, local_domains: tuple[str, ...]) -> ReplayResult:

@@ -208,7 +208,7 @@ def address_kind(addr: str) -> AddrKind:
     """Cached per distinct address: the hot path never parses an address twice.
     Documentation ranges count as public here (tests use them for remote hosts)."""
     try:
-        ip = ipaddress.ip_address(addr[5:] if addr.startswith("IPv6:") else addr)
+        ip = ipaddress.ip_address(addr.removeprefix("IPv6:"))
     except ValueError:
         return AddrKind.OTHER
     if ip.is_loopback:

@@ -42,21 +42,21 @@ CLIENT = re.compile(
 _REJECT = re.compile(
     r"(?P<action>reject|reject_warning|milter-reject|milter-discard|discard|hold|milter-hold|filter"
     r"|redirect|proxy-reject): (?P<stage>[A-Z][A-Z-]*) from " + PEER + r": (?P<reply>.*)",
-    re.S,
+    re.DOTALL,
 )
 _CLEANUP_DROP = re.compile(r"(?:reject|discard): (?:header|body) ")
 _QMGR = re.compile(
     rf"(?P<qid>{QUEUE_ID}): (?:(?P<removed>removed)|(?P<from>from=<(?P<sender>.*)>, size=(?P<size>\d+), "
     r"nrcpt=(?P<nrcpt>\d+) \(queue active\)))$",
-    re.S,
+    re.DOTALL,
 )
-_PICKUP = re.compile(r"uid=(?P<uid>\d+) from=<(?P<sender>.*)>$", re.S)
+_PICKUP = re.compile(r"uid=(?P<uid>\d+) from=<(?P<sender>.*)>$", re.DOTALL)
 _DELIVERY_TAIL = re.compile(
     r'(?:orig_to=<(?P<orig>"(?:[^"\\]|\\.)*"[^>]*|[^>]*)>, )?'
     r"relay=(?P<relay>[^\s,\[]*(?:\[(?P<raddr>[^\]\s]*)\])?(?::\d+)?), "
     r"(?:conn_use=\d+, )?delay=[\d.]+, (?:delays=[\d./]+, )?(?:tls=[^,\s]*, )?(?:dsn=\d\.\d{1,3}\.\d{1,3}, )?"
     r"status=(?P<status>[a-z-]+)(?: \((?P<reply>.*)\))?$",
-    re.S,
+    re.DOTALL,
 )
 
 DELIVERY_AGENTS = frozenset({"smtp", "lmtp", "local", "virtual", "pipe", "error", "retry", "discard"})
@@ -65,8 +65,7 @@ DELIVERY_AGENTS = frozenset({"smtp", "lmtp", "local", "virtual", "pipe", "error"
 @lru_cache(maxsize=16384)
 def client_address(addr: str) -> str | None:
     """The canonical text of a client address, or None when Postfix did not log one."""
-    if addr.startswith("IPv6:"):
-        addr = addr[5:]
+    addr = addr.removeprefix("IPv6:")
     try:
         return ipaddress.ip_address(addr).compressed
     except ValueError:

@@ -34,15 +34,15 @@ __all__ = ["GRAMMARS", "QUEUE_ID", "LineParser", "YearResolver", "client_address
 
 # host, then the syslog tag split into "postfix/submission/" and the program ("smtpd"), pid, message
 _TAG = r"(?P<host>\S+) (?P<prefix>[^\s\[:]*/)?(?P<daemon>[^\s\[:/]+)(?:\[(?P<pid>\d+)\])?:? (?P<msg>.*)"
-_BSD = re.compile(r"(?P<stamp>(?P<mon>[A-Z][a-z]{2}) {1,2}(?P<day>\d{1,2}) (?P<hms>\d\d:\d\d:\d\d)) " + _TAG, re.S)
+_BSD = re.compile(r"(?P<stamp>(?P<mon>[A-Z][a-z]{2}) {1,2}(?P<day>\d{1,2}) (?P<hms>\d\d:\d\d:\d\d)) " + _TAG, re.DOTALL)
 # rsyslog, and journalctl -o short-iso / short-iso-precise (offset without a colon)
 _RFC3339 = re.compile(
-    r"(?P<sec>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?P<frac>\.\d{1,9})?(?P<tz>Z|[+-]\d\d:?\d\d) " + _TAG, re.S
+    r"(?P<sec>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?P<frac>\.\d{1,9})?(?P<tz>Z|[+-]\d\d:?\d\d) " + _TAG, re.DOTALL
 )
 # journalctl -o short-full (`Fri 2026-11-27 10:00:00 CET`) and -o short-unix (`1795773600.000123`)
 _FULL = re.compile(r"[A-Z][a-z]{2} (?P<date>\d{4}-\d\d-\d\d) (?P<hms>\d\d:\d\d:\d\d) "
-                   r"(?P<zone>[A-Za-z+-][A-Za-z0-9+-]{0,9}) " + _TAG, re.S)
-_UNIX = re.compile(r"(?P<unix>\d{1,12}(?:\.\d{1,9})?) " + _TAG, re.S)
+                   r"(?P<zone>[A-Za-z+-][A-Za-z0-9+-]{0,9}) " + _TAG, re.DOTALL)
+_UNIX = re.compile(r"(?P<unix>\d{1,12}(?:\.\d{1,9})?) " + _TAG, re.DOTALL)
 NO_HOSTNAME = "line without a hostname"  # Unparsed.reason: journalctl omits it when a record has none
 # Times every report can print (datetime's years 1..9999 in any time zone): others are impossible
 _MIN_T, _MAX_T = 86400.0, 253_370_764_800.0  # 1970-01-02, 9998-12-31
@@ -167,7 +167,7 @@ class LineParser:
                 self._proxied.clear()
             self._proxied[(host, pid)] = ClientSeen(t, "", addr, c["name"], c["user"] or None, None, host=host)
             return None
-        rest = msg[9:] if msg.startswith("NOQUEUE: ") else msg
+        rest = msg.removeprefix("NOQUEUE: ")
         if not rest.startswith("proxy-accept: END-OF-MESSAGE"):
             return None
         session = self._proxied.pop((host, pid), None)

@@ -142,7 +142,7 @@ class Observed(NamedTuple):
 class _Watch:
     """One rule's window; a subnet rule with `min_subnets` also counts its distinct narrower networks."""
 
-    __slots__ = ("rule", "counter", "spread", "narrow")
+    __slots__ = ("counter", "narrow", "rule", "spread")
 
     def __init__(self, rule: Rule, bucket_s: int, max_keys: int = MAX_KEYS) -> None:
         group = network_of(rule.prefix_v4, rule.prefix_v6) if rule.prefix_v4 else None

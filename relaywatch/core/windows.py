@@ -35,8 +35,18 @@ class WindowCounter:
     totals are lower bounds and distinct keys per group upper bounds.
     """
 
-    __slots__ = ("nbuckets", "buckets", "totals", "group", "group_totals", "group_keys", "latest", "max_keys",
-                 "evicted", "residue")
+    __slots__ = (
+        "buckets",
+        "evicted",
+        "group",
+        "group_keys",
+        "group_totals",
+        "latest",
+        "max_keys",
+        "nbuckets",
+        "residue",
+        "totals",
+    )
 
     def __init__(self, nbuckets: int, group: Callable[[str], str | None] | None = None,
                  max_keys: int = MAX_KEYS) -> None:

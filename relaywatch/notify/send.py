@@ -53,7 +53,7 @@ _KEEP_PENDING = 500  # per target; more are dropped and counted, so a flood cann
 
 
 # --- secrets -----------------------------------------------------------------
-_SECRET_KEY = re.compile(r"pass|pwd|secret|token|key|auth|sig|cred|session|cookie|bearer", re.I)
+_SECRET_KEY = re.compile(r"pass|pwd|secret|token|key|auth|sig|cred|session|cookie|bearer", re.IGNORECASE)
 _QUERY_VALUE = re.compile(r"([?&]([^=&#\s]+)=)([^&#\s]*)")
 _PASSWORD = re.compile(r"(://[^/\s:@]*:)[^/\s@]+@")
 

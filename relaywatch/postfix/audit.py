@@ -72,7 +72,7 @@ def audit(params: dict[str, str], services: dict[str, dict[str, str]], maps: Aud
     return sorted(found, key=lambda f: SEVERITIES.index(f.severity))
 
 
-_POLICY_DEFAULT = re.compile(r"default_action\s*=\s*([^,}]+)", re.I)
+_POLICY_DEFAULT = re.compile(r"default_action\s*=\s*([^,}]+)", re.IGNORECASE)
 
 
 def _endpoint(listen: str) -> str:

@@ -238,7 +238,7 @@ class PostfixQueue:
             raise PostfixError(f"postsuper {flag} failed (exit {done.returncode}): "
                                f"{done.stderr.strip() or 'no message'}; it must run as root")
         # one "postsuper: QID: placed on hold" line per message it moved; ids no longer queued are skipped
-        return len(re.findall(rf"^postsuper: {QUEUE_ID}: {_DONE[flag]}$", done.stderr, re.M))
+        return len(re.findall(rf"^postsuper: {QUEUE_ID}: {_DONE[flag]}$", done.stderr, re.MULTILINE))
 
 
 def select(queue: PostfixQueue, who: Target, known: Collection[str] = (), *,

@@ -19,8 +19,8 @@ from typing import Any
 from relaywatch.config import Config
 from relaywatch.model import Decision, RelaywatchError
 from relaywatch.postfix.audit import AuditMaps, block_ineffective_reason
-from relaywatch.postfix.blocking import target_kind
 from relaywatch.postfix.postconf import postconf, postconf_services
+from relaywatch.respond.blocking import target_kind
 from relaywatch.store.sqlite import BlockRow
 from relaywatch.wording import describe, iso
 

@@ -59,7 +59,7 @@ class StatusTable:
     attempts is dropped.
     """
 
-    __slots__ = ("cap", "rows", "approximate")
+    __slots__ = ("approximate", "cap", "rows")
 
     def __init__(self, cap: int = CAP) -> None:
         self.cap = cap

@@ -25,7 +25,7 @@ class BoundedCounter:
     hitters the top tables show survive every pruning.
     """
 
-    __slots__ = ("cap", "counts", "approximate")
+    __slots__ = ("approximate", "cap", "counts")
 
     def __init__(self, cap: int = 20_000) -> None:
         self.cap = cap
