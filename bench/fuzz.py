@@ -218,12 +218,12 @@ def check_decisions(decisions: Sequence, canary_free: bool) -> None:
 
 def _pipeline():
     from relaywatch.config import Config
-    from relaywatch.engine import Pipeline
     from relaywatch.core.parse import LineParser, YearResolver
     from relaywatch.core.policy import DEFAULT_RULES
+    from relaywatch.engine import Pipeline
     from relaywatch.reports.report import Tally
-    from relaywatch.store.sqlite import Store
     from relaywatch.reports.timeline import Timeline
+    from relaywatch.store.sqlite import Store
 
     rules = tuple(dataclasses.replace(r, threshold=1, min_clients=min(r.min_clients, 1)) for r in DEFAULT_RULES)
     config = dataclasses.replace(Config(), rules=rules, allow_networks=())
@@ -234,8 +234,8 @@ def _pipeline():
 def run_lines(lines: Sequence[str], canary_free: bool, reports: bool = True) -> list:
     """Parse, correlate and decide `lines` in a fresh pipeline with every threshold at 1; check everything."""
     from relaywatch.reports import report
-    from relaywatch.reports.report import ReplayResult
     from relaywatch.reports.html import render_html
+    from relaywatch.reports.report import ReplayResult
 
     pipeline, parser = _pipeline()
     decisions = []
@@ -458,8 +458,9 @@ def main() -> int:
     import atheris
 
     with atheris.instrument_imports(include=["relaywatch"]):
-        import relaywatch.engine  # noqa: F401 - imported to be instrumented
         import relaywatch.htmlreport  # noqa: F401
+
+        import relaywatch.engine  # noqa: F401 - imported to be instrumented
     atexit.register(report)
     atheris.Setup([sys.argv[0], *rest, "-rss_limit_mb=4096"], make_target(corpus_lines(), args.runs, deadline))
     atheris.Fuzz()

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from relaywatch.store import permissions
 from relaywatch.core.inline import parse_listen
-from relaywatch.model import ConfigError
 from relaywatch.core.policy import ALERT_ONLY_DIMS, DEFAULT_RULES, DIMS, Network, Rule
+from relaywatch.model import ConfigError
+from relaywatch.store import permissions
 
 log = logging.getLogger("relaywatch.config")
 

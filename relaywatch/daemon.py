@@ -20,25 +20,30 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from relaywatch import config as config_mod
+from relaywatch.core.destinations import Destinations, Source
+from relaywatch.core.enforcement import Leak, LeakWatch
+from relaywatch.core.parse import LineParser, YearResolver
+from relaywatch.engine import Pipeline
+from relaywatch.model import ConfigError, Decision, PostfixError, RelaywatchError
+from relaywatch.notify.notices import (
+    notice_for_leak,
+    notice_for_map_changed,
+    notice_for_map_fault,
+    notice_for_map_restored,
+)
+from relaywatch.notify.send import NoticeKind, Notifier, notice_for_decision, notice_for_text, subnet_clients
+from relaywatch.policyd import InlineService, service_for
 from relaywatch.postfix import hostaddrs
 from relaywatch.postfix.audit import AuditMaps, block_bypasses, bypass_text, run_audit
 from relaywatch.postfix.blocking import Blocker, SyncResult
-from relaywatch.core.destinations import Destinations, Source
-from relaywatch.reports.digest import DayStats, day_of, digest_text, unusual
-from relaywatch.engine import Pipeline
-from relaywatch.core.enforcement import Leak, LeakWatch
-from relaywatch.sources.follow import FileFollower
-from relaywatch.sources.journal import JournalFollower
-from relaywatch.model import ConfigError, Decision, PostfixError, RelaywatchError
-from relaywatch.notify.notices import notice_for_leak, notice_for_map_changed, notice_for_map_fault, notice_for_map_restored
-from relaywatch.notify.send import Notifier, NoticeKind, notice_for_decision, notice_for_text, subnet_clients
-from relaywatch.core.parse import LineParser, YearResolver
-from relaywatch.policyd import InlineService, service_for
 from relaywatch.postfix.postconf import local_destinations, postconf, postconf_services
 from relaywatch.postfix.queue import PostfixQueue, Target, select
+from relaywatch.reports.digest import DayStats, day_of, digest_text, unusual
 from relaywatch.reports.report import describe
 from relaywatch.sources.choose import Choice, Reason
 from relaywatch.sources.choose import choose as choose_source
+from relaywatch.sources.follow import FileFollower
+from relaywatch.sources.journal import JournalFollower
 from relaywatch.store.sqlite import Store, StoreUnavailable
 
 log = logging.getLogger("relaywatch.daemon")

@@ -10,18 +10,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 
-from relaywatch.sources import files as sources
 from relaywatch.config import Config
 from relaywatch.core.correlate import Correlator
 from relaywatch.core.destinations import Destinations, LocalDomains
-from relaywatch.reports.digest import DayStats
-from relaywatch.model import Decision, LocalRelayed, RelayDenied, Unparsed
 from relaywatch.core.parse import FORGED, LineParser, YearResolver
 from relaywatch.core.policy import Detector, Fact, Network
+from relaywatch.model import Decision, LocalRelayed, RelayDenied, Unparsed
 from relaywatch.postfix.postconf import local_destinations
+from relaywatch.reports.digest import DayStats
 from relaywatch.reports.report import ReplayResult, Tally, Totals
-from relaywatch.store.sqlite import Store
 from relaywatch.reports.timeline import Timeline
+from relaywatch.sources import files as sources
+from relaywatch.store.sqlite import Store
 
 log = logging.getLogger("relaywatch.engine")
 

@@ -180,7 +180,8 @@ class RelayDenied:
 class Decision:
     """What the policy decided, with the evidence a human needs to check it.
 
-    action: "block" | "alert" | "unblock" (the daemon's store only: rule "manual" or "expired"); kind: "client" | "subnet" | "sasl_user" | "sender" | "destination".
+    action: "block" | "alert" | "unblock" (the daemon's store only: rule "manual" or "expired");
+    kind: "client" | "subnet" | "sasl_user" | "sender" | "destination".
     """
 
     time: float

@@ -27,9 +27,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from relaywatch.core.destinations import Destinations
-from relaywatch.core.inline import Blocked, Budget, Exceeded, InlinePolicy, Network, history_key, parse_listen, parse_request
-from relaywatch.model import Decision, Relayed, RelaywatchError
+from relaywatch.core.inline import (
+    Blocked,
+    Budget,
+    Exceeded,
+    InlinePolicy,
+    Network,
+    history_key,
+    parse_listen,
+    parse_request,
+)
 from relaywatch.core.policy import Fact
+from relaywatch.model import Decision, Relayed, RelaywatchError
 from relaywatch.store.relayers import RelayHistory, day_number
 
 log = logging.getLogger("relaywatch.policyd")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from relaywatch.model import PostfixError
 from relaywatch.postfix import audit_eval as ev
 from relaywatch.postfix.audit import (
     SAMPLES,
@@ -22,7 +23,6 @@ from relaywatch.postfix.audit import (
     run_audit,
     to_json,
 )
-from relaywatch.model import PostfixError
 
 REJECT_LIST = "hash:/etc/postfix/reject_list"
 SASL_MAP = "hash:/etc/postfix/sasl_block"

@@ -1,4 +1,4 @@
-"""Blocking for real: the store, the CLI and a private running Postfix (tests/postfix_rig.py)."""
+"""Blocking for real: the store, the CLI and a private running Postfix (tests/support/postfix_rig.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from relaywatch.postfix.blocking import MAX_BLOCK_S, Blocker, maps_from_config, target_kind
 from relaywatch.cli import main
+from relaywatch.postfix.blocking import MAX_BLOCK_S, Blocker, maps_from_config, target_kind
 from relaywatch.postfix.maps import BEGIN, END, InvalidBlock, Postfix
 from relaywatch.store.sqlite import Store
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from relaywatch import config
-from relaywatch.model import ConfigError
 from relaywatch.core.policy import DEFAULT_RULES
+from relaywatch.model import ConfigError
 
 EXAMPLE = Path(__file__).parent.parent / "conf" / "relaywatch.toml"
 

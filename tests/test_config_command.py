@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 import relaywatch
 from relaywatch import config as config_mod
-from relaywatch.reports import effective_config
 from relaywatch.cli import main
+from relaywatch.reports import effective_config
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "conf" / "relaywatch.toml"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from relaywatch.core.correlate import Correlator, LocalDomains
-from relaywatch.model import LocalRelayed, Relayed, RelayDenied
 from relaywatch.core.parse import LineParser, YearResolver
+from relaywatch.model import LocalRelayed, RelayDenied, Relayed
 
 
 def run(text: str, correlator: Correlator | None = None) -> list:

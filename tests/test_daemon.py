@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from relaywatch.config import load
-from relaywatch.engine import Pipeline
 from relaywatch.core.parse import LineParser, YearResolver
+from relaywatch.engine import Pipeline
 from relaywatch.store.sqlite import Store
 
 ROOT = Path(__file__).parent.parent
@@ -112,7 +112,8 @@ def test_sighup_with_a_broken_config_keeps_the_old_one_and_sigterm_exits_0(tmp_p
     maillog.write_text("")
     cfg = tmp_path / "rw.toml"
     good = (f'[source]\npath = "{maillog}"\n[state]\ndatabase = "{db}"\n'
-            f'[postfix]\nconfig_directory = "{tmp_path}"\nclient_access_map = "hash:{tmp_path}/c"\nsasl_access_map = ""\n')
+            f'[postfix]\nconfig_directory = "{tmp_path}"\nclient_access_map = "hash:{tmp_path}/c"\n'
+            'sasl_access_map = ""\n')
     cfg.write_text(good)
     err = tmp_path / "daemon.err"
     proc = start(cfg, err)

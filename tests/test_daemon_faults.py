@@ -20,11 +20,11 @@ import pytest
 from test_daemon import position, start, wait_for
 from test_hostile_faults import fill, tiny_disk  # noqa: F401 - a fixture
 
-from relaywatch.store import sqlite as store_mod
 from relaywatch.cli import _blocker
 from relaywatch.config import load
 from relaywatch.daemon import Daemon
 from relaywatch.notify.notices import PREFIX
+from relaywatch.store import sqlite as store_mod
 from relaywatch.store.sqlite import BlockRow, Store
 
 
@@ -318,7 +318,8 @@ def test_sighup_with_bad_bytes_keeps_the_old_config_and_the_daemon(tmp_path):
         for bad in (good + b"# caf\xe9\n", good.replace(b"mail.log", b"mail\\u0000.log")):
             cfg.write_bytes(bad)
             proc.send_signal(signal.SIGHUP)
-            wait_for(lambda: err.read_text().count("keeping the old configuration") == (2 if b"u0000" in bad else 1),
+            refusals = 2 if b"u0000" in bad else 1
+            wait_for(lambda refusals=refusals: err.read_text().count("keeping the old configuration") == refusals,
                      what="the reload to be refused")
             assert proc.poll() is None
         assert "is not UTF-8" in err.read_text() and "control character U+0000" in err.read_text()

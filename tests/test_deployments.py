@@ -16,8 +16,8 @@ import pytest
 
 from relaywatch.core.correlate import Correlator
 from relaywatch.core.destinations import LocalDomains
-from relaywatch.model import Event, ProxyAccept, Relayed
 from relaywatch.core.parse import LineParser, YearResolver
+from relaywatch.model import Event, ProxyAccept, Relayed
 
 DATA = Path(__file__).parent / "data" / "deployments"
 _PROXY_ACCEPT = re.compile(r"NOQUEUE: proxy-accept: END-OF-MESSAGE from (?P<name>[^\s\[]*)\[(?P<addr>[^\]]+)\]: "

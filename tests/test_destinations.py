@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.postfix_rig import POSTMAP, postfix_installed
 
-from postfix_rig import POSTMAP, postfix_installed
 from relaywatch.core.destinations import DomainList, LocalDomains, LogInference, Pattern, Reason, Source, split_list
 from relaywatch.postfix.postconf import local_destinations, postfix_domains
 
@@ -170,9 +170,9 @@ def test_replay_reads_relay_domains_from_postfix_and_says_where_they_came_from(e
 
 
 def test_replay_says_which_domains_it_inferred_and_why(tmp_path):
-    from relaywatch.reports import report
     from relaywatch.config import from_dict
     from relaywatch.engine import replay
+    from relaywatch.reports import report
 
     log = Path(__file__).parent / "data" / "deployments" / "gateway-relay-domains.log"
     result = replay([str(log)], from_dict({"postfix": {"config_directory": str(tmp_path / "nowhere")}}))

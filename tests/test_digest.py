@@ -10,18 +10,17 @@ import time
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
-
 from relaywatch import config as config_mod
-from relaywatch.reports import digest
-from relaywatch.sources import files as sources
 from relaywatch.cli import _blocker
-from relaywatch.notify.notices import HOST
 from relaywatch.config import Config
-from relaywatch.daemon import Daemon
-from relaywatch.reports.digest import DayStats, digest_text, unusual
-from relaywatch.engine import Pipeline
-from relaywatch.model import Decision, Relayed, RelayDenied
 from relaywatch.core.parse import LineParser, YearResolver
+from relaywatch.daemon import Daemon
+from relaywatch.engine import Pipeline
+from relaywatch.model import Decision, RelayDenied, Relayed
+from relaywatch.notify.notices import HOST
+from relaywatch.reports import digest
+from relaywatch.reports.digest import DayStats, digest_text, unusual
+from relaywatch.sources import files as sources
 from relaywatch.store.sqlite import Store
 
 SAMPLE = Path(__file__).parent.parent / "relaywatch" / "data" / "sample-2003-03-16.log.gz"
@@ -141,7 +140,8 @@ def test_the_pipeline_rolls_the_day_over_at_local_midnight():
                       "proto=ESMTP helo=<x>", parser)
     [finished] = pipeline.finished_days
     assert (finished.day, finished.relay_denied) == (DAY, 2)
-    assert (pipeline.day.day, pipeline.day.relay_denied) == ((date.fromisoformat(DAY) + timedelta(days=1)).isoformat(), 1)
+    next_day = (date.fromisoformat(DAY) + timedelta(days=1)).isoformat()
+    assert (pipeline.day.day, pipeline.day.relay_denied) == (next_day, 1)
 
 
 def _message(qid: str, t: float, rcpt: str, status: str) -> str:

@@ -20,12 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from postfix_rig import POSTFIX, POSTMAP, PostfixRig
+from support.postfix_rig import POSTFIX, POSTMAP, PostfixRig
 from test_daemon import start, wait_for
 
 from relaywatch.core.enforcement import LeakWatch
-from relaywatch.postfix.mapguard import BEGIN, END
 from relaywatch.model import Relayed
+from relaywatch.postfix.mapguard import BEGIN, END
 
 FLOODER = "127.0.0.9"
 

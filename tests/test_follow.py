@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from relaywatch.sources import follow as follow_module
+from relaywatch.core.parse import LineParser, YearResolver
+from relaywatch.model import ClientSeen, Delivery, Reject, RelaywatchError
 from relaywatch.sources import files as sources
+from relaywatch.sources import follow as follow_module
 from relaywatch.sources.follow import Batch, FileFollower, Follower
 from relaywatch.sources.journal import JournalFollower
-from relaywatch.model import ClientSeen, Delivery, Reject, RelaywatchError
-from relaywatch.core.parse import LineParser, YearResolver
 
 DATA = Path(__file__).parent / "data" / "journal"
 

@@ -20,13 +20,13 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relaywatch.sources import files as sources
 from relaywatch.config import Config
-from relaywatch.engine import Pipeline
-from relaywatch.sources.follow import FileFollower
 from relaywatch.core.parse import LineParser, YearResolver
-from relaywatch.store.sqlite import Store
 from relaywatch.core.windows import WindowCounter
+from relaywatch.engine import Pipeline
+from relaywatch.sources import files as sources
+from relaywatch.sources.follow import FileFollower
+from relaywatch.store.sqlite import Store
 
 BENCH = Path(__file__).parent.parent / "bench" / "flood.py"
 _spec = importlib.util.spec_from_file_location("flood", BENCH)

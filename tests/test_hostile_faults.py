@@ -3,7 +3,7 @@
 relaywatch must say what happened, keep the last good map in force, lose nothing it had
 committed, and recover by itself once the fault clears. The disks are real (a tiny tmpfs,
 mounted as root), the database is real SQLite held by a second real connection, and Postfix
-is a private instance (tests/postfix_rig.py).
+is a private instance (tests/support/postfix_rig.py).
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from postfix_rig import POSTFIX, PostfixRig
+from support.postfix_rig import POSTFIX, PostfixRig
 
-from relaywatch.store import sqlite as store_mod
-from relaywatch.postfix.blocking import Blocker, maps_from_config
 from relaywatch.cli import main
 from relaywatch.model import RelaywatchError
+from relaywatch.postfix.blocking import Blocker, maps_from_config
 from relaywatch.postfix.maps import Postfix
+from relaywatch.store import sqlite as store_mod
 from relaywatch.store.sqlite import Store
 
 
@@ -104,7 +104,8 @@ def test_disk_full_under_the_map_keeps_the_old_map_in_force_and_recovers(postfix
         filler = fill(tiny_disk)
         blocker.block("client", "127.0.0.10", "test")
         assert not blocker.sync()
-        assert "No space left on device" in blocker.last_error and "the map files Postfix reads were not changed" in blocker.last_error
+        assert "No space left on device" in blocker.last_error
+        assert "the map files Postfix reads were not changed" in blocker.last_error
         assert "blocks are not in force (map not written)" in caplog.text
         assert {p.name: p.read_bytes() for p in tiny_disk.iterdir() if p != filler} == in_force  # no staging left
         assert rig.send("127.0.0.9")[0] == 554 and rig.send("127.0.0.10")[0] == 250

@@ -3,7 +3,7 @@
 Any local user can `logger -t postfix/smtpd 'NOQUEUE: reject: RCPT from unknown[192.0.2.10]: ...'`
 (or `postlog -t`, or write to /dev/log from a web app). SYSLOG_IDENTIFIER is the sender's
 choice; journald's own fields (_SYSTEMD_UNIT, _COMM, _EXE, _UID) are not. The stream
-(tests/hostile_journal.py, recorded by systemd-journal-remote and `journalctl -o json` in
+(tests/support/hostile_journal.py, recorded by systemd-journal-remote and `journalctl -o json` in
 tests/data/journal/forged.json.gz) holds a real relay flood and six forgers' floods.
 """
 
@@ -18,15 +18,15 @@ import subprocess
 import time
 from pathlib import Path
 
-import hostile_journal as hj
 import pytest
+from support import hostile_journal as hj
 
 from relaywatch.config import Config
-from relaywatch.engine import Pipeline, replay
-from relaywatch.sources.journal import JournalFollower
-from relaywatch.model import Decision, Relayed, RelayDenied, Unparsed
 from relaywatch.core.parse import FORGED, LineParser, YearResolver, journal_forgery
 from relaywatch.core.policy import Detector
+from relaywatch.engine import Pipeline, replay
+from relaywatch.model import Decision, RelayDenied, Relayed, Unparsed
+from relaywatch.sources.journal import JournalFollower
 from relaywatch.store.sqlite import Store
 
 RECORDED = Path(__file__).parent / "data" / "journal" / "forged.json.gz"

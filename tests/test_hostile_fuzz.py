@@ -19,12 +19,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relaywatch.reports import report
 from relaywatch.config import Config
-from relaywatch.engine import replay
-from relaywatch.reports.html import render_html
-from relaywatch.model import Unparsed
 from relaywatch.core.parse import LineParser, YearResolver
+from relaywatch.engine import replay
+from relaywatch.model import Unparsed
+from relaywatch.reports import report
+from relaywatch.reports.html import render_html
 
 BENCH = Path(__file__).parent.parent / "bench" / "fuzz.py"
 _spec = importlib.util.spec_from_file_location("fuzz", BENCH)

@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from relaywatch.store import permissions
 from relaywatch.cli import main
 from relaywatch.config import load
 from relaywatch.model import ConfigError
 from relaywatch.notify.send import Notifier, notice_for_text
+from relaywatch.store import permissions
 from relaywatch.store.sqlite import Store
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give files to another user")

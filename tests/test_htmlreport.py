@@ -9,11 +9,10 @@ from html.parser import HTMLParser
 
 import pytest
 
+from relaywatch.model import Decision, RelayDenied, Relayed
 from relaywatch.postfix.audit import Finding
-from relaywatch.reports.report import ReplayResult, Totals
 from relaywatch.reports.html import esc, render_html
-from relaywatch.model import Decision, Relayed, RelayDenied
-from relaywatch.reports.report import Tally
+from relaywatch.reports.report import ReplayResult, Tally, Totals
 from relaywatch.reports.timeline import Timeline
 
 T0 = 1_047_772_800.0  # 2003-03-16 00:00 UTC

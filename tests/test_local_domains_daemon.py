@@ -8,17 +8,17 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-from postfix_rig import POSTMAP
+from support.postfix_rig import POSTMAP
 from test_daemon import start, wait_for
 
 POSTCONF = "/usr/sbin/postconf"
 
 
 def stamp(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="microseconds")
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="microseconds")
 
 
 def live_log(t0: float) -> list[str]:

@@ -6,14 +6,14 @@ from __future__ import annotations
 import random
 
 import pytest
+from support.maillog import T0, Log, rcpts
 
-from maillog import T0, Log, rcpts
 from relaywatch.config import Config
-from relaywatch.reports.digest import DayStats
-from relaywatch.engine import Pipeline
-from relaywatch.reports.html import render_html
-from relaywatch.model import LocalRelayed
 from relaywatch.core.parse import LineParser, YearResolver
+from relaywatch.engine import Pipeline
+from relaywatch.model import LocalRelayed
+from relaywatch.reports.digest import DayStats
+from relaywatch.reports.html import render_html
 from relaywatch.reports.report import to_json, to_text
 from relaywatch.store.sqlite import Store
 

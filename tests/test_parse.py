@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relaywatch.model import ClientSeen, Delivery, Reject, Removed, Unparsed
 from relaywatch.core.parse import LineParser, YearResolver
+from relaywatch.model import ClientSeen, Delivery, Reject, Removed, Unparsed
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 

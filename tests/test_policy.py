@@ -7,8 +7,8 @@ import ipaddress
 import pytest
 
 from relaywatch import config
-from relaywatch.model import ConfigError, LocalRelayed, Relayed, RelayDenied
 from relaywatch.core.policy import DEFAULT_RULES, Detector, Rule, counted
+from relaywatch.model import ConfigError, LocalRelayed, RelayDenied, Relayed
 
 
 def relayed(t: float, client: str, n: int = 0, sender: str = "spam@x.example", sasl: str | None = None,
@@ -188,7 +188,8 @@ def test_a_local_submission_flood_is_an_alert_per_uid():
     facts = [LocalRelayed(1000 + i, f"Q{i}", 33, f"s{i}@x.example", f"r{i}@gmail.com", "gmail.com", "sent")
              for i in range(150)]
     decisions = feed(Detector(), facts)
-    assert [(x.action, x.kind, x.target, x.count) for x in decisions if x.kind == "uid"] == [("alert", "uid", "33", 100)]
+    uid_decisions = [(x.action, x.kind, x.target, x.count) for x in decisions if x.kind == "uid"]
+    assert uid_decisions == [("alert", "uid", "33", 100)]
     assert all(x.action == "alert" for x in decisions)
 
 
@@ -210,6 +211,7 @@ def test_new_rule_keys_are_read_and_overrides_keep_the_rest():
                             "allow": {"own_addresses": ["144.76.10.20", "2a01:4f8:c0c:1234::/64"]}})
     rules = {r.name: r for r in cfg.rules}
     slow = rules["slow_wide_subnet"]
-    assert (slow.threshold, slow.min_subnets, slow.min_clients, slow.window_s, slow.prefix_v4) == (500, 8, 12, 10800, 16)
+    slow_values = (slow.threshold, slow.min_subnets, slow.min_clients, slow.window_s, slow.prefix_v4)
+    assert slow_values == (500, 8, 12, 10800, 16)
     assert "local_submission" not in rules
     assert [n.compressed for n in cfg.own_addresses] == ["144.76.10.20/32", "2a01:4f8:c0c:1234::/64"]

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
+from support.postfix_rig import POSTFIX, REMOTE_RCPT, PostfixRig, free_port
 
-from postfix_rig import POSTFIX, REMOTE_RCPT, PostfixRig, free_port
 from relaywatch.store.relayers import RelayHistory
 from relaywatch.store.sqlite import Store
 

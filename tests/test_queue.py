@@ -1,5 +1,5 @@
 """relaywatch.queue and `relaywatch queue`: recorded postqueue/postcat output, and a real private Postfix
-whose mail to an unreachable domain waits in the deferred queue (tests/postfix_rig.py)."""
+whose mail to an unreachable domain waits in the deferred queue (tests/support/postfix_rig.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from postfix_rig import UNREACHABLE_DOMAIN, PostfixRig
+from support.postfix_rig import UNREACHABLE_DOMAIN, PostfixRig
 
 from relaywatch.cli import main
 from relaywatch.model import PostfixError

@@ -7,10 +7,10 @@ import re
 
 from click.testing import CliRunner
 
-from relaywatch.reports import digest
 from relaywatch.cli import main
+from relaywatch.model import Decision, RelayDenied, Relayed
+from relaywatch.reports import digest
 from relaywatch.reports.digest import DayStats, period_result
-from relaywatch.model import Decision, Relayed, RelayDenied
 from relaywatch.store.sqlite import Store
 
 DAYS = ("2024-05-13", "2024-05-14", "2024-05-15")
@@ -105,7 +105,7 @@ def test_html_report_plots_the_hours_with_the_blocks_marked(tmp_path):
     assert "approximate" in page and "<b>0</b>lines" not in page and "<b>0</b>messages" not in page
     assert "<td>hanmail.net</td><td>42</td><td>30 (71%)</td>" in page  # deferral per destination
     svg = re.search(r"<svg.*?</svg>", page, re.S).group(0)
-    assert 'data-t0="%d"' % digest.day_bounds(DAYS[0])[0] in svg  # the plot starts at the period's midnight
+    assert f'data-t0="{int(digest.day_bounds(DAYS[0])[0])}"' in svg  # the plot starts at the period's midnight
 
 
 def test_the_timeline_holds_the_hourly_series():

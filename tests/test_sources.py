@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from relaywatch.sources import files as sources
 from relaywatch.model import RelaywatchError
+from relaywatch.sources import files as sources
 
 LINES = ["Mar 16 01:59:38 zebra postfix/smtpd[29327]: connect from unknown[218.144.108.161]", "second \u00e9"]
 DATA = ("\n".join(LINES) + "\n").encode()

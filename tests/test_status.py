@@ -156,7 +156,8 @@ def test_audit_says_what_is_read_and_whether_lines_arrive(tmp_path):
     cfg = tmp_path / "rw.toml"
     missing = tmp_path / "mail.log"
     cfg.write_text(f'[source]\npath = "{missing}"\n[state]\ndatabase = "{tmp_path}/s.db"\n'
-                   f'[postfix]\nconfig_directory = "{conf}"\nclient_access_map = "hash:{conf}/c"\nsasl_access_map = ""\n')
+                   f'[postfix]\nconfig_directory = "{conf}"\nclient_access_map = "hash:{conf}/c"\n'
+                   'sasl_access_map = ""\n')
     doc = json.loads(CliRunner().invoke(main, ["audit", "--format", "json", "-c", str(cfg)]).output)
     [source] = [f for f in doc["findings"] if f["code"] == "source"]
     assert source["severity"] == "warning" and source["title"] == (

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from relaywatch.reports import timeline as tl_mod
-from relaywatch.model import Decision, Relayed, RelayDenied
 from relaywatch.core.policy import DEFAULT_RULES, network_of
+from relaywatch.model import Decision, RelayDenied, Relayed
+from relaywatch.reports import timeline as tl_mod
 from relaywatch.reports.timeline import Timeline, sparkline, text_block
 
 T0 = 1_047_772_800.0  # 2003-03-16 00:00:00 UTC, a whole minute and hour

@@ -9,8 +9,8 @@ import ipaddress
 import random
 
 import pytest
+from support.maillog import T0, Log, blocks, rcpts
 
-from maillog import T0, Log, blocks, rcpts
 from relaywatch.config import Config
 
 DOMAINS = ["gmail.com", "outlook.com", "web.de", "hanmail.net"]

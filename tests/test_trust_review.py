@@ -8,8 +8,8 @@ import stat
 from pathlib import Path
 
 import pytest
+from support.postfix_rig import POSTMAP, postfix_installed
 
-from postfix_rig import POSTMAP, postfix_installed
 from relaywatch.postfix import postconf
 from relaywatch.postfix.postconf import postfix_domains
 

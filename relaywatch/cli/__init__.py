@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING
 import click
 
 from relaywatch import __version__
-from relaywatch.reports import report
 from relaywatch import config as config_mod
-from relaywatch.postfix import hostaddrs
-from relaywatch.postfix.blocking import Blocker, in_map, map_specs, maps_from_config, target_kind
-from relaywatch.reports.check import MANUAL_REASON, manual_evidence
 from relaywatch.engine import replay as run_replay
 from relaywatch.model import ConfigError, Decision, RelaywatchError
+from relaywatch.postfix import hostaddrs
+from relaywatch.postfix.blocking import Blocker, in_map, map_specs, maps_from_config, target_kind
 from relaywatch.postfix.maps import Postfix, default_database_type
 from relaywatch.postfix.queue import CLI_FLAGS, PostfixQueue, QueuedMessage, Target, select, target
+from relaywatch.reports import report
+from relaywatch.reports.check import MANUAL_REASON, manual_evidence
 from relaywatch.reports.report import ReplayResult
 from relaywatch.store.sqlite import Store
 
@@ -115,7 +115,8 @@ def main(verbose: bool) -> None:
 @click.argument("logs", nargs=-1, type=click.Path(allow_dash=True))
 @config_option
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "html"]), default="text", show_default=True)
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the report to this file (default: stdout).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Write the report to this file (default: stdout).")
 @click.option("--year", type=click.IntRange(1970, 2200), help="Year of the first line (classic syslog has none).")
 @click.option("--apply", is_flag=True, help="Perform the decisions (default: dry run, report only).")
 @click.option("--sample", is_flag=True, help=f"Replay the bundled sample day ({SAMPLE}).")
@@ -429,8 +430,8 @@ def notify_test(config_path: str | None, urls: tuple[str, ...]) -> None:
 @config_option
 def digest(day: str | None, send: bool, config_path: str | None) -> None:
     """Print the daily digest of a day the daemon recorded (default: yesterday); --send notifies it."""
-    from relaywatch.reports.digest import DayStats, digest_text, unusual
     from relaywatch.notify.send import notice_for_text, send_now
+    from relaywatch.reports.digest import DayStats, digest_text, unusual
 
     try:
         wanted = (date.fromisoformat(day) if day else date.today() - timedelta(days=1)).isoformat()
@@ -657,7 +658,8 @@ def _day_option(value: str | None, name: str) -> date | None:
 @click.option("--since", metavar="YYYY-MM-DD", help="First day of the period (default: 6 days before --until).")
 @click.option("--until", metavar="YYYY-MM-DD", help="Last day of the period, included (default: today, local time).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "html"]), default="text", show_default=True)
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the report to this file (default: stdout).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Write the report to this file (default: stdout).")
 @config_option
 def report_command(since: str | None, until: str | None, fmt: str, output: str | None,
                    config_path: str | None) -> None:
@@ -733,8 +735,8 @@ def _days_between(first: date, last: date) -> list[str]:
 @click.option("--example", is_flag=True, help="Print the commented example relaywatch.toml shipped with relaywatch.")
 def config_command(config_path: str | None, check: bool, example: bool) -> None:
     """Print the effective configuration, defaults included (like postconf); --check validates it."""
-    from relaywatch.reports import effective_config
     from relaywatch.notify.send import redact
+    from relaywatch.reports import effective_config
 
     if check and example:
         raise click.UsageError("--check and --example exclude each other")

@@ -21,8 +21,14 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from relaywatch.core.destinations import (AddrKind, Destinations, InferredDomain, LocalDomains, LogInference,
-                           address_kind)
+from relaywatch.core.destinations import (
+    AddrKind,
+    Destinations,
+    InferredDomain,
+    LocalDomains,
+    LogInference,
+    address_kind,
+)
 from relaywatch.model import (
     ClientSeen,
     Delivery,
@@ -32,8 +38,8 @@ from relaywatch.model import (
     ProxyAccept,
     QueueActive,
     Reject,
-    Relayed,
     RelayDenied,
+    Relayed,
     Removed,
 )
 

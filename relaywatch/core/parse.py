@@ -14,10 +14,10 @@ import re
 from collections.abc import Container, Iterable
 from fnmatch import fnmatchcase
 
-from relaywatch.core.grammar import CLIENT, PEER, GRAMMARS, QUEUE_ID, client_address, is_qid, parse_message
+from relaywatch.core.grammar import CLIENT, GRAMMARS, PEER, QUEUE_ID, client_address, is_qid, parse_message
 from relaywatch.core.logtime import MONTHS, YearResolver, full_epoch, rfc3339_epoch
-from relaywatch.model import ClientSeen, Event, ProxyAccept, Unparsed
 from relaywatch.core.replies import queued_as, relay_denied
+from relaywatch.model import ClientSeen, Event, ProxyAccept, Unparsed
 
 __all__ = ["FORGED", "GRAMMARS", "QUEUE_ID", "LineParser", "YearResolver", "client_address", "journal_forgery",
            "parse_message", "relay_denied"]

@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from relaywatch.model import Decision, LocalRelayed, Relayed, RelayDenied
 from relaywatch.core.windows import MAX_KEYS, WindowCounter
+from relaywatch.model import Decision, LocalRelayed, RelayDenied, Relayed
 
 BUCKET_S = 10
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

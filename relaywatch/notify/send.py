@@ -34,8 +34,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from relaywatch.model import ConfigError
 from relaywatch.notify.notices import Notice, NoticeKind, merge, notice_for_decision, notice_for_text, subnet_clients
-from relaywatch.store.permissions import check_config_file
 from relaywatch.reports.report import iso
+from relaywatch.store.permissions import check_config_file
 
 __all__ = ["Notice", "NoticeKind", "Notifier", "TargetResult", "notice_for_decision", "notice_for_text", "redact",
            "send_now", "send_test", "subnet_clients"]

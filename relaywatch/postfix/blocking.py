@@ -20,10 +20,19 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from relaywatch.postfix.mapguard import DEFAULT_CONFIG_DIRECTORY, check_map_path, postfix_named_files
 from relaywatch.model import ConfigError, Decision, PostfixError
+from relaywatch.postfix.mapguard import DEFAULT_CONFIG_DIRECTORY, check_map_path, postfix_named_files
+from relaywatch.postfix.maps import (
+    AccessMap,
+    Block,
+    InvalidBlock,
+    MapNotLoaded,
+    MapSpec,
+    Postfix,
+    apply_blocks,
+    render_key,
+)
 from relaywatch.store.permissions import check_map_dir
-from relaywatch.postfix.maps import AccessMap, Block, InvalidBlock, MapNotLoaded, MapSpec, Postfix, apply_blocks, render_key
 from relaywatch.store.sqlite import BlockRow, Store
 
 log = logging.getLogger("relaywatch.blocking")

@@ -18,8 +18,8 @@ import socket
 from collections.abc import Iterable
 from pathlib import Path
 
-from relaywatch.model import PostfixError
 from relaywatch.core.policy import Network
+from relaywatch.model import PostfixError
 from relaywatch.postfix.postconf import postconf
 
 log = logging.getLogger("relaywatch.hostaddrs")

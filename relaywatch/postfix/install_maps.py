@@ -20,10 +20,10 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from relaywatch.postfix import audit_eval as ev
 from relaywatch.model import ConfigError, PostfixError
-from relaywatch.postfix.postconf import postconf, postconf_services
+from relaywatch.postfix import audit_eval as ev
 from relaywatch.postfix.maps import MapSpec
+from relaywatch.postfix.postconf import postconf, postconf_services
 
 POSTCONF = "/usr/sbin/postconf"
 POSTMAP = "/usr/sbin/postmap"

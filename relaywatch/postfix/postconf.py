@@ -11,8 +11,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from relaywatch.core.destinations import (DOMAIN_PARAMS, Destinations, DomainList, LocalDomains, Pattern, PostfixDomains, Source,
-                           split_list)
+from relaywatch.core.destinations import (
+    DOMAIN_PARAMS,
+    Destinations,
+    DomainList,
+    LocalDomains,
+    Pattern,
+    PostfixDomains,
+    Source,
+    split_list,
+)
 from relaywatch.model import PostfixError
 
 log = logging.getLogger("relaywatch.postconf")

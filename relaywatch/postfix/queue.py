@@ -23,8 +23,8 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from relaywatch.model import PostfixError
 from relaywatch.core.parse import QUEUE_ID
+from relaywatch.model import PostfixError
 
 # target kind -> the `relaywatch queue` option naming it
 CLI_FLAGS = {"client": "--client", "network": "--network", "sender": "--sender", "sasl_user": "--sasl-user"}

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from relaywatch.postfix.blocking import target_kind
 from relaywatch.config import Config
 from relaywatch.model import Decision
+from relaywatch.postfix.blocking import target_kind
 from relaywatch.reports.report import describe, iso
 from relaywatch.store.sqlite import BlockRow
 

@@ -14,8 +14,8 @@ from collections.abc import Iterable, Sequence
 from datetime import date, datetime, timedelta
 from datetime import time as clock_time
 
-from relaywatch.model import Decision, Relayed, RelayDenied
 from relaywatch.core.policy import DEFAULT_RULES, Rule
+from relaywatch.model import Decision, RelayDenied, Relayed
 from relaywatch.reports.report import BoundedCounter, ReplayResult, Tally, Totals, describe
 from relaywatch.reports.timeline import Timeline
 

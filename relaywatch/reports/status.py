@@ -11,8 +11,8 @@ import os
 from enum import IntEnum
 from typing import Any
 
-from relaywatch.sources import choose as source_state
 from relaywatch.reports.report import iso
+from relaywatch.sources import choose as source_state
 from relaywatch.store.sqlite import Store
 
 HEARTBEAT_S = 30  # the daemon writes one every second; older than this: hung or gone
@@ -80,7 +80,8 @@ def to_json(info: dict[str, Any]) -> str:
 
 
 def to_text(info: dict[str, Any]) -> str:
-    out = [f"relaywatch is {'running (pid %d)' % info['pid'] if info['running'] else 'not running'}"]
+    state = f"running (pid {info['pid']:d})" if info["running"] else "not running"
+    out = [f"relaywatch is {state}"]
     out.append(f"  reading {info['position_text']}")
     if info["source_note"]:
         out.append(f"  note: {info['source_note']}")

@@ -17,8 +17,8 @@ from datetime import datetime
 from functools import lru_cache
 from typing import cast
 
-from relaywatch.model import Decision, Relayed, RelayDenied
 from relaywatch.core.policy import DEFAULT_RULES, Rule
+from relaywatch.model import Decision, RelayDenied, Relayed
 
 BIN_SIZES = (60, 3600, 86400)
 MAX_BINS = 2 * 24 * 60  # two days of minutes; longer spans switch to hours

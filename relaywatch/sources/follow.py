@@ -30,8 +30,8 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
-from relaywatch.sources import files as sources
 from relaywatch.model import RelaywatchError
+from relaywatch.sources import files as sources
 
 log = logging.getLogger("relaywatch.follow")
 

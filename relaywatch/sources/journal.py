@@ -18,9 +18,9 @@ import time
 from collections import deque
 from fnmatch import fnmatchcase
 
+from relaywatch.model import RelaywatchError
 from relaywatch.sources import files as sources
 from relaywatch.sources.follow import CHUNK, Batch, LineSplitter
-from relaywatch.model import RelaywatchError
 
 log = logging.getLogger("relaywatch.follow")
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import sqlite_utils
 
-from relaywatch.store import permissions
 from relaywatch.model import Decision, RelaywatchError
+from relaywatch.store import permissions
 
 BUSY_TIMEOUT_S = 20.0  # how long a write waits for another process's lock (systemd's watchdog allows 60 s)
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from relaywatch.config import Config
 from relaywatch.engine import replay
 from relaywatch.reports.report import ReplayResult
 
-T0 = datetime(2025, 6, 2, 9, 0, tzinfo=timezone.utc).timestamp()  # a Monday morning
+T0 = datetime(2025, 6, 2, 9, 0, tzinfo=UTC).timestamp()  # a Monday morning
 
 MX = {  # recipient domain -> its MX as Postfix logs the relay
     "gmail.com": "gmail-smtp-in.l.google.com[142.250.102.27]:25",
@@ -118,7 +118,7 @@ class Log:
     def text(self, style: str = "rfc3339") -> str:
         out = []
         for t, _, line in sorted(self.lines):
-            when = datetime.fromtimestamp(t, timezone.utc)
+            when = datetime.fromtimestamp(t, UTC)
             if style == "bsd":
                 stamp = f"{when:%b} {when.day:2d} {when:%H:%M:%S}"
             else:
