@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
+
 from support.http_sink import Hang, Sink
 from support.postfix_rig import PostfixRig, postfix_installed
 

@@ -17,8 +17,6 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from test_daemon import position, start, wait_for
-from test_hostile_faults import fill, tiny_disk  # noqa: F401 - a fixture
 
 from relaywatch.cli import _blocker
 from relaywatch.config import load
@@ -26,6 +24,8 @@ from relaywatch.daemon import Daemon
 from relaywatch.notify.notices import PREFIX
 from relaywatch.store import sqlite as store_mod
 from relaywatch.store.sqlite import BlockRow, Store
+from test_daemon import position, start, wait_for
+from test_hostile_faults import fill, tiny_disk  # noqa: F401 - a fixture
 
 
 def messages(n: int, client: str = "203.0.113.50", first: int = 0, sender: str = "news@woodelf.org") -> str:

@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.postfix_rig import POSTMAP, postfix_installed
 
 from relaywatch.core.destinations import DomainList, LocalDomains, LogInference, Pattern, Reason, Source, split_list
 from relaywatch.postfix.postconf import local_destinations, postfix_domains
+from support.postfix_rig import POSTMAP, postfix_installed
 
 needs_postfix = pytest.mark.skipif(
     not postfix_installed() and os.environ.get("RELAYWATCH_REQUIRE_POSTFIX") != "1",

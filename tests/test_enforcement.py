@@ -20,12 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.postfix_rig import POSTFIX, POSTMAP, PostfixRig
-from test_daemon import start, wait_for
 
 from relaywatch.core.enforcement import LeakWatch
-from relaywatch.model import Relayed
 from relaywatch.postfix.mapguard import BEGIN, END
+from support.facts import relayed
+from support.postfix_rig import POSTFIX, POSTMAP, PostfixRig
+from test_daemon import start, wait_for
 
 FLOODER = "127.0.0.9"
 
@@ -227,30 +227,26 @@ def test_a_map_rewritten_behind_the_daemons_back_is_noticed_and_restored(postfix
 # --- the log check alone (pure) ------------------------------------------------------------------
 
 
-def relayed(qid: str, client: str, queued: float, sasl_user: str | None = None) -> Relayed:
-    return Relayed(queued + 1, qid, client, sasl_user, "s@example.net", "r@example.org", "example.org", "sent",
-                   queued=queued)
-
-
 def test_the_leak_watch_counts_mail_queued_after_the_grace_once_per_message():
     watch = LeakWatch(grace_s=5, min_leaked=3)
     watch.watch({("client", "203.0.113.9"): 1000.0, ("subnet", "198.51.100.0/24"): 1000.0,
                  ("sasl_user", "journeypark"): 1000.0})
     for i, t in enumerate((990, 1002, 1004)):  # before the block, or within a session opened before it
-        watch.observe(relayed(f"A{i}", "203.0.113.9", t))
+        watch.observe(relayed(t + 1, "203.0.113.9", qid=f"A{i}", queued=t))
     assert watch.take() == []
     for i in range(3):
-        watch.observe(relayed(f"B{i}", "203.0.113.9", 1006 + i))
-        watch.observe(relayed(f"B{i}", "203.0.113.9", 1006 + i))  # a second recipient: one message
-    watch.observe(relayed("C1", "198.51.100.7", 1010))
-    watch.observe(relayed("D1", "192.0.2.1", 1010, sasl_user="journeypark"))
+        watch.observe(relayed(1006 + i + 1, "203.0.113.9", qid=f"B{i}", queued=1006 + i))
+        # a second recipient: one message
+        watch.observe(relayed(1006 + i + 1, "203.0.113.9", qid=f"B{i}", queued=1006 + i))
+    watch.observe(relayed(1010 + 1, "198.51.100.7", qid="C1", queued=1010))
+    watch.observe(relayed(1010 + 1, "192.0.2.1", qid="D1", queued=1010, sasl="journeypark"))
     [leak] = watch.take()
     assert (leak.kind, leak.target, leak.count, leak.new, leak.first, leak.last) == (
         "client", "203.0.113.9", 3, True, 1006, 1008)
     assert watch.take() == []  # nothing new
-    watch.observe(relayed("B9", "203.0.113.9", 1020))
+    watch.observe(relayed(1020 + 1, "203.0.113.9", qid="B9", queued=1020))
     [again] = watch.take()
     assert again.count == 4 and not again.new  # counted on, alarmed once
     watch.watch({})
-    watch.observe(relayed("E1", "203.0.113.9", 2000))
+    watch.observe(relayed(2000 + 1, "203.0.113.9", qid="E1", queued=2000))
     assert watch.take() == []

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from support.postfix_rig import POSTFIX, PostfixRig
 
 from relaywatch.cli import main
 from relaywatch.model import RelaywatchError
@@ -26,6 +25,7 @@ from relaywatch.postfix.blocking import Blocker, maps_from_config
 from relaywatch.postfix.maps import Postfix
 from relaywatch.store import sqlite as store_mod
 from relaywatch.store.sqlite import Store
+from support.postfix_rig import POSTFIX, PostfixRig
 
 
 class Clock:

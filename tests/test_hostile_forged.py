@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-from support import hostile_journal as hj
 
 from relaywatch.config import Config
 from relaywatch.core.parse import FORGED, LineParser, YearResolver, journal_forgery
@@ -28,6 +27,7 @@ from relaywatch.engine import Pipeline, replay
 from relaywatch.model import Decision, RelayDenied, Relayed, Unparsed
 from relaywatch.sources.journal import JournalFollower
 from relaywatch.store.sqlite import Store
+from support import hostile_journal as hj
 
 RECORDED = Path(__file__).parent / "data" / "journal" / "forged.json.gz"
 REMOTE = "/lib/systemd/systemd-journal-remote"

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from support.postfix_rig import PostfixRig, free_port
 
 from relaywatch.cli import main
 from relaywatch.postfix.install_maps import front, map_specs, plan_edits
 from relaywatch.postfix.maps import MapSpec
+from support.postfix_rig import PostfixRig, free_port
 
 CLIENTS = MapSpec("hash", "/etc/postfix/relaywatch_clients")
 SASL = MapSpec("hash", "/etc/postfix/relaywatch_sasl")

@@ -14,11 +14,11 @@ import sys
 import time
 
 import pytest
-from support.http_sink import Hang, Sink
 
 from relaywatch.model import ConfigError, Decision
 from relaywatch.notify.notices import PREFIX as P
 from relaywatch.notify.send import Notice, NoticeKind, Notifier, notice_for_decision, notice_for_text, redact, send_test
+from support.http_sink import Hang, Sink
 
 SECRETS = ("s3cretpw", "k3y123abc", "t0ken99")
 

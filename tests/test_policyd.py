@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 import pytest
-from support.postfix_rig import POSTFIX, REMOTE_RCPT, PostfixRig, free_port
 
 from relaywatch.store.relayers import RelayHistory
 from relaywatch.store.sqlite import Store
+from support.postfix_rig import POSTFIX, REMOTE_RCPT, PostfixRig, free_port
 
 pytestmark = pytest.mark.postfix
 

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support.postfix_rig import POSTMAP, PostfixRig
 
 from relaywatch.model import ConfigError, PostfixError
 from relaywatch.postfix.maps import (
@@ -29,6 +28,7 @@ from relaywatch.postfix.maps import (
     reject_text,
     render_key,
 )
+from support.postfix_rig import POSTMAP, PostfixRig
 
 # --- MapSpec ----------------------------------------------------------------------
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from support.postfix_rig import UNREACHABLE_DOMAIN, PostfixRig
 
 from relaywatch.cli import main
 from relaywatch.model import PostfixError
@@ -28,6 +27,7 @@ from relaywatch.postfix.queue import (
     target,
 )
 from relaywatch.store.sqlite import Store
+from support.postfix_rig import UNREACHABLE_DOMAIN, PostfixRig
 
 # Recorded from Postfix 3.7.11 (`postqueue -j`; the null sender shows as MAILER-DAEMON).
 POSTQUEUE_J = """\

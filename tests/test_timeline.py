@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from relaywatch.core.policy import DEFAULT_RULES, network_of
-from relaywatch.model import Decision, RelayDenied, Relayed
+from relaywatch.model import Decision, RelayDenied
 from relaywatch.reports import timeline as tl_mod
 from relaywatch.reports.timeline import Timeline, sparkline, text_block
+from support.facts import relayed as fact
 
 T0 = 1_047_772_800.0  # 2003-03-16 00:00:00 UTC, a whole minute and hour
 
-
-def relayed(t: float, client: str, sender: str = "journeypark@hananet.net", domain: str = "hanmail.net",
-            status: str = "deferred", sasl: str | None = None) -> Relayed:
-    return Relayed(t, "Q1", client, sasl, sender, f"x@{domain}", domain, status)
+# This module's mail: one spammer's, deferred at hanmail.net.
+relayed = partial(fact, sender="journeypark@hananet.net", domain="hanmail.net", status="deferred")
 
 
 def test_counts_per_minute_overall_and_per_key():
