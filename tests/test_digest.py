@@ -22,6 +22,7 @@ from relaywatch.reports import digest
 from relaywatch.reports.digest import DayStats, digest_text, unusual
 from relaywatch.sources import files as sources
 from relaywatch.store.sqlite import Store
+from support.configs import daemon_sections, write_config
 from support.facts import relayed
 
 SAMPLE = Path(__file__).parent.parent / "relaywatch" / "data" / "sample-2003-03-16.log.gz"
@@ -150,14 +151,10 @@ def _message(qid: str, t: float, rcpt: str, status: str) -> str:
 
 def test_the_daemon_sends_yesterdays_digest_at_the_configured_time_once(tmp_path, sink):
     maillog, db = tmp_path / "mail.log", tmp_path / "state.db"
-    cfg_path = tmp_path / "rw.toml"
-    cfg_path.write_text(f'[source]\npath = "{maillog}"\n[state]\ndatabase = "{db}"\n'
-                        f'[postfix]\nconfig_directory = "{tmp_path / "no-postfix"}"\n'
-                        f'client_access_map = "hash:{tmp_path}/clients"\nsasl_access_map = ""\n'
-                        f'map_directories = ["{tmp_path}"]\n'
-                        'local_domains = ["woodelf.org"]\n'
-                        f'[notify]\nurls = ["{sink.url("json", "/digest")}"]\ncoalesce = "1s"\ndigest_at = "00:00"\n')
-    cfg_path.chmod(0o600)
+    cfg_path = write_config(tmp_path / "rw.toml", daemon_sections(tmp_path, maillog=maillog, database=db),
+                            {"postfix": {"local_domains": ["woodelf.org"]},
+                             "notify": {"urls": [sink.url("json", "/digest")], "coalesce": "1s", "digest_at": "00:00"}},
+                            mode=0o600)
     cfg = config_mod.load(cfg_path)
     now = time.time()
     yesterday = (date.today() - timedelta(days=1)).isoformat()
@@ -202,8 +199,8 @@ def test_relaywatch_digest_send_reaches_a_real_http_endpoint(tmp_path, sink):
     store.set_meta(f"day:{DAY}", stats.to_dict())
     store.commit_batch([], [block, Decision(T0 + 86400, "block", "client", "192.0.2.99", "client", 60, 600)])
     store.close()
-    cfg = tmp_path / "rw.toml"
-    cfg.write_text(f'[state]\ndatabase = "{db}"\n[notify]\nurls = ["{sink.url("json", "/hook")}"]\n')
+    cfg = write_config(tmp_path / "rw.toml", {"state": {"database": db},
+                                              "notify": {"urls": [sink.url("json", "/hook")]}})
     run = [sys.executable, "-m", "relaywatch", "digest", "-c", str(cfg)]
     done = subprocess.run([*run, "--day", DAY, "--send"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

@@ -23,6 +23,7 @@ import pytest
 
 from relaywatch.core.enforcement import LeakWatch
 from relaywatch.postfix.mapguard import BEGIN, END
+from support.configs import rig_sections, write_config
 from support.facts import relayed
 from support.postfix_rig import POSTFIX, POSTMAP, PostfixRig
 from test_daemon import start, wait_for
@@ -30,16 +31,12 @@ from test_daemon import start, wait_for
 FLOODER = "127.0.0.9"
 
 
-def write_config(tmp_path: Path, rig: PostfixRig, sink, client_map: str, extra: str = "") -> Path:
-    cfg = tmp_path / "rw.toml"
-    cfg.write_text(f'[source]\npath = "{rig.maillog}"\n[state]\ndatabase = "{tmp_path / "state.db"}"\n'
-                   f'[postfix]\nconfig_directory = "{rig.config_directory}"\n'
-                   f'client_access_map = "{client_map}"\nsasl_access_map = ""\n{extra}'
-                   '[allow]\nnetworks = []\n'
-                   f'[notify]\nurls = ["{sink.url("json", "/push")}"]\ncoalesce = "1s"\ncooldown = "1s"\n'
-                   '[rules.client]\nthreshold = 10\n')
-    cfg.chmod(0o600)
-    return cfg
+def rig_config(tmp_path: Path, rig: PostfixRig, sink, client_map: str, postfix: dict | None = None) -> Path:
+    """The rig's daemon blocking into `client_map`, notifying `sink`, clients blocked at 10."""
+    return write_config(tmp_path / "rw.toml", rig_sections(rig, tmp_path, client_access_map=client_map),
+                        {"postfix": postfix or {},
+                         "notify": {"urls": [sink.url("json", "/push")], "coalesce": "1s", "cooldown": "1s"},
+                         "rules.client": {"threshold": 10}}, mode=0o600)
 
 
 def told(sink) -> str:
@@ -122,8 +119,8 @@ def ro_map_dir(tmp_path, postfix_instance) -> Iterator[Path]:
 def test_a_read_only_map_directory_is_reported_and_the_block_applied_once_it_is_fixed(
         postfix_instance, ro_map_dir, tmp_path, sink, daemon_proc):
     rig = postfix_instance
-    cfg = write_config(tmp_path, rig, sink, f"hash:{ro_map_dir}/reject_list",
-                       extra=f'map_directories = ["{ro_map_dir}"]\n')
+    cfg = rig_config(tmp_path, rig, sink, f"hash:{ro_map_dir}/reject_list",
+                     postfix={"map_directories": [ro_map_dir]})
     err = tmp_path / "daemon.err"
     subprocess.run(["mount", "-o", "remount,ro", str(ro_map_dir)], check=True)
     daemon_proc.append(start(cfg, err))
@@ -160,7 +157,7 @@ def test_a_read_only_map_directory_is_reported_and_the_block_applied_once_it_is_
 def test_a_block_postfix_stopped_enforcing_while_the_daemon_ran_is_an_alarm(postfix_instance, tmp_path, sink,
                                                                              daemon_proc):
     rig = postfix_instance
-    cfg = write_config(tmp_path, rig, sink, str(rig.reject_list))
+    cfg = rig_config(tmp_path, rig, sink, str(rig.reject_list))
     err = tmp_path / "daemon.err"
     daemon_proc.append(start(cfg, err))
     wait_for(lambda: "following file:" in err.read_text(), what="the daemon to start")
@@ -194,7 +191,7 @@ def test_a_map_rewritten_behind_the_daemons_back_is_noticed_and_restored(postfix
                                                                          daemon_proc):
     rig = postfix_instance
     path = Path(rig.reject_list.path)
-    cfg = write_config(tmp_path, rig, sink, str(rig.reject_list))
+    cfg = rig_config(tmp_path, rig, sink, str(rig.reject_list))
     assert cli(cfg, "block", FLOODER).returncode == 0
     assert refused(rig)
 

@@ -49,36 +49,43 @@ def write_config(path: Path, *parts: Sections, mode: int | None = None) -> Path:
     return path
 
 
-def daemon_sections(tmp_path: Path, *, maillog: Path | str | None = None, database: Path | str | None = None,
-                    config_directory: Path | str | None = None, client_access_map: str | None = None,
-                    map_directories: bool = True) -> dict[str, dict[str, Any]]:
-    """A daemon reading `maillog` (default: an empty tmp_path/mail.log) with its state in tmp_path,
-    blocking into a hash map in tmp_path, with no Postfix (config_directory names a missing directory)
-    unless one is given; no SASL map."""
+def sections(*, database: Path | str, config_directory: Path | str, client_access_map: object,
+             sasl_access_map: str = "", maillog: Path | str | None = None,
+             map_directories: list[Path | str] | None = None,
+             allow_networks: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """The sections nearly every test needs: [source] (when `maillog` is given), [state], [postfix],
+    and [allow] networks (when given: [] makes loopback, where test clients live, blockable).
+    `client_access_map`: a map spec as Postfix writes it ("hash:/path"), or anything that prints as one."""
+    out: dict[str, dict[str, Any]] = {}
+    if maillog is not None:
+        out["source"] = {"path": maillog}
+    out["state"] = {"database": database}
+    out["postfix"] = {"config_directory": config_directory, "client_access_map": str(client_access_map),
+                      "sasl_access_map": sasl_access_map}
+    if map_directories is not None:
+        out["postfix"]["map_directories"] = map_directories
+    if allow_networks is not None:
+        out["allow"] = {"networks": allow_networks}
+    return out
+
+
+def daemon_sections(tmp_path: Path, *, maillog: Path | str | None = None,
+                    database: Path | str | None = None) -> dict[str, dict[str, Any]]:
+    """A daemon reading `maillog` (default: an empty tmp_path/mail.log) with its state in tmp_path and no
+    Postfix (config_directory names a missing directory), blocking into a hash map in tmp_path."""
     if maillog is None:
         maillog = tmp_path / "mail.log"
         if not maillog.exists():
             maillog.write_text("")
-    postfix: dict[str, Any] = {
-        "config_directory": tmp_path / "no-postfix" if config_directory is None else config_directory,
-        "client_access_map": client_access_map or f"hash:{tmp_path}/clients",
-        "sasl_access_map": "",
-    }
-    if map_directories:
-        postfix["map_directories"] = [tmp_path]
-    return {"source": {"path": maillog}, "state": {"database": database or tmp_path / "state.db"},
-            "postfix": postfix}
+    return sections(maillog=maillog, database=database or tmp_path / "state.db",
+                    config_directory=tmp_path / "no-postfix", client_access_map=f"hash:{tmp_path}/clients",
+                    map_directories=[tmp_path])
 
 
-def rig_sections(rig: Any, tmp_path: Path, *, client_access_map: str | None = None,
-                 source: bool = True) -> dict[str, dict[str, Any]]:
-    """A config for a private Postfix (support.postfix_rig.PostfixRig): its log, its config directory and
-    its reject list, state in tmp_path, no SASL map, loopback not allow-listed (the rig's clients are)."""
-    out: dict[str, dict[str, Any]] = {}
-    if source:
-        out["source"] = {"path": rig.maillog}
-    out["state"] = {"database": tmp_path / "state.db"}
-    out["postfix"] = {"config_directory": rig.config_directory,
-                      "client_access_map": client_access_map or rig.reject_list, "sasl_access_map": ""}
-    out["allow"] = {"networks": []}
-    return out
+def rig_sections(rig: Any, tmp_path: Path, *, client_access_map: str | None = None, source: bool = True,
+                 database: Path | str | None = None) -> dict[str, dict[str, Any]]:
+    """A config for a private Postfix (support.postfix_rig.PostfixRig): its log (unless `source` is
+    False), its config directory and reject list, state in tmp_path, loopback not allow-listed."""
+    return sections(maillog=rig.maillog if source else None, database=database or tmp_path / "state.db",
+                    config_directory=rig.config_directory,
+                    client_access_map=client_access_map or rig.reject_list, allow_networks=[])
