@@ -25,6 +25,7 @@ from relaywatch.postfix.blocking import Blocker, maps_from_config
 from relaywatch.postfix.maps import Postfix
 from relaywatch.store import sqlite as store_mod
 from relaywatch.store.sqlite import Store
+from support.configs import sections, write_config
 from support.postfix_rig import POSTFIX, PostfixRig
 
 
@@ -174,8 +175,7 @@ def test_a_locked_database_is_a_clear_error_that_loses_nothing(tmp_path, short_l
 def test_a_locked_database_makes_block_fail_cleanly(tmp_path, short_lock_wait):
     path = tmp_path / "state.db"
     cfg = tmp_path / "relaywatch.toml"
-    cfg.write_text(f'[state]\ndatabase = "{path}"\n[postfix]\nconfig_directory = ""\n'
-                   f'client_access_map = "cidr:{tmp_path}/reject.cidr"\nsasl_access_map = ""\n')
+    write_config(cfg, sections(database=path, config_directory="", client_access_map=f"cidr:{tmp_path}/reject.cidr"))
     Store(path).close()
     other = sqlite3.connect(path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
@@ -204,8 +204,7 @@ def test_a_damaged_database_is_a_clear_error_and_the_map_is_left_alone(tmp_path)
                                               r"it is damaged: restore it from a backup, or move it aside"):
         Store(path)
     cfg = tmp_path / "relaywatch.toml"
-    cfg.write_text(f'[state]\ndatabase = "{path}"\n[postfix]\nconfig_directory = ""\n'
-                   f'client_access_map = "cidr:{cidr}"\nsasl_access_map = ""\n')
+    write_config(cfg, sections(database=path, config_directory="", client_access_map=f"cidr:{cidr}"))
     for args in (["blocks"], ["block", "192.0.2.10"], ["status"]):
         result = CliRunner().invoke(main, [*args, "-c", str(cfg)])
         assert result.exit_code == 1 and "it is damaged" in result.output, (args, result.output)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from functools import partial
 
+import pytest
+
 from relaywatch.core.policy import DEFAULT_RULES, network_of
 from relaywatch.model import Decision, RelayDenied
 from relaywatch.reports import timeline as tl_mod
@@ -44,6 +46,7 @@ def test_networks_are_grouped_as_the_rules_group_them():
         assert sorted(s.label for s in tl.top(f"net:{p4}/{p6}", 10)) == expected
 
 
+@pytest.mark.slow
 def test_a_flood_of_distinct_ipv6_clients_keeps_memory_bounded_and_the_heavy_hitter():
     tl = Timeline()
     heavy = "2a01:4f8:1:2::99"
