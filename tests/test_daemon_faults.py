@@ -211,8 +211,7 @@ def short_lock_wait(monkeypatch):
 
 def run_batches(daemon: Daemon, n: int = 30) -> None:
     for _ in range(n):
-        daemon._batch()
-        if daemon._idle:
+        if daemon.step():
             return
 
 
@@ -235,7 +234,7 @@ def test_a_locked_store_keeps_the_daemon_detecting_and_blocking_and_loses_nothin
             with open(maillog, "a") as f:
                 f.write(messages(3, client="127.0.0.9", first=12))
             run_batches(daemon)
-            daemon._housekeeping(time.time())
+            daemon.housekeeping(time.time())
         assert daemon.pipeline.totals.relayed == 15  # detection went on in memory
         assert rig.send("127.0.0.9")[0] == 554  # and the block is in force through the map
         assert rig.send("127.0.0.10")[0] == 250

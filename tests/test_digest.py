@@ -164,15 +164,14 @@ def test_the_daemon_sends_yesterdays_digest_at_the_configured_time_once(tmp_path
         maillog.write_text("".join(_message(f"{0xA00000 + i:X}", noon + i, f"u{i}@blocky.example",
                                             "deferred" if i % 4 else "sent") for i in range(24)))
         for _ in range(20):
-            daemon._batch()
-            if daemon._idle and daemon.pipeline.day.relayed:
+            if daemon.step() and daemon.pipeline.day.relayed:
                 break
         assert daemon.pipeline.day.day == yesterday and daemon.pipeline.day.relayed == 24
-        daemon._housekeeping(now)  # the log is read up to now: yesterday is over
+        daemon.housekeeping(now)  # the log is read up to now: yesterday is over
         assert daemon.store.meta(f"day:{yesterday}")["relayed"] == 24
         assert daemon.store.meta("digest_sent") == yesterday
         [payload] = sink.wait_for("/digest", 1)
-        daemon._housekeeping(now + 60)
+        daemon.housekeeping(now + 60)
     finally:
         daemon.close()
     assert payload["title"] == (f"relaywatch@{HOST}: blocky.example refused 75% of our mail - digest {yesterday}: "
@@ -181,8 +180,8 @@ def test_the_daemon_sends_yesterdays_digest_at_the_configured_time_once(tmp_path
     assert "blocky.example deferred or bounced 18 of 24" in payload["message"]
     again = Daemon(str(cfg_path), cfg, _blocker)  # a restart: sent already
     try:
-        again._batch()
-        again._housekeeping(time.time())
+        again.step()
+        again.housekeeping(time.time())
     finally:
         again.close()
     time.sleep(0.3)
