@@ -7,7 +7,7 @@
 - latency: a relayed line appended to the log -> the access map holds the client and postmap is
   done (relaywatch renames the map source into place only after postmap succeeded, so the key
   showing in the source means the compiled map is in place too); p50/p99 over --trials blocks,
-  against a private Postfix started in a temp dir (tests/postfix_rig.py).
+  against a private Postfix started in a temp dir (tests/support/postfix_rig.py).
 - sustained: --rate lines/s of a generated busy day appended for --seconds; how far behind the
   daemon is when the writer stops, and its CPU.
 - idle: CPU used over 10 s with nothing to read.
@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from postfix_rig import PostfixRig, postfix_installed
+from support.postfix_rig import PostfixRig, postfix_installed  # noqa: E402  (the test rig is the bench's Postfix)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -101,7 +101,7 @@ def main() -> int:
                 f.flush()
                 t0 = time.perf_counter()
             key = f"\n{ip} REJECT".encode()
-            ok = wait(lambda: key in map_source.read_bytes(), 10)
+            ok = wait(lambda key=key: key in map_source.read_bytes(), 10)
             latencies.append(time.perf_counter() - t0 if ok else float("inf"))
             time.sleep(0.05)
         latencies.sort()

@@ -36,11 +36,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from relaywatch.config import Config
-from relaywatch.core.parse import LineParser, YearResolver
-from relaywatch.core.policy import Detector
-from relaywatch.engine import FLUSH_EVERY, Pipeline
-from relaywatch.store.sqlite import Store
+from relaywatch.config import Config  # noqa: E402 - after the sys.path line
+from relaywatch.core.parse import LineParser, YearResolver  # noqa: E402 - after the sys.path line
+from relaywatch.core.policy import Detector  # noqa: E402 - after the sys.path line
+from relaywatch.engine import FLUSH_EVERY, Pipeline  # noqa: E402 - after the sys.path line
+from relaywatch.store.sqlite import Store  # noqa: E402 - after the sys.path line
 
 T0 = 1795773600  # 2026-11-27 06:40:00 UTC
 SPAN_S = 600.0

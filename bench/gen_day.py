@@ -747,7 +747,7 @@ class Generator:
                     "EDH-RSA-DES-CBC3-SHA (168/168 bits)")
         created = []
         n_ok = n_rcpt = n_mail = 0
-        for m, (tc, tm, tq) in zip(msgs, plan):
+        for m, (tc, tm, tq) in zip(msgs, plan, strict=False):
             n_mail += 1
             pin = m.get("pin")
             qid, inode = self.new_qid(tc, pin["inode"] if pin else None)
@@ -780,7 +780,7 @@ class Generator:
                 m["record_from"](tq, "postfix/qmgr", QMGR_PID, line)
             self.at(tq + int(uniform(0.002, 0.08) * US), self.deliver, msg, m.get("deliver_hook"))
             created.append(msg)
-        for (s, r, h), tp in zip(probes, probe_ts):
+        for (s, r, h), tp in zip(probes, probe_ts, strict=False):
             n_rcpt += 1
             log(tp, prog, pid, f"NOQUEUE: reject: RCPT from {cl}: 554 5.7.1 <{self.addr(r)}>: Relay access denied; "
                 f"from=<{self.addr(s)}> to=<{self.addr(r)}> proto=SMTP helo=<{h}>")

@@ -13,7 +13,7 @@
 - open: --open idle connections held open; the daemon's RSS before and with them, and the
   latency of requests while they are open.
 - leak (--leak, root and Debian's postfix): the issue's flood against a private Postfix
-  (tests/postfix_rig.py): a client that never relayed sends 200 messages at 20/s in sessions of
+  (tests/support/postfix_rig.py): a client that never relayed sends 200 messages at 20/s in sessions of
   100 messages, once with the block through the access map only and once with the service;
   how many were accepted.
 Requests come from 2,000 global clients relaying to remote domains (the budget path: most are
@@ -155,7 +155,7 @@ def log_writer(path: Path, day: list[bytes], rate: int, stop: threading.Event) -
 def leak(with_service: bool) -> tuple[int, int]:
     """(accepted, sent) of the flood; the rig and relaywatch are stopped afterwards."""
     sys.path.insert(0, str(ROOT / "tests"))
-    from postfix_rig import PostfixRig
+    from support.postfix_rig import PostfixRig
     from test_policyd import Session, configure
 
     rig = PostfixRig.start()

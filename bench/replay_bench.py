@@ -142,16 +142,17 @@ def main(argv=None):
     head = ("log", "lines", "wall s", "lines/s", "cpu s", "peak RSS MiB", "exit")
     rows = [(n, f"{ln:,}", f"{w:.2f}", f"{ln / w:,.0f}" if w > 0 else "-", f"{c:.2f}", f"{r:.1f}", str(rc))
             for n, _, ln, w, c, r, rc, _ in results]
-    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
-    fmt = "  ".join(["{:<%d}" % widths[0]] + ["{:>%d}" % w for w in widths[1:]])
+    widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
+    fmt = "  ".join([f"{{:<{widths[0]}}}"] + [f"{{:>{w}}}" for w in widths[1:]])
     print(fmt.format(*head))
-    for row, res in zip(rows, results):
+    for row, res in zip(rows, results, strict=True):
         print(fmt.format(*row) + (f"  ! {res[7]}" if res[7] else ""))
     ok = [r for r in results if r[6] == 0]
     if len(ok) >= 2:
         small, big = min(ok, key=lambda r: r[2]), max(ok, key=lambda r: r[2])
         if big[2] > small[2]:
-            print(f"RSS {small[0]} -> {big[0]} ({big[2] / small[2]:.1f}x the lines): {small[5]:.1f} -> {big[5]:.1f} MiB "
+            print(f"RSS {small[0]} -> {big[0]} ({big[2] / small[2]:.1f}x the lines): "
+                  f"{small[5]:.1f} -> {big[5]:.1f} MiB "
                   f"({big[5] - small[5]:+.1f} MiB, x{big[5] / small[5]:.2f}); target <= 64 MiB and flat")
 
     if a.no_fail2ban:
@@ -165,7 +166,8 @@ def main(argv=None):
         f2b_rate = lines / wall if wall > 0 else 0
         rw_rate = rw[2] / rw[3] if rw[3] > 0 else 0
         ratio = f"relaywatch is {rw_rate / f2b_rate:.1f}x as fast" if f2b_rate and rw[6] == 0 else "no ratio"
-        print(f"fail2ban-regex {name} postfix: {wall:.1f} s, {f2b_rate:,.0f} lines/s, peak RSS {maxrss / 1024:.1f} MiB, "
+        print(f"fail2ban-regex {name} postfix: {wall:.1f} s, {f2b_rate:,.0f} lines/s, "
+              f"peak RSS {maxrss / 1024:.1f} MiB, "
               f"exit {rc}; {ratio}")
     if tmp is not None:
         tmp.cleanup()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import click
 
@@ -90,5 +90,5 @@ if __name__ == "__main__":
     import os
 
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0")) or None
-    when = datetime.fromtimestamp(epoch, timezone.utc) if epoch else datetime.now(timezone.utc)
+    when = datetime.fromtimestamp(epoch, UTC) if epoch else datetime.now(UTC)
     sys.stdout.write(render(when.strftime("%Y-%m-%d")))

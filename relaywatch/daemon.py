@@ -356,3 +356,13 @@ class Daemon:
             self._save_notify_state()
         self.store.status.stopped(self.clock())
         self.store.close()
+
+    def step(self) -> bool:
+        """Read and act on one batch of the log, as the main loop does; True when the log is read up to
+        now. For tests and tools that drive the daemon without its loop and signals."""
+        self._batch()
+        return self._idle
+
+    def housekeeping(self, now: float) -> None:
+        """What the main loop does every HOUSEKEEPING_S: expire blocks, check the maps, close and send the day."""
+        self._housekeeping(now)

@@ -1,5 +1,5 @@
-"""Shared fixtures. `postfix_instance`: a private, running Postfix (tests/postfix_rig.py);
-`sink` and `hang`: real HTTP endpoints on 127.0.0.1 for notifications (tests/http_sink.py)."""
+"""Shared fixtures. `postfix_instance`: a private, running Postfix (tests/support/postfix_rig.py);
+`sink` and `hang`: real HTTP endpoints on 127.0.0.1 for notifications (tests/support/http_sink.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from http_sink import Hang, Sink
-from postfix_rig import PostfixRig, postfix_installed
+
+from support.http_sink import Hang, Sink
+from support.postfix_rig import PostfixRig, postfix_installed
 
 
 @pytest.fixture(scope="module")

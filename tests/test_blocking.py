@@ -1,4 +1,4 @@
-"""Blocking for real: the store, the CLI and a private running Postfix (tests/postfix_rig.py)."""
+"""Blocking for real: the store, the CLI and a private running Postfix (tests/support/postfix_rig.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from relaywatch.respond.blocking import (
     target_kind,
 )
 from relaywatch.store.sqlite import Store
+from support.configs import rig_sections, sections, write_config
 
 pytestmark = pytest.mark.postfix
 
@@ -40,12 +41,7 @@ class Clock:
 @pytest.fixture
 def rw(postfix_instance, tmp_path):
     """A relaywatch config for the private Postfix, with loopback blockable (it is allowlisted by default)."""
-    cfg = tmp_path / "relaywatch.toml"
-    cfg.write_text(
-        f'[state]\ndatabase = "{tmp_path / "state.db"}"\n'
-        f'[postfix]\nconfig_directory = "{postfix_instance.config_directory}"\n'
-        f'client_access_map = "{postfix_instance.reject_list}"\nsasl_access_map = ""\n'
-        '[allow]\nnetworks = []\n')
+    cfg = write_config(tmp_path / "relaywatch.toml", rig_sections(postfix_instance, tmp_path, source=False))
     yield str(cfg)
     CliRunner().invoke(main, ["unblock", "127.0.0.9", "-c", str(cfg)])
     CliRunner().invoke(main, ["unblock", "127.0.0.77", "-c", str(cfg)])
@@ -142,9 +138,8 @@ def test_a_block_postfix_would_not_enforce_is_warned_about(tmp_path):
         "smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination\n")
     shutil.copy("/usr/share/postfix/master.cf.dist", conf / "master.cf")
     os.utime(conf / "main.cf", (1_000_000_000, 1_000_000_000))  # postconf waits for a main.cf this fresh
-    cfg = tmp_path / "rw.toml"
-    cfg.write_text(f'[state]\ndatabase = "{tmp_path / "s.db"}"\n[postfix]\nconfig_directory = "{conf}"\n'
-                   f'client_access_map = "hash:{conf}/reject_list"\nsasl_access_map = ""\n')
+    cfg = write_config(tmp_path / "rw.toml", sections(database=tmp_path / "s.db", config_directory=conf,
+                                                      client_access_map=f"hash:{conf}/reject_list"))
     result = CliRunner().invoke(main, ["block", "218.144.108.161", "-c", str(cfg)])
     assert "WARNING: Postfix will not enforce this block" in result.output
     assert "permit_mynetworks" in result.output

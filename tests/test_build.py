@@ -7,16 +7,16 @@ import signal
 from pathlib import Path
 
 import pytest
-from test_daemon import wait_for
-from test_daemon_faults import config, messages, started, stop
 
 from relaywatch.notify.notices import PREFIX
+from test_daemon import wait_for
+from test_daemon_faults import config, messages, started, stop
 
 
 def notifying(tmp_path: Path, url: str, postfix: str = "") -> str:
     """The daemon's config text: an alert for 3 messages of one sender, told to `url` at once."""
-    text = config(tmp_path, extra=f'[rules.sender]\nthreshold = 3\n[notify]\nurls = ["{url}"]\n'
-                                  'coalesce = "1s"\ncooldown = "1s"\n').read_text()
+    text = config(tmp_path, extra={"rules.sender": {"threshold": 3},
+                                   "notify": {"urls": [url], "coalesce": "1s", "cooldown": "1s"}}).read_text()
     return text.replace('local_domains = ["woodelf.org"]\n', f'local_domains = ["woodelf.org"]\n{postfix}')
 
 

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from relaywatch.cli import main
 from relaywatch.reports.digest import DayStats
 from relaywatch.store.sqlite import Store
+from support.configs import sections, write_config
 
 pytestmark = pytest.mark.postfix
 
@@ -26,13 +27,11 @@ def run(*args: str):
 def rw(postfix_instance, tmp_path):
     """A config for the private Postfix with the default [allow] (loopback): the rig's clients are all
     loopback, so blocking them takes --force, which is what an admin testing on loopback would do."""
-    cfg = tmp_path / "relaywatch.toml"
-    cfg.write_text(
-        f'[state]\ndatabase = "{tmp_path / "state.db"}"\n'
-        f'[postfix]\nconfig_directory = "{postfix_instance.config_directory}"\n'
-        f'client_access_map = "{postfix_instance.reject_list}"\nsasl_access_map = "hash:{tmp_path}/sasl"\n'
-        f'map_directories = ["{tmp_path}"]\n'
-        '[allow]\nsasl_users = ["backup-robot"]\n')
+    cfg = write_config(tmp_path / "relaywatch.toml",
+                       sections(database=tmp_path / "state.db", config_directory=postfix_instance.config_directory,
+                                client_access_map=postfix_instance.reject_list, sasl_access_map=f"hash:{tmp_path}/sasl",
+                                map_directories=[tmp_path]),
+                       {"allow": {"sasl_users": ["backup-robot"]}})
     yield str(cfg)
     for target in ("127.0.9.0/24", "127.0.0.1", "127.0.0.0/24", "127.0.0.12"):
         CliRunner().invoke(main, ["unblock", target, "-c", str(cfg)])
@@ -121,9 +120,8 @@ def test_check_says_when_postfix_would_not_enforce(tmp_path):
         "smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination\n")
     shutil.copy("/usr/share/postfix/master.cf.dist", conf / "master.cf")
     os.utime(conf / "main.cf", (1_000_000_000, 1_000_000_000))
-    cfg = tmp_path / "rw.toml"
-    cfg.write_text(f'[state]\ndatabase = "{tmp_path / "s.db"}"\n[postfix]\nconfig_directory = "{conf}"\n'
-                   f'client_access_map = "hash:{conf}/reject_list"\nsasl_access_map = ""\n')
+    cfg = write_config(tmp_path / "rw.toml", sections(database=tmp_path / "s.db", config_directory=conf,
+                                                      client_access_map=f"hash:{conf}/reject_list"))
     result = run("check", "218.144.108.161", "-c", str(cfg))
     assert result.exit_code == 3
     assert "Postfix would NOT enforce a block of it" in result.output and "permit_mynetworks" in result.output

@@ -39,7 +39,7 @@ def test_only_the_group_maps_errors_to_exit_codes():
                 if caught & {"RelaywatchError", "ConfigError", "PostfixError"}:  # only to make it a usage error
                     assert isinstance(node.body[-1], ast.Raise), f"{path.name}:{node.lineno} handles {caught}"
             if isinstance(node, ast.Attribute) and node.attr == "exit_code" and id(node) not in calls:
-                assert False, f"{path.name}:{node.lineno} exits with an error's exit_code itself"
+                raise AssertionError(f"{path.name}:{node.lineno} exits with an error's exit_code itself")
 
 
 def test_a_broken_configuration_is_78_for_every_command(tmp_path):

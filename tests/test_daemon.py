@@ -17,6 +17,7 @@ from relaywatch.config import load
 from relaywatch.core.parse import LineParser, YearResolver
 from relaywatch.engine import Pipeline
 from relaywatch.store.sqlite import Store
+from support.configs import daemon_sections, rig_sections, sections, write_config
 
 ROOT = Path(__file__).parent.parent
 
@@ -63,13 +64,9 @@ def day(tmp_path_factory) -> list[bytes]:
 def test_sigkill_at_any_moment_loses_and_repeats_nothing(tmp_path, day):
     maillog, db = tmp_path / "mail.log", tmp_path / "state.db"
     maillog.write_bytes(b"")
-    cfg = tmp_path / "rw.toml"
-    cfg.write_text(f'[source]\npath = "{maillog}"\n[state]\ndatabase = "{db}"\n'
-                   f'[postfix]\nconfig_directory = "{tmp_path / "no-postfix"}"\n'
-                   f'client_access_map = "hash:{tmp_path}/clients"\nsasl_access_map = ""\n'
-                   f'map_directories = ["{tmp_path}"]\n'
-                   # a day-long window keeps the daemon from pruning any of the day's counts
-                   '[rules.daily]\ndim = "client"\naction = "alert"\nthreshold = 100000\nwindow = "1d"\n')
+    # a day-long window keeps the daemon from pruning any of the day's counts
+    daily = {"rules.daily": {"dim": "client", "action": "alert", "threshold": 100000, "window": "1d"}}
+    cfg = write_config(tmp_path / "rw.toml", daemon_sections(tmp_path), daily)
     rng = random.Random(7)
     data = b"".join(day)
     cut, kills = 0, 0
@@ -111,9 +108,9 @@ def test_sighup_with_a_broken_config_keeps_the_old_one_and_sigterm_exits_0(tmp_p
     maillog, db = tmp_path / "mail.log", tmp_path / "state.db"
     maillog.write_text("")
     cfg = tmp_path / "rw.toml"
-    good = (f'[source]\npath = "{maillog}"\n[state]\ndatabase = "{db}"\n'
-            f'[postfix]\nconfig_directory = "{tmp_path}"\nclient_access_map = "hash:{tmp_path}/c"\nsasl_access_map = ""\n')
-    cfg.write_text(good)
+    write_config(cfg, sections(maillog=maillog, database=db, config_directory=tmp_path,
+                               client_access_map=f"hash:{tmp_path}/c"))
+    good = cfg.read_text()
     err = tmp_path / "daemon.err"
     proc = start(cfg, err)
     try:
@@ -147,11 +144,7 @@ def test_a_bad_config_exits_78(tmp_path):
 @pytest.mark.postfix
 def test_a_relay_flood_against_a_real_postfix_is_refused_within_seconds(postfix_instance, tmp_path):
     db = tmp_path / "state.db"
-    cfg = tmp_path / "rw.toml"
-    cfg.write_text(f'[source]\npath = "{postfix_instance.maillog}"\n[state]\ndatabase = "{db}"\n'
-                   f'[postfix]\nconfig_directory = "{postfix_instance.config_directory}"\n'
-                   f'client_access_map = "{postfix_instance.reject_list}"\nsasl_access_map = ""\n'
-                   '[allow]\nnetworks = []\n')
+    cfg = write_config(tmp_path / "rw.toml", rig_sections(postfix_instance, tmp_path, database=db))
     err = tmp_path / "daemon.err"
     proc = start(cfg, err)
     try:

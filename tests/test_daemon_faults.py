@@ -17,8 +17,6 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from test_daemon import position, start, wait_for
-from test_hostile_faults import fill, tiny_disk  # noqa: F401 - a fixture
 
 from relaywatch.config import load
 from relaywatch.daemon import Daemon
@@ -27,6 +25,9 @@ from relaywatch.store import sqlite as store_mod
 from relaywatch.store import sqlite_file
 from relaywatch.store.records import MapPending
 from relaywatch.store.sqlite import BlockRow, Store
+from support.configs import Sections, daemon_sections, write_config
+from test_daemon import position, start, wait_for
+from test_hostile_faults import fill, tiny_disk  # noqa: F401 - a fixture
 
 
 def messages(n: int, client: str = "203.0.113.50", first: int = 0, sender: str = "news@woodelf.org") -> str:
@@ -43,19 +44,11 @@ def messages(n: int, client: str = "203.0.113.50", first: int = 0, sender: str =
     return "".join(out)
 
 
-def config(tmp_path: Path, db: Path | None = None, maps: str = "", extra: str = "") -> Path:
-    maillog = tmp_path / "mail.log"
-    if not maillog.exists():
-        maillog.write_text("")
-    cfg = tmp_path / "rw.toml"
-    cfg.write_text(f'[source]\npath = "{maillog}"\n[state]\ndatabase = "{db or tmp_path / "state.db"}"\n'
-                   f'[postfix]\nconfig_directory = "{tmp_path / "no-postfix"}"\n'
-                   f'client_access_map = "{maps or f"hash:{tmp_path}/clients"}"\nsasl_access_map = ""\n'
-                   f'map_directories = ["{tmp_path}"]\n'
-                   'local_domains = ["woodelf.org"]\n[allow]\nnetworks = []\n'
-                   '[rules.client]\nthreshold = 5\n' + extra)
-    cfg.chmod(0o600)
-    return cfg
+def config(tmp_path: Path, db: Path | None = None, postfix: dict | None = None, extra: Sections | None = None) -> Path:
+    """A daemon without Postfix (unless `postfix` names one), local domain woodelf.org, clients blocked at 5."""
+    return write_config(tmp_path / "rw.toml", daemon_sections(tmp_path, database=db),
+                        {"postfix": {"local_domains": ["woodelf.org"], **(postfix or {})}, "allow": {"networks": []},
+                         "rules.client": {"threshold": 5}}, extra or {}, mode=0o600)
 
 
 def rows(db: Path, sql: str) -> list[tuple]:
@@ -191,7 +184,7 @@ def test_after_sigkill_the_report_shows_the_true_relayed_count_and_blocks(tmp_pa
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
 def test_an_alert_is_not_sent_again_after_a_restart(tmp_path, how):
-    cfg = config(tmp_path, extra='[rules.sender]\nthreshold = 3\n')
+    cfg = config(tmp_path, extra={"rules.sender": {"threshold": 3}})
     db, maillog = tmp_path / "state.db", tmp_path / "mail.log"
     for first in (0, 10, 20):  # three restarts, each with more of the same sender's mail
         proc = started(cfg, tmp_path / "daemon.err")
@@ -219,8 +212,7 @@ def short_lock_wait(monkeypatch):
 
 def run_batches(daemon: Daemon, n: int = 30) -> None:
     for _ in range(n):
-        daemon._batch()
-        if daemon._idle:
+        if daemon.step():
             return
 
 
@@ -229,10 +221,8 @@ def test_a_locked_store_keeps_the_daemon_detecting_and_blocking_and_loses_nothin
         postfix_instance, tmp_path, short_lock_wait, caplog):
     rig = postfix_instance
     db, maillog = tmp_path / "state.db", tmp_path / "mail.log"
-    cfg = config(tmp_path, maps=str(rig.reject_list)).read_text().replace(
-        f'config_directory = "{tmp_path / "no-postfix"}"', f'config_directory = "{rig.config_directory}"')
-    (tmp_path / "rw.toml").write_text(cfg)
-    cfg_path = tmp_path / "rw.toml"
+    cfg_path = config(tmp_path, postfix={"client_access_map": str(rig.reject_list),
+                                         "config_directory": rig.config_directory})
     daemon = Daemon(str(cfg_path), load(cfg_path))
     other = sqlite3.connect(db, isolation_level=None)
     try:
@@ -245,7 +235,7 @@ def test_a_locked_store_keeps_the_daemon_detecting_and_blocking_and_loses_nothin
             with open(maillog, "a") as f:
                 f.write(messages(3, client="127.0.0.9", first=12))
             run_batches(daemon)
-            daemon._housekeeping(time.time())
+            daemon.housekeeping(time.time())
         assert daemon.pipeline.totals.relayed == 15  # detection went on in memory
         assert rig.send("127.0.0.9")[0] == 554  # and the block is in force through the map
         assert rig.send("127.0.0.10")[0] == 250
@@ -319,7 +309,8 @@ def test_sighup_with_bad_bytes_keeps_the_old_config_and_the_daemon(tmp_path):
         for bad in (good + b"# caf\xe9\n", good.replace(b"mail.log", b"mail\\u0000.log")):
             cfg.write_bytes(bad)
             proc.send_signal(signal.SIGHUP)
-            wait_for(lambda: err.read_text().count("keeping the old configuration") == (2 if b"u0000" in bad else 1),
+            refusals = 2 if b"u0000" in bad else 1
+            wait_for(lambda refusals=refusals: err.read_text().count("keeping the old configuration") == refusals,
                      what="the reload to be refused")
             assert proc.poll() is None
         assert "is not UTF-8" in err.read_text() and "control character U+0000" in err.read_text()
@@ -352,8 +343,8 @@ def test_a_store_in_degrade_mode_keeps_blocks_and_meta_in_memory_until_it_can_wr
 
 
 def test_a_notification_cooldown_outlives_a_restart(tmp_path, sink):
-    cfg = config(tmp_path, extra=f'[rules.sender]\nthreshold = 3\n[notify]\nurls = ["{sink.url("json", "/phone")}"]\n'
-                                 'coalesce = "1s"\ncooldown = "1h"\n')
+    cfg = config(tmp_path, extra={"rules.sender": {"threshold": 3},
+                                  "notify": {"urls": [sink.url("json", "/phone")], "coalesce": "1s", "cooldown": "1h"}})
     maillog = tmp_path / "mail.log"
     daemon = Daemon(str(cfg), load(cfg))
     try:

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from postfix_rig import POSTMAP, postfix_installed
 
 from relaywatch.core.destinations import (
     Declined,
@@ -25,6 +24,7 @@ from relaywatch.core.destinations import (
     split_list,
 )
 from relaywatch.postfix.postconf import local_destinations, postfix_domains
+from support.postfix_rig import POSTMAP, postfix_installed
 
 needs_postfix = pytest.mark.skipif(
     not postfix_installed() and os.environ.get("RELAYWATCH_REQUIRE_POSTFIX") != "1",

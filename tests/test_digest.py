@@ -15,29 +15,26 @@ from relaywatch.config import Config
 from relaywatch.core.parse import LineParser, YearResolver
 from relaywatch.daemon import Daemon
 from relaywatch.engine import Pipeline
-from relaywatch.model import Decision, RelayDenied, Relayed
+from relaywatch.model import Decision, RelayDenied
 from relaywatch.notify.notices import HOST
 from relaywatch.reports import digest
 from relaywatch.reports.daily import DailyRecord
 from relaywatch.reports.digest import DayStats, digest_text, unusual
 from relaywatch.sources import files as sources
 from relaywatch.store.sqlite import Store
+from support.configs import daemon_sections, write_config
+from support.facts import relayed
 
 SAMPLE = Path(__file__).parent.parent / "relaywatch" / "data" / "sample-2003-03-16.log.gz"
 DAY = "2024-05-14"
 T0 = digest.day_bounds(DAY)[0] + 9 * 3600  # 09:00 local
 
 
-def relayed(i: int, domain: str = "x.example", status: str = "sent", client: str = "192.0.2.7",
-            sender: str = "a@woodelf.org", sasl: str | None = None, queued: float | None = None) -> Relayed:
-    t = T0 + i
-    return Relayed(t, f"Q{i}", client, sasl, sender, f"r{i}@{domain}", domain, status, t if queued is None else queued)
-
-
 def stats_with(attempts: int, failed: int, domain: str = "x.example") -> DayStats:
     stats = DayStats(DAY)
     for i in range(attempts):
-        stats.add(relayed(i, domain, "deferred" if i < failed - failed // 3 else "bounced" if i < failed else "sent"))
+        status = "deferred" if i < failed - failed // 3 else "bounced" if i < failed else "sent"
+        stats.add(relayed(T0 + i, qid=f"Q{i}", domain=domain, status=status))
     return stats
 
 
@@ -57,13 +54,13 @@ def test_a_block_is_not_enforced_only_when_mail_is_queued_after_it():
     stats.block("client", "203.0.113.5", T0)
     stats.block("subnet", "218.144.0.0/16", T0)
     stats.block("sasl_user", "alice", T0, until=T0 + 3600)
-    stats.add(relayed(10, client="203.0.113.5", queued=T0 + 30))  # a session open at the block: grace
-    stats.add(relayed(11, client="218.144.9.9", queued=T0 - 5))  # queued before it, delivered after
-    stats.add(relayed(12, client="198.51.100.1", sasl="alice", queued=T0 + 4000))  # after the block expired
-    stats.add(relayed(13, client="2001:db8::1", queued=T0 + 900))  # another family, not in the subnet
+    stats.add(relayed(T0 + 10, "203.0.113.5", qid="Q10", queued=T0 + 30))  # a session open at the block: grace
+    stats.add(relayed(T0 + 11, "218.144.9.9", qid="Q11", queued=T0 - 5))  # queued before it, delivered after
+    stats.add(relayed(T0 + 12, "198.51.100.1", qid="Q12", sasl="alice", queued=T0 + 4000))  # after the block expired
+    stats.add(relayed(T0 + 13, "2001:db8::1", qid="Q13", queued=T0 + 900))  # another family, not in the subnet
     assert not unusual(stats)
-    stats.add(relayed(900, client="218.144.7.7", queued=T0 + 600))
-    stats.add(relayed(901, client="218.144.7.8", queued=T0 + 700))
+    stats.add(relayed(T0 + 900, "218.144.7.7", qid="Q900", queued=T0 + 600))
+    stats.add(relayed(T0 + 901, "218.144.7.8", qid="Q901", queued=T0 + 700))
     [line] = unusual(stats)
     assert line.startswith("the block of subnet 218.144.0.0/16 at 09:00 did not stop it: 2 relayed recipients")
     assert "relaywatch audit" in line
@@ -82,9 +79,9 @@ def test_relay_refusal_volume_is_unusual_from_the_threshold():
 def test_memory_stays_bounded_with_many_distinct_clients_and_the_heavy_hitters_survive():
     stats = DayStats(DAY, cap=1000)
     for i in range(30_000):
-        stats.add(relayed(i, domain=f"d{i}.example", client=f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"))
+        stats.add(relayed(T0 + i, f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", qid=f"Q{i}", domain=f"d{i}.example"))
         if i % 10 == 0:
-            stats.add(relayed(i, domain="hanmail.net", status="deferred", client="218.144.1.1",
+            stats.add(relayed(T0 + i, "218.144.1.1", qid=f"Q{i}", domain="hanmail.net", status="deferred",
                               sender="journeypark@hananet.net"))
     assert all(len(c.counts) <= 1000 for c in stats.tables.values()) and len(stats.status.rows) <= 1000
     assert stats.tables["clients"].top(1) == [("218.144.1.1", 3000)]
@@ -97,9 +94,9 @@ def test_memory_stays_bounded_with_many_distinct_clients_and_the_heavy_hitters_s
 
 def test_stored_and_restored_says_the_same():
     stats = stats_with(30, 20)
-    stats.add(relayed(50, client="203.0.113.5", sasl="zebra", sender="\x1b[31mevil\nline@x.example"))
+    stats.add(relayed(T0 + 50, "203.0.113.5", qid="Q50", sasl="zebra", sender="\x1b[31mevil\nline@x.example"))
     stats.block("client", "203.0.113.5", T0 - 3600)
-    stats.add(relayed(51, client="203.0.113.5", queued=T0 + 51))
+    stats.add(relayed(T0 + 51, "203.0.113.5", qid="Q51", queued=T0 + 51))
     stats.held = 7
     again = DayStats.from_dict(json.loads(json.dumps(stats.to_dict())))
     assert digest_text(again) == digest_text(stats)
@@ -155,14 +152,10 @@ def _message(qid: str, t: float, rcpt: str, status: str) -> str:
 
 def test_the_daemon_sends_yesterdays_digest_at_the_configured_time_once(tmp_path, sink):
     maillog, db = tmp_path / "mail.log", tmp_path / "state.db"
-    cfg_path = tmp_path / "rw.toml"
-    cfg_path.write_text(f'[source]\npath = "{maillog}"\n[state]\ndatabase = "{db}"\n'
-                        f'[postfix]\nconfig_directory = "{tmp_path / "no-postfix"}"\n'
-                        f'client_access_map = "hash:{tmp_path}/clients"\nsasl_access_map = ""\n'
-                        f'map_directories = ["{tmp_path}"]\n'
-                        'local_domains = ["woodelf.org"]\n'
-                        f'[notify]\nurls = ["{sink.url("json", "/digest")}"]\ncoalesce = "1s"\ndigest_at = "00:00"\n')
-    cfg_path.chmod(0o600)
+    cfg_path = write_config(tmp_path / "rw.toml", daemon_sections(tmp_path, maillog=maillog, database=db),
+                            {"postfix": {"local_domains": ["woodelf.org"]},
+                             "notify": {"urls": [sink.url("json", "/digest")], "coalesce": "1s", "digest_at": "00:00"}},
+                            mode=0o600)
     cfg = config_mod.load(cfg_path)
     now = time.time()
     yesterday = (date.today() - timedelta(days=1)).isoformat()
@@ -172,15 +165,14 @@ def test_the_daemon_sends_yesterdays_digest_at_the_configured_time_once(tmp_path
         maillog.write_text("".join(_message(f"{0xA00000 + i:X}", noon + i, f"u{i}@blocky.example",
                                             "deferred" if i % 4 else "sent") for i in range(24)))
         for _ in range(20):
-            daemon._batch()
-            if daemon._idle and daemon.daily.day.relayed:
+            if daemon.step() and daemon.daily.day.relayed:
                 break
         assert daemon.daily.day.day == yesterday and daemon.daily.day.relayed == 24
-        daemon._housekeeping(now)  # the log is read up to now: yesterday is over
+        daemon.housekeeping(now)  # the log is read up to now: yesterday is over
         assert daemon.store.days.get(yesterday)["relayed"] == 24
         assert daemon.store.days.digest_sent() == yesterday
         [payload] = sink.wait_for("/digest", 1)
-        daemon._housekeeping(now + 60)
+        daemon.housekeeping(now + 60)
     finally:
         daemon.close()
     assert payload["title"] == (f"relaywatch@{HOST}: blocky.example refused 75% of our mail - digest {yesterday}: "
@@ -189,8 +181,8 @@ def test_the_daemon_sends_yesterdays_digest_at_the_configured_time_once(tmp_path
     assert "blocky.example deferred or bounced 18 of 24" in payload["message"]
     again = Daemon(str(cfg_path), cfg)  # a restart: sent already
     try:
-        again._batch()
-        again._housekeeping(time.time())
+        again.step()
+        again.housekeeping(time.time())
     finally:
         again.close()
     time.sleep(0.3)
@@ -201,14 +193,14 @@ def test_relaywatch_digest_send_reaches_a_real_http_endpoint(tmp_path, sink):
     db = tmp_path / "state.db"
     store = Store(db)
     stats = stats_with(25, 20, "hanmail.net")
-    stats.add(relayed(100, client="218.144.108.161", sender="journeypark@hananet.net"))
+    stats.add(relayed(T0 + 100, "218.144.108.161", qid="Q100", sender="journeypark@hananet.net"))
     stats.held = 3
     block = Decision(T0 + 100, "block", "client", "218.144.108.161", "client", 60, 600)
     store.days.put(DAY, stats.to_dict())
     store.commit_batch([], [block, Decision(T0 + 86400, "block", "client", "192.0.2.99", "client", 60, 600)])
     store.close()
-    cfg = tmp_path / "rw.toml"
-    cfg.write_text(f'[state]\ndatabase = "{db}"\n[notify]\nurls = ["{sink.url("json", "/hook")}"]\n')
+    cfg = write_config(tmp_path / "rw.toml", {"state": {"database": db},
+                                              "notify": {"urls": [sink.url("json", "/hook")]}})
     run = [sys.executable, "-m", "relaywatch", "digest", "-c", str(cfg)]
     done = subprocess.run([*run, "--day", DAY, "--send"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -228,11 +220,11 @@ def test_relaywatch_digest_send_reaches_a_real_http_endpoint(tmp_path, sink):
 
 def test_the_title_leads_with_the_worst_event():
     quiet = DayStats(DAY)
-    quiet.add(relayed(1))
+    quiet.add(relayed(T0 + 1, qid="Q1"))
     assert digest_text(quiet)[0] == f"relaywatch: a quiet day - digest {DAY}: 1 relayed, 0 blocks"
     blocks = [Decision(T0 + 1, "block", "client", "203.0.113.5", "client", 60, 600),
               Decision(T0 + 2, "block", "subnet", "218.144.0.0/16", "wide_subnet", 400, 600)]
     assert digest_text(quiet, blocks)[0].startswith("relaywatch: blocked client 203.0.113.5 (+1 more) - digest")
     quiet.block("client", "203.0.113.5", T0)
-    quiet.add(relayed(2, client="203.0.113.5", queued=T0 + 600))
+    quiet.add(relayed(T0 + 2, "203.0.113.5", qid="Q2", queued=T0 + 600))
     assert digest_text(quiet, blocks)[0].startswith("relaywatch: block of client 203.0.113.5 did not hold - ")

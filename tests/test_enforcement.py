@@ -20,26 +20,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from postfix_rig import POSTFIX, POSTMAP, PostfixRig
-from test_daemon import start, wait_for
 
 from relaywatch.core.enforcement import LeakWatch
-from relaywatch.model import Relayed
 from relaywatch.postfix.mapguard import BEGIN, END
+from support.configs import rig_sections, write_config
+from support.facts import relayed
+from support.postfix_rig import POSTFIX, POSTMAP, PostfixRig
+from test_daemon import start, wait_for
 
 FLOODER = "127.0.0.9"
 
 
-def write_config(tmp_path: Path, rig: PostfixRig, sink, client_map: str, extra: str = "") -> Path:
-    cfg = tmp_path / "rw.toml"
-    cfg.write_text(f'[source]\npath = "{rig.maillog}"\n[state]\ndatabase = "{tmp_path / "state.db"}"\n'
-                   f'[postfix]\nconfig_directory = "{rig.config_directory}"\n'
-                   f'client_access_map = "{client_map}"\nsasl_access_map = ""\n{extra}'
-                   '[allow]\nnetworks = []\n'
-                   f'[notify]\nurls = ["{sink.url("json", "/push")}"]\ncoalesce = "1s"\ncooldown = "1s"\n'
-                   '[rules.client]\nthreshold = 10\n')
-    cfg.chmod(0o600)
-    return cfg
+def rig_config(tmp_path: Path, rig: PostfixRig, sink, client_map: str, postfix: dict | None = None) -> Path:
+    """The rig's daemon blocking into `client_map`, notifying `sink`, clients blocked at 10."""
+    return write_config(tmp_path / "rw.toml", rig_sections(rig, tmp_path, client_access_map=client_map),
+                        {"postfix": postfix or {},
+                         "notify": {"urls": [sink.url("json", "/push")], "coalesce": "1s", "cooldown": "1s"},
+                         "rules.client": {"threshold": 10}}, mode=0o600)
 
 
 def told(sink) -> str:
@@ -122,8 +119,8 @@ def ro_map_dir(tmp_path, postfix_instance) -> Iterator[Path]:
 def test_a_read_only_map_directory_is_reported_and_the_block_applied_once_it_is_fixed(
         postfix_instance, ro_map_dir, tmp_path, sink, daemon_proc):
     rig = postfix_instance
-    cfg = write_config(tmp_path, rig, sink, f"hash:{ro_map_dir}/reject_list",
-                       extra=f'map_directories = ["{ro_map_dir}"]\n')
+    cfg = rig_config(tmp_path, rig, sink, f"hash:{ro_map_dir}/reject_list",
+                     postfix={"map_directories": [ro_map_dir]})
     err = tmp_path / "daemon.err"
     subprocess.run(["mount", "-o", "remount,ro", str(ro_map_dir)], check=True)
     daemon_proc.append(start(cfg, err))
@@ -160,7 +157,7 @@ def test_a_read_only_map_directory_is_reported_and_the_block_applied_once_it_is_
 def test_a_block_postfix_stopped_enforcing_while_the_daemon_ran_is_an_alarm(postfix_instance, tmp_path, sink,
                                                                              daemon_proc):
     rig = postfix_instance
-    cfg = write_config(tmp_path, rig, sink, str(rig.reject_list))
+    cfg = rig_config(tmp_path, rig, sink, str(rig.reject_list))
     err = tmp_path / "daemon.err"
     daemon_proc.append(start(cfg, err))
     wait_for(lambda: "following file:" in err.read_text(), what="the daemon to start")
@@ -194,7 +191,7 @@ def test_a_map_rewritten_behind_the_daemons_back_is_noticed_and_restored(postfix
                                                                          daemon_proc):
     rig = postfix_instance
     path = Path(rig.reject_list.path)
-    cfg = write_config(tmp_path, rig, sink, str(rig.reject_list))
+    cfg = rig_config(tmp_path, rig, sink, str(rig.reject_list))
     assert cli(cfg, "block", FLOODER).returncode == 0
     assert refused(rig)
 
@@ -227,30 +224,26 @@ def test_a_map_rewritten_behind_the_daemons_back_is_noticed_and_restored(postfix
 # --- the log check alone (pure) ------------------------------------------------------------------
 
 
-def relayed(qid: str, client: str, queued: float, sasl_user: str | None = None) -> Relayed:
-    return Relayed(queued + 1, qid, client, sasl_user, "s@example.net", "r@example.org", "example.org", "sent",
-                   queued=queued)
-
-
 def test_the_leak_watch_counts_mail_queued_after_the_grace_once_per_message():
     watch = LeakWatch(grace_s=5, min_leaked=3)
     watch.watch({("client", "203.0.113.9"): 1000.0, ("subnet", "198.51.100.0/24"): 1000.0,
                  ("sasl_user", "journeypark"): 1000.0})
     for i, t in enumerate((990, 1002, 1004)):  # before the block, or within a session opened before it
-        watch.observe(relayed(f"A{i}", "203.0.113.9", t))
+        watch.observe(relayed(t + 1, "203.0.113.9", qid=f"A{i}", queued=t))
     assert watch.take() == []
     for i in range(3):
-        watch.observe(relayed(f"B{i}", "203.0.113.9", 1006 + i))
-        watch.observe(relayed(f"B{i}", "203.0.113.9", 1006 + i))  # a second recipient: one message
-    watch.observe(relayed("C1", "198.51.100.7", 1010))
-    watch.observe(relayed("D1", "192.0.2.1", 1010, sasl_user="journeypark"))
+        watch.observe(relayed(1006 + i + 1, "203.0.113.9", qid=f"B{i}", queued=1006 + i))
+        # a second recipient: one message
+        watch.observe(relayed(1006 + i + 1, "203.0.113.9", qid=f"B{i}", queued=1006 + i))
+    watch.observe(relayed(1010 + 1, "198.51.100.7", qid="C1", queued=1010))
+    watch.observe(relayed(1010 + 1, "192.0.2.1", qid="D1", queued=1010, sasl="journeypark"))
     [leak] = watch.take()
     assert (leak.kind, leak.target, leak.count, leak.new, leak.first, leak.last) == (
         "client", "203.0.113.9", 3, True, 1006, 1008)
     assert watch.take() == []  # nothing new
-    watch.observe(relayed("B9", "203.0.113.9", 1020))
+    watch.observe(relayed(1020 + 1, "203.0.113.9", qid="B9", queued=1020))
     [again] = watch.take()
     assert again.count == 4 and not again.new  # counted on, alarmed once
     watch.watch({})
-    watch.observe(relayed("E1", "203.0.113.9", 2000))
+    watch.observe(relayed(2000 + 1, "203.0.113.9", qid="E1", queued=2000))
     assert watch.take() == []

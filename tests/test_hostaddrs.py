@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from maillog import T0, Log, rcpts
 
 from relaywatch.cli import main
 from relaywatch.postfix import hostaddrs
+from support.maillog import T0, Log, rcpts
 
 FIB_TRIE = """Main:
   +-- 0.0.0.0/0 3 0 5

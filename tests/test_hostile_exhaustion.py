@@ -17,6 +17,7 @@ import tracemalloc
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -37,6 +38,7 @@ _spec.loader.exec_module(flood)  # type: ignore[union-attr]
 # --- the million-client flood, at 100,000 -------------------------------------------------
 
 
+@pytest.mark.slow
 def test_100k_distinct_ipv6_clients_in_a_48_stay_bounded_and_are_caught():
     """Every client new, 65,536 /64s, no queue id ever finishes; caps at 20,000 so they bite hard."""
     out = subprocess.run([sys.executable, str(BENCH), "--child", "--clients", "100000", "--scenario", "relay-48",
@@ -59,6 +61,7 @@ def run_in_process(n: int, scenario: str, max_keys: int) -> dict:
     return flood.run(n, scenario, max_keys=max_keys, max_messages=max_keys)
 
 
+@pytest.mark.slow
 def test_distinct_senders_and_destinations_are_capped_and_the_64_is_caught():
     r = run_in_process(20_000, "relay-64", 5_000)
     assert flood.check(r, 5_000, 5_000) == []
@@ -66,6 +69,7 @@ def test_distinct_senders_and_destinations_are_capped_and_the_64_is_caught():
     assert r["windows"]["sender"] <= 5_000 and r["windows"]["destination"] <= 5_000
 
 
+@pytest.mark.slow
 def test_relay_probes_from_distinct_clients_are_capped():
     r = run_in_process(20_000, "probe", 5_000)
     assert flood.check(r, 5_000, 5_000) == []
@@ -147,6 +151,7 @@ class _Spy(WindowCounter):
 events = st.lists(st.tuples(st.integers(0, 30), st.integers(0, 40), st.integers(1, 3)), max_size=300)
 
 
+@pytest.mark.slow
 @settings(max_examples=1000, deadline=None)
 @given(events, st.integers(4, 20), st.integers(1, 8), st.integers(1, 12))
 def test_window_cap_invariants(evs, cap, nbuckets, ngroups):

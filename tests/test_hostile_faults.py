@@ -3,7 +3,7 @@
 relaywatch must say what happened, keep the last good map in force, lose nothing it had
 committed, and recover by itself once the fault clears. The disks are real (a tiny tmpfs,
 mounted as root), the database is real SQLite held by a second real connection, and Postfix
-is a private instance (tests/postfix_rig.py).
+is a private instance (tests/support/postfix_rig.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from postfix_rig import POSTFIX, PostfixRig
 
 from relaywatch.cli import main
 from relaywatch.model import RelaywatchError
@@ -27,6 +26,8 @@ from relaywatch.respond.blocking import Blocker, maps_from_config
 from relaywatch.store import sqlite_file
 from relaywatch.store.records import DaemonStatus
 from relaywatch.store.sqlite import Store
+from support.configs import sections, write_config
+from support.postfix_rig import POSTFIX, PostfixRig
 
 
 class Clock:
@@ -105,7 +106,8 @@ def test_disk_full_under_the_map_keeps_the_old_map_in_force_and_recovers(postfix
         filler = fill(tiny_disk)
         blocker.block("client", "127.0.0.10", "test")
         assert not blocker.sync()
-        assert "No space left on device" in blocker.last_error and "the map files Postfix reads were not changed" in blocker.last_error
+        assert "No space left on device" in blocker.last_error
+        assert "the map files Postfix reads were not changed" in blocker.last_error
         assert "blocks are not in force (map not written)" in caplog.text
         assert {p.name: p.read_bytes() for p in tiny_disk.iterdir() if p != filler} == in_force  # no staging left
         assert rig.send("127.0.0.9")[0] == 554 and rig.send("127.0.0.10")[0] == 250
@@ -174,8 +176,7 @@ def test_a_locked_database_is_a_clear_error_that_loses_nothing(tmp_path, short_l
 def test_a_locked_database_makes_block_fail_cleanly(tmp_path, short_lock_wait):
     path = tmp_path / "state.db"
     cfg = tmp_path / "relaywatch.toml"
-    cfg.write_text(f'[state]\ndatabase = "{path}"\n[postfix]\nconfig_directory = ""\n'
-                   f'client_access_map = "cidr:{tmp_path}/reject.cidr"\nsasl_access_map = ""\n')
+    write_config(cfg, sections(database=path, config_directory="", client_access_map=f"cidr:{tmp_path}/reject.cidr"))
     Store(path).close()
     other = sqlite3.connect(path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
@@ -204,8 +205,7 @@ def test_a_damaged_database_is_a_clear_error_and_the_map_is_left_alone(tmp_path)
                                               r"it is damaged: restore it from a backup, or move it aside"):
         Store(path)
     cfg = tmp_path / "relaywatch.toml"
-    cfg.write_text(f'[state]\ndatabase = "{path}"\n[postfix]\nconfig_directory = ""\n'
-                   f'client_access_map = "cidr:{cidr}"\nsasl_access_map = ""\n')
+    write_config(cfg, sections(database=path, config_directory="", client_access_map=f"cidr:{cidr}"))
     for args in (["blocks"], ["block", "192.0.2.10"], ["status"]):
         result = CliRunner().invoke(main, [*args, "-c", str(cfg)])
         assert result.exit_code == 1 and "it is damaged" in result.output, (args, result.output)

@@ -3,7 +3,7 @@
 Any local user can `logger -t postfix/smtpd 'NOQUEUE: reject: RCPT from unknown[192.0.2.10]: ...'`
 (or `postlog -t`, or write to /dev/log from a web app). SYSLOG_IDENTIFIER is the sender's
 choice; journald's own fields (_SYSTEMD_UNIT, _COMM, _EXE, _UID) are not. The stream
-(tests/hostile_journal.py, recorded by systemd-journal-remote and `journalctl -o json` in
+(tests/support/hostile_journal.py, recorded by systemd-journal-remote and `journalctl -o json` in
 tests/data/journal/forged.json.gz) holds a real relay flood and six forgers' floods.
 """
 
@@ -18,7 +18,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import hostile_journal as hj
 import pytest
 
 from relaywatch.config import Config
@@ -29,6 +28,7 @@ from relaywatch.model import Decision, Forged, RelayDenied, Relayed, Unparsed
 from relaywatch.replay import replay
 from relaywatch.sources.journal import JournalFollower
 from relaywatch.store.sqlite import Store
+from support import hostile_journal as hj
 
 RECORDED = Path(__file__).parent / "data" / "journal" / "forged.json.gz"
 REMOTE = "/lib/systemd/systemd-journal-remote"
@@ -104,7 +104,8 @@ def test_probing_the_relay_first_does_not_buy_an_hour_without_a_block():
     """Found by the control above: the relay_probe alert on a client silenced its block for an hour."""
     detector = Detector()
     t = 1795773600.0
-    decisions = [d for n in range(20) for d in detector.observe(RelayDenied(t + n, "203.0.113.66", None), "probe").decisions]
+    decisions = [d for n in range(20)
+                 for d in detector.observe(RelayDenied(t + n, "203.0.113.66", None), "probe").decisions]
     assert [(d.action, d.rule) for d in decisions] == [("alert", "relay_probe")]
     relayed = [Relayed(t + 30 + n, f"5A{n:08X}", "203.0.113.66", None, "a@b.example", f"u{n}@c.example",
                        "c.example", "sent") for n in range(60)]

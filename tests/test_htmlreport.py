@@ -9,10 +9,10 @@ from html.parser import HTMLParser
 
 import pytest
 
-from relaywatch.model import Decision, RelayDenied, Relayed
+from relaywatch.model import Decision, RelayDenied, Relayed, Totals
 from relaywatch.postfix.audit import Finding
 from relaywatch.reports.html import esc, render_html
-from relaywatch.reports.report import ReplayResult, Tally, Totals
+from relaywatch.reports.report import ReplayResult, Tally
 from relaywatch.reports.timeline import Timeline
 
 T0 = 1_047_772_800.0  # 2003-03-16 00:00 UTC

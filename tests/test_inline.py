@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-from postfix_rig import free_port
 
 from relaywatch.config import from_dict
 from relaywatch.core.correlate import LocalDomains
@@ -17,6 +16,7 @@ from relaywatch.core.inline import Blocked, Budget, InlinePolicy, parse_request
 from relaywatch.model import ConfigError, Relayed
 from relaywatch.policyd import MAX_REQUEST, InlineService, PolicyServer
 from relaywatch.store.relayers import RelayHistory, day_number
+from support.postfix_rig import free_port
 
 T0 = 1_700_000_000.0
 

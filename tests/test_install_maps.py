@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from postfix_rig import PostfixRig, free_port
 
 from relaywatch.cli import main
 from relaywatch.postfix.install_maps import front, map_specs, plan_edits
 from relaywatch.postfix.maps import MapSpec
+from support.postfix_rig import PostfixRig, free_port
 
 CLIENTS = MapSpec("hash", "/etc/postfix/relaywatch_clients")
 SASL = MapSpec("hash", "/etc/postfix/relaywatch_sasl")
@@ -34,7 +34,8 @@ def test_the_lookup_goes_in_front_and_the_admins_text_stays() -> None:
 
 
 def test_an_empty_list_gets_just_the_lookup() -> None:
-    assert front("", {}, CLIENT_LIST, "client", CLIENTS, ", ") == "check_client_access hash:/etc/postfix/relaywatch_clients"
+    expected = "check_client_access hash:/etc/postfix/relaywatch_clients"
+    assert front("", {}, CLIENT_LIST, "client", CLIENTS, ", ") == expected
 
 
 def test_a_lookup_behind_permit_mynetworks_is_moved_not_doubled() -> None:
@@ -68,7 +69,8 @@ def test_main_cf_and_every_overriding_service_but_loopback_reinjection() -> None
         "submission/inet": {"smtpd_recipient_restrictions": "", "smtpd_client_restrictions": "$mua_client_restrictions",
                             "smtpd_relay_restrictions": "permit_sasl_authenticated,reject"},
         "smtps/inet": {"syslog_name": "postfix/smtps"},  # overrides no list: main.cf's apply
-        "127.0.0.1:10025/inet": {"smtpd_client_restrictions": "", "smtpd_recipient_restrictions": "permit_mynetworks,reject"},
+        "127.0.0.1:10025/inet": {"smtpd_client_restrictions": "",
+                                 "smtpd_recipient_restrictions": "permit_mynetworks,reject"},
     }
     edits, skipped = plan_edits(main_cf, services, MAPS)
     assert [(e.scope, e.param) for e in edits] == [

@@ -11,7 +11,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from postfix_rig import POSTMAP
+from support.configs import sections, write_config
+from support.postfix_rig import POSTMAP
 from test_daemon import start, wait_for
 
 POSTCONF = "/usr/sbin/postconf"
@@ -65,10 +66,8 @@ def test_the_daemon_asks_postfix_for_relay_domains_and_blocks_only_the_abuser(po
     log = tmp_path / "mail.log"
     log.write_text("")
     db, cfg = tmp_path / "state.db", tmp_path / "rw.toml"
-    cfg.write_text(f'[source]\npath = "{log}"\n[state]\ndatabase = "{db}"\n'
-                   f'[postfix]\nconfig_directory = "{etc}"\n'
-                   f'client_access_map = "{postfix_instance.reject_list}"\nsasl_access_map = ""\n'
-                   '[allow]\nnetworks = []\n')
+    write_config(cfg, sections(maillog=log, database=db, config_directory=etc,
+                               client_access_map=postfix_instance.reject_list, allow_networks=[]))
     err = tmp_path / "daemon.err"
     proc = start(cfg, err)
     try:

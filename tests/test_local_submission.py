@@ -6,7 +6,6 @@ from __future__ import annotations
 import random
 
 import pytest
-from maillog import T0, Log, rcpts
 
 from relaywatch.config import Config
 from relaywatch.core.parse import LineParser, YearResolver
@@ -17,6 +16,7 @@ from relaywatch.reports.digest import DayStats
 from relaywatch.reports.html import render_html
 from relaywatch.reports.report import to_json, to_text
 from relaywatch.store.sqlite import Store
+from support.maillog import T0, Log, rcpts
 
 
 def web_app_flood(log: Log, senders: list[str], n: int = 300, uid: int = 33, amavis: bool = False) -> None:

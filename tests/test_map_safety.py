@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from relaywatch.cli import main
 from relaywatch.postfix.mapguard import BEGIN, END, ForeignMap
 from relaywatch.postfix.maps import AccessMap, Block, MapSpec
+from support.configs import rig_sections, sections, write_config
 
 pytestmark = pytest.mark.postfix
 
@@ -27,13 +28,9 @@ SHADOW = ("root:$y$j9T$Qm1yV7fGx0bq$Wc5kOa1D8pJkq3H3x0yQ9nYbq9dV2u7cM0hX1sLk3Z5:
           "daemon:*:19700:0:99999:7:::\nzebra:$y$j9T$abc$def:19701:0:99999:7:::\n")
 
 
-def config(tmp_path: Path, rig, client_map: str, sasl_map: str = "", extra: str = "") -> str:
-    cfg = tmp_path / "rw.toml"
-    cfg.write_text(f'[state]\ndatabase = "{tmp_path / "state.db"}"\n'
-                   f'[postfix]\nconfig_directory = "{rig.config_directory}"\n'
-                   f'client_access_map = "{client_map}"\nsasl_access_map = "{sasl_map}"\n{extra}'
-                   '[allow]\nnetworks = []\n')
-    cfg.chmod(0o600)
+def config(tmp_path: Path, rig, client_map: str, sasl_map: str = "", postfix: dict | None = None) -> str:
+    cfg = write_config(tmp_path / "rw.toml", rig_sections(rig, tmp_path, client_access_map=client_map, source=False),
+                       {"postfix": {"sasl_access_map": sasl_map, **(postfix or {})}}, mode=0o600)
     return str(cfg)
 
 
@@ -99,7 +96,7 @@ def test_a_map_outside_the_allowed_directories_is_refused_unless_listed(postfix_
     assert result.exit_code == 78, result.output
     assert "neither the Postfix configuration directory nor in [postfix] map_directories" in result.output
     assert list(maps.iterdir()) == []
-    listed = config(tmp_path, postfix_instance, f"hash:{maps}/clients", extra=f'map_directories = ["{maps}"]\n')
+    listed = config(tmp_path, postfix_instance, f"hash:{maps}/clients", postfix={"map_directories": [maps]})
     result = block(listed, "192.0.2.99")
     assert result.exit_code == 0, result.output
     assert "192.0.2.99 REJECT" in (maps / "clients").read_text()
@@ -114,10 +111,8 @@ def test_a_file_postfix_configuration_names_is_refused_even_when_empty(tmp_path)
     (conf / "master.cf").write_text("")
     for name in ("main.cf", "master.cf"):  # postconf waits ~2 s on a fresh main.cf
         os.utime(conf / name, (time.time() - 60, time.time() - 60))
-    cfg = tmp_path / "rw.toml"
-    cfg.write_text(f'[state]\ndatabase = "{tmp_path / "s.db"}"\n[postfix]\nconfig_directory = "{conf}"\n'
-                   f'client_access_map = "hash:{conf}/trusted"\nsasl_access_map = ""\n')
-    cfg.chmod(0o600)
+    cfg = write_config(tmp_path / "rw.toml", sections(database=tmp_path / "s.db", config_directory=conf,
+                                                      client_access_map=f"hash:{conf}/trusted"), mode=0o600)
     result = CliRunner().invoke(main, ["block", "192.0.2.7", "-c", str(cfg)])
     assert result.exit_code == 78, result.output
     assert "is a file Postfix reads as configuration (mynetworks names it)" in result.output

@@ -14,19 +14,11 @@ import sys
 import time
 
 import pytest
-from http_sink import Hang, Sink
 
 from relaywatch.model import ConfigError, Decision
 from relaywatch.notify.notices import PREFIX as P
-from relaywatch.notify.send import (
-    Notice,
-    NoticeKind,
-    Notifier,
-    notice_for_decision,
-    notice_for_text,
-    redact,
-    send_test,
-)
+from relaywatch.notify.send import Notice, NoticeKind, Notifier, notice_for_decision, notice_for_text, redact, send_test
+from support.http_sink import Hang, Sink
 
 SECRETS = ("s3cretpw", "k3y123abc", "t0ken99")
 
@@ -93,7 +85,8 @@ def test_ineffective_block_is_a_failure_with_the_warning() -> None:
 
 
 def test_a_block_not_in_force_says_so_and_why() -> None:
-    n = notice_for_decision(BLOCK, not_in_force="could not write /etc/postfix/relaywatch_clients: Read-only file system")
+    why = "could not write /etc/postfix/relaywatch_clients: Read-only file system"
+    n = notice_for_decision(BLOCK, not_in_force=why)
     assert n.title == f"{P}blocked 218.144.0.0/16 - NOT in force"
     assert n.severity == "failure"
     assert "NOT IN FORCE: could not write /etc/postfix/relaywatch_clients: Read-only file system" in n.body
@@ -357,7 +350,8 @@ def test_a_notice_names_the_host_shows_the_clients_and_fits_a_lock_screen() -> N
     flood = Decision(time=1_700_000_000.0, action="block", kind="subnet", target="218.144.0.0/16",
                      rule="wide_subnet", count=2403, window_s=600, clients=9,
                      evidence=(long_line, long_line, "Nov 14 22:13:02 mx postfix/smtpd[812]: 4Tq2: "
-                               "client=unknown[218.144.7.9]", long_line), sample_qids=tuple(f"4Tq{i}" for i in range(9)))
+                               "client=unknown[218.144.7.9]", long_line),
+                     sample_qids=tuple(f"4Tq{i}" for i in range(9)))
     clients = [(f"218.144.{i}.9", 300 - i) for i in range(9)]
     n = notice_for_decision(flood, held=1200, undo="relaywatch unblock 218.144.0.0/16", clients=clients)
     assert n.title.startswith(f"relaywatch@{host}: blocked 218.144.0.0/16")

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from maillog import T0, Log, rcpts
-
 from relaywatch.config import Config
 from relaywatch.core.parse import LineParser, YearResolver
 from relaywatch.engine import Pipeline
@@ -17,6 +15,7 @@ from relaywatch.reports.report import ReplayResult, Tally, to_text
 from relaywatch.reports.timeline import Timeline
 from relaywatch.store.sqlite import Store
 from relaywatch.wording import describe
+from support.maillog import T0, Log, rcpts
 
 
 class Recorder:

@@ -20,10 +20,11 @@ import time
 from pathlib import Path
 
 import pytest
-from postfix_rig import POSTFIX, REMOTE_RCPT, PostfixRig, free_port
 
 from relaywatch.store.relayers import RelayHistory
 from relaywatch.store.sqlite import Store
+from support.configs import rig_sections, write_config
+from support.postfix_rig import POSTFIX, REMOTE_RCPT, PostfixRig, free_port
 
 pytestmark = pytest.mark.postfix
 
@@ -119,12 +120,9 @@ def test_the_service_stops_a_flood_in_open_sessions_and_fails_open(postfix_insta
     port = free_port()
     configure(rig, port)
     db, cfg, err = tmp_path / "state.db", tmp_path / "rw.toml", tmp_path / "daemon.err"
-    cfg.write_text(f'[source]\npath = "{rig.maillog}"\n[state]\ndatabase = "{db}"\n'
-                   f'[postfix]\nconfig_directory = "{rig.config_directory}"\n'
-                   f'client_access_map = "{rig.reject_list}"\nsasl_access_map = ""\n'
-                   f'[allow]\nnetworks = []\n[policy]\nlisten = "127.0.0.1:{port}"\n'
-                   # listed as known relayers: a block must still beat that, and they keep sending
-                   'known = ["127.0.0.30", "127.0.0.40", "127.0.0.50"]\n')
+    # listed as known relayers: a block must still beat that, and they keep sending
+    write_config(cfg, rig_sections(rig, tmp_path, database=db),
+                 {"policy": {"listen": f"127.0.0.1:{port}", "known": ["127.0.0.30", "127.0.0.40", "127.0.0.50"]}})
     db.parent.chmod(0o700)
     Store(str(db)).close()  # relaywatch's own database (the daemon refuses one it did not make)
     history = RelayHistory(db)  # 127.0.0.20 relayed yesterday: a known relayer

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from postfix_rig import POSTMAP, PostfixRig
 
 from relaywatch.model import ConfigError, PostfixError
 from relaywatch.postfix.maps import (
@@ -29,6 +28,7 @@ from relaywatch.postfix.maps import (
     reject_text,
     render_key,
 )
+from support.postfix_rig import POSTMAP, PostfixRig
 
 # --- MapSpec ----------------------------------------------------------------------
 
@@ -402,7 +402,8 @@ def test_failing_postmap_leaves_the_old_map_in_force(live: Live) -> None:
     # type package (postfix-lmdb) makes it fail.
     os.mkdir(str(live.access_map.staged.compiled))
     try:
-        with pytest.raises(PostfixError, match=r"postmap .* failed .*Is a directory.*the map files Postfix reads were not changed"):
+        not_written = r"postmap .* failed .*Is a directory.*the map files Postfix reads were not changed"
+        with pytest.raises(PostfixError, match=not_written):
             live.apply(Block("client", "127.0.0.9"), Block("client", "127.0.0.10"))
         assert live.access_map.path.read_bytes() == source
         assert Path(f"{live.access_map.path}.db").read_bytes() == compiled

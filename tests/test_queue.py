@@ -1,5 +1,5 @@
 """relaywatch.queue and `relaywatch queue`: recorded postqueue/postcat output, and a real private Postfix
-whose mail to an unreachable domain waits in the deferred queue (tests/postfix_rig.py)."""
+whose mail to an unreachable domain waits in the deferred queue (tests/support/postfix_rig.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from postfix_rig import UNREACHABLE_DOMAIN, PostfixRig
 
 from relaywatch.cli import main
 from relaywatch.model import PostfixError
@@ -28,6 +27,8 @@ from relaywatch.postfix.queue import (
     target,
 )
 from relaywatch.store.sqlite import Store
+from support.configs import rig_sections, write_config
+from support.postfix_rig import UNREACHABLE_DOMAIN, PostfixRig
 
 # Recorded from Postfix 3.7.11 (`postqueue -j`; the null sender shows as MAILER-DAEMON).
 POSTQUEUE_J = """\
@@ -228,12 +229,7 @@ def queued(postfix_instance):
 
 @pytest.fixture
 def rw(postfix_instance, tmp_path):
-    cfg = tmp_path / "relaywatch.toml"
-    cfg.write_text(f'[state]\ndatabase = "{tmp_path / "state.db"}"\n'
-                   f'[postfix]\nconfig_directory = "{postfix_instance.config_directory}"\n'
-                   f'client_access_map = "{postfix_instance.reject_list}"\nsasl_access_map = ""\n'
-                   '[allow]\nnetworks = []\n')
-    return str(cfg)
+    return str(write_config(tmp_path / "relaywatch.toml", rig_sections(postfix_instance, tmp_path, source=False)))
 
 
 def run(*args: str):
@@ -303,10 +299,9 @@ def test_postcat_goes_on_past_a_message_that_left_and_nothing_hostile_runs(postf
 @pytest.mark.postfix
 def test_the_daemon_holds_what_the_flooder_queued(postfix_instance, queued, rw, sink, tmp_path):
     rig = postfix_instance
-    cfg = Path(rw)
-    cfg.write_text(f'[source]\npath = "{rig.maillog}"\n' + cfg.read_text()
-                   + f'[notify]\nurls = ["{sink.url("json", "/hook")}"]\ncoalesce = "1s"\n'
-                   + '[rules.client]\nthreshold = 10\n')
+    cfg = write_config(Path(rw), rig_sections(rig, tmp_path),
+                       {"notify": {"urls": [sink.url("json", "/hook")], "coalesce": "1s"},
+                        "rules.client": {"threshold": 10}})
     err = tmp_path / "daemon.err"
     proc = subprocess.Popen([sys.executable, "-m", "relaywatch", "run", "-c", str(cfg)],
                             stderr=err.open("ab"), stdout=subprocess.DEVNULL)

@@ -8,21 +8,17 @@ import re
 from click.testing import CliRunner
 
 from relaywatch.cli import main
-from relaywatch.model import Decision, RelayDenied, Relayed
+from relaywatch.model import Decision, RelayDenied
 from relaywatch.reports import digest
 from relaywatch.reports.digest import DayStats, period_result
 from relaywatch.store.sqlite import Store
+from support.facts import relayed
 
 DAYS = ("2024-05-13", "2024-05-14", "2024-05-15")
 
 
 def at(day: str, hour: int, minute: int = 0) -> float:
     return digest.day_bounds(day)[0] + hour * 3600 + minute * 60
-
-
-def relayed(t: float, client: str, domain: str = "hanmail.net", status: str = "sent",
-            sender: str = "a@woodelf.org", sasl: str | None = None) -> Relayed:
-    return Relayed(t, "Q1", client, sasl, sender, f"u@{domain}", domain, status, t)
 
 
 def block(t: float, target: str) -> Decision:
@@ -35,16 +31,17 @@ def prepared(tmp_path) -> str:
     store = Store(db)
     d13, d14, d15 = (DayStats(d) for d in DAYS)
     for i in range(30):  # 13th, 03:xx: a flood from 218.144.1.1, deferred by hanmail.net
-        d13.add(relayed(at(DAYS[0], 3, i), "218.144.1.1", status="deferred", sender="journeypark@hananet.net"))
+        d13.add(relayed(at(DAYS[0], 3, i), "218.144.1.1", domain="hanmail.net", status="deferred",
+                        sender="journeypark@hananet.net"))
     for i in range(5):
         d13.add(relayed(at(DAYS[0], 14, i), "192.0.2.7", domain="example.org", sasl="alice"))
     for i in range(12):  # 14th, 22:xx
-        d14.add(relayed(at(DAYS[1], 22, i), "218.144.1.1", sender="journeypark@hananet.net"))
+        d14.add(relayed(at(DAYS[1], 22, i), "218.144.1.1", domain="hanmail.net", sender="journeypark@hananet.net"))
     for i in range(4):
         d14.add(RelayDenied(at(DAYS[1], 5, i), "211.72.97.40", None))
     d15.add(relayed(at(DAYS[2], 8), "192.0.2.7", domain="example.org", sasl="alice"))
     old = DayStats("2024-05-10")
-    old.add(relayed(at("2024-05-10", 9), "198.51.100.99"))
+    old.add(relayed(at("2024-05-10", 9), "198.51.100.99", domain="hanmail.net"))
     for stats in (old, d13, d14):
         store.days.put(stats.day, stats.to_dict())
     store.days.put_current(d15.to_dict())
@@ -104,8 +101,8 @@ def test_html_report_plots_the_hours_with_the_blocks_marked(tmp_path):
     assert "198.51.100.99" not in page
     assert "approximate" in page and "<b>0</b>lines" not in page and "<b>0</b>messages" not in page
     assert "<td>hanmail.net</td><td>42</td><td>30 (71%)</td>" in page  # deferral per destination
-    svg = re.search(r"<svg.*?</svg>", page, re.DOTALL).group(0)
-    assert 'data-t0="%d"' % digest.day_bounds(DAYS[0])[0] in svg  # the plot starts at the period's midnight
+    svg = re.search(r"<svg.*?</svg>", page, re.S).group(0)
+    assert f'data-t0="{int(digest.day_bounds(DAYS[0])[0])}"' in svg  # the plot starts at the period's midnight
 
 
 def test_the_timeline_holds_the_hourly_series():
@@ -113,7 +110,7 @@ def test_the_timeline_holds_the_hourly_series():
     for day, hour, n in ((DAYS[0], 3, 30), (DAYS[1], 22, 12)):
         stats = DayStats(day)
         for i in range(n):
-            stats.add(relayed(at(day, hour, i % 60), "218.144.1.1"))
+            stats.add(relayed(at(day, hour, i % 60), "218.144.1.1", domain="hanmail.net"))
         days.append(DayStats.from_dict(json.loads(json.dumps(stats.to_dict()))))
     result, no_hours = period_result(days, [])
     series = result.timeline.relayed()
@@ -124,14 +121,15 @@ def test_the_timeline_holds_the_hourly_series():
 
 def test_a_day_stored_before_hourly_counts_still_reads_and_is_named():
     stats = DayStats(DAYS[0])
-    stats.add(relayed(at(DAYS[0], 3), "218.144.1.1"))
+    stats.add(relayed(at(DAYS[0], 3), "218.144.1.1", domain="hanmail.net"))
     stats.add(RelayDenied(at(DAYS[0], 4), "211.72.97.40", None))
     saved = stats.to_dict()
     assert saved["hourly"]["relayed"][3] == 1 and saved["hourly"]["relay_denied"][4] == 1
     del saved["hourly"]
     old = DayStats.from_dict(saved)
     assert old.hourly_relayed is None and old.to_dict()["hourly"] is None
-    old.add(relayed(at(DAYS[0], 5), "218.144.1.1"))  # a restored running day keeps counting the rest
+    # a restored running day keeps counting the rest
+    old.add(relayed(at(DAYS[0], 5), "218.144.1.1", domain="hanmail.net"))
     result, no_hours = period_result([old], [])
     assert no_hours == [DAYS[0]] and result.totals.relayed == 2 and result.timeline.relayed() == []
 

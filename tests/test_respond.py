@@ -8,11 +8,11 @@ import subprocess
 
 import pytest
 from click.testing import CliRunner
-from postfix_rig import UNREACHABLE_DOMAIN
-from test_daemon import wait_for
 
 from relaywatch.cli import main
 from relaywatch.postfix.queue import PostfixQueue
+from support.postfix_rig import UNREACHABLE_DOMAIN
+from test_daemon import wait_for
 
 FLOODER, INNOCENT = "127.0.0.78", "127.0.0.79"
 FLOOD = "".join(

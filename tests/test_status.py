@@ -18,6 +18,7 @@ from relaywatch.cli import main
 from relaywatch.sources.choose import Lag, Reason, choose, describe_position, lag
 from relaywatch.store.records import DaemonStatus
 from relaywatch.store.sqlite import Store
+from support.configs import sections, write_config
 
 LINE = ("2026-11-27T23:06:12.123456+00:00 mx postfix/smtpd[1]: 8D076AE17: client=unknown[203.0.113.5]\n")
 
@@ -156,8 +157,8 @@ def test_audit_says_what_is_read_and_whether_lines_arrive(tmp_path):
     os.utime(conf / "main.cf", (1_000_000_000, 1_000_000_000))
     cfg = tmp_path / "rw.toml"
     missing = tmp_path / "mail.log"
-    cfg.write_text(f'[source]\npath = "{missing}"\n[state]\ndatabase = "{tmp_path}/s.db"\n'
-                   f'[postfix]\nconfig_directory = "{conf}"\nclient_access_map = "hash:{conf}/c"\nsasl_access_map = ""\n')
+    write_config(cfg, sections(maillog=missing, database=f"{tmp_path}/s.db", config_directory=conf,
+                               client_access_map=f"hash:{conf}/c"))
     doc = json.loads(CliRunner().invoke(main, ["audit", "--format", "json", "-c", str(cfg)]).output)
     [source] = [f for f in doc["findings"] if f["code"] == "source"]
     assert source["severity"] == "warning" and source["title"] == (
@@ -195,11 +196,9 @@ def test_a_restarted_daemon_does_not_resend_an_unchanged_audit_and_a_block_does_
     maillog = tmp_path / "mail.log"
     maillog.write_text("")
     cfg_path = tmp_path / "rw.toml"
-    cfg_path.write_text(f'[source]\npath = "{maillog}"\n[state]\ndatabase = "{tmp_path}/s.db"\n'
-                        f'[postfix]\nconfig_directory = "{conf}"\nclient_access_map = "hash:{conf}/c"\n'
-                        f'sasl_access_map = ""\n[allow]\nnetworks = []\n'
-                        f'[notify]\nurls = ["{sink.url("json", "/phone")}"]\ncoalesce = "1s"\ncooldown = "5m"\n')
-    cfg_path.chmod(0o600)
+    write_config(cfg_path, sections(maillog=maillog, database=f"{tmp_path}/s.db", config_directory=conf,
+                                    client_access_map=f"hash:{conf}/c", allow_networks=[]),
+                 {"notify": {"urls": [sink.url("json", "/phone")], "coalesce": "1s", "cooldown": "5m"}}, mode=0o600)
     cfg = config_mod.load(cfg_path)
     first = Daemon(str(cfg_path), cfg)
     try:

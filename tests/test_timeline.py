@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from functools import partial
+
+import pytest
+
 from relaywatch.core.policy import DEFAULT_RULES, network_of
-from relaywatch.model import Decision, RelayDenied, Relayed
+from relaywatch.model import Decision, RelayDenied
 from relaywatch.reports import timeline as tl_mod
 from relaywatch.reports.sparks import sparkline, text_block
 from relaywatch.reports.timeline import Timeline
+from support.facts import relayed as fact
 
 T0 = 1_047_772_800.0  # 2003-03-16 00:00:00 UTC, a whole minute and hour
 
-
-def relayed(t: float, client: str, sender: str = "journeypark@hananet.net", domain: str = "hanmail.net",
-            status: str = "deferred", sasl: str | None = None) -> Relayed:
-    return Relayed(t, "Q1", client, sasl, sender, f"x@{domain}", domain, status)
+# This module's mail: one spammer's, deferred at hanmail.net.
+relayed = partial(fact, sender="journeypark@hananet.net", domain="hanmail.net", status="deferred")
 
 
 def test_counts_per_minute_overall_and_per_key():
@@ -44,6 +47,7 @@ def test_networks_are_grouped_as_the_rules_group_them():
         assert sorted(s.label for s in tl.top(f"net:{p4}/{p6}", 10)) == expected
 
 
+@pytest.mark.slow
 def test_a_flood_of_distinct_ipv6_clients_keeps_memory_bounded_and_the_heavy_hitter():
     tl = Timeline()
     heavy = "2a01:4f8:1:2::99"

@@ -9,9 +9,9 @@ import ipaddress
 import random
 
 import pytest
-from maillog import T0, Log, blocks, rcpts
 
 from relaywatch.config import Config
+from support.maillog import T0, Log, blocks, rcpts
 
 DOMAINS = ["gmail.com", "outlook.com", "web.de", "hanmail.net"]
 

@@ -15,16 +15,7 @@ from collections.abc import Callable
 from functools import lru_cache
 
 from relaywatch.core.replies import relay_denied
-from relaywatch.model import (
-    ClientSeen,
-    Delivery,
-    Event,
-    Pickup,
-    QueueActive,
-    Reject,
-    Removed,
-    Unparsed,
-)
+from relaywatch.model import ClientSeen, Delivery, Event, Pickup, QueueActive, Reject, Removed, Unparsed
 
 # --- queue ids and peers -----------------------------------------------------
 

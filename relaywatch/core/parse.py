@@ -14,15 +14,7 @@ import re
 from collections.abc import Container, Iterable
 from fnmatch import fnmatchcase
 
-from relaywatch.core.grammar import (
-    CLIENT,
-    GRAMMARS,
-    PEER,
-    QUEUE_ID,
-    client_address,
-    is_qid,
-    parse_message,
-)
+from relaywatch.core.grammar import CLIENT, GRAMMARS, PEER, QUEUE_ID, client_address, is_qid, parse_message
 from relaywatch.core.logtime import MONTHS, YearResolver, full_epoch, rfc3339_epoch
 from relaywatch.core.replies import queued_as, relay_denied
 from relaywatch.model import ClientSeen, Event, Forged, ProxyAccept, Unparsed

@@ -91,8 +91,8 @@ def notice_for_decision(
 
     `not_in_force`: why the block is not in Postfix's map yet (a map fault); None
     means the map holds it and Postfix reloaded. `effective` is the warning to show
-    when Postfix would not enforce the block anyway (the mynetworks trap). `held`: queued messages held. `dry_run`: a replay
-    that changed nothing: says what would have been blocked, and no undo.
+    when Postfix would not enforce the block anyway (the mynetworks trap). `held`: queued messages held.
+    `dry_run`: a replay that changed nothing: says what would have been blocked, and no undo.
     `clients`: (address, relayed recipients) of a subnet's busiest clients.
     `bypassed_on`: where Postfix would not enforce it ("main.cf", master.cf services): when
     only services bypass it, the title names them instead of calling the block useless.

@@ -33,14 +33,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from relaywatch.model import ConfigError
-from relaywatch.notify.notices import (
-    Notice,
-    NoticeKind,
-    merge,
-    notice_for_decision,
-    notice_for_text,
-    subnet_clients,
-)
+from relaywatch.notify.notices import Notice, NoticeKind, merge, notice_for_decision, notice_for_text, subnet_clients
 from relaywatch.permissions import check_config_file
 from relaywatch.wording import iso
 

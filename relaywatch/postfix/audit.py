@@ -167,7 +167,8 @@ def _mynetworks(scope: ev.Scope, explicit: frozenset[str] | None) -> list[Findin
                            "or an IPv6 network without [brackets] read as a table), so every client not matched "
                            "by an earlier entry gets `451 Temporary lookup failure` and legitimate mail is "
                            "deferred. Do not follow Postfix's own hint (`perhaps you should use 210.0.0.0/8`) "
-                           "blindly: it trusts a whole /8, an open relay, where a host was meant. " + "; ".join(_broken_hint(e) for e in broken) + ".",
+                           "blindly: it trusts a whole /8, an open relay, where a host was meant. "
+                           + "; ".join(_broken_hint(e) for e in broken) + ".",
                            "\n".join(_broken_fix(e) for e in broken) + "\npostfix reload",
                            {"scope": scope.name, "entries": [e.raw for e in broken]}))
     odd = [(e.raw, _ODD[e.kind]) for e in trust.entries if e.kind in _ODD] + [

@@ -23,6 +23,7 @@ import contextlib
 import errno
 import fcntl
 import ipaddress
+import itertools
 import logging
 import os
 import re
@@ -168,7 +169,7 @@ def _render_subnet(target: str, cidr: bool) -> str:
     # prefix group when no two prefix groups in a row are 0 and the last is not.
     groups = [int.from_bytes(net.network_address.packed[i : i + 2], "big") for i in range(0, 16, 2)]
     prefix = groups[: net.prefixlen // 16]
-    if net.prefixlen % 16 or prefix[-1] == 0 or any(a == b == 0 for a, b in zip(prefix, prefix[1:])):
+    if net.prefixlen % 16 or prefix[-1] == 0 or any(a == b == 0 for a, b in itertools.pairwise(prefix)):
         raise InvalidBlock(
             need_cidr + "16-bit groups, ending in a non-zero group without two 0 groups in a row; use a cidr: map"
         )
@@ -289,7 +290,8 @@ class AccessMap:
             if exc.errno == errno.ELOOP:
                 raise ForeignMap(f"{self.path} is a symbolic link: relaywatch never writes through one; "
                                  "name the real file in client_access_map / sasl_access_map") from None
-            raise MapNotWritten(f"cannot read {self.path}: {exc}; the map files Postfix reads were not changed") from exc
+            raise MapNotWritten(
+                f"cannot read {self.path}: {exc}; the map files Postfix reads were not changed") from exc
         with os.fdopen(fd, "rb") as f:
             st = os.fstat(f.fileno())
             if not stat.S_ISREG(st.st_mode):
@@ -456,7 +458,7 @@ class Postfix:
         master = self.master_pid()
         failed = f"postfix reload failed (exit {done.returncode})"
         if broken:
-            running = ("Postfix is still running (master pid %d) but could not reload" % master if master
+            running = (f"Postfix is still running (master pid {master}) but could not reload" if master
                        else "Postfix is not running" if master == 0 else "whether Postfix runs is unknown")
             raise MapNotLoaded(f"{failed}: Postfix's configuration cannot be read ({broken}); {running}. The map "
                                "file holds the new blocks; fix the configuration, then run postfix reload")

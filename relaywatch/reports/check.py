@@ -20,9 +20,9 @@ from relaywatch.config import Config
 from relaywatch.model import Decision, RelaywatchError
 from relaywatch.postfix.audit import AuditMaps, block_ineffective_reason
 from relaywatch.postfix.postconf import postconf, postconf_services
+from relaywatch.reports.report import describe, iso
 from relaywatch.respond.blocking import target_kind
 from relaywatch.store.sqlite import BlockRow
-from relaywatch.wording import describe, iso
 
 EXIT_BLOCKED = 0
 EXIT_NOT_BLOCKED = 3

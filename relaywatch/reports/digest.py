@@ -16,9 +16,9 @@ from datetime import time as clock_time
 
 from relaywatch.core.policy import DEFAULT_RULES, Rule
 from relaywatch.model import ENFORCEMENT, Decision, RelayDenied, Relayed, Totals
-from relaywatch.reports.report import BoundedCounter, ReplayResult, Tally
+from relaywatch.reports.report import BoundedCounter, ReplayResult, Tally, describe
 from relaywatch.reports.timeline import Timeline
-from relaywatch.wording import clean, describe, hm
+from relaywatch.wording import clean, hm
 
 CAP = 5_000  # distinct keys per table in memory
 KEEP = 500  # rows per table kept in the store

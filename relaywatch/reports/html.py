@@ -307,7 +307,7 @@ overflow-wrap:anywhere;min-width:11em}.events td:nth-child(n+5){white-space:norm
 td.none{color:#6b7280;font-family:inherit}
 @page{margin:12mm}
 @media print{body{margin:0;max-width:none}section,svg{break-inside:avoid}h2{break-after:avoid}}
-"""
+"""  # noqa: E501 - one rule per line: a long selector list stays readable whole
 
 
 def render_html(result: ReportSource, timeline: Timeline, findings: Sequence[Finding] = (),
@@ -347,7 +347,8 @@ def render_html(result: ReportSource, timeline: Timeline, findings: Sequence[Fin
                          f"</h2>{chart.render()}</section>")
     if timeline.markers_dropped:
         parts.append(f'<p class="note">{timeline.markers_dropped:,} later decisions are not drawn.</p>')
-    parts.append(f'<section class="events-wrap">{_events(markers, result, timeline, dry_run)}</section>' if markers else "")
+    parts.append(f'<section class="events-wrap">{_events(markers, result, timeline, dry_run)}</section>'
+                 if markers else "")
     delivery = [(r.domain, r.relayed, f"{r.deferred:,} ({r.deferred_ratio:.0%})", r.bounced)
                 for r in timeline.delivery()]
     deferring = [(r.domain, r.relayed, f"{r.deferred:,} ({r.deferred_ratio:.0%})") for r in timeline.most_deferred()]

@@ -11,10 +11,10 @@ import os
 from enum import IntEnum
 from typing import Any
 
+from relaywatch.reports.report import iso
 from relaywatch.sources import choose as source_state
 from relaywatch.store.base import StateStore
 from relaywatch.store.records import DaemonStatus
-from relaywatch.wording import iso
 
 HEARTBEAT_S = 30  # the daemon writes one every second; older than this: hung or gone
 
@@ -81,7 +81,8 @@ def to_json(info: dict[str, Any]) -> str:
 
 
 def to_text(info: dict[str, Any]) -> str:
-    out = [f"relaywatch is {'running (pid %d)' % info['pid'] if info['running'] else 'not running'}"]
+    state = f"running (pid {info['pid']:d})" if info["running"] else "not running"
+    out = [f"relaywatch is {state}"]
     out.append(f"  reading {info['position_text']}")
     if info["source_note"]:
         out.append(f"  note: {info['source_note']}")

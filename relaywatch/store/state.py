@@ -105,7 +105,7 @@ class MapState:
 
 
 class NotifyState:
-    """The notifier's cooldowns and keyed notices sent (its own format), so a restart neither resets nor repeats them."""
+    """The notifier's cooldowns and keyed notices sent (its own format): a restart neither resets nor repeats them."""
 
     def __init__(self, kv: KeyValue) -> None:
         self._kv = kv

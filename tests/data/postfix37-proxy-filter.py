@@ -1,15 +1,14 @@
-"""Writes tests/data/postfix37-proxy-filter.log: a real Postfix (tests/postfix_rig.py) with a before-queue
+"""Writes tests/data/postfix37-proxy-filter.log: a real Postfix (tests/support/postfix_rig.py) with a before-queue
 filter, relay restrictions and hostile envelopes. Run as root from the worktree; the log goes to stdout."""
 
 import smtplib
 import subprocess
 import sys
 import time
-
-sys.path[:0] = ["tests", "."]
 from pathlib import Path
 
-import postfix_rig as pr
+sys.path[:0] = ["tests", "."]
+from support import postfix_rig as pr  # noqa: E402 - after the sys.path line
 
 rig = pr.PostfixRig.start()
 try:
