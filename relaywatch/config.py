@@ -86,7 +86,8 @@ class _Section:
     def __init__(self, name: str, table: object) -> None:
         if not isinstance(table, dict):
             raise ConfigError(f"[{name}] must be a table")
-        self.name, self.table, self.used = name, table, set()
+        self.name, self.table = name, table
+        self.used: set[str] = set()
 
     def get(self, key: str, kind: type, default: Any) -> Any:
         self.used.add(key)

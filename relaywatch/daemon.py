@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from relaywatch import config as config_mod
 from relaywatch.build import Parts, build
 from relaywatch.engine import Pipeline
-from relaywatch.model import Decision, RelaywatchError
+from relaywatch.model import Decision, JSONObject, RelaywatchError
 from relaywatch.notify.send import notice_for_text
 from relaywatch.postfix import hostaddrs
 from relaywatch.reports.daily import DailyRecord
@@ -88,8 +88,8 @@ class Daemon:
         self.failed_lines = 0
         self._idle = False  # the last read found no new line: the log is read up to now
         self._last_line_at: float | None = None
-        self._notify_state: dict | None = None
-        self._position: tuple[str, dict] | None = None  # the source's position after the last line read
+        self._notify_state: JSONObject | None = None
+        self._position: tuple[str, JSONObject] | None = None  # the source's position after the last line read
         self._store_fault: str | None = None  # why the store cannot be written; the batches wait in memory
 
     def _use(self, parts: Parts) -> None:

@@ -21,6 +21,7 @@ from relaywatch.model import (
     CountRow,
     Decision,
     Forged,
+    JSONObject,
     LocalRelayed,
     RelayDenied,
     Relayed,
@@ -149,7 +150,7 @@ class Pipeline:
                     sink.decision(d)
         return decisions
 
-    def flush(self, position: tuple[str, dict] | None = None) -> None:
+    def flush(self, position: tuple[str, JSONObject] | None = None) -> None:
         """Write pending counts and decisions (and the source position) in one transaction."""
         rows = [CountRow(dim, bucket, key, n) for (dim, bucket, key), n in self._counts.items()]
         (changed, gone), (arrived, departed) = self.correlator.changes(), self.correlator.origins()

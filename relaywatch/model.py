@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+# A JSON object as json.loads returns it: a source's read position, a stored state record.
+JSONObject = dict[str, Any]
 
 
 class RelaywatchError(Exception):

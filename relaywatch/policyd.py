@@ -38,7 +38,7 @@ from relaywatch.core.inline import (
     parse_request,
 )
 from relaywatch.core.policy import Fact
-from relaywatch.model import Decision, Relayed, RelaywatchError
+from relaywatch.model import Action, Decision, Kind, Relayed, RelaywatchError
 from relaywatch.store.relayers import RelayHistory, day_number
 
 log = logging.getLogger("relaywatch.policyd")
@@ -362,8 +362,8 @@ class InlineService:
 
 
 def decision_of(c: Exceeded) -> Decision:
-    return Decision(time=c.time, action="alert", kind=c.kind, target=c.target, rule="inline_budget", count=c.count,
-                    window_s=c.window_s, evidence=c.evidence, sample_qids=c.qids)
+    return Decision(time=c.time, action=Action.ALERT, kind=Kind(c.kind), target=c.target, rule="inline_budget",
+                    count=c.count, window_s=c.window_s, evidence=c.evidence, sample_qids=c.qids)
 
 
 def service_for(listen: str, database: str, local_domains: Destinations, limit: int, window_s: int,

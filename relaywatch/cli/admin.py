@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import TYPE_CHECKING
 
 import click
 
@@ -16,12 +15,9 @@ from relaywatch.cli.common import (
     config_path_or_default,
     load,
 )
-from relaywatch.model import ConfigError, RelaywatchError
+from relaywatch.model import ConfigError, Finding, RelaywatchError
 from relaywatch.postfix.maps import default_database_type
 from relaywatch.store.sqlite import Store
-
-if TYPE_CHECKING:
-    from relaywatch.postfix.audit import Finding
 
 
 @click.command()

@@ -11,13 +11,13 @@ from relaywatch import config as config_mod
 from relaywatch.build import blocker_for as make_blocker
 from relaywatch.build import map_type
 from relaywatch.cli.common import config_option, existing_store, load, log
-from relaywatch.model import Decision, RelaywatchError
+from relaywatch.model import Action, Decision, Kind, RelaywatchError
 from relaywatch.reports import blocks as blocks_report
 from relaywatch.reports import check as check_mod
 from relaywatch.reports.check import MANUAL_REASON
-from relaywatch.reports.report import iso
 from relaywatch.respond.blocking import in_map, map_specs, target_kind
 from relaywatch.store.sqlite import Store
+from relaywatch.wording import iso
 
 
 @click.command()
@@ -55,7 +55,7 @@ def block(target: str, reason: str, duration: str | None, permanent: bool, sasl_
     blocker = make_blocker(cfg, store)
     row = blocker.block(kind, canonical, reason, duration=seconds, permanent=permanent)
     # remembered like the detector's decisions: the digest and the report show manual blocks
-    store.commit_batch([], [Decision(row.since, "block", kind, canonical, "manual", 0, 0,
+    store.commit_batch([], [Decision(row.since, Action.BLOCK, Kind(kind), canonical, "manual", 0, 0,
                                      evidence=(check_mod.manual_evidence(reason),))])
     synced = blocker.sync()
     until = "permanently" if row.until is None else f"until {iso(row.until)}"

@@ -19,8 +19,8 @@ from relaywatch.postfix.queue import (
     select,
     target,
 )
-from relaywatch.reports.report import iso
 from relaywatch.store.sqlite import Store
+from relaywatch.wording import iso
 
 _TARGET_HELP = {"client": ("IP", "Mail from this client address."),
                 "network": ("NET", "Mail from clients in this network (218.144.0.0/16)."),

@@ -16,6 +16,7 @@ from relaywatch.reports import report
 from relaywatch.reports.report import ReplayResult
 from relaywatch.sources.sample import SAMPLE, SAMPLE_YEAR, sample_log
 from relaywatch.store.sqlite import Store
+from relaywatch.wording import iso
 
 
 @click.command()
@@ -93,7 +94,7 @@ def _run(cfg: config_mod.Config, paths: list[str], year: int | None, local_domai
 
     def announce(decisions: Sequence[Decision]) -> None:
         for d in decisions:
-            log.debug("%s %s %s %s (rule %s, %d in %ds)", report.iso(d.time), d.action, d.kind, d.target, d.rule,
+            log.debug("%s %s %s %s (rule %s, %d in %ds)", iso(d.time), d.action, d.kind, d.target, d.rule,
                       d.count, d.window_s)
 
     own = hostaddrs.for_replay(cfg.config_directory)

@@ -88,8 +88,7 @@ def _smtpd(t: float, daemon: str, msg: str, host: str) -> Event | None:
         if not is_qid(qid):
             return None  # NOQUEUE: client= (a before-queue proxy) starts no message: LineParser._proxy
         c = CLIENT.match(rest)
-        addr = c and client_address(c["addr"])
-        if addr is None:
+        if c is None or (addr := client_address(c["addr"])) is None:
             return Unparsed(t, "smtpd client=", host=host)
         orig = client_address(c["oaddr"]) if c["oaddr"] else None
         return ClientSeen(t, qid, addr, c["name"], c["user"] or None, orig, host=host)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Container, Iterable
+from collections.abc import Container, Iterable, Mapping
 from fnmatch import fnmatchcase
 
 from relaywatch.core.grammar import CLIENT, GRAMMARS, PEER, QUEUE_ID, client_address, is_qid, parse_message
@@ -51,7 +51,7 @@ POSTFIX_EXE_DIRS = ("/usr/lib/postfix/sbin", "/usr/lib/postfix/bin", "/usr/libex
                     "/usr/local/libexec/postfix", "/usr/sbin", "/usr/local/sbin")
 
 
-def journal_forgery(rec: dict, uids: Container[str], units: tuple[str, ...] = JOURNAL_UNITS,
+def journal_forgery(rec: Mapping[str, object], uids: Container[str], units: tuple[str, ...] = JOURNAL_UNITS,
                     exe_dirs: tuple[str, ...] = POSTFIX_EXE_DIRS) -> str | None:
     """Which trusted field of a journal record says that Postfix did not write it, or None.
 
@@ -152,8 +152,7 @@ class LineParser:
         ties it to the queue file the filter's re-injection made."""
         if msg.startswith("NOQUEUE: client="):
             c = CLIENT.match(msg, 9)
-            addr = c and client_address(c["addr"])
-            if addr is None:
+            if c is None or (addr := client_address(c["addr"])) is None:
                 return Unparsed(t, "smtpd NOQUEUE: client=", host=host)
             if len(self._proxied) >= 4096:
                 self._proxied.clear()
@@ -166,8 +165,7 @@ class LineParser:
         rest = rest[28:]
         if rest.startswith(" from "):  # the shape of reject lines, should a Postfix write it so
             p = _PROXY_PEER.match(rest, 6)
-            addr = p and client_address(p["addr"])
-            if addr is None:
+            if p is None or (addr := client_address(p["addr"])) is None:
                 return Unparsed(t, "smtpd proxy-accept", host=host)
             if session is None or session.client != addr:
                 session = ClientSeen(t, "", addr, p["name"], None, None, host=host)

@@ -34,6 +34,15 @@ BUCKET_S = 10
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Fact = Relayed | RelayDenied | LocalRelayed
 
+
+def subnet_of(inner: Network, outer: Network) -> bool:
+    """`inner.subnet_of(outer)`, False across address families (where the stdlib raises)."""
+    if isinstance(inner, ipaddress.IPv4Network) and isinstance(outer, ipaddress.IPv4Network):
+        return inner.subnet_of(outer)
+    if isinstance(inner, ipaddress.IPv6Network) and isinstance(outer, ipaddress.IPv6Network):
+        return inner.subnet_of(outer)
+    return False
+
 DIMS = tuple(Dim)
 _KIND_OF_DIM = {Dim.CLIENT: Kind.CLIENT, Dim.SENDER: Kind.SENDER, Dim.DOMAIN: Kind.DESTINATION,
                 Dim.SASL_USER: Kind.SASL_USER, Dim.RELAY_DENIED: Kind.CLIENT, Dim.UID: Kind.UID}
@@ -303,7 +312,7 @@ class Detector:
         if rule.action != "block":
             return True
         return not any(
-            until > t and blocked.version == net.version and net.subnet_of(blocked) and net != blocked
+            until > t and subnet_of(net, blocked) and net != blocked
             for blocked, until in self._blocked_nets.items()
         )
 

@@ -23,6 +23,8 @@ MAX_KEYS = 50_000  # per window; far above the distinct clients, senders or doma
 # evicted keys left in a group: (_EVENTS, group) -> events, (_GONE, group) -> keys whose
 # last event was in this bucket.
 _EVENTS, _GONE = 0, 1
+_Residue = tuple[int, str]  # (_EVENTS|_GONE, group)
+_Counts = dict[str | _Residue, int]
 
 
 class WindowCounter:
@@ -51,7 +53,7 @@ class WindowCounter:
     def __init__(self, nbuckets: int, group: Callable[[str], str | None] | None = None,
                  max_keys: int = MAX_KEYS) -> None:
         self.nbuckets = max(1, nbuckets)
-        self.buckets: deque[tuple[int, dict]] = deque()
+        self.buckets: deque[tuple[int, _Counts]] = deque()
         self.totals: dict[str, int] = {}
         self.group = group
         self.group_totals: dict[str, int] = {}
@@ -90,7 +92,7 @@ class WindowCounter:
         while self.buckets and self.buckets[0][0] <= oldest:
             _, counts = self.buckets.popleft()
             for key, n in counts.items():
-                if type(key) is tuple:  # what evicted keys left in their group
+                if isinstance(key, tuple):  # what evicted keys left in their group
                     self.residue -= 1
                     if key[0] == _EVENTS:
                         self._drop_from_group(key[1], n, gone=False)
@@ -143,7 +145,7 @@ class WindowCounter:
 
     def _evict_keys(self, victims: set[str]) -> None:
         group = self.group
-        last: dict[str, dict] = {}
+        last: dict[str, tuple[_Counts, str]] = {}
         shrunk = []
         for i, (_, counts) in enumerate(self.buckets):
             hit = [k for k in counts if k in victims] if len(counts) < len(victims) else \
@@ -153,11 +155,11 @@ class WindowCounter:
                 g = group(k) if group is not None else None
                 if g is not None:
                     self._leave(counts, (_EVENTS, g), n)
-                    last[k] = counts
+                    last[k] = (counts, g)
             if len(hit) > len(counts):
                 shrunk.append(i)
-        for k, counts in last.items():
-            self._leave(counts, (_GONE, group(k)), 1)  # type: ignore[misc]
+        for counts, g in last.values():
+            self._leave(counts, (_GONE, g), 1)
         for k in victims:
             del self.totals[k]
         self.evicted += len(victims)
@@ -169,7 +171,7 @@ class WindowCounter:
             b, counts = self.buckets[i]
             self.buckets[i] = (b, dict(counts))
 
-    def _leave(self, counts: dict, residue_key: tuple, n: int) -> None:
+    def _leave(self, counts: _Counts, residue_key: _Residue, n: int) -> None:
         old = counts.get(residue_key)
         if old is None:
             self.residue += 1
@@ -188,9 +190,9 @@ class WindowCounter:
                 members.setdefault(g, []).append(k)
         leftovers: dict[str, int] = {}
         for _, counts in self.buckets:
-            for k in counts:
-                if type(k) is tuple:
-                    leftovers[k[1]] = leftovers.get(k[1], 0) + 1
+            for key in counts:
+                if isinstance(key, tuple):
+                    leftovers[key[1]] = leftovers.get(key[1], 0) + 1
         victims: set[str] = set()
         for g in sorted(self.group_totals, key=self.group_totals.__getitem__):
             if excess <= 0:
@@ -201,11 +203,11 @@ class WindowCounter:
         keys = {k for g in victims for k in members.get(g, ())}
         shrunk = []
         for i, (_, counts) in enumerate(self.buckets):
-            hit = [k for k in counts if (k[1] in victims if type(k) is tuple else k in keys)]
-            for k in hit:
-                if type(k) is tuple:
+            hit = [key for key in counts if (key[1] in victims if isinstance(key, tuple) else key in keys)]
+            for key in hit:
+                if isinstance(key, tuple):
                     self.residue -= 1
-                del counts[k]
+                del counts[key]
             if len(hit) > len(counts):
                 shrunk.append(i)
         self._compact(shrunk)

@@ -6,8 +6,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from relaywatch.reports.report import iso
 from relaywatch.store.sqlite import BlockRow
+from relaywatch.wording import iso
 
 
 def to_json(rows: Sequence[BlockRow], held: Sequence[bool], pending: Any) -> str:

@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from relaywatch.config import Config
+from relaywatch.core.policy import subnet_of
 from relaywatch.model import Decision, RelaywatchError
 from relaywatch.postfix.audit import AuditMaps, block_ineffective_reason
 from relaywatch.postfix.postconf import postconf, postconf_services
-from relaywatch.reports.report import describe, iso
 from relaywatch.respond.blocking import target_kind
 from relaywatch.store.sqlite import BlockRow
+from relaywatch.wording import describe, iso
 
 EXIT_BLOCKED = 0
 EXIT_NOT_BLOCKED = 3
@@ -56,7 +57,7 @@ def allowed_by(cfg: Config, kind: str, target: str) -> str | None:
         return "[allow] sasl_users" if target in cfg.allow_sasl_users else None
     net = ipaddress.ip_network(target, strict=False)
     for allowed in cfg.allow_networks:
-        if allowed.version == net.version and net.overlaps(allowed):  # type: ignore[arg-type]
+        if allowed.version == net.version and net.overlaps(allowed):
             return f"[allow] networks ({allowed})"
     return None
 
@@ -82,7 +83,7 @@ def covering(kind: str, target: str, blocks: Sequence[BlockRow]) -> list[BlockRo
         if b.kind not in ("client", "subnet"):
             continue
         other = ipaddress.ip_network(b.target, strict=False)
-        if other.version == net.version and net.subnet_of(other):  # type: ignore[arg-type]
+        if subnet_of(net, other):
             out.append(b)
     return sorted(out, key=lambda b: ipaddress.ip_network(b.target, strict=False).prefixlen, reverse=True)
 
@@ -93,8 +94,7 @@ def inside(kind: str, target: str, blocks: Sequence[BlockRow]) -> list[BlockRow]
         return []
     net = ipaddress.ip_network(target)
     return [b for b in blocks if b.kind in ("client", "subnet") and b.target != target
-            and (n := ipaddress.ip_network(b.target, strict=False)).version == net.version
-            and n.subnet_of(net)]  # type: ignore[arg-type]
+            and subnet_of(ipaddress.ip_network(b.target, strict=False), net)]
 
 
 def why(block: BlockRow, decisions: Sequence[Decision]) -> Decision | None:

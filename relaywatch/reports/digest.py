@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from datetime import time as clock_time
 
 from relaywatch.core.policy import DEFAULT_RULES, Rule
-from relaywatch.model import ENFORCEMENT, Decision, RelayDenied, Relayed, Totals
-from relaywatch.reports.report import BoundedCounter, ReplayResult, Tally, describe
+from relaywatch.model import ENFORCEMENT, Decision, JSONObject, RelayDenied, Relayed, Totals
+from relaywatch.reports.report import BoundedCounter, ReplayResult, Tally
 from relaywatch.reports.timeline import Timeline
-from relaywatch.wording import clean, hm
+from relaywatch.wording import clean, describe, hm
 
 CAP = 5_000  # distinct keys per table in memory
 KEEP = 500  # rows per table kept in the store
@@ -94,6 +95,17 @@ class StatusTable:
         return sorted(out, key=lambda r: (-r[1], r[0]))
 
 
+@dataclass(slots=True)
+class WatchedBlock:
+    """A block made today, and the relayed recipients queued after it (it did not hold)."""
+
+    kind: str
+    since: float
+    until: float | None  # None: unknown
+    late: int = 0
+    first_late: float | None = None  # the first of them; set whenever `late` > 0
+
+
 class DayStats:
     """What one local calendar day of log brought: volume, top tables, blocks that did not hold."""
 
@@ -111,8 +123,7 @@ class DayStats:
         self.hourly_relayed: list[int] | None = [0] * 24
         self.hourly_denied: list[int] | None = [0] * 24
         self.status = StatusTable(cap)
-        # target -> [kind, blocked at, until (None: unknown), recipients queued after it, first such time]
-        self.blocks: dict[str, list] = {}
+        self.blocks: dict[str, WatchedBlock] = {}
         self._nets: dict[str, ipaddress.IPv4Network | ipaddress.IPv6Network] = {}
 
     @classmethod
@@ -131,7 +142,7 @@ class DayStats:
             self.last = t
         tables = self.tables
         hour = min(23, max(0, int((t - self.start) // 3600)))
-        if type(fact) is RelayDenied:
+        if isinstance(fact, RelayDenied):
             self.relay_denied += 1
             if self.hourly_denied is not None:
                 self.hourly_denied[hour] += 1
@@ -148,7 +159,7 @@ class DayStats:
         if fact.sasl_user:
             tables["sasl_users"].add(fact.sasl_user)
         if self.blocks and fact.queued is not None:
-            self._after_block(fact)
+            self._after_block(fact, fact.queued)
 
     def block(self, kind: str, target: str, t: float, until: float | None = None) -> None:
         """Watch a block made today: relayed mail queued after it means Postfix does not enforce it."""
@@ -159,18 +170,16 @@ class DayStats:
                 self._nets[target] = ipaddress.ip_network(target, strict=False)
             except ValueError:
                 return
-        self.blocks[target] = [kind, t, until, 0, None]
+        self.blocks[target] = WatchedBlock(kind, t, until)
 
-    def _after_block(self, fact: Relayed) -> None:
-        queued = fact.queued
+    def _after_block(self, fact: Relayed, queued: float) -> None:
         addr: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
         for target, b in self.blocks.items():
-            kind, since, until = b[0], b[1], b[2]
-            if queued <= since + GRACE_S or (until is not None and queued >= until):
+            if queued <= b.since + GRACE_S or (b.until is not None and queued >= b.until):
                 continue
-            if kind == "client":
+            if b.kind == "client":
                 hit = fact.client == target
-            elif kind == "sasl_user":
+            elif b.kind == "sasl_user":
                 hit = fact.sasl_user == target
             else:
                 if addr is None:
@@ -181,10 +190,10 @@ class DayStats:
                 net = self._nets[target]
                 hit = addr.version == net.version and addr in net
             if hit:
-                b[3] += 1
-                b[4] = queued if b[4] is None else min(b[4], queued)
+                b.late += 1
+                b.first_late = queued if b.first_late is None else min(b.first_late, queued)
 
-    def to_dict(self, keep: int = KEEP) -> dict:
+    def to_dict(self, keep: int = KEEP) -> JSONObject:
         """A JSON-able copy for the store; each table keeps its `keep` largest rows."""
         trimmed = any(len(c.counts) > keep for c in self.tables.values()) or len(self.status.rows) > keep
         return {
@@ -197,13 +206,13 @@ class DayStats:
             "approximate": self.approximate or trimmed,
             "tables": {name: c.top(keep) for name, c in self.tables.items()},
             "status": [[k, *row] for k, row in self.status._by_attempts()[:keep]],
-            "blocks": [[target, *b] for target, b in self.blocks.items()],
+            "blocks": [[target, b.kind, b.since, b.until, b.late, b.first_late] for target, b in self.blocks.items()],
             "hourly": None if self.hourly_relayed is None or self.hourly_denied is None else
             {"relayed": list(self.hourly_relayed), "relay_denied": list(self.hourly_denied)},
         }
 
     @classmethod
-    def from_dict(cls, data: dict, cap: int = CAP) -> DayStats:
+    def from_dict(cls, data: JSONObject, cap: int = CAP) -> DayStats:
         stats = cls(data["day"], cap)
         stats.relayed, stats.relay_denied = data.get("relayed", 0), data.get("relay_denied", 0)
         stats.held, stats.first, stats.last = data.get("held", 0), data.get("first"), data.get("last")
@@ -223,7 +232,7 @@ class DayStats:
         for target, kind, since, until, late, first_late in data.get("blocks", []):
             stats.block(kind, target, since, until)
             if target in stats.blocks:
-                stats.blocks[target][3:] = [late, first_late]
+                stats.blocks[target].late, stats.blocks[target].first_late = late, first_late
         return stats
 
 
@@ -244,10 +253,11 @@ def unusual(stats: DayStats) -> list[str]:
         d = clean(domain)
         out.append(f"{d} deferred or bounced {failed:,} of {attempts:,} first delivery attempts "
                    f"({_pct(failed, attempts)}): we may be on a blocklist: check {d}'s replies")
-    for target, (kind, since, _until, late, first_late) in stats.blocks.items():
-        if late:
-            out.append(f"the block of {kind} {clean(target)} at {hm(since)} did not stop it: {late:,} relayed "
-                       f"recipients were queued after it (from {hm(first_late)}): Postfix does not enforce it "
+    for target, b in stats.blocks.items():
+        if b.late:
+            assert b.first_late is not None  # set with the first late recipient
+            out.append(f"the block of {b.kind} {clean(target)} at {hm(b.since)} did not stop it: {b.late:,} relayed "
+                       f"recipients were queued after it (from {hm(b.first_late)}): Postfix does not enforce it "
                        "unless it was lifted; run relaywatch audit (is the map consulted before permit_mynetworks?)")
     if stats.relay_denied >= DENIED_NOTABLE:
         [(client, n)] = stats.tables["relay_denied"].top(1) or [("?", 0)]
@@ -258,9 +268,9 @@ def unusual(stats: DayStats) -> list[str]:
 
 def headline(stats: DayStats, decisions: Sequence[Decision] = ()) -> str:
     """The day's worst event in a few words, to lead the digest's title on a lock screen."""
-    for target, (kind, _since, _until, late, _first) in stats.blocks.items():
-        if late:
-            return f"block of {kind} {clean(target, 40)} did not hold"
+    for target, b in stats.blocks.items():
+        if b.late:
+            return f"block of {b.kind} {clean(target, 40)} did not hold"
     failing = stats.status.failing()
     if failing:
         domain, failed, attempts = failing[0]

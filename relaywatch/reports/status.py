@@ -11,10 +11,10 @@ import os
 from enum import IntEnum
 from typing import Any
 
-from relaywatch.reports.report import iso
 from relaywatch.sources import choose as source_state
 from relaywatch.store.base import StateStore
 from relaywatch.store.records import DaemonStatus
+from relaywatch.wording import iso
 
 HEARTBEAT_S = 30  # the daemon writes one every second; older than this: hung or gone
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import cast
 
-from relaywatch.core.policy import DEFAULT_RULES, Rule
+from relaywatch.core.policy import DEFAULT_RULES, Network, Rule
 from relaywatch.model import Decision, LocalRelayed, RelayDenied, Relayed
 from relaywatch.wording import why
 
@@ -131,6 +131,14 @@ def _rebin(series: dict[int, int], factor: int) -> dict[int, int]:
     return out
 
 
+@dataclass(slots=True)
+class _Watched:
+    """A block the timeline follows: its network (subnets only) and the recipients queued at or after it."""
+
+    net: Network | None
+    after: int = 0
+
+
 class Timeline:
     """Collects the facts and decisions of a replay (or a daemon's period) for plotting: a pipeline sink."""
 
@@ -148,8 +156,8 @@ class Timeline:
         self._status: dict[str, list[int]] = {}
         self._markers: list[Marker] = []
         self.markers_dropped = 0
-        # (kind, target, time) of a block -> [its network or None, recipients queued at or after it]
-        self._watched: dict[tuple[str, str, float], list] = {}
+        # (kind, target, time) of a block -> its network and the recipients queued at or after it
+        self._watched: dict[tuple[str, str, float], _Watched] = {}
         self._observed = 0  # relayed recipients seen one by one (none: counts known only in aggregate)
         self._first: int | None = None
         self._last = 0
@@ -200,7 +208,7 @@ class Timeline:
         """Count the blocked targets' mail queued after their block: what the block would have stopped."""
         t = fact.queued if fact.queued is not None else fact.time
         addr: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
-        for (kind, target, since), row in self._watched.items():
+        for (kind, target, since), w in self._watched.items():
             if t < since:
                 continue
             if kind == "client":
@@ -213,15 +221,15 @@ class Timeline:
                         addr = ipaddress.ip_address(fact.client)
                     except ValueError:
                         continue
-                hit = addr.version == row[0].version and addr in row[0]
+                hit = w.net is not None and addr.version == w.net.version and addr in w.net
             if hit:
-                row[1] += 1
+                w.after += 1
 
     def after_block(self, d: Decision) -> int | None:
         """Relayed recipients of `d`'s target queued at or after the block `d`; None when not known
         (not a block, too many blocks, or a timeline fed only aggregate counts)."""
-        row = self._watched.get((d.kind, d.target, d.time))
-        return None if row is None or not self._observed else row[1]
+        w = self._watched.get((d.kind, d.target, d.time))
+        return None if w is None or not self._observed else w.after
 
     def add_counts(self, t: float, relayed: int = 0, refused: int = 0) -> None:
         """Counts known only in aggregate (a daemon's hourly record of a day), added to the bin of `t`.
@@ -247,7 +255,7 @@ class Timeline:
             except ValueError:
                 net = None
             if d.kind != "subnet" or net is not None:
-                self._watched[(d.kind, d.target, d.time)] = [net, 0]
+                self._watched[(d.kind, d.target, d.time)] = _Watched(net)
         self._mark(Marker(d.time, d.action, d.kind, d.target, d.rule, why(d), d.evidence))
 
     def _mark(self, m: Marker) -> None:

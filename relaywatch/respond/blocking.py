@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from relaywatch.model import ConfigError, Decision, PostfixError
+from relaywatch.model import Action, ConfigError, Decision, Kind, PostfixError
 from relaywatch.permissions import check_map_dir
 from relaywatch.postfix.mapguard import (
     DEFAULT_CONFIG_DIRECTORY,
@@ -181,13 +181,13 @@ class Blocker:
     def unblock(self, kind: str, target: str) -> bool:
         removed = self.store.remove_block(kind, target)
         if removed:
-            self._lifted([Decision(self.clock(), "unblock", kind, target, "manual", 0, 0)])
+            self._lifted([Decision(self.clock(), Action.UNBLOCK, Kind(kind), target, "manual", 0, 0)])
         return removed
 
     def expire(self) -> list[BlockRow]:
         gone = self.store.expire_blocks(self.clock())
         if gone:
-            self._lifted([Decision(b.until or self.clock(), "unblock", b.kind, b.target, "expired", 0, 0)
+            self._lifted([Decision(b.until or self.clock(), Action.UNBLOCK, Kind(b.kind), b.target, "expired", 0, 0)
                           for b in gone])
         return gone
 

@@ -11,8 +11,8 @@ import logging
 import os
 from dataclasses import dataclass
 
-from relaywatch.model import PostfixError
-from relaywatch.postfix.audit import AuditMaps, Finding, block_bypasses, run_audit
+from relaywatch.model import Finding, PostfixError
+from relaywatch.postfix.audit import AuditMaps, block_bypasses, run_audit
 from relaywatch.postfix.postconf import postconf, postconf_services
 
 log = logging.getLogger("relaywatch.respond")

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from relaywatch.core.enforcement import Leak, LeakWatch
-from relaywatch.model import Decision, PostfixError, RelaywatchError
+from relaywatch.model import Action, Decision, Kind, PostfixError, RelaywatchError
 from relaywatch.notify.notices import (
     notice_for_leak,
     notice_for_map_changed,
@@ -275,8 +275,9 @@ class Responder:
 
     def _leak_alarm(self, leak: Leak) -> LeakAlarm:
         reason = bypass_text(self.postfix.bypasses(leak.kind, leak.target))
-        self.store.commit_batch([], [Decision(leak.last, "alert", leak.kind, leak.target, "block_not_enforced",
-                                              leak.count, int(leak.last - leak.since), sample_qids=leak.sample_qids)])
+        self.store.commit_batch([], [Decision(leak.last, Action.ALERT, Kind(leak.kind), leak.target,
+                                              "block_not_enforced", leak.count, int(leak.last - leak.since),
+                                              sample_qids=leak.sample_qids)])
         if self.notifier is None:
             return LeakAlarm(leak, reason)
         self.notifier.submit(notice_for_leak(leak.kind, leak.target, leak.since, leak.first, leak.last,

@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from enum import StrEnum
 
-from relaywatch.model import Finding
+from relaywatch.model import Finding, JSONObject
 from relaywatch.wording import age
 
 JOURNAL = "journal"
@@ -54,7 +54,7 @@ def choose(path: str, explicit: bool, exists: bool) -> Choice:
                   f"set path = \"journal\" if Postfix logs only to the journal)")
 
 
-def describe_position(source: str | None, position: dict | None) -> str:
+def describe_position(source: str | None, position: JSONObject | None) -> str:
     """A position as a human reads it: file and offset, or the journal cursor, shortened."""
     if not source:
         return "no source recorded"
@@ -87,7 +87,7 @@ class Lag:
         return "unknown"
 
 
-def lag(source: str | None, position: dict | None, caught_up: bool | None, last_log_time: float | None,
+def lag(source: str | None, position: JSONObject | None, caught_up: bool | None, last_log_time: float | None,
         now: float) -> Lag:
     """How far behind the reader of `source` is at `now` (see `Lag`)."""
     if not source:
@@ -116,7 +116,7 @@ def arriving(last_line_at: float | None, now: float) -> str:
     return f"last line read {age(seconds)} ago" + (" (is Postfix logging here?)" if seconds >= QUIET_S else "")
 
 
-def finding(path: str, explicit: bool, exists: bool, daemon: dict | None, now: float) -> Finding:
+def finding(path: str, explicit: bool, exists: bool, daemon: JSONObject | None, now: float) -> Finding:
     """What the audit says about the log relaywatch reads: which one, and whether lines arrive."""
     choice = choose(path, explicit, exists)
     what = "the systemd journal" if choice.path == JOURNAL else choice.path

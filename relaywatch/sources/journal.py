@@ -18,7 +18,7 @@ import time
 from collections import deque
 from fnmatch import fnmatchcase
 
-from relaywatch.model import RelaywatchError
+from relaywatch.model import JSONObject, RelaywatchError
 from relaywatch.sources import files as sources
 from relaywatch.sources.follow import CHUNK, Batch, LineSplitter
 
@@ -56,7 +56,7 @@ class JournalFollower:
 
     source_name = "journal"
 
-    def __init__(self, position: dict | None, *, journalctl: str = "journalctl", files: list[str] | None = None,
+    def __init__(self, position: JSONObject | None, *, journalctl: str = "journalctl", files: list[str] | None = None,
                  matches: tuple[str, ...] = (), units: tuple[str, ...] = ("postfix.service", "postfix@*.service"),
                  syslog_names: tuple[str, ...] = ("postfix",)) -> None:
         # -m (merge) everywhere: without it `-f` silently means "this boot only", and
@@ -120,7 +120,7 @@ class JournalFollower:
             log.warning("journalctl: %s", line)
 
     @property
-    def position(self) -> dict:
+    def position(self) -> JSONObject:
         return {"cursor": self._cursor}
 
     def read(self, max_lines: int, timeout: float) -> Batch:

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from relaywatch.model import CountRow, Decision, OpenMessage, Origin
-from relaywatch.store.records import BlockRow, JSONObject
+from relaywatch.model import CountRow, Decision, JSONObject, OpenMessage, Origin
+from relaywatch.store.records import BlockRow
 from relaywatch.store.sqlite_file import StoreUnavailable
 from relaywatch.store.state import (
     DayArchive,

@@ -8,9 +8,8 @@ ones are ignored) and writes the same keys, so a database survives an upgrade in
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
 
-JSONObject = dict[str, Any]
+from relaywatch.model import JSONObject
 
 
 @dataclass(frozen=True, slots=True)

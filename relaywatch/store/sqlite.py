@@ -18,9 +18,9 @@ from typing import Any
 
 import sqlite_utils
 
-from relaywatch.model import Action, CountRow, Decision, Kind, OpenMessage, Origin
+from relaywatch.model import Action, CountRow, Decision, JSONObject, Kind, OpenMessage, Origin
 from relaywatch.store import sqlite_file
-from relaywatch.store.records import BlockRow, JSONObject
+from relaywatch.store.records import BlockRow
 from relaywatch.store.sqlite_file import StoreUnavailable, sqlite_errors
 from relaywatch.store.state import (
     DayArchive,

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from relaywatch.model import JSONObject
 from relaywatch.store.records import (
     DaemonStatus,
     EnforcementAlarm,
-    JSONObject,
     MapPending,
 )
 
