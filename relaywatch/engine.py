@@ -23,6 +23,8 @@ from relaywatch.model import (
     Forged,
     JSONObject,
     LocalRelayed,
+    OpenMessage,
+    Origin,
     RelayDenied,
     Relayed,
     Totals,
@@ -72,7 +74,7 @@ class Pipeline:
         self._counts: dict[tuple[str, int, str], int] = {}
         self._decisions: list[Decision] = []
         # open messages and origins taken from the correlator but not yet committed (a store fault)
-        self._unsaved: tuple[list, list, list, list] = ([], [], [], [])
+        self._unsaved: tuple[list[OpenMessage], list[str], list[Origin], list[str]] = ([], [], [], [])
         # each fact also goes to these (the daemon's enforcement check, the inline policy service)
         self.fact_observers: list[Callable[[Fact], None]] = []
 
@@ -124,7 +126,7 @@ class Pipeline:
 
     def _observe(self, fact: Fact, line: str) -> Sequence[Decision]:
         totals, sinks = self.totals, self.sinks
-        if type(fact) is RelayDenied:
+        if isinstance(fact, RelayDenied):
             totals.relay_denied += 1
             for sink in sinks:
                 sink.denied(fact)

@@ -215,7 +215,7 @@ class PolicyServer:
         conn.sock.close()
 
 
-def _bind(family: int, address: object) -> socket.socket:
+def _bind(family: int, address: str | tuple[str, int]) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         if family == socket.AF_UNIX:

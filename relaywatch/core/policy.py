@@ -165,8 +165,8 @@ class _Watch:
                                         max_keys)
 
     def add(self, bucket: int, key: str, n: int = 1) -> int:
-        if self.spread is not None:
-            narrow = self.narrow(key)  # type: ignore[misc]
+        if self.spread is not None and self.narrow is not None:  # set together
+            narrow = self.narrow(key)
             if narrow is not None:
                 self.spread.add(bucket, narrow, n)
         return self.counter.add(bucket, key, n)

@@ -142,9 +142,10 @@ class Answer:
             until = "permanently" if b.until is None else f"until {iso(b.until)}"
             out.append(f"  by {entry}: since {iso(b.since)}, {until} (offence {b.offences})")
             out.append(f"    why: {d.rule + ': ' + describe(d) if d else b.rule + ': ' + b.reason}")
-            for line in (d.evidence[-3:] if d else ()):
-                if line != describe(d):  # a manual block's only evidence is its why
-                    out.append(f"    | {line[:160]}")
+            if d:
+                for line in d.evidence[-3:]:
+                    if line != describe(d):  # a manual block's only evidence is its why
+                        out.append(f"    | {line[:160]}")
             out.append(f"    undo: relaywatch unblock {b.target}")
         if self.partly:
             out.append("  partly: " + ", ".join(f"{b.kind} {b.target}" for b in self.partly) + " inside it are blocked")

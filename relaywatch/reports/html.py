@@ -47,12 +47,20 @@ class _Tally(Protocol):
 
 
 class ReportSource(Protocol):
-    """What a replay (or a period of the daemon's state) offers: `report.ReplayResult` fits."""
+    """What a replay (or a period of the daemon's state) offers: `report.ReplayResult` fits.
+    Read-only properties: the report never assigns them, so a narrower type (a list, a Tally) fits."""
 
-    totals: _Totals
-    messages: int
-    decisions: Sequence[Decision]
-    tally: _Tally
+    @property
+    def totals(self) -> _Totals: ...
+
+    @property
+    def messages(self) -> int: ...
+
+    @property
+    def decisions(self) -> Sequence[Decision]: ...
+
+    @property
+    def tally(self) -> _Tally: ...
 
 
 def _nice_step(top: float, lines: int = 4) -> int:
@@ -247,7 +255,8 @@ def _findings(findings: Sequence[Finding]) -> str:
 
 def _events(markers: list[Marker], result: ReportSource, timeline: Timeline, dry_run: bool) -> str:
     """Each decision with its evidence (the client= lines first), what it would have stopped, and its undo."""
-    decisions = {(d.time, d.action, d.kind, d.target): d for d in result.decisions}
+    decisions: dict[tuple[float, str, str, str], Decision] = {
+        (d.time, d.action, d.kind, d.target): d for d in result.decisions}
     rows = []
     for i, m in enumerate(markers, 1):
         d = decisions.get((m.time, m.action, m.kind, m.target))

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 
 from relaywatch.core.destinations import DeclinedDomain, InferredDomain
-from relaywatch.model import Decision, LocalRelayed, RelayDenied, Relayed, Totals
+from relaywatch.model import Decision, JSONObject, LocalRelayed, RelayDenied, Relayed, Totals
 from relaywatch.reports.sparks import text_block
 from relaywatch.reports.timeline import Timeline
 from relaywatch.wording import describe, iso
@@ -137,7 +137,7 @@ def _inside(client: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> 
     return addr.version == net.version and addr in net
 
 
-def decision_dict(d: Decision, stop: Stopped | None = None) -> dict:
+def decision_dict(d: Decision, stop: Stopped | None = None) -> JSONObject:
     return {
         "stopped": None if stop is None else {"after": stop.after, "of": stop.total},
         "time": iso(d.time),
@@ -209,7 +209,8 @@ def _local_domains_text(result: ReplayResult) -> list[str]:
 def to_text(result: ReplayResult, dry_run: bool = True) -> str:
     t = result.totals
     out = []
-    span = f"{iso(t.first_time)} .. {iso(t.last_time)}" if t.first_time is not None else "no timestamps"
+    span = (f"{iso(t.first_time)} .. {iso(t.last_time)}" if t.first_time is not None and t.last_time is not None
+            else "no timestamps")
     out.append(f"relaywatch replay: {span}")
     out.append(
         f"  {t.lines:,} lines, {t.unparsed:,} unparsed, {result.messages:,} messages, "

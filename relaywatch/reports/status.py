@@ -39,7 +39,7 @@ def gather(store: StateStore, now: float) -> dict[str, Any]:
     """Everything `status` shows, JSON-able (a contract: fields are added, never renamed)."""
     daemon = store.status.get() or DaemonStatus()
     pid = daemon.pid
-    running = bool(pid) and alive(pid) and now - daemon.heartbeat < HEARTBEAT_S
+    running = pid is not None and pid != 0 and alive(pid) and now - daemon.heartbeat < HEARTBEAT_S
     source = daemon.source
     position = store.positions.get(source) if source else None
     last = daemon.last_log_time

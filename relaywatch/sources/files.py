@@ -29,6 +29,7 @@ def _open_binary(path: str) -> BinaryIO:
             head = f.read(6)
         for magic, opener in _MAGIC:
             if head.startswith(magic):
+                # GzipFile, BZ2File and LZMAFile read bytes like a BinaryIO but do not subclass typing's
                 return opener(path, "rb")  # type: ignore[return-value]
         return open(path, "rb")
     except OSError as exc:
