@@ -17,7 +17,7 @@ from relaywatch.cli.common import (
     load,
 )
 from relaywatch.model import ConfigError, RelaywatchError
-from relaywatch.postfix.maps import default_database_type
+from relaywatch.postfix.commands import default_database_type
 from relaywatch.store.sqlite import Store
 
 if TYPE_CHECKING:
