@@ -20,7 +20,7 @@ from relaywatch.core.parse import LineParser, YearResolver
 from relaywatch.model import ConfigError, RelaywatchError
 from relaywatch.notify.notifier import Notifier
 from relaywatch.policyd import InlineService, service_for
-from relaywatch.postfix.audit import AuditMaps
+from relaywatch.postfix.audit_blocks import AuditMaps
 from relaywatch.postfix.commands import Postfix, default_database_type
 from relaywatch.postfix.postconf import local_destinations
 from relaywatch.respond.blocking import Blocker, maps_from_config

@@ -18,7 +18,7 @@ from typing import Any
 
 from relaywatch.config import Config
 from relaywatch.model import Decision, RelaywatchError
-from relaywatch.postfix.audit import AuditMaps, block_ineffective_reason
+from relaywatch.postfix.audit_blocks import AuditMaps, block_ineffective_reason
 from relaywatch.postfix.postconf import postconf, postconf_services
 from relaywatch.reports.report import describe, iso
 from relaywatch.respond.blocking import target_kind

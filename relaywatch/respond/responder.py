@@ -27,7 +27,7 @@ from relaywatch.notify.notices import (
     subnet_clients,
 )
 from relaywatch.notify.notifier import Notifier
-from relaywatch.postfix.audit import bypass_text
+from relaywatch.postfix.audit_blocks import bypass_text
 from relaywatch.postfix.queue import PostfixQueue, Target, select
 from relaywatch.respond.blocking import Blocker, SyncResult
 from relaywatch.respond.enforcement import AuditResult, PostfixConfig
