@@ -194,7 +194,7 @@ def check_event(event: object, canary_free: bool, line: str) -> None:
 
 
 def check_decisions(decisions: Sequence, canary_free: bool) -> None:
-    from relaywatch.postfix.maps import InvalidBlock, render_key
+    from relaywatch.postfix.mapkeys import InvalidBlock, render_key
 
     for d in decisions:
         # senders and destination domains are the attacker's own text by nature (alerts only);

@@ -18,10 +18,10 @@ from relaywatch.config import Config
 from relaywatch.core.destinations import Destinations, Source
 from relaywatch.core.parse import LineParser, YearResolver
 from relaywatch.model import ConfigError, RelaywatchError
-from relaywatch.notify.send import Notifier
+from relaywatch.notify.notifier import Notifier
 from relaywatch.policyd import InlineService, service_for
-from relaywatch.postfix.audit import AuditMaps
-from relaywatch.postfix.maps import Postfix, default_database_type
+from relaywatch.postfix.audit_blocks import AuditMaps
+from relaywatch.postfix.commands import Postfix, default_database_type
 from relaywatch.postfix.postconf import local_destinations
 from relaywatch.respond.blocking import Blocker, maps_from_config
 from relaywatch.respond.enforcement import PostfixConfig

@@ -23,7 +23,7 @@ from relaywatch import config as config_mod
 from relaywatch.build import Parts, build
 from relaywatch.engine import Pipeline
 from relaywatch.model import Decision, JSONObject, RelaywatchError
-from relaywatch.notify.send import notice_for_text
+from relaywatch.notify.notices import notice_for_text
 from relaywatch.postfix import hostaddrs
 from relaywatch.reports.daily import DailyRecord
 from relaywatch.reports.digest import DayStats, day_of, digest_text, unusual

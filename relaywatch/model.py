@@ -336,6 +336,6 @@ class Origin(NamedTuple):
     """Where a queued message came from, until Postfix removes it: what `queue hold` selects by."""
 
     qid: str
-    client: str
+    client: str | None  # None: a filtered copy of a local submission (no client)
     sasl_user: str | None
     time: float

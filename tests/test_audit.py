@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -12,17 +13,16 @@ import pytest
 
 from relaywatch.model import PostfixError
 from relaywatch.postfix import audit_eval as ev
+from relaywatch.postfix import mynetworks as mn
 from relaywatch.postfix.audit import (
-    SAMPLES,
-    AuditMaps,
     Finding,
     audit,
-    block_ineffective_reason,
     exit_code,
     format_text,
     run_audit,
     to_json,
 )
+from relaywatch.postfix.audit_blocks import AuditMaps, block_ineffective_reason
 
 REJECT_LIST = "hash:/etc/postfix/reject_list"
 SASL_MAP = "hash:/etc/postfix/sasl_block"
@@ -90,11 +90,11 @@ def test_ipv6_counts_and_documentation_space_is_not_public() -> None:
 
 
 def test_negation_first_match_wins() -> None:
-    before = ev.evaluate("!218.144.108.161, 218.0.0.0/8")
-    assert ev.size(ev.inter(list(before.trusted), ev.PUBLIC)) == 2**24 - 1
-    assert ev.membership(before, ev.ipaddress.ip_network("218.144.108.161")) == "no"
-    after = ev.evaluate("218.0.0.0/8, !218.144.108.161")
-    assert ev.membership(after, ev.ipaddress.ip_network("218.144.108.161")) == "yes"
+    before = mn.evaluate("!218.144.108.161, 218.0.0.0/8")
+    assert mn.size(mn.inter(list(before.trusted), mn.PUBLIC)) == 2**24 - 1
+    assert mn.membership(before, ipaddress.ip_network("218.144.108.161")) == "no"
+    after = mn.evaluate("218.0.0.0/8, !218.144.108.161")
+    assert mn.membership(after, ipaddress.ip_network("218.144.108.161")) == "yes"
     found = audit({**GOOD, "mynetworks": "218.0.0.0/8, !218.144.108.161"}, {}, AuditMaps())
     assert "!218.144.108.161" in one(found, "mynetworks-unchecked").details["entries"]
     assert "!218.144.108.161" not in one(found, "relay-selftest").details["services"]["main.cf"]["relayed"]
@@ -102,11 +102,11 @@ def test_negation_first_match_wins() -> None:
 
 
 def test_host_bits_are_a_lookup_error_and_the_fix_is_the_host_not_the_slash_eight() -> None:
-    trust = ev.evaluate("127.0.0.0/8, 210.1.2.3/8")
-    assert ev.membership(trust, ev.ipaddress.ip_network("127.0.0.1")) == "yes"
-    assert ev.membership(trust, ev.ipaddress.ip_network("210.9.9.9")) == "error"
-    assert ev.membership(trust, ev.ipaddress.ip_network("8.8.8.8")) == "error"  # every later IPv4 client: 451
-    assert ev.membership(trust, ev.ipaddress.ip_network("2a00::1")) == "no"  # only IPv4 clients reach the error
+    trust = mn.evaluate("127.0.0.0/8, 210.1.2.3/8")
+    assert mn.membership(trust, ipaddress.ip_network("127.0.0.1")) == "yes"
+    assert mn.membership(trust, ipaddress.ip_network("210.9.9.9")) == "error"
+    assert mn.membership(trust, ipaddress.ip_network("8.8.8.8")) == "error"  # every later IPv4 client: 451
+    assert mn.membership(trust, ipaddress.ip_network("2a00::1")) == "no"  # only IPv4 clients reach the error
     found = audit({**GOOD, "mynetworks": "127.0.0.0/8, 210.1.2.3/8"}, {}, AuditMaps())
     f = one(found, "mynetworks-invalid")
     assert "replace 210.1.2.3/8 with 210.1.2.3 " in f.fix and "210.0.0.0/8" in f.fix
@@ -119,10 +119,10 @@ def test_unbracketed_ipv6_and_partial_network_break_lookups() -> None:
     f = one(found, "mynetworks-invalid")
     assert "replace 2001:db8::/32 with [2001:db8::]/32" in f.fix
     assert f.details["entries"] == ["2001:db8::/32", "192.168.1/24"]
-    trust = ev.evaluate("127.0.0.0/8, 192.168.1/24")
-    assert ev.membership(trust, ev.ipaddress.ip_network("8.8.8.8")) == "error"
-    assert ev.membership(trust, ev.ipaddress.ip_network("2a00::1")) == "no"
-    assert ev.membership(ev.evaluate("192.168.1"), ev.ipaddress.ip_network("192.168.1.5")) == "no"
+    trust = mn.evaluate("127.0.0.0/8, 192.168.1/24")
+    assert mn.membership(trust, ipaddress.ip_network("8.8.8.8")) == "error"
+    assert mn.membership(trust, ipaddress.ip_network("2a00::1")) == "no"
+    assert mn.membership(mn.evaluate("192.168.1"), ipaddress.ip_network("192.168.1.5")) == "no"
 
 
 def test_tables_hostnames_files_and_partial_octets_are_reported_not_crashed_on() -> None:
@@ -132,7 +132,7 @@ def test_tables_hostnames_files_and_partial_octets_are_reported_not_crashed_on()
     assert set(entries) == {"hash:/etc/postfix/network_table", "example.com", "/etc/postfix/nets", "192.168.1"}
     selftest = one(found, "relay-selftest")
     assert selftest.severity == "info"  # nothing is *known* to relay ...
-    assert len(selftest.details["services"]["main.cf"]["unknown"]) == len(SAMPLES)  # ... but nothing is proven
+    assert len(selftest.details["services"]["main.cf"]["unknown"]) == len(mn.SAMPLES)  # ... but nothing is proven
     reason = block_ineffective_reason({**SEED, "mynetworks": value}, {}, "client", "8.8.8.8", AuditMaps(REJECT_LIST))
     assert reason is not None and "possibly inside mynetworks" in reason and "cannot evaluate" in reason
 
@@ -301,20 +301,20 @@ def test_relay_guard(relay: str, recipient: str, open_: bool) -> None:
     found = audit(params, {}, AuditMaps())
     assert ("relay-unguarded" in codes(found, "error")) is open_
     relayed = one(found, "relay-selftest").details["services"]["main.cf"]["relayed"]
-    assert (len(relayed) == len(SAMPLES)) is open_
+    assert (len(relayed) == len(mn.SAMPLES)) is open_
 
 
 def test_selftest_names_the_seed_trap_and_extra_addresses() -> None:
     found = audit(SEED, {}, AuditMaps(REJECT_LIST), extra_addresses=("218.1.1.1", "8.8.8.8"))
     f = one(found, "relay-selftest")
     assert f.severity == "error"
-    assert f.title.startswith(f"4 of {len(SAMPLES)} sample public addresses")
+    assert f.title.startswith(f"4 of {len(mn.SAMPLES)} sample public addresses")
     res = f.details["services"]["main.cf"]
     assert {"218.144.108.161", "210.196.249.130"} <= set(res["relayed"])
     assert "208.31.42.77" not in res["relayed"]
     assert res["extra_relayed"] == ["218.1.1.1"]
     assert "208.31.42.77" in f.explanation
-    assert len(SAMPLES) > 250 and len({s.split(".")[0] for s in SAMPLES if "." in s}) > 200
+    assert len(mn.SAMPLES) > 250 and len({s.split(".")[0] for s in mn.SAMPLES if "." in s}) > 200
 
 
 def test_block_reason_for_client_subnet_and_bad_kind() -> None:
@@ -394,7 +394,7 @@ def test_real_correct_config_has_no_error(confdir: Path) -> None:
     found = run_audit(str(confdir), AuditMaps(f"hash:{confdir}/reject_list"))
     assert codes(found, "error") == set(), format_text(found)
     assert exit_code(found) == 0
-    assert one(found, "relay-selftest").title.startswith(f"0 of {len(SAMPLES)}")
+    assert one(found, "relay-selftest").title.startswith(f"0 of {len(mn.SAMPLES)}")
 
 
 def test_real_submission_override_is_found(confdir: Path) -> None:
@@ -432,7 +432,7 @@ def test_real_mynetworks_style_default_is_derived_from_interfaces(confdir: Path)
     style = [f for f in found if f.code == "mynetworks-style"]
     mynetworks = subprocess.run(["postconf", "-c", str(confdir), "-hx", "mynetworks"], capture_output=True,
                                 text=True, check=True).stdout
-    public = ev.inter(list(ev.evaluate(mynetworks).trusted), ev.PUBLIC)
+    public = mn.inter(list(mn.evaluate(mynetworks).trusted), mn.PUBLIC)
     assert bool(style) is bool(public)  # only when this host has a public interface
 
 

@@ -11,7 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from relaywatch.cli import main
-from relaywatch.postfix.maps import BEGIN, END, InvalidBlock, Postfix
+from relaywatch.postfix.commands import Postfix
+from relaywatch.postfix.mapguard import BEGIN, END
+from relaywatch.postfix.mapkeys import InvalidBlock
 from relaywatch.respond.blocking import (
     MAX_BLOCK_S,
     Blocker,

@@ -20,8 +20,9 @@ import pytest
 
 from relaywatch.model import RelaywatchError
 from relaywatch.sources import files as sources
-from relaywatch.sources import follow as follow_module
-from relaywatch.sources.follow import Batch, FileFollower, Follower
+from relaywatch.sources import rotation
+from relaywatch.sources.follow import FileFollower
+from relaywatch.sources.lines import Batch, Follower
 from support.follow import collect
 
 
@@ -285,13 +286,13 @@ def test_rotated_files_are_ordered_oldest_first(tmp_path):
     names = ["maillog.10.gz", "maillog.9.gz", "maillog.2.gz", "maillog.1"]
     for name in names + ["maillog", "maillog.lock", "maillog.db", "maillog-old", "mail.log.1"]:
         (tmp_path / name).write_text("x\n")
-    assert [Path(p).name for p, _ in follow_module.rotated_files(str(log))] == names
+    assert [Path(p).name for p, _ in rotation.rotated_files(str(log))] == names
     for name in names:
         (tmp_path / name).unlink()
     dated = ["maillog-20251130", "maillog-20251201.gz", "maillog-2025120123", "maillog.20251202-000001.gz"]
     for name in reversed(dated):
         (tmp_path / name).write_text("x\n")
-    assert [Path(p).name for p, _ in follow_module.rotated_files(str(log))] == dated
+    assert [Path(p).name for p, _ in rotation.rotated_files(str(log))] == dated
 
 
 def test_restart_without_a_matching_rotated_file_warns_and_reads_from_the_start(log, follow, caplog):

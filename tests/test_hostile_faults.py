@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from relaywatch.cli import main
 from relaywatch.model import RelaywatchError
-from relaywatch.postfix.maps import Postfix
+from relaywatch.postfix.commands import Postfix
 from relaywatch.respond.blocking import Blocker, maps_from_config
 from relaywatch.store import sqlite_file
 from relaywatch.store.records import DaemonStatus

@@ -24,7 +24,8 @@ from relaywatch import permissions
 from relaywatch.cli import main
 from relaywatch.config import load
 from relaywatch.model import ConfigError
-from relaywatch.notify.send import Notifier, notice_for_text
+from relaywatch.notify.notices import notice_for_text
+from relaywatch.notify.notifier import Notifier
 from relaywatch.store.records import DaemonStatus
 from relaywatch.store.sqlite import Store
 

@@ -266,7 +266,8 @@ def test_a_unix_socket_is_created_private_and_removed(tmp_path: Path):
 
 
 def policy_findings(restrictions: str, **params: str) -> set[str]:
-    from relaywatch.postfix.audit import AuditMaps, audit
+    from relaywatch.postfix.audit import audit
+    from relaywatch.postfix.audit_blocks import AuditMaps
     p = {"mynetworks": "127.0.0.0/8", "smtpd_relay_restrictions": "permit_mynetworks, reject_unauth_destination",
          "smtpd_recipient_restrictions": restrictions, **params}
     found = audit(p, {}, AuditMaps("hash:/etc/postfix/c", None, "127.0.0.1:10040"))
@@ -290,7 +291,8 @@ def test_the_audit_warns_when_the_service_fails_closed_or_comes_after_permit_myn
 def test_the_audits_policy_fix_keeps_the_admins_own_list():
     """The fix used to be a whole new smtpd_recipient_restrictions: pasted in, it threw away the admin's
     check_sasl_access, RBLs and postgrey (issue 16 item 4's trap, again)."""
-    from relaywatch.postfix.audit import AuditMaps, audit
+    from relaywatch.postfix.audit import audit
+    from relaywatch.postfix.audit_blocks import AuditMaps
     own = ("check_sasl_access hash:/etc/postfix/relaywatch_sasl, permit_mynetworks, reject_unauth_destination, "
            "reject_rbl_client zen.spamhaus.org, check_policy_service inet:127.0.0.1:10023")
     p = {"mynetworks": "127.0.0.0/8", "smtpd_relay_restrictions": "permit_mynetworks, reject_unauth_destination",

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from relaywatch.cli import main
 from relaywatch.postfix.install_maps import front, map_specs, plan_edits
-from relaywatch.postfix.maps import MapSpec
+from relaywatch.postfix.mapkeys import MapSpec
 from support.postfix_rig import PostfixRig, free_port
 
 CLIENTS = MapSpec("hash", "/etc/postfix/relaywatch_clients")

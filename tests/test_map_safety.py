@@ -19,7 +19,8 @@ from click.testing import CliRunner
 
 from relaywatch.cli import main
 from relaywatch.postfix.mapguard import BEGIN, END, ForeignMap
-from relaywatch.postfix.maps import AccessMap, Block, MapSpec
+from relaywatch.postfix.mapkeys import Block, MapSpec
+from relaywatch.postfix.maps import AccessMap
 from support.configs import rig_sections, sections, write_config
 
 pytestmark = pytest.mark.postfix

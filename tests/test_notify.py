@@ -17,7 +17,9 @@ import pytest
 
 from relaywatch.model import ConfigError, Decision
 from relaywatch.notify.notices import PREFIX as P
-from relaywatch.notify.send import Notice, NoticeKind, Notifier, notice_for_decision, notice_for_text, redact, send_test
+from relaywatch.notify.notices import Notice, NoticeKind, notice_for_decision, notice_for_text
+from relaywatch.notify.notifier import Notifier
+from relaywatch.notify.send import redact, send_test
 from support.http_sink import Hang, Sink
 
 SECRETS = ("s3cretpw", "k3y123abc", "t0ken99")
@@ -266,7 +268,8 @@ def test_bad_configuration_is_a_config_error(tmp_path) -> None:
 
 
 def test_without_targets_apprise_is_never_imported() -> None:
-    code = ("import sys; from relaywatch.notify.send import Notifier, notice_for_text as t\n"
+    code = ("import sys; from relaywatch.notify.notifier import Notifier\n"
+            "from relaywatch.notify.notices import notice_for_text as t\n"
             "n = Notifier(); n.submit(t('info', 'x', 'y')); n.close()\n"
             "assert n.status()['sent'] == 0 and 'apprise' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -366,7 +369,7 @@ def test_a_notice_names_the_host_shows_the_clients_and_fits_a_lock_screen() -> N
 
 
 def test_subnet_clients_come_from_the_window_counts() -> None:
-    from relaywatch.notify.send import subnet_clients
+    from relaywatch.notify.notices import subnet_clients
 
     counts = [("client", 1, "218.144.7.9", 40), ("client", 2, "218.144.7.9", 20), ("client", 2, "218.145.0.1", 99),
               ("sender", 2, "x@example.com", 60), ("client", 2, "218.144.200.3", 61), ("client", 2, "bogus", 5)]

@@ -13,21 +13,10 @@ from pathlib import Path
 import pytest
 
 from relaywatch.model import ConfigError, PostfixError
-from relaywatch.postfix.maps import (
-    BEGIN,
-    END,
-    AccessMap,
-    Block,
-    InvalidBlock,
-    MapNotLoaded,
-    MapNotWritten,
-    MapSpec,
-    Postfix,
-    apply_blocks,
-    default_database_type,
-    reject_text,
-    render_key,
-)
+from relaywatch.postfix.commands import MapNotLoaded, Postfix, apply_blocks, default_database_type
+from relaywatch.postfix.mapguard import BEGIN, END
+from relaywatch.postfix.mapkeys import Block, InvalidBlock, MapSpec, reject_text, render_key
+from relaywatch.postfix.maps import AccessMap, MapNotWritten
 from support.postfix_rig import POSTMAP, PostfixRig
 
 # --- MapSpec ----------------------------------------------------------------------

@@ -16,7 +16,7 @@ from relaywatch.cli.common import (
     load,
 )
 from relaywatch.model import ConfigError, Finding, RelaywatchError
-from relaywatch.postfix.maps import default_database_type
+from relaywatch.postfix.commands import default_database_type
 from relaywatch.store.sqlite import Store
 
 
@@ -31,10 +31,11 @@ def audit(config_path: str | None, fmt: str, addresses: tuple[str, ...]) -> None
     Exit status 3 when an error-level finding exists (usable from cron and CI).
     """
     from relaywatch.postfix import audit as audit_mod
+    from relaywatch.postfix.audit_blocks import AuditMaps
 
     try:
         cfg = load(config_path)
-        maps = audit_mod.AuditMaps(cfg.client_access_map, cfg.sasl_access_map or None, cfg.policy_listen or None)
+        maps = AuditMaps(cfg.client_access_map, cfg.sasl_access_map or None, cfg.policy_listen or None)
         findings = audit_mod.run_audit(cfg.config_directory, maps, addresses)
         findings.append(_source_finding(cfg))
     except ValueError as exc:

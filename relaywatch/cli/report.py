@@ -51,7 +51,8 @@ def report_command(since: str | None, until: str | None, fmt: str, output: str |
 @config_option
 def digest(day: str | None, send: bool, config_path: str | None) -> None:
     """Print the daily digest of a day the daemon recorded (default: yesterday); --send notifies it."""
-    from relaywatch.notify.send import notice_for_text, send_now
+    from relaywatch.notify.notices import notice_for_text
+    from relaywatch.notify.send import send_now
     from relaywatch.reports.digest import unusual
 
     wanted = (_day_option(day, "--day") or date.today() - timedelta(days=1)).isoformat()

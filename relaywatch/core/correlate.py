@@ -19,7 +19,6 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
 
 from relaywatch.core.destinations import (
     AddrKind,
@@ -30,6 +29,7 @@ from relaywatch.core.destinations import (
     LogInference,
     address_kind,
 )
+from relaywatch.core.filterlink import HELD_MAX, HOLD_S, FilterLinks, Key, Message, domain_of
 from relaywatch.model import (
     ClientSeen,
     Delivery,
@@ -46,7 +46,6 @@ from relaywatch.model import (
     Removed,
 )
 
-_QUEUED_AS = re.compile(r".*\bqueued as ([0-9A-Za-z]{6,24})\)?$")
 # where Postfix tried to deliver when it logs relay=none: "connect to mx.example[192.0.2.5]:25: ..."
 _TRIED = re.compile(r"(?:connect to|host|with) [^\s\[\]]+\[([0-9A-Fa-f:.]+)\]")
 _ENDS_MESSAGE = frozenset({"DATA", "BDAT", "END-OF-MESSAGE"})
@@ -57,18 +56,10 @@ _LOCAL_AGENTS = frozenset({"local", "virtual", "lmtp"})
 _FILTER_REPLY = ("queued as", "discarded", "id=", "BOUNCE")
 # amavis's reply to an SMTP hand-off: a content filter, even when its copy cannot be linked (delivered and gone)
 _FILTER_SMTP_REPLY = " from MTA("
-HOLD_S = 60.0
-HELD_MAX = 10_000  # copies held at once: a flood of them falls due early rather than grow memory
-
-Key = tuple[str, str]  # (syslog host, queue id)
 
 
 def is_loopback(addr: str) -> bool:
     return addr.startswith("127.") or addr == "::1"
-
-
-def domain_of(address: str) -> str:
-    return address.rpartition("@")[2].lower() if "@" in address else ""
 
 
 def key_text(key: Key) -> str:
@@ -81,20 +72,9 @@ def key_of(text: str) -> Key:
     return host, qid
 
 
-@dataclass(slots=True)
-class _Message:
-    first_seen: float
-    last_seen: float
-    client: str | None
-    sasl_user: str | None
-    sender: str = ""
-    nrcpt: int = 0
-    seen: set[str] = field(default_factory=set)
-    awaiting: bool = False  # a filter's re-injected copy whose origin is not linked yet: its facts are held
-    uid: int | None = None  # a local submission's (pickup), for LocalRelayed
+class Correlator(FilterLinks):
+    """The join: one per log (or per daemon); feed it events in log order."""
 
-
-class Correlator:
     def __init__(
         self,
         local_domains: Destinations | None = None,
@@ -109,28 +89,22 @@ class Correlator:
         self.max_messages = max_messages
         self.max_idle_s = max_idle_s
         self.hold_s = hold_s
-        self._open: OrderedDict[Key, _Message] = OrderedDict()
-        # a filtered copy's origin (client, login, pickup uid), when the link came before its client= line
-        self._inherited: OrderedDict[Key, tuple[str | None, str | None, int | None]] = OrderedDict()
-        # re-injected copies waiting for their link: since, their client, the facts held back
-        self._held: OrderedDict[Key, tuple[float, str | None, list[Relayed]]] = OrderedDict()
-        self._filters: set[tuple[str, str]] = set()  # (host, address) a content filter re-injected from
-        self._filter_hops: set[tuple[str, str]] = set()  # (host, address) a content filter was reached at
-        self.released: list[Relayed | LocalRelayed] = []  # held facts now due: the caller takes them after each feed
+        self._open = OrderedDict()
+        self._inherited = OrderedDict()
+        self._held = OrderedDict()
+        self._filters = set()
+        self._filter_hops = set()
+        self.released = []
         self.messages = 0
         self.evicted = 0
         # keys whose state changed since `changes()`: the daemon persists them with its position
-        self._changed: set[Key] | None = set() if track_changes else None
+        self._changed = set() if track_changes else None
         # where queued mail came from, until its queue file is removed: what `queue hold` needs
-        self._arrived: list[Origin] = []
+        self._arrived = []
         self._departed: list[str] = []
 
     def __len__(self) -> int:
         return len(self._open)
-
-    def _touch(self, key: Key) -> None:
-        if self._changed is not None:
-            self._changed.add(key)
 
     def origins(self) -> tuple[list[Origin], list[str]]:
         """Since the last call: (qid, client, sasl_user, time) of messages queued from a client,
@@ -159,7 +133,7 @@ class Correlator:
     def load(self, rows: Iterable[OpenMessage]) -> None:
         """Open messages as `changes()` gave them, oldest first (a restarted daemon)."""
         for key, first, last, client, sasl_user, sender, nrcpt, seen in rows:
-            self._open[key_of(key)] = _Message(first, last, client, sasl_user, sender, nrcpt, set(seen))
+            self._open[key_of(key)] = Message(first, last, client, sasl_user, sender, nrcpt, set(seen))
 
     def inferred(self) -> list[InferredDomain]:
         """The domains taken for local from the log (only when nothing else knew them)."""
@@ -183,10 +157,9 @@ class Correlator:
         held = self._held
         if held and (event.time - next(iter(held.values()))[0] > self.hold_s or len(held) > HELD_MAX):
             self._expire(event.time)
-        kind = type(event)
-        if kind is Delivery:
+        if type(event) is Delivery:
             return self._delivery(event)
-        if kind is QueueActive:
+        if type(event) is QueueActive:
             key = (event.host, event.qid)
             msg = self._open.get(key)
             if msg is not None:
@@ -195,9 +168,9 @@ class Correlator:
                 self._touch(key)
                 if not self._known:
                     self._note_sender(event.host, msg)
-        elif kind is ClientSeen:
+        elif type(event) is ClientSeen:
             self._client(event)
-        elif kind is Removed:
+        elif type(event) is Removed:
             key = (event.host, event.qid)
             msg = self._open.pop(key, None)
             if msg is not None:
@@ -206,18 +179,18 @@ class Correlator:
                     held.setdefault(key, (event.time, msg.client, []))
             if self._changed is not None:
                 self._departed.append(event.qid)
-        elif kind is Reject:
+        elif type(event) is Reject:
             return self._reject(event)
-        elif kind is Pickup:
+        elif type(event) is Pickup:
             msg = self._start((event.host, event.qid), event.time, None, None)
             msg.sender, msg.uid = event.sender, event.uid
-        elif kind is ProxyAccept:
+        elif type(event) is ProxyAccept:
             self._proxy_accept(event)
         return None
 
-    def _start(self, key: Key, t: float, client: str | None, sasl_user: str | None) -> _Message:
+    def _start(self, key: Key, t: float, client: str | None, sasl_user: str | None) -> Message:
         self._open.pop(key, None)  # short ids are reused: a new client= is a new message
-        msg = self._open[key] = _Message(t, t, client, sasl_user)
+        msg = self._open[key] = Message(t, t, client, sasl_user)
         self._touch(key)
         self.messages += 1
         self._evict(t)
@@ -225,9 +198,10 @@ class Correlator:
 
     def _client(self, e: ClientSeen) -> None:
         key = (e.host, e.qid)
-        client, sasl_user = e.client, e.sasl_user
+        client: str | None = e.client  # a linked copy's origin may be a local submission (no client)
+        sasl_user = e.sasl_user
         awaiting, uid = False, None
-        if is_loopback(client) or (e.host, client) in self._filters:
+        if is_loopback(e.client) or (e.host, e.client) in self._filters:
             # A content filter re-injects: the real origin is the XFORWARD orig_client
             # or the message it was filtered from (linked now, or later).
             inherited = self._inherited.pop(key, None)
@@ -320,7 +294,7 @@ class Correlator:
             if domain:
                 self.inference.delivered_locally(d.host, domain, f"delivered by {d.agent}")
 
-    def _note_sender(self, host: str, msg: _Message) -> None:
+    def _note_sender(self, host: str, msg: Message) -> None:
         """Mail from a logged-in user or a private host (not a content filter's copy) is the site's
         own: its sender domain is one the site sends from."""
         domain = domain_of(msg.sender)
@@ -330,109 +304,6 @@ class Correlator:
             self.inference.sent_from(host, domain, msg.client, True)
         elif address_kind(msg.client) is AddrKind.PRIVATE:
             self.inference.sent_from(host, domain, msg.client, False)
-
-    def _link_filtered(self, d: Delivery, msg: _Message) -> bool:
-        """Whether this hand-off went to a content filter: its `250 ... queued as NEWQID` names a
-        queue file of this host that the filter's re-injection created. Carries the origin on."""
-        m = _QUEUED_AS.match(d.reply)
-        hop = d.relay_addr
-        if m is None or hop is None:
-            return False
-        hop_kind = address_kind(hop)
-        new_key = (d.host, m[1])
-        # a hop that has re-injected before, or one on this host, is a filter whatever its copy shows
-        known = (d.host, hop) in self._filter_hops or hop_kind is AddrKind.LOOPBACK or hop_kind is AddrKind.OTHER
-        reinjected = self._open.get(new_key)
-        if reinjected is not None:
-            if not self._reinjected_by(d.host, reinjected.client, hop, hop_kind):
-                # a copy already linked by another recipient of the same message, or one whose client
-                # XFORWARD named: XFORWARD never carries the login, the link does
-                if known and reinjected.client == msg.client and msg.sasl_user and not reinjected.sasl_user:
-                    reinjected.sasl_user = msg.sasl_user
-                    self._touch(new_key)
-                return known
-            self._learn_filter(d.host, hop, reinjected.client)
-            self._relink(new_key, reinjected, msg.client, msg.sasl_user, d.time, msg.uid)
-            return True
-        held = self._held.get(new_key)
-        if held is not None and self._reinjected_by(d.host, held[1], hop, hop_kind):
-            self._learn_filter(d.host, hop, held[1])
-            self._release(new_key, msg.client, msg.sasl_user, msg.uid)
-            return True
-        if known:
-            self._inherit(new_key, msg.client, msg.sasl_user, msg.uid)  # the copy's client= line is still to come
-        return known
-
-    def _reinjected_by(self, host: str, client: str | None, hop: str, hop_kind: AddrKind) -> bool:
-        """Whether a message from `client` can be the re-injection of a filter reached at `hop`."""
-        if client is None:
-            return False
-        if client == hop or (host, client) in self._filters:
-            return True
-        kind = address_kind(client)
-        if hop_kind is AddrKind.LOOPBACK or hop_kind is AddrKind.OTHER:
-            return kind is AddrKind.LOOPBACK
-        return hop_kind is AddrKind.PRIVATE and kind is AddrKind.PRIVATE
-
-    def _proxy_accept(self, e: ProxyAccept) -> None:
-        """The front smtpd of a before-queue filter names the queue file its session became."""
-        key = (e.host, e.qid)
-        msg = self._open.get(key)
-        if msg is not None:
-            if msg.client is not None and address_kind(msg.client) is not AddrKind.PUBLIC:
-                self._learn_filter(e.host, None, msg.client)
-                self._relink(key, msg, e.client, e.sasl_user, e.time)
-        elif key in self._held:
-            client = self._held[key][1]
-            if client is not None and address_kind(client) is not AddrKind.PUBLIC:
-                self._release(key, e.client, e.sasl_user)
-        else:
-            self._inherit(key, e.client, e.sasl_user)
-
-    def _learn_filter(self, host: str, hop: str | None, client: str | None) -> None:
-        """A filter is reached at `hop` and re-injects from `client`: later copies from there wait
-        for their link, and later hand-offs there are a filter's."""
-        if len(self._filters) < 256:
-            if client is not None:
-                self._filters.add((host, client))
-            if hop is not None:
-                self._filter_hops.add((host, hop))
-
-    def _relink(self, key: Key, msg: _Message, client: str | None, sasl_user: str | None, t: float,
-                uid: int | None = None) -> None:
-        msg.client, msg.sasl_user, msg.awaiting = client, msg.sasl_user or sasl_user, False
-        msg.uid = uid
-        self._touch(key)
-        if self._changed is not None and client is not None:
-            self._arrived.append(Origin(key[1], client, msg.sasl_user, t))
-        if key in self._held:
-            self._release(key, client, sasl_user, uid)
-
-    def _release(self, key: Key, client: str | None, sasl_user: str | None, uid: int | None = None) -> None:
-        """The held facts of a re-injected copy, now credited to its origin (a local submission's uid)."""
-        facts = self._held.pop(key)[2]
-        if client is None:
-            if uid is not None:
-                self.released.extend(LocalRelayed(f.time, f.qid, uid, f.sender, f.recipient, f.domain, f.status)
-                                     for f in facts)
-            return
-        for fact in facts:
-            self.released.append(replace(fact, client=client, sasl_user=fact.sasl_user or sasl_user))
-
-    def _inherit(self, key: Key, client: str | None, sasl_user: str | None, uid: int | None = None) -> None:
-        self._inherited[key] = (client, sasl_user, uid)
-        if len(self._inherited) > 1024:
-            self._inherited.popitem(last=False)
-
-    def _expire(self, now: float) -> None:
-        """Held facts whose link never came: they stay with the filter's address."""
-        held = self._held
-        while held:
-            since, _, facts = next(iter(held.values()))
-            if now - since <= self.hold_s and len(held) <= HELD_MAX:
-                break
-            held.popitem(last=False)
-            self.released.extend(facts)
 
     def _evict(self, now: float) -> None:
         while len(self._open) > self.max_messages:

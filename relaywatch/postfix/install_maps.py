@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from relaywatch.model import ConfigError, PostfixError
 from relaywatch.postfix import audit_eval as ev
-from relaywatch.postfix.maps import MapSpec
+from relaywatch.postfix.mapkeys import MapSpec
 from relaywatch.postfix.postconf import postconf, postconf_services
 
 POSTCONF = "/usr/sbin/postconf"

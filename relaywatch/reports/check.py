@@ -19,7 +19,7 @@ from typing import Any
 from relaywatch.config import Config
 from relaywatch.core.policy import subnet_of
 from relaywatch.model import Decision, RelaywatchError
-from relaywatch.postfix.audit import AuditMaps, block_ineffective_reason
+from relaywatch.postfix.audit_blocks import AuditMaps, block_ineffective_reason
 from relaywatch.postfix.postconf import postconf, postconf_services
 from relaywatch.respond.blocking import target_kind
 from relaywatch.store.sqlite import BlockRow

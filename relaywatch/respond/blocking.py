@@ -22,21 +22,14 @@ from dataclasses import dataclass
 
 from relaywatch.model import Action, ConfigError, Decision, Kind, PostfixError
 from relaywatch.permissions import check_map_dir
+from relaywatch.postfix.commands import MapNotLoaded, Postfix, apply_blocks
 from relaywatch.postfix.mapguard import (
     DEFAULT_CONFIG_DIRECTORY,
     check_map_path,
     postfix_named_files,
 )
-from relaywatch.postfix.maps import (
-    AccessMap,
-    Block,
-    InvalidBlock,
-    MapNotLoaded,
-    MapSpec,
-    Postfix,
-    apply_blocks,
-    render_key,
-)
+from relaywatch.postfix.mapkeys import Block, InvalidBlock, MapSpec, render_key
+from relaywatch.postfix.maps import AccessMap
 from relaywatch.store.base import StateStore
 from relaywatch.store.records import BlockRow, MapPending
 

@@ -12,7 +12,8 @@ import os
 from dataclasses import dataclass
 
 from relaywatch.model import Finding, PostfixError
-from relaywatch.postfix.audit import AuditMaps, block_bypasses, run_audit
+from relaywatch.postfix.audit import run_audit
+from relaywatch.postfix.audit_blocks import AuditMaps, block_bypasses
 from relaywatch.postfix.postconf import postconf, postconf_services
 
 log = logging.getLogger("relaywatch.respond")

@@ -17,19 +17,17 @@ from dataclasses import dataclass
 from relaywatch.core.enforcement import Leak, LeakWatch
 from relaywatch.model import Action, Decision, Kind, PostfixError, RelaywatchError
 from relaywatch.notify.notices import (
+    NoticeKind,
+    notice_for_decision,
     notice_for_leak,
     notice_for_map_changed,
     notice_for_map_fault,
     notice_for_map_restored,
-)
-from relaywatch.notify.send import (
-    NoticeKind,
-    Notifier,
-    notice_for_decision,
     notice_for_text,
     subnet_clients,
 )
-from relaywatch.postfix.audit import bypass_text
+from relaywatch.notify.notifier import Notifier
+from relaywatch.postfix.audit_blocks import bypass_text
 from relaywatch.postfix.queue import PostfixQueue, Target, select
 from relaywatch.respond.blocking import Blocker, SyncResult
 from relaywatch.respond.enforcement import AuditResult, PostfixConfig

@@ -20,7 +20,7 @@ from fnmatch import fnmatchcase
 
 from relaywatch.model import JSONObject, RelaywatchError
 from relaywatch.sources import files as sources
-from relaywatch.sources.follow import CHUNK, Batch, LineSplitter
+from relaywatch.sources.lines import CHUNK, Batch, LineSplitter
 
 log = logging.getLogger("relaywatch.follow")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from relaywatch.sources.follow import Follower
+from relaywatch.sources.lines import Follower
 
 
 def collect(f: Follower, n: int, max_lines: int = 1000, deadline_s: float = 10.0) -> tuple[list[str], dict]:

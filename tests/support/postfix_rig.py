@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from relaywatch.postfix.maps import MapSpec
+from relaywatch.postfix.mapkeys import MapSpec
 
 POSTFIX = "/usr/sbin/postfix"
 POSTMAP = "/usr/sbin/postmap"

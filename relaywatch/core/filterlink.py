@@ -1,0 +1,159 @@
+"""Content filters, for the join: a filter's re-injected copy is credited to the client of the
+message it was filtered from. The filter's `queued as` reply, or the front smtpd's `proxy-accept`
+for a before-queue filter, links the two; facts of a copy whose link is still to come are held
+until it arrives or `hold_s` of log time passes. Pure; mixed into `Correlator`, whose state it shares."""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+
+from relaywatch.core.destinations import AddrKind, address_kind
+from relaywatch.model import Delivery, LocalRelayed, Origin, ProxyAccept, Relayed
+
+_QUEUED_AS = re.compile(r".*\bqueued as ([0-9A-Za-z]{6,24})\)?$")
+HOLD_S = 60.0
+HELD_MAX = 10_000  # copies held at once: a flood of them falls due early rather than grow memory
+
+Key = tuple[str, str]  # (syslog host, queue id)
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2].lower() if "@" in address else ""
+
+
+@dataclass(slots=True)
+class Message:
+    first_seen: float
+    last_seen: float
+    client: str | None
+    sasl_user: str | None
+    sender: str = ""
+    nrcpt: int = 0
+    seen: set[str] = field(default_factory=set)
+    awaiting: bool = False  # a filter's re-injected copy whose origin is not linked yet: its facts are held
+    uid: int | None = None  # a local submission's (pickup), for LocalRelayed
+
+
+class FilterLinks:
+    """The filter-linking half of `Correlator`: it owns the filter state, and reads the open messages."""
+
+    hold_s: float
+    _open: OrderedDict[Key, Message]
+    _changed: set[Key] | None
+    _arrived: list[Origin]
+    # a filtered copy's origin (client, login, pickup uid), when the link came before its client= line
+    _inherited: OrderedDict[Key, tuple[str | None, str | None, int | None]]
+    # re-injected copies waiting for their link: since, their client, the facts held back
+    _held: OrderedDict[Key, tuple[float, str | None, list[Relayed]]]
+    _filters: set[tuple[str, str]]  # (host, address) a content filter re-injected from
+    _filter_hops: set[tuple[str, str]]  # (host, address) a content filter was reached at
+    released: list[Relayed | LocalRelayed]  # held facts now due: the caller takes them after each feed
+
+    def _touch(self, key: Key) -> None:
+        if self._changed is not None:
+            self._changed.add(key)
+
+    def _link_filtered(self, d: Delivery, msg: Message) -> bool:
+        """Whether this hand-off went to a content filter: its `250 ... queued as NEWQID` names a
+        queue file of this host that the filter's re-injection created. Carries the origin on."""
+        m = _QUEUED_AS.match(d.reply)
+        hop = d.relay_addr
+        if m is None or hop is None:
+            return False
+        hop_kind = address_kind(hop)
+        new_key = (d.host, m[1])
+        # a hop that has re-injected before, or one on this host, is a filter whatever its copy shows
+        known = (d.host, hop) in self._filter_hops or hop_kind is AddrKind.LOOPBACK or hop_kind is AddrKind.OTHER
+        reinjected = self._open.get(new_key)
+        if reinjected is not None:
+            if not self._reinjected_by(d.host, reinjected.client, hop, hop_kind):
+                # a copy already linked by another recipient of the same message, or one whose client
+                # XFORWARD named: XFORWARD never carries the login, the link does
+                if known and reinjected.client == msg.client and msg.sasl_user and not reinjected.sasl_user:
+                    reinjected.sasl_user = msg.sasl_user
+                    self._touch(new_key)
+                return known
+            self._learn_filter(d.host, hop, reinjected.client)
+            self._relink(new_key, reinjected, msg.client, msg.sasl_user, d.time, msg.uid)
+            return True
+        held = self._held.get(new_key)
+        if held is not None and self._reinjected_by(d.host, held[1], hop, hop_kind):
+            self._learn_filter(d.host, hop, held[1])
+            self._release(new_key, msg.client, msg.sasl_user, msg.uid)
+            return True
+        if known:
+            self._inherit(new_key, msg.client, msg.sasl_user, msg.uid)  # the copy's client= line is still to come
+        return known
+
+    def _reinjected_by(self, host: str, client: str | None, hop: str, hop_kind: AddrKind) -> bool:
+        """Whether a message from `client` can be the re-injection of a filter reached at `hop`."""
+        if client is None:
+            return False
+        if client == hop or (host, client) in self._filters:
+            return True
+        kind = address_kind(client)
+        if hop_kind is AddrKind.LOOPBACK or hop_kind is AddrKind.OTHER:
+            return kind is AddrKind.LOOPBACK
+        return hop_kind is AddrKind.PRIVATE and kind is AddrKind.PRIVATE
+
+    def _proxy_accept(self, e: ProxyAccept) -> None:
+        """The front smtpd of a before-queue filter names the queue file its session became."""
+        key = (e.host, e.qid)
+        msg = self._open.get(key)
+        if msg is not None:
+            if msg.client is not None and address_kind(msg.client) is not AddrKind.PUBLIC:
+                self._learn_filter(e.host, None, msg.client)
+                self._relink(key, msg, e.client, e.sasl_user, e.time)
+        elif key in self._held:
+            client = self._held[key][1]
+            if client is not None and address_kind(client) is not AddrKind.PUBLIC:
+                self._release(key, e.client, e.sasl_user)
+        else:
+            self._inherit(key, e.client, e.sasl_user)
+
+    def _learn_filter(self, host: str, hop: str | None, client: str | None) -> None:
+        """A filter is reached at `hop` and re-injects from `client`: later copies from there wait
+        for their link, and later hand-offs there are a filter's."""
+        if len(self._filters) < 256:
+            if client is not None:
+                self._filters.add((host, client))
+            if hop is not None:
+                self._filter_hops.add((host, hop))
+
+    def _relink(self, key: Key, msg: Message, client: str | None, sasl_user: str | None, t: float,
+                uid: int | None = None) -> None:
+        msg.client, msg.sasl_user, msg.awaiting = client, msg.sasl_user or sasl_user, False
+        msg.uid = uid
+        self._touch(key)
+        if self._changed is not None and client is not None:
+            self._arrived.append(Origin(key[1], client, msg.sasl_user, t))
+        if key in self._held:
+            self._release(key, client, sasl_user, uid)
+
+    def _release(self, key: Key, client: str | None, sasl_user: str | None, uid: int | None = None) -> None:
+        """The held facts of a re-injected copy, now credited to its origin (a local submission's uid)."""
+        facts = self._held.pop(key)[2]
+        if client is None:
+            if uid is not None:
+                self.released.extend(LocalRelayed(f.time, f.qid, uid, f.sender, f.recipient, f.domain, f.status)
+                                     for f in facts)
+            return
+        for fact in facts:
+            self.released.append(replace(fact, client=client, sasl_user=fact.sasl_user or sasl_user))
+
+    def _inherit(self, key: Key, client: str | None, sasl_user: str | None, uid: int | None = None) -> None:
+        self._inherited[key] = (client, sasl_user, uid)
+        if len(self._inherited) > 1024:
+            self._inherited.popitem(last=False)
+
+    def _expire(self, now: float) -> None:
+        """Held facts whose link never came: they stay with the filter's address."""
+        held = self._held
+        while held:
+            since, _, facts = next(iter(held.values()))
+            if now - since <= self.hold_s and len(held) <= HELD_MAX:
+                break
+            held.popitem(last=False)
+            self.released.extend(facts)
