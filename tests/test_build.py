@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from relaywatch.notify.notices import PREFIX
-from test_daemon import wait_for
+from support.waiting import wait_for
 from test_daemon_faults import config, messages, started, stop
 
 

@@ -18,6 +18,7 @@ from relaywatch.core.parse import LineParser, YearResolver
 from relaywatch.engine import Pipeline
 from relaywatch.store.sqlite import Store
 from support.configs import daemon_sections, rig_sections, sections, write_config
+from support.waiting import wait_for
 
 ROOT = Path(__file__).parent.parent
 
@@ -27,14 +28,6 @@ def start(cfg: Path, log: Path) -> subprocess.Popen:
                             stderr=open(log, "ab"), stdout=subprocess.DEVNULL)
 
 
-def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def position(db: Path, source: str) -> dict | None:

@@ -26,7 +26,8 @@ from relaywatch.store import sqlite_file
 from relaywatch.store.records import MapPending
 from relaywatch.store.sqlite import BlockRow, Store
 from support.configs import Sections, daemon_sections, write_config
-from test_daemon import position, start, wait_for
+from support.waiting import wait_for
+from test_daemon import position, start
 from test_hostile_faults import fill, tiny_disk  # noqa: F401 - a fixture
 
 

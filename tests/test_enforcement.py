@@ -26,7 +26,8 @@ from relaywatch.postfix.mapguard import BEGIN, END
 from support.configs import rig_sections, write_config
 from support.facts import relayed
 from support.postfix_rig import POSTFIX, POSTMAP, PostfixRig
-from test_daemon import start, wait_for
+from support.waiting import wait_for
+from test_daemon import start
 
 FLOODER = "127.0.0.9"
 

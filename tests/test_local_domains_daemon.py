@@ -13,7 +13,8 @@ from pathlib import Path
 
 from support.configs import sections, write_config
 from support.postfix_rig import POSTMAP
-from test_daemon import start, wait_for
+from support.waiting import wait_for
+from test_daemon import start
 
 POSTCONF = "/usr/sbin/postconf"
 

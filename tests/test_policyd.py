@@ -25,6 +25,7 @@ from relaywatch.store.relayers import RelayHistory
 from relaywatch.store.sqlite import Store
 from support.configs import rig_sections, write_config
 from support.postfix_rig import POSTFIX, REMOTE_RCPT, PostfixRig, free_port
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.postfix
 
@@ -106,13 +107,6 @@ def daemon_meta(db: Path) -> dict:
     return json.loads(row[0]) if row else {}
 
 
-def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_the_service_stops_a_flood_in_open_sessions_and_fails_open(postfix_instance, tmp_path):

@@ -29,6 +29,7 @@ from relaywatch.postfix.queue import (
 from relaywatch.store.sqlite import Store
 from support.configs import rig_sections, write_config
 from support.postfix_rig import UNREACHABLE_DOMAIN, PostfixRig
+from support.waiting import wait_for
 
 # Recorded from Postfix 3.7.11 (`postqueue -j`; the null sender shows as MAILER-DAEMON).
 POSTQUEUE_J = """\
@@ -188,13 +189,6 @@ def test_select_trusts_the_store_and_looks_up_the_rest_within_budget():
 FLOODER, INNOCENT, AUTHED = "127.0.0.9", "127.0.0.10", "127.0.0.11"
 
 
-def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def postqueue(rig: PostfixRig) -> dict[str, str]:

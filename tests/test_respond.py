@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from relaywatch.cli import main
 from relaywatch.postfix.queue import PostfixQueue
 from support.postfix_rig import UNREACHABLE_DOMAIN
-from test_daemon import wait_for
+from support.waiting import wait_for
 
 FLOODER, INNOCENT = "127.0.0.78", "127.0.0.79"
 FLOOD = "".join(

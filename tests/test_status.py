@@ -19,6 +19,7 @@ from relaywatch.sources.choose import Lag, Reason, choose, describe_position, la
 from relaywatch.store.records import DaemonStatus
 from relaywatch.store.sqlite import Store
 from support.configs import sections, write_config
+from support.waiting import wait_for
 
 LINE = ("2026-11-27T23:06:12.123456+00:00 mx postfix/smtpd[1]: 8D076AE17: client=unknown[203.0.113.5]\n")
 
@@ -32,13 +33,6 @@ def daemon(cfg: Path, err: Path) -> subprocess.Popen:
                             stderr=open(err, "ab"), stdout=subprocess.DEVNULL)
 
 
-def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def config(tmp_path: Path, source: str | None) -> Path:

@@ -43,6 +43,25 @@ def subnet_of(inner: Network, outer: Network) -> bool:
         return inner.subnet_of(outer)
     return False
 
+def blocked_by(kind: str, target: str, net: Network | None, client: str, sasl_user: str | None) -> bool:
+    """Whether mail from `client` (logged in as `sasl_user`) is what a block of (kind, target) refuses;
+    `net` is the parsed target of a subnet block."""
+    if kind == "client":
+        return client == target
+    if kind == "sasl_user":
+        return sasl_user == target
+    addr = _address(client)
+    return net is not None and addr is not None and addr.version == net.version and addr in net
+
+
+@lru_cache(maxsize=4096)
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
 DIMS = tuple(Dim)
 _KIND_OF_DIM = {Dim.CLIENT: Kind.CLIENT, Dim.SENDER: Kind.SENDER, Dim.DOMAIN: Kind.DESTINATION,
                 Dim.SASL_USER: Kind.SASL_USER, Dim.RELAY_DENIED: Kind.CLIENT, Dim.UID: Kind.UID}

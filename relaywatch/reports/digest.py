@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from datetime import time as clock_time
 
-from relaywatch.core.policy import DEFAULT_RULES, Rule
+from relaywatch.core.policy import DEFAULT_RULES, Rule, blocked_by
 from relaywatch.model import ENFORCEMENT, Decision, JSONObject, RelayDenied, Relayed, Totals
 from relaywatch.reports.report import BoundedCounter, ReplayResult, Tally
 from relaywatch.reports.timeline import Timeline
@@ -173,23 +173,10 @@ class DayStats:
         self.blocks[target] = WatchedBlock(kind, t, until)
 
     def _after_block(self, fact: Relayed, queued: float) -> None:
-        addr: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
         for target, b in self.blocks.items():
             if queued <= b.since + GRACE_S or (b.until is not None and queued >= b.until):
                 continue
-            if b.kind == "client":
-                hit = fact.client == target
-            elif b.kind == "sasl_user":
-                hit = fact.sasl_user == target
-            else:
-                if addr is None:
-                    try:
-                        addr = ipaddress.ip_address(fact.client)
-                    except ValueError:
-                        continue
-                net = self._nets[target]
-                hit = addr.version == net.version and addr in net
-            if hit:
+            if blocked_by(b.kind, target, self._nets.get(target), fact.client, fact.sasl_user):
                 b.late += 1
                 b.first_late = queued if b.first_late is None else min(b.first_late, queued)
 

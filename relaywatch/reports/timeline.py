@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import cast
 
-from relaywatch.core.policy import DEFAULT_RULES, Network, Rule
+from relaywatch.core.policy import DEFAULT_RULES, Network, Rule, blocked_by
 from relaywatch.model import Decision, LocalRelayed, RelayDenied, Relayed
 from relaywatch.wording import why
 
@@ -207,22 +207,8 @@ class Timeline:
     def _after_blocks(self, fact: Relayed) -> None:
         """Count the blocked targets' mail queued after their block: what the block would have stopped."""
         t = fact.queued if fact.queued is not None else fact.time
-        addr: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
         for (kind, target, since), w in self._watched.items():
-            if t < since:
-                continue
-            if kind == "client":
-                hit = fact.client == target
-            elif kind == "sasl_user":
-                hit = fact.sasl_user == target
-            else:
-                if addr is None:
-                    try:
-                        addr = ipaddress.ip_address(fact.client)
-                    except ValueError:
-                        continue
-                hit = w.net is not None and addr.version == w.net.version and addr in w.net
-            if hit:
+            if t >= since and blocked_by(kind, target, w.net, fact.client, fact.sasl_user):
                 w.after += 1
 
     def after_block(self, d: Decision) -> int | None:
