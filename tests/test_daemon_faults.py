@@ -208,7 +208,7 @@ def test_an_alert_is_not_sent_again_after_a_restart(tmp_path, how):
 @pytest.fixture
 def short_lock_wait(monkeypatch):
     monkeypatch.setattr(sqlite_file, "BUSY_TIMEOUT_S", 0.2)
-    monkeypatch.setattr(store_mod, "OUTAGE_RETRY_S", 0.0, raising=False)
+    monkeypatch.setattr(store_mod, "OUTAGE_RETRY_S", 0.0)
 
 
 def run_batches(daemon: Daemon, n: int = 30) -> None:
