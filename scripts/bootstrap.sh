@@ -3,7 +3,9 @@
 #   sh scripts/bootstrap.sh          relaywatch itself
 #   sh scripts/bootstrap.sh --test   plus the test tools, Debian's postfix (never configured
 #                                    system-wide: "No configuration"; tests run private instances)
-#                                    and systemd-journal-remote (tests write real journal files)
+#                                    systemd-journal-remote (tests write real journal files), and
+#                                    PostgreSQL 15 with postfix-pgsql (fleet tests start a private
+#                                    server in a temp dir; they never use Debian's own cluster)
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -12,6 +14,8 @@ python3 -c 'import ensurepip, venv' 2>/dev/null || packages="python3-venv"
 if [ "${1-}" = "--test" ]; then
     command -v postconf >/dev/null 2>&1 || [ -x /usr/sbin/postconf ] || packages="$packages postfix"
     [ -x /lib/systemd/systemd-journal-remote ] || packages="$packages systemd-journal-remote"
+    [ -x /usr/lib/postgresql/15/bin/initdb ] || packages="$packages postgresql-15"
+    [ -e /usr/lib/postfix/postfix-pgsql.so ] || packages="$packages postfix-pgsql"
 fi
 if [ -n "$packages" ]; then
     sudo=""

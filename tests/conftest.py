@@ -1,4 +1,5 @@
 """Shared fixtures. `postfix_instance`: a private, running Postfix (tests/support/postfix_rig.py);
+`postgres`: a private PostgreSQL 15 (tests/support/postgres.py);
 `sink` and `hang`: real HTTP endpoints on 127.0.0.1 for notifications (tests/support/http_sink.py)."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import pytest
 
 from support.http_sink import Hang, Sink
 from support.postfix_rig import PostfixRig, postfix_installed
+from support.postgres import PostgresServer, postfix_pgsql_installed, postgres_installed
 
 
 @pytest.fixture(scope="module")
@@ -48,3 +50,61 @@ def hang() -> Iterator[Hang]:
     h = Hang()
     yield h
     h.close()
+
+
+def _require(env: str, missing: str | None) -> None:
+    """Skip for a missing part, or fail where CI demands it (`env`=1)."""
+    if missing:
+        if os.environ.get(env) == "1":
+            pytest.fail(f"{env}=1 but {missing}", pytrace=False)
+        pytest.skip(missing)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One private PostgreSQL for the whole run (tests take a fresh database each: `postgres`).
+    Skips without Debian's postgresql-15 or root, unless RELAYWATCH_REQUIRE_POSTGRES=1 (CI)."""
+    missing = None
+    if not postgres_installed():
+        missing = "Debian's postgresql-15 is not installed (/usr/lib/postgresql/15/bin)"
+    elif os.geteuid() != 0:
+        missing = "a private PostgreSQL is started as the postgres user, which needs root"
+    _require("RELAYWATCH_REQUIRE_POSTGRES", missing)
+    server = PostgresServer.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+_databases = iter(range(1, 1_000_000))
+
+
+@pytest.fixture
+def postgres(postgres_server: PostgresServer) -> PostgresServer:
+    """The private PostgreSQL with a fresh, empty database named `relaywatch_N`; its URL is
+    `postgres.url(postgres.dbname)`. Tests that restart the server must use `postgres_private`."""
+    name = f"relaywatch_{next(_databases)}"
+    postgres_server.createdb(name)
+    postgres_server.dbname = name
+    return postgres_server
+
+
+@pytest.fixture
+def postgres_private() -> Iterator[PostgresServer]:
+    """A PostgreSQL of this test's own (it may be stopped and restarted), with a database `relaywatch`."""
+    missing = None if postgres_installed() and os.geteuid() == 0 else "no postgresql-15 or not root"
+    _require("RELAYWATCH_REQUIRE_POSTGRES", missing)
+    server = PostgresServer.start()
+    try:
+        server.createdb("relaywatch")
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pgsql_maps() -> None:
+    """Postfix can read pgsql: tables (Debian's postfix-pgsql), or the test skips (fails in CI)."""
+    _require("RELAYWATCH_REQUIRE_POSTGRES",
+             None if postfix_pgsql_installed() else "Debian's postfix-pgsql is not installed (no pgsql: maps)")
