@@ -159,7 +159,7 @@ class Relayed:
     domain: str
     status: str  # of the first delivery attempt
     queued: float | None = field(default=None, compare=False)  # when its client= line was logged
-    host: str = ""  # the syslog host that relayed it (a central log mixes hosts)
+    host: str = field(default="", compare=False)  # the syslog host that relayed it (provenance, like `queued`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +174,7 @@ class LocalRelayed:
     recipient: str
     domain: str
     status: str
-    host: str = ""
+    host: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +184,7 @@ class RelayDenied:
     time: float
     client: str
     qid: str | None
-    host: str = ""
+    host: str = field(default="", compare=False)
 
 
 # --- what a run read ---------------------------------------------------------
