@@ -20,6 +20,7 @@ from relaywatch.core.policy import Detector, Fact, Network
 from relaywatch.model import (
     CountRow,
     Decision,
+    Event,
     Forged,
     JSONObject,
     LocalRelayed,
@@ -92,9 +93,12 @@ class Pipeline:
         self.correlator.load(self.store.open_messages())
 
     def feed(self, line: str, parser: LineParser) -> Sequence[Decision]:
+        return self.feed_event(sources.parse_line(line, parser), line)
+
+    def feed_event(self, event: Event | None, line: str) -> Sequence[Decision]:
+        """`feed` of a line already parsed: a replay of several hosts' logs parses each line to merge them by time."""
         totals = self.totals
         totals.lines += 1
-        event = parser.parse(line) if len(line) < sources.MAX_LINE else Unparsed(0.0, "line too long")
         if event is None:
             return _NOTHING
         cls = type(event)

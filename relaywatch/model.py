@@ -159,6 +159,7 @@ class Relayed:
     domain: str
     status: str  # of the first delivery attempt
     queued: float | None = field(default=None, compare=False)  # when its client= line was logged
+    host: str = field(default="", compare=False)  # the syslog host that relayed it (provenance, like `queued`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +174,7 @@ class LocalRelayed:
     recipient: str
     domain: str
     status: str
+    host: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +184,7 @@ class RelayDenied:
     time: float
     client: str
     qid: str | None
+    host: str = field(default="", compare=False)
 
 
 # --- what a run read ---------------------------------------------------------
@@ -225,6 +228,7 @@ class Decision:
     """What the policy decided, with the evidence a human needs to check it.
 
     action: unblock is the daemon's store only (rule "manual" or "expired").
+    hosts: the syslog hosts of the facts behind it (several in a fleet or a central log).
     """
 
     time: float
@@ -237,6 +241,7 @@ class Decision:
     clients: int = 0
     evidence: tuple[str, ...] = field(default=())
     sample_qids: tuple[str, ...] = field(default=())
+    hosts: tuple[str, ...] = field(default=())
 
 
 # --- vocabulary -----------------------------------------------------------------

@@ -11,6 +11,7 @@ from relaywatch import config as config_mod
 from relaywatch.build import blocker_for as make_blocker
 from relaywatch.build import map_type
 from relaywatch.cli.common import config_option, existing_store, load, log
+from relaywatch.core.policy import BUCKET_S
 from relaywatch.model import Action, Decision, Kind, RelaywatchError
 from relaywatch.reports import blocks as blocks_report
 from relaywatch.reports import check as check_mod
@@ -100,8 +101,10 @@ def check(target: str, sasl_user: bool, as_json: bool, config_path: str | None) 
     now = time.time()
     rows = store.blocks(now) if store is not None else []
     decisions = store.decisions() if store is not None else []
+    since = now - cfg.longest_window_s
+    counted = check_mod.recent(kind, canonical, since, store.counts_since(int(since // BUCKET_S))) if store else None
     result = check_mod.answer(target, kind, canonical, cfg, rows, decisions,
-                              check_mod.enforcement(cfg, kind, canonical))
+                              check_mod.enforcement(cfg, kind, canonical), counted)
     click.echo(result.to_json() if as_json else result.to_text(), nl=as_json)
     sys.exit(result.exit_code())
 

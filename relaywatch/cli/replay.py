@@ -36,8 +36,9 @@ def replay(logs: tuple[str, ...], config_path: str | None, fmt: str, output: str
            apply: bool, sample: bool, notify: bool, local_domains: tuple[str, ...]) -> None:
     """Replay old logs (plain, .gz, .bz2, .xz or - for stdin) and report what relaywatch would do.
 
-    Give a rotated set oldest first. Classic syslog lines carry no year: it is
-    taken from --year, else from each file's modification time.
+    Several hosts' logs (or a central syslog file) are replayed as one fleet, merged by time;
+    one host's rotated files are read oldest first (README, "Several mail hosts"). Classic
+    syslog lines carry no year: it is taken from --year, else from each file's modification time.
     """
     if sample == bool(logs):
         raise click.UsageError("give LOG files to replay, or --sample for the bundled sample day")
@@ -51,7 +52,8 @@ def replay(logs: tuple[str, ...], config_path: str | None, fmt: str, output: str
     if fmt == "html":
         from relaywatch.reports.html import render_html
 
-        text = render_html(result, result.timeline, dry_run=not apply)
+        fleet = report.hosts_text(result)
+        text = render_html(result, result.timeline, notes=[fleet] if fleet else [], dry_run=not apply)
     else:
         text = report.to_json(result) if fmt == "json" else report.to_text(result, dry_run=not apply)
     if output:

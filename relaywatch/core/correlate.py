@@ -222,7 +222,7 @@ class Correlator(FilterLinks):
             if self._open.pop(key, None) is not None:
                 self._touch(key)
         if e.relay_denied:
-            return RelayDenied(e.time, e.client, e.qid)
+            return RelayDenied(e.time, e.client, e.qid, e.host)
         return None
 
     def _delivery(self, d: Delivery) -> Relayed | LocalRelayed | None:
@@ -247,11 +247,12 @@ class Correlator(FilterLinks):
         if msg.client is None:
             if msg.uid is None or filter_hop or not self._outbound(d):
                 return None
-            return LocalRelayed(d.time, d.qid, msg.uid, msg.sender, d.recipient, domain_of(d.recipient), d.status)
+            return LocalRelayed(d.time, d.qid, msg.uid, msg.sender, d.recipient, domain_of(d.recipient), d.status,
+                                d.host)
         if filter_hop or not self._outbound(d):
             return None
         fact = Relayed(d.time, d.qid, msg.client, msg.sasl_user, msg.sender, d.recipient, domain_of(d.recipient),
-                       d.status, msg.first_seen)
+                       d.status, msg.first_seen, d.host)
         if msg.awaiting:
             self._held.setdefault(key, (d.time, msg.client, []))[2].append(fact)
             return None

@@ -137,7 +137,7 @@ class FilterLinks:
         facts = self._held.pop(key)[2]
         if client is None:
             if uid is not None:
-                self.released.extend(LocalRelayed(f.time, f.qid, uid, f.sender, f.recipient, f.domain, f.status)
+                self.released.extend(LocalRelayed(f.time, f.qid, uid, f.sender, f.recipient, f.domain, f.status, f.host)
                                      for f in facts)
             return
         for fact in facts:

@@ -306,7 +306,11 @@ class Detector:
         self._quiet[(rule.action, kind, target)] = t + quiet
         if rule.action == "block" and kind == "subnet":
             self._blocked_nets[ipaddress.ip_network(target)] = t + self.block_s
-        evidence = [(f, line) for f, line in self._recent if self._target_of(watch, f) == target][-5:]
+        matching = [(f, line) for f, line in self._recent if self._target_of(watch, f) == target]
+        evidence = matching[-5:]
+        # the hosts whose facts in the window led here: several when a fleet's logs are replayed as one
+        since = t - rule.window_s
+        hosts = tuple(sorted({f.host for f, _ in matching if f.host and f.time > since}))
         return Decision(
             time=t,
             action=rule.action,
@@ -318,6 +322,7 @@ class Detector:
             clients=clients,
             evidence=tuple(line for _, line in evidence),
             sample_qids=tuple(dict.fromkeys(f.qid for f, _ in evidence if f.qid)),
+            hosts=hosts,
         )
 
     def _may_act_on(self, rule: Rule, kind: str, target: str, t: float) -> bool:

@@ -1,5 +1,6 @@
 """`relaywatch check IP|NET|LOGIN`: is it blocked, by which entry, since and until when, why,
-and would Postfix enforce it; also what `relaywatch block` needs to know ([allow]).
+and would Postfix enforce it; also what `relaywatch block` needs to know ([allow]). With a shared
+(PostgreSQL) state it answers for the fleet: a block decided by any host, counts summed over hosts.
 
 Like `fail2ban-client banned IP` and `cscli decisions list -i IP`, but explained: an
 address inside a blocked /16 is blocked by that /16, and the answer carries the
@@ -12,13 +13,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from relaywatch.config import Config
 from relaywatch.core.policy import subnet_of
-from relaywatch.model import Decision, RelaywatchError
+from relaywatch.model import CountRow, Decision, RelaywatchError
 from relaywatch.postfix.audit_blocks import AuditMaps, block_ineffective_reason
 from relaywatch.postfix.postconf import postconf, postconf_services
 from relaywatch.respond.blocking import target_kind
@@ -104,6 +105,38 @@ def why(block: BlockRow, decisions: Sequence[Decision]) -> Decision | None:
     return found[-1] if found else None
 
 
+@dataclass(frozen=True, slots=True)
+class Recent:
+    """What the stored windows counted of a target since `since`: every host that counts into the store
+    (a fleet's shared PostgreSQL: the fleet's sum)."""
+
+    since: float
+    relayed: int = 0
+    relay_denied: int = 0
+
+
+_COUNTED_AS = {"client": ("client", "relay_denied"), "subnet": ("client", "relay_denied"), "sasl_user": ("sasl_user",)}
+
+
+def recent(kind: str, target: str, since: float, rows: Iterable[CountRow]) -> Recent:
+    """Sum the stored counts (`counts_since` rows) that are `target`'s: its own key, or (a network) those inside it."""
+    dims = _COUNTED_AS.get(kind, ())
+    net = ipaddress.ip_network(target, strict=False) if kind == "subnet" else None
+    totals = dict.fromkeys(dims, 0)
+    for dim, _, key, n in rows:
+        if dim in totals and (key == target if net is None else _in(key, net)):
+            totals[dim] += n
+    return Recent(since, totals.get("client", 0) + totals.get("sasl_user", 0), totals.get("relay_denied", 0))
+
+
+def _in(key: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    try:
+        addr = ipaddress.ip_address(key)
+    except ValueError:
+        return False
+    return addr.version == net.version and addr in net
+
+
 @dataclass
 class Answer:
     query: str
@@ -115,6 +148,7 @@ class Answer:
     allowed: str | None = None
     enforced: bool | None = None  # None: could not be checked
     enforcement: str = ""
+    recent: Recent | None = None
 
     @property
     def blocked(self) -> bool:
@@ -129,6 +163,8 @@ class Answer:
             "blocks": [_block_dict(b, d) for b, d in zip(self.blocks, self.reasons, strict=True)],
             "partly_blocked_by": [_block_dict(b, None) for b in self.partly],
             "allowed": self.allowed, "enforced": self.enforced, "enforcement": self.enforcement,
+            "recent": None if self.recent is None else {"since": iso(self.recent.since), "relayed": self.recent.relayed,
+                                                        "relay_denied": self.recent.relay_denied},
         }
 
     def to_json(self) -> str:
@@ -142,6 +178,8 @@ class Answer:
             until = "permanently" if b.until is None else f"until {iso(b.until)}"
             out.append(f"  by {entry}: since {iso(b.since)}, {until} (offence {b.offences})")
             out.append(f"    why: {d.rule + ': ' + describe(d) if d else b.rule + ': ' + b.reason}")
+            if d and len(d.hosts) > 1:
+                out.append(f"    evidence from hosts {', '.join(d.hosts)}")
             if d:
                 for line in d.evidence[-3:]:
                     if line != describe(d):  # a manual block's only evidence is its why
@@ -151,6 +189,10 @@ class Answer:
             out.append("  partly: " + ", ".join(f"{b.kind} {b.target}" for b in self.partly) + " inside it are blocked")
         if self.allowed:
             out.append(f"  allowed by {self.allowed}: the rules never block it")
+        if self.recent is not None and (self.recent.relayed or self.recent.relay_denied):
+            r = self.recent
+            out.append(f"  counted since {iso(r.since)} (every host sharing this state): "
+                       f"{r.relayed:,} relayed recipients, {r.relay_denied:,} relay attempts refused")
         verdict = {True: "Postfix enforces" if self.blocked else "Postfix would enforce",
                    False: "Postfix would NOT enforce", None: "cannot tell whether Postfix enforces"}[self.enforced]
         out.append(f"  {verdict} a block of it" + (f": {self.enforcement}" if self.enforcement else ""))
@@ -166,8 +208,10 @@ def _block_dict(b: BlockRow, d: Decision | None) -> dict[str, Any]:
 
 
 def answer(query: str, kind: str, target: str, cfg: Config, blocks: Sequence[BlockRow],
-           decisions: Sequence[Decision], enforcement: tuple[bool | None, str]) -> Answer:
-    """Everything `check` says; `enforcement` is (enforced, why not / why unknown) from the audit."""
+           decisions: Sequence[Decision], enforcement: tuple[bool | None, str],
+           counted: Recent | None = None) -> Answer:
+    """Everything `check` says; `enforcement` is (enforced, why not / why unknown) from the audit;
+    `counted`: what the store's windows counted of it lately (`recent`)."""
     found = covering(kind, target, blocks)
     return Answer(query, kind, target, found, [why(b, decisions) for b in found], inside(kind, target, blocks),
-                  allowed_by(cfg, kind, target), *enforcement)
+                  allowed_by(cfg, kind, target), *enforcement, recent=counted)

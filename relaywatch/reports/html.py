@@ -262,6 +262,8 @@ def _events(markers: list[Marker], result: ReportSource, timeline: Timeline, dry
         d = decisions.get((m.time, m.action, m.kind, m.target))
         stop = stopped(result, d, timeline) if d is not None and isinstance(result, ReplayResult) else None
         why = m.detail + (f"; {stop.text() if dry_run else stop.text().replace('would have ', '')}" if stop else "")
+        if d is not None and len(d.hosts) > 1:  # a fleet's decision: whose logs it came from
+            why += f"; evidence from hosts {', '.join(d.hosts)}"
         lines = sorted(m.evidence[-5:], key=lambda line: "client=" not in line)[:3]
         evidence = _Html("<br>".join(esc(line if len(line) <= 200 else line[:199] + "…") for line in lines))
         undo = "" if m.action != "block" else "none: nothing was blocked" if dry_run else (

@@ -97,6 +97,8 @@ class ReplayResult:
     inferred_local_domains: list[InferredDomain] = field(default_factory=list)
     # handed to a private next hop but not taken for local, and why (listed in JSON only when there are any)
     declined_local_domains: list[DeclinedDomain] = field(default_factory=list)
+    # syslog host -> the lines of Postfix read from it (several: a fleet's logs, or a central syslog file)
+    hosts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +152,7 @@ def decision_dict(d: Decision, stop: Stopped | None = None) -> JSONObject:
         "clients": d.clients,
         "evidence": list(d.evidence),
         "sample_qids": list(d.sample_qids),
+        "hosts": list(d.hosts),
     }
 
 
@@ -175,6 +178,7 @@ def to_json(result: ReplayResult) -> str:
                              for i in result.inferred_local_domains],
             } | ({"declined": [{"domain": i.domain, "host": i.host, "reason": i.reason.value, "evidence": i.evidence}
                                for i in result.declined_local_domains]} if result.declined_local_domains else {}),
+            "hosts": [{"host": h, "postfix_lines": n} for h, n in sorted(result.hosts.items())],
         },
         indent=2,
     )
@@ -206,6 +210,14 @@ def _local_domains_text(result: ReplayResult) -> list[str]:
     return out
 
 
+def hosts_text(result: ReplayResult) -> str | None:
+    """Which hosts a replay of several hosts' logs (or a central syslog file) read; None for one host."""
+    if len(result.hosts) < 2:
+        return None
+    return (f"{len(result.hosts)} hosts, replayed as one fleet: "
+            + ", ".join(f"{h} ({n:,} Postfix lines)" for h, n in sorted(result.hosts.items())))
+
+
 def to_text(result: ReplayResult, dry_run: bool = True) -> str:
     t = result.totals
     out = []
@@ -217,6 +229,8 @@ def to_text(result: ReplayResult, dry_run: bool = True) -> str:
         f"{t.relayed:,} relayed recipients, {t.relay_denied:,} relay attempts refused"
         + (f", {t.forged:,} forged journal records ignored" if t.forged else "")
     )
+    if (fleet := hosts_text(result)) is not None:
+        out.append(f"  {fleet}")
     out.extend(_local_domains_text(result))
     out.append("")
     verb = "would " if dry_run else ""
@@ -229,6 +243,8 @@ def to_text(result: ReplayResult, dry_run: bool = True) -> str:
         if (stop := stopped(result, d)) is not None:
             out.append(f"      {stop.text() if dry_run else stop.text().replace('would have stopped', 'stopped')}"
                        " (queued at or after the block, in this log)")
+        if len(result.hosts) > 1 and d.hosts:
+            out.append(f"      evidence from host{'s' if len(d.hosts) > 1 else ''} {', '.join(d.hosts)}")
         for line in d.evidence[-2:]:
             out.append(f"      | {line[:160]}")
     out.append("")

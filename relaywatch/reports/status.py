@@ -1,4 +1,5 @@
-"""`relaywatch status`: is the daemon running, what it reads, how far behind, what it blocks.
+"""`relaywatch status`: is the daemon running, what it reads, how far behind, what it blocks; with a
+shared (PostgreSQL) state, each host of the fleet: its last contact, its lag, where it reads.
 
 Exit codes follow the LSB, like `systemctl status`: 0 running, 3 not running,
 4 unknown (no state database: relaywatch has not run with this configuration).
@@ -13,8 +14,8 @@ from typing import Any
 
 from relaywatch.sources import choose as source_state
 from relaywatch.store.base import StateStore
-from relaywatch.store.records import DaemonStatus
-from relaywatch.wording import iso
+from relaywatch.store.records import DaemonStatus, HostRow
+from relaywatch.wording import age, iso
 
 HEARTBEAT_S = 30  # the daemon writes one every second; older than this: hung or gone
 
@@ -69,7 +70,26 @@ def gather(store: StateStore, now: float) -> dict[str, Any]:
         "not_enforced": [a.to_json() for a in store.alarms.get().values()
                          if (a.kind, a.target) in {(b.kind, b.target) for b in store.blocks(now)}],
         "notify": daemon.notify,
+        # the fleet sharing this state (a SQLite store: this host alone): each host's last contact, lag, position
+        "hosts": [_host(h, now) for h in store.hosts()],
     }
+
+
+def _host(h: HostRow, now: float) -> dict[str, Any]:
+    source = h.position.get("source") if h.position else None
+    position = {k: v for k, v in h.position.items() if k != "source"} if h.position else None
+    return {"host": h.host, "last_contact": iso(h.last_contact) if h.last_contact else None,
+            "contact_age_s": None if h.last_contact is None else round(max(0.0, now - h.last_contact), 1),
+            "lag_s": h.lag_s, "position": h.position,
+            "position_text": source_state.describe_position(source if isinstance(source, str) else None, position)}
+
+
+def _host_text(h: dict[str, Any]) -> str:
+    seconds = h["contact_age_s"]
+    contact = "never heard from" if seconds is None else f"last contact {age(seconds)} ago" + (
+        " (STALE: is its daemon running?)" if seconds >= HEARTBEAT_S else "")
+    lag = "lag unknown" if h["lag_s"] is None else "caught up" if h["lag_s"] == 0 else f"behind by {h['lag_s']:,.0f} s"
+    return f"    {h['host']:<24} {contact}; {lag}; reading {h['position_text']}"
 
 
 def exit_code(info: dict[str, Any]) -> Lsb:
@@ -99,6 +119,9 @@ def to_text(info: dict[str, Any]) -> str:
     for a in info["not_enforced"]:
         out.append(f"  NOT ENFORCED: {a['messages']} messages from {a['kind']} {a['target']} queued after its block"
                    f" took effect (last at {iso(a['last'])}): Postfix does not refuse it")
+    if len(info["hosts"]) > 1:
+        out.append(f"  fleet: {len(info['hosts'])} hosts share this state")
+        out.extend(_host_text(h) for h in info["hosts"])
     if info["notify"]:
         n = info["notify"]
         out.append(f"  notifications: {n.get('sent', 0)} sent, {n.get('failed', 0)} failed, "

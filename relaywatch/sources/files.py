@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from relaywatch.model import RelaywatchError
+from relaywatch.core.parse import LineParser
+from relaywatch.model import Event, RelaywatchError, Unparsed
 
 _MAGIC = ((b"\x1f\x8b", gzip.open), (b"BZh", bz2.open), (b"\xfd7zXZ\x00", lzma.open))
 MAX_LINE = 8192  # Postfix cuts records at 2,000 bytes; anything longer is not Postfix's
@@ -52,6 +53,11 @@ def read_lines(path: str) -> Iterator[str]:
     finally:
         if raw is not sys.stdin.buffer:
             text.close()
+
+
+def parse_line(line: str, parser: LineParser) -> Event | None:
+    """The event of one line; a line cut at MAX_LINE (longer than any of Postfix's) is not read."""
+    return parser.parse(line) if len(line) < MAX_LINE else Unparsed(0.0, "line too long")
 
 
 def mtime(path: str) -> float | None:

@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager
 from typing import Protocol
 
 from relaywatch.model import CountRow, Decision, JSONObject, OpenMessage, Origin
-from relaywatch.store.records import BlockRow
+from relaywatch.store.records import BlockRow, HostRow
 from relaywatch.store.sqlite_file import StoreUnavailable
 from relaywatch.store.state import (
     DayArchive,
@@ -65,6 +65,10 @@ class StateStore(Protocol):
     def prune_origins(self, before: float) -> int: ...
 
     def decisions(self, since: float | None = None, until: float | None = None) -> list[Decision]: ...
+
+    def hosts(self) -> list[HostRow]:
+        """The hosts of the fleet sharing this store, with their last contact, lag and read position."""
+        ...
 
     # --- blocks ---
     def offences(self, kind: str, target: str) -> int: ...

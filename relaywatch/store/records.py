@@ -25,6 +25,22 @@ class BlockRow:
     offences: int = 1
 
 
+@dataclass(frozen=True, slots=True)
+class HostRow:
+    """One host of the fleet as `status` shows it (`StateStore.hosts()`); a SQLite store knows its own host only.
+
+    last_contact: epoch s of its daemon's last heartbeat or commit (None: it never ran).
+    lag_s: how far behind its reader was then, in seconds of log (0: caught up; None: unknown).
+    position: where its reader stands, `{"source": "file:/var/log/mail.log" | "journal", **that source's
+    position}` as `Positions` keeps it (None: nothing read yet).
+    """
+
+    host: str
+    last_contact: float | None
+    lag_s: float | None
+    position: JSONObject | None
+
+
 def _known(cls: type, data: JSONObject) -> JSONObject:
     names = {f.name for f in fields(cls)}
     return {k: v for k, v in data.items() if k in names}

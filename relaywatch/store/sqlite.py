@@ -11,6 +11,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ import sqlite_utils
 
 from relaywatch.model import Action, CountRow, Decision, JSONObject, Kind, OpenMessage, Origin
 from relaywatch.store import sqlite_file
-from relaywatch.store.records import BlockRow
+from relaywatch.store.records import BlockRow, HostRow
 from relaywatch.store.sqlite_file import StoreUnavailable, sqlite_errors
 from relaywatch.store.state import (
     DayArchive,
@@ -29,6 +30,7 @@ from relaywatch.store.state import (
     NotifyState,
     Positions,
     StatusRecord,
+    own_host,
 )
 
 __all__ = ["BlockRow", "Store", "StoreUnavailable"]
@@ -182,10 +184,10 @@ class Store:
             self.db.conn.executemany(_UPSERT, counts)
             self.db.conn.executemany(
                 "INSERT INTO decisions (time, action, kind, target, rule, count, window_s, clients, evidence,"
-                " sample_qids) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " sample_qids, hosts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (d.time, d.action, d.kind, d.target, d.rule, d.count, d.window_s, d.clients,
-                     json.dumps(d.evidence), json.dumps(d.sample_qids))
+                     json.dumps(d.evidence), json.dumps(d.sample_qids), json.dumps(d.hosts))
                     for d in decisions
                 ],
             )
@@ -254,7 +256,8 @@ class Store:
             float("-inf") if since is None else since, float("inf") if until is None else until]
         return [
             Decision(r["time"], Action(r["action"]), Kind(r["kind"]), r["target"], r["rule"], r["count"], r["window_s"],
-                     r["clients"], tuple(json.loads(r["evidence"])), tuple(json.loads(r["sample_qids"])))
+                     r["clients"], tuple(json.loads(r["evidence"])), tuple(json.loads(r["sample_qids"])),
+                     tuple(json.loads(r["hosts"])))
             for r in self.db.query(sql, args)
         ]
 
@@ -331,6 +334,10 @@ class Store:
             self.db.execute("DELETE FROM blocks WHERE until IS NOT NULL AND until <= ?", [now])
             return gone
         return []
+
+    def hosts(self) -> list[HostRow]:
+        """This host alone (a SQLite store is one host's), from its daemon's status record and read position."""
+        return own_host(socket.gethostname(), self.status.get(), self.positions)
 
     def busiest(self, since_bucket: int, per_dim: int = 5) -> dict[str, list[tuple[str, int]]]:
         """The largest window totals per dimension since `since_bucket`."""

@@ -26,7 +26,7 @@ CREATE TABLE IF NOT EXISTS counts (
 CREATE TABLE IF NOT EXISTS decisions (
     id INTEGER PRIMARY KEY, time REAL NOT NULL, action TEXT NOT NULL, kind TEXT NOT NULL,
     target TEXT NOT NULL, rule TEXT NOT NULL, count INTEGER NOT NULL, window_s INTEGER NOT NULL,
-    clients INTEGER NOT NULL, evidence TEXT NOT NULL, sample_qids TEXT NOT NULL
+    clients INTEGER NOT NULL, evidence TEXT NOT NULL, sample_qids TEXT NOT NULL, hosts TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE IF NOT EXISTS positions (source TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS blocks (
@@ -48,6 +48,15 @@ CREATE TABLE IF NOT EXISTS open_messages (
     sender TEXT NOT NULL, nrcpt INTEGER NOT NULL, seen TEXT NOT NULL
 ) WITHOUT ROWID;
 """
+# Columns added since, for a database an earlier relaywatch made: (table, column, its definition)
+ADDED_COLUMNS = (("decisions", "hosts", "TEXT NOT NULL DEFAULT '[]'"),)
+
+
+def add_columns(db: sqlite3.Connection) -> None:
+    """Give an older database the columns added since it was made (SCHEMA's IF NOT EXISTS keeps its tables)."""
+    for table, column, definition in ADDED_COLUMNS:
+        if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
 
 class StoreUnavailable(RelaywatchError):
@@ -80,6 +89,7 @@ def open_connection(path: str | Path | None) -> sqlite3.Connection:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(SCHEMA)
+        add_columns(db)
     return db
 
 

@@ -14,6 +14,7 @@ from relaywatch.model import JSONObject
 from relaywatch.store.records import (
     DaemonStatus,
     EnforcementAlarm,
+    HostRow,
     MapPending,
 )
 
@@ -143,3 +144,18 @@ class Positions:
 
     def get(self, source: str) -> JSONObject | None:
         return self._read(source)
+
+
+def own_host(host: str, status: DaemonStatus | None, positions: Positions) -> list[HostRow]:
+    """The row `hosts()` gives for the daemon whose status record this is ([] before it ever ran): its
+    heartbeat is its last contact; its lag is 0 once caught up, else at most the age of its last line."""
+    if status is None:
+        return []
+    position = positions.get(status.source) if status.source else None
+    lag: float | None = None
+    if status.caught_up:
+        lag = 0.0
+    elif status.last_log_time is not None and status.heartbeat:
+        lag = round(max(0.0, status.heartbeat - status.last_log_time), 1)
+    return [HostRow(host, status.heartbeat or None, lag,
+                    {"source": status.source, **(position or {})} if status.source else None)]
