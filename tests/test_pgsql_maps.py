@@ -12,53 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from relaywatch.core.blocks_table import DDL, READ_ROLE
+from relaywatch.core.blocks_table import READ_ROLE
+from relaywatch.model import ConfigError
 from relaywatch.postfix.commands import Postfix
-from relaywatch.postfix.pgsql_maps import PgsqlTarget, action, cf_text, lookup_key
+from relaywatch.postfix.mapguard import ForeignMap
+from relaywatch.postfix.mapkeys import MapSpec
+from relaywatch.postfix.maps import AccessMap
 from relaywatch.respond.blocking import Blocker, MapState, maps_from_config
 from relaywatch.store.sqlite import Store
-from support.postfix_rig import PostfixRig, postfix_installed
-from support.postgres import PostgresServer, postfix_pgsql_installed, postgres_installed
+from support.pgsql_blocks import cfs, insert, need_parts, prepare
+from support.postfix_rig import PostfixRig
+from support.postgres import PostgresServer
 
 pytestmark = pytest.mark.postfix
-PASSWORD = "Gq4-pgsql-maps-test"
-
-
-def need_parts() -> None:
-    """Postfix, postfix-pgsql and PostgreSQL 15, as root; skip without them (fail in CI)."""
-    missing = ("Debian's postfix is not installed" if not postfix_installed() else
-               "Debian's postfix-pgsql is not installed" if not postfix_pgsql_installed() else
-               "Debian's postgresql-15 is not installed" if not postgres_installed() else
-               "private Postfix and PostgreSQL instances need root" if os.geteuid() != 0 else None)
-    if missing:
-        if "1" in (os.environ.get("RELAYWATCH_REQUIRE_POSTGRES"), os.environ.get("RELAYWATCH_REQUIRE_POSTFIX")):
-            pytest.fail(f"RELAYWATCH_REQUIRE_POSTGRES/POSTFIX=1 but {missing}", pytrace=False)
-        pytest.skip(missing)
-
-
-def prepare(pg: PostgresServer) -> None:
-    """The blocks table and Postfix's read-only role, which must log in with its password (scram)."""
-    pg.psql(f"{DDL} CREATE ROLE {READ_ROLE} LOGIN PASSWORD '{PASSWORD}';"
-            f" GRANT SELECT ON relaywatch_blocks TO {READ_ROLE};")
-    hba = pg.root / "data" / "pg_hba.conf"
-    hba.write_text(f"host all {READ_ROLE} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
-    pg.psql("SELECT pg_reload_conf()")
-
-
-def target(pg: PostgresServer, password: str = PASSWORD) -> PgsqlTarget:
-    return PgsqlTarget((f"inet:127.0.0.1:{pg.port}",), pg.dbname, READ_ROLE, password)
-
-
-def cfs(pg: PostgresServer, password: str = PASSWORD) -> dict[str, str]:
-    return {kind: cf_text(target(pg, password), kind) for kind in ("client", "sasl")}
-
-
-def insert(pg: PostgresServer, kind: str, target_: str, until: float | None = None, host: str = "mx1") -> None:
-    """The row t18-store's PostgreSQL store writes for a block (same key and action rendering)."""
-    act = action("manual", "relay abuse").replace("'", "''")
-    pg.psql(f"INSERT INTO relaywatch_blocks (kind, target, lookup_key, action, reason, rule, since, until, host) "
-            f"VALUES ('{kind}', '{target_}', '{lookup_key(kind, target_)}', '{act}', 'relay abuse', 'manual', "
-            f"{time.time()}, {'NULL' if until is None else until}, '{host}')")
 
 
 @dataclass
@@ -178,3 +144,30 @@ def test_a_block_postfix_cannot_read_is_not_in_force(blocks: Fleet, tmp_path: Pa
         blocks.pg.psql(f"GRANT SELECT ON relaywatch_blocks TO {READ_ROLE}")
     assert blocker.pending  # retried (1 s doubling): in force once Postfix can read the rows again
     assert blocker.sync().state is MapState.IN_FORCE
+
+
+def test_map_safety_accepts_a_pgsql_spec_and_checks_its_cf(tmp_path: Path) -> None:
+    """mapguard's file rules do not refuse pgsql:, but the .cf (a password) must be safe."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    cf = etc / "relaywatch-clients.cf"
+    cf.write_text("hosts = inet:127.0.0.1:5432\n")
+    cf.chmod(0o640)
+
+    def load(spec: str) -> None:
+        maps_from_config(spec, "", "hash", config_directory=str(etc))
+
+    load(f"pgsql:{cf}")
+    load(f"pgsql:{etc}/not-yet-installed.cf")  # install-maps writes it; until then: not in force
+    cf.chmod(0o644)
+    with pytest.raises(ConfigError, match="readable by every user .* chmod 0640"):
+        load(f"pgsql:{cf}")
+    (etc / "link.cf").symlink_to(cf)
+    with pytest.raises(ForeignMap, match="symbolic link"):
+        load(f"pgsql:{etc}/link.cf")
+    with pytest.raises(ForeignMap, match="keep it in the Postfix configuration directory"):
+        load(f"pgsql:{tmp_path}/elsewhere.cf")
+    with pytest.raises(ForeignMap, match="Postfix's own configuration file"):
+        load(f"pgsql:{etc}/main.cf")
+    with pytest.raises(ValueError, match="read from a database"):
+        AccessMap(MapSpec("pgsql", str(cf)))  # a REJECT line never lands in a password file

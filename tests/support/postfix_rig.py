@@ -198,6 +198,10 @@ class PostfixRig:
         os.chown(path, 0, grp.getgrnam("postfix").gr_gid)
         path.chmod(0o640)
 
+    def reload(self) -> None:
+        """`postfix reload`: new smtpd processes (wait_for_exit(pids) for the old ones)."""
+        self._postfix(POSTFIX, "reload")
+
     def _postfix(self, binary: str, *args: str) -> None:
         done = subprocess.run(
             [binary, "-c", self.config_directory, *args], capture_output=True, text=True, timeout=60, check=False
