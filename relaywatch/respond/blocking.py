@@ -119,6 +119,12 @@ def in_map(rows: Sequence[BlockRow], maps: dict[str, AnyMap], config_directory: 
     return out
 
 
+def blocks_for(maps: dict[str, AnyMap], access_map: AnyMap, rows: Sequence[BlockRow]) -> list[Block]:
+    """The blocks among `rows` that `access_map` holds, with the reason its REJECT text gives."""
+    kinds = [k for k, m in maps.items() if m is access_map]
+    return [Block(b.kind, b.target, f"{b.rule}: {b.reason}") for b in rows if b.kind in kinds]
+
+
 class MapState(enum.Enum):
     IN_FORCE = "in force"
     NOT_WRITTEN = "not written"  # the files Postfix reads are unchanged
@@ -242,8 +248,7 @@ class Blocker:
         return [m for m in self._distinct_maps() if isinstance(m, AccessMap)]
 
     def _blocks_for(self, access_map: AnyMap, active: list[BlockRow]) -> list[Block]:
-        kinds = [k for k, m in self.maps.items() if m is access_map]
-        return [Block(b.kind, b.target, f"{b.rule}: {b.reason}") for b in active if b.kind in kinds]
+        return blocks_for(self.maps, access_map, active)
 
     def sync(self) -> SyncResult:
         """Write every map from the store, one postmap and one reload each; say what happened."""
