@@ -118,6 +118,8 @@ def install_maps_command(config_path: str | None, dry_run: bool) -> None:
     check_client_access goes first in smtpd_client_restrictions, check_sasl_access first in
     smtpd_recipient_restrictions, in main.cf and in each master.cf service that overrides them.
     Missing map files are created empty and compiled; Postfix is reloaded. A second run changes nothing.
+    For pgsql: maps it writes the .cf files (mode 0640 root:postfix) for a read-only role and prints
+    the SQL that creates the role, for the database owner to run.
     """
     from relaywatch.postfix import install_maps
 
@@ -125,9 +127,9 @@ def install_maps_command(config_path: str | None, dry_run: bool) -> None:
         cfg = load(config_path)
         maps = install_maps.map_specs(cfg.client_access_map, cfg.sasl_access_map,
                                       default_database_type(cfg.config_directory))
-        plan = install_maps.plan(cfg.config_directory, maps)
+        plan = install_maps.plan(cfg.config_directory, maps, cfg.database)
         if not plan.changes:
-            for line in install_maps.describe(plan, cfg.config_directory):
+            for line in install_maps.describe(plan, cfg.config_directory, dry_run=False):
                 click.echo(line)
             click.echo("nothing to change: relaywatch's lookups already come first and the maps exist")
         elif dry_run:

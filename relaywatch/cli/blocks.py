@@ -139,7 +139,8 @@ def blocks(as_json: bool, config_path: str | None) -> None:
     rows = store.blocks(time.time()) if store is not None else []
     state = store.map_state.pending() if store is not None else None
     pending = state.to_json() if state is not None else None
-    held = in_map(rows, map_specs(cfg.client_access_map, cfg.sasl_access_map, map_type(cfg))) if rows else []
+    held = (in_map(rows, map_specs(cfg.client_access_map, cfg.sasl_access_map, map_type(cfg)), cfg.config_directory)
+            if rows else [])
     if as_json:
         click.echo(blocks_report.to_json(rows, held, pending))
         return

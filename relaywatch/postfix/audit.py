@@ -25,6 +25,7 @@ from relaywatch.postfix.audit_blocks import (
     scope_trust,
     type_mismatch_findings,
 )
+from relaywatch.postfix.audit_pgsql import database_map_findings
 from relaywatch.postfix.postconf import postconf, postconf_services
 
 SEVERITIES = ("error", "warning", "info")
@@ -255,7 +256,8 @@ def run_audit(config_directory: str | None, maps: AuditMaps, extra_addresses: tu
     params = postconf(config_directory)
     services = postconf_services(config_directory)
     explicit = frozenset(postconf(config_directory, explicit_only=True))
-    found = audit(params, services, maps, extra_addresses, explicit) + map_file_findings(params, services, maps)
+    found = (audit(params, services, maps, extra_addresses, explicit) + map_file_findings(params, services, maps)
+             + database_map_findings(params, services, maps))
     return sorted(found, key=lambda f: SEVERITIES.index(f.severity))
 
 

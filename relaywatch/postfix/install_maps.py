@@ -10,6 +10,8 @@ comes first in a list is read for every client. Running it again changes nothing
 
 `plan()` is pure; `commands()` turns a plan into argument lists that `execute()` runs
 (never a shell) and `--dry-run` prints, so what is printed is exactly what would run.
+A `pgsql:` map has no file to create or compile: its .cf file and the role's SQL come from
+pgsql_install.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from relaywatch.model import ConfigError, PostfixError
 from relaywatch.postfix import audit_eval as ev
 from relaywatch.postfix.mapkeys import MapSpec
+from relaywatch.postfix.pgsql_install import PgsqlPlan, describe_cf, plan_cf, write_cf
 from relaywatch.postfix.postconf import postconf, postconf_services
 
 POSTCONF = "/usr/sbin/postconf"
@@ -55,10 +58,11 @@ class Plan:
     create: tuple[MapSpec, ...]  # map source files that do not exist yet (created empty)
     build: tuple[MapSpec, ...]  # maps to postmap (new, or no compiled file yet)
     skipped: tuple[str, ...]  # services left alone, with the reason
+    pgsql: PgsqlPlan | None = None  # the .cf files of pgsql: maps, and the role's SQL
 
     @property
     def changes(self) -> bool:
-        return bool(self.edits or self.create or self.build)
+        return bool(self.edits or self.create or self.build or (self.pgsql and self.pgsql.write))
 
 
 def _c(config_directory: str | None) -> list[str]:
@@ -116,15 +120,17 @@ def plan_edits(main: dict[str, str], services: dict[str, dict[str, str]],
     return edits, skipped
 
 
-def plan(config_directory: str | None, maps: dict[str, MapSpec]) -> Plan:
-    """Read Postfix's lists and the map files; decide what to change (nothing is changed)."""
+def plan(config_directory: str | None, maps: dict[str, MapSpec], database_url: str = "") -> Plan:
+    """Read Postfix's lists and the map files; decide what to change (nothing is changed).
+    `database_url`: [state] database, where pgsql: maps log in."""
     main = postconf(config_directory, tuple({TARGETS[k][0] for k in maps} | {"default_database_type"}),
                     expand=False)
     edits, skipped = plan_edits(main, postconf_services(config_directory, expand=False), maps)
-    create = tuple(s for s in maps.values() if not os.path.exists(s.path))
+    create = tuple(s for s in maps.values() if not s.database and not os.path.exists(s.path))
     build = tuple(s for s in maps.values()
                   if s.compiled is not None and (s in create or not os.path.exists(s.compiled)))
-    return Plan(tuple(edits), create, build, tuple(skipped))
+    pgsql = plan_cf(maps, database_url) if any(s.database for s in maps.values()) else None
+    return Plan(tuple(edits), create, build, tuple(skipped), pgsql)
 
 
 def commands(p: Plan, config_directory: str | None) -> list[list[str]]:
@@ -136,18 +142,25 @@ def commands(p: Plan, config_directory: str | None) -> list[list[str]]:
     return cmds
 
 
-def describe(p: Plan, config_directory: str | None) -> list[str]:
-    """What --dry-run prints: a comment per change, then each command exactly as it would run."""
+def describe(p: Plan, config_directory: str | None, *, dry_run: bool = True) -> list[str]:
+    """What --dry-run prints: a comment per change, then each command exactly as it would run,
+    then the SQL that makes the role of pgsql: maps (a new password hidden in a dry run)."""
     lines = [f"# {e.scope}: {e.param}: relaywatch's lookup goes first; was: {e.old or '(empty)'}"
              for e in p.edits]
     lines += [f"# skipped {x}" for x in p.skipped]
     lines += [f"# create {s.path} (empty, mode 0644)" for s in p.create]
+    sql = describe_cf(p.pgsql, dry_run=dry_run) if p.pgsql else []
+    lines += [line for line in sql if line.startswith("#")]
     lines += [shlex.join(c) for c in commands(p, config_directory)]
-    return lines
+    return lines + [line for line in sql if not line.startswith("#")]
 
 
 def execute(p: Plan, config_directory: str | None, say: Callable[[str], None]) -> None:
-    """Carry out `p`: edits, empty maps, postmap, then reload if Postfix runs. Stops at the first failure."""
+    """Carry out `p`: .cf files, edits, empty maps, postmap, then reload if Postfix runs; then the SQL
+    the database owner runs. Stops at the first failure."""
+    for cf in p.pgsql.write if p.pgsql else ():
+        write_cf(cf)
+        say(f"wrote {cf.spec.path} (mode 0640 root:postfix)")
     for s in p.create:
         with open(s.path, "x", encoding="utf-8"):
             pass
@@ -159,6 +172,10 @@ def execute(p: Plan, config_directory: str | None, say: Callable[[str], None]) -
             continue
         _run(cmd)
         say(shlex.join(cmd))
+    if p.pgsql:
+        for line in describe_cf(p.pgsql, dry_run=False):
+            if not line.startswith("#"):
+                say(line)
 
 
 def _running(config_directory: str | None) -> bool:

@@ -14,6 +14,10 @@ from relaywatch.postfix.mapguard import BEGIN, END
 
 # Map type -> suffix of the file Postfix really opens (None: it reads the source).
 COMPILED_SUFFIX: dict[str, str | None] = {"hash": ".db", "btree": ".db", "lmdb": ".lmdb", "cdb": ".cdb", "cidr": None}
+# Types Postfix reads from a database server: the path is the client's .cf file, never written with
+# blocks (relaywatch's rows in the database are the map); keys as for hash (postfix/pgsql_maps.py).
+DATABASE_TYPES = frozenset({"pgsql"})
+MAP_TYPES = (*COMPILED_SUFFIX, *sorted(DATABASE_TYPES))
 KINDS = tuple(ENFORCEMENT)  # what can be blocked
 
 
@@ -38,22 +42,25 @@ class MapSpec:
         kind, sep, path = text.partition(":")
         if not sep or kind.startswith("/"):
             kind, path = default_type, text
-        if kind not in COMPILED_SUFFIX:
-            raise ConfigError(
-                f"map {text!r}: type {kind!r} is not supported; use one of {', '.join(COMPILED_SUFFIX)}"
-            )
+        if kind not in MAP_TYPES:
+            raise ConfigError(f"map {text!r}: type {kind!r} is not supported; use one of {', '.join(MAP_TYPES)}")
         if not path.startswith("/") or re.search(r"[\s,]", path):
             raise ConfigError(f"map {text!r}: the path must be absolute, without spaces or commas")
-        suffix = COMPILED_SUFFIX[kind]
+        suffix = COMPILED_SUFFIX.get(kind)
         if suffix and path.endswith(suffix):
             raise ConfigError(f"map {text!r}: name the source file, not the compiled {suffix} file")
         return cls(kind, path)
 
     @property
     def compiled(self) -> str | None:
-        """The file Postfix opens, or None when it reads the source itself (cidr)."""
-        suffix = COMPILED_SUFFIX[self.type]
+        """The file Postfix opens, or None when it reads the source itself (cidr) or a database (pgsql)."""
+        suffix = COMPILED_SUFFIX.get(self.type)
         return self.path + suffix if suffix else None
+
+    @property
+    def database(self) -> bool:
+        """Postfix reads the blocks from a database server; `path` is the client's .cf file."""
+        return self.type in DATABASE_TYPES
 
     def __str__(self) -> str:
         return f"{self.type}:{self.path}"
@@ -74,7 +81,7 @@ class Block:
 
 def render_key(kind: str, target: str, map_type: str) -> str:
     """The lookup key for `target` in a map of `map_type`; InvalidBlock if none is safe."""
-    if map_type not in COMPILED_SUFFIX:
+    if map_type not in MAP_TYPES:
         raise InvalidBlock(f"unsupported map type {map_type!r}")
     cidr = map_type == "cidr"
     if kind == "client":

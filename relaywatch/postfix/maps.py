@@ -46,6 +46,8 @@ class AccessMap:
     """The map file: the admin's bytes untouched, relaywatch's section rewritten atomically."""
 
     def __init__(self, spec: MapSpec) -> None:
+        if spec.database:  # its path is a .cf file holding a password: never write REJECT lines into it
+            raise ValueError(f"{spec} is read from a database, not a map file relaywatch writes")
         self.spec = spec
         self.path = Path(spec.path)
         # Fixed staging names (serialised by a directory lock): a leftover from a

@@ -8,6 +8,10 @@ permissions or mount change. Every `sync` says what actually happened (a
 `SyncResult`): in force, not written, or written but not reloaded; a fault is
 reported once when it begins, and the blocks it held back once they are in force.
 A map changed by anyone else is noticed (`check_maps`) and rewritten.
+
+A `pgsql:` map is not written at all: the store's row in relaywatch_blocks is the map,
+so `sync` only asks Postfix's own pgsql client (postmap -q) whether it answers every
+block with its REJECT, and says "not answered" (with Postfix's reason) when it does not.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from relaywatch.postfix.mapguard import (
 )
 from relaywatch.postfix.mapkeys import Block, InvalidBlock, MapSpec, render_key
 from relaywatch.postfix.maps import AccessMap
+from relaywatch.postfix.pgsql_lookup import NotAnswered, PgsqlMap, check_cf
 from relaywatch.store.base import StateStore
 from relaywatch.store.records import BlockRow, MapPending
 
@@ -38,6 +43,8 @@ log = logging.getLogger("relaywatch.blocking")
 MAX_BLOCK_S = 30 * 86400
 BACKOFF_S = (1, 2, 4, 8, 16, 30)
 TAMPER_QUIET_S = 300.0  # a map left alone this long after a restore ends the tamper episode
+
+AnyMap = AccessMap | PgsqlMap  # a map file relaywatch writes, or a database table Postfix reads
 
 
 def target_kind(text: str) -> tuple[str, str]:
@@ -55,11 +62,11 @@ def target_kind(text: str) -> tuple[str, str]:
 
 
 def maps_from_config(client_access_map: str, sasl_access_map: str, default_type: str, *,
-                     config_directory: str | None, map_directories: Sequence[str] = ()) -> dict[str, AccessMap]:
+                     config_directory: str | None, map_directories: Sequence[str] = ()) -> dict[str, AnyMap]:
     """Kind -> the map that holds it; SASL blocks need a sasl_access_map.
 
-    ConfigError (exit 78) for a map relaywatch must not write (mapguard), or one
-    file named as both maps.
+    ConfigError (exit 78) for a map relaywatch must not write (mapguard), a pgsql: .cf
+    that is unsafe to hold a password (pgsql_lookup.check_cf), or one file named as both maps.
     """
     maps = map_specs(client_access_map, sasl_access_map, default_type)
     client, sasl = maps["client"], maps.get("sasl_user")
@@ -69,23 +76,31 @@ def maps_from_config(client_access_map: str, sasl_access_map: str, default_type:
     allowed = (config_directory or DEFAULT_CONFIG_DIRECTORY, *map_directories)
     named = postfix_named_files(config_directory)
     for access_map in maps.values():
+        if isinstance(access_map, PgsqlMap):
+            check_cf(access_map.spec.path, config_directory or DEFAULT_CONFIG_DIRECTORY)
+            continue
         if access_map.path.parent.exists():
             check_map_dir(access_map.path.parent)
         check_map_path(access_map.spec.path, allowed, named)
     return maps
 
 
-def map_specs(client_access_map: str, sasl_access_map: str, default_type: str) -> dict[str, AccessMap]:
+def map_specs(client_access_map: str, sasl_access_map: str, default_type: str) -> dict[str, AnyMap]:
     """Kind -> map, for reading only (no safety checks: nothing is written)."""
-    client = AccessMap(MapSpec.parse(client_access_map, default_type=default_type))
+    client = _open_map(MapSpec.parse(client_access_map, default_type=default_type))
     maps = {"client": client, "subnet": client}
     if sasl_access_map:
-        maps["sasl_user"] = AccessMap(MapSpec.parse(sasl_access_map, default_type=default_type))
+        maps["sasl_user"] = _open_map(MapSpec.parse(sasl_access_map, default_type=default_type))
     return maps
 
 
-def in_map(rows: Sequence[BlockRow], maps: dict[str, AccessMap]) -> list[bool]:
-    """For each block, whether its map's managed section holds it (and the compiled map is current)."""
+def _open_map(spec: MapSpec) -> AnyMap:
+    return PgsqlMap(spec) if spec.database else AccessMap(spec)
+
+
+def in_map(rows: Sequence[BlockRow], maps: dict[str, AnyMap], config_directory: str | None = None) -> list[bool]:
+    """For each block, whether its map's managed section holds it (and the compiled map is current);
+    for a pgsql: map, whether Postfix's pgsql client answers it with a REJECT."""
     held: dict[int, set[str]] = {}
     out = []
     for b in rows:
@@ -93,15 +108,28 @@ def in_map(rows: Sequence[BlockRow], maps: dict[str, AccessMap]) -> list[bool]:
         if access_map is None:
             out.append(False)
             continue
-        keys = held.setdefault(id(access_map), access_map.held_keys())
-        out.append(render_key(b.kind, b.target, access_map.spec.type) in keys)
+        if id(access_map) not in held:
+            if isinstance(access_map, PgsqlMap):
+                kinds = {k for k, m in maps.items() if m is access_map}
+                keys = sorted({render_key(r.kind, r.target, "pgsql") for r in rows if r.kind in kinds})
+                held[id(access_map)] = access_map.held_keys(keys, config_directory=config_directory)
+            else:
+                held[id(access_map)] = access_map.held_keys()
+        out.append(render_key(b.kind, b.target, access_map.spec.type) in held[id(access_map)])
     return out
+
+
+def blocks_for(maps: dict[str, AnyMap], access_map: AnyMap, rows: Sequence[BlockRow]) -> list[Block]:
+    """The blocks among `rows` that `access_map` holds, with the reason its REJECT text gives."""
+    kinds = [k for k, m in maps.items() if m is access_map]
+    return [Block(b.kind, b.target, f"{b.rule}: {b.reason}") for b in rows if b.kind in kinds]
 
 
 class MapState(enum.Enum):
     IN_FORCE = "in force"
     NOT_WRITTEN = "not written"  # the files Postfix reads are unchanged
     NOT_LOADED = "not reloaded"  # the map files hold the blocks; Postfix did not reload
+    NOT_ANSWERED = "not answered"  # a pgsql: map: Postfix's own client does not answer the blocks
 
 
 @dataclass(frozen=True)
@@ -123,7 +151,7 @@ class Blocker:
         self,
         store: StateStore,
         postfix: Postfix,
-        maps: dict[str, AccessMap],
+        maps: dict[str, AnyMap],
         block_s: int,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -143,7 +171,7 @@ class Blocker:
         # (kind, target) -> when this process first saw the block in force (the log-check's start)
         self.in_force_since: dict[tuple[str, str], float] = {}
 
-    def _map_for(self, kind: str) -> AccessMap:
+    def _map_for(self, kind: str) -> AnyMap:
         try:
             return self.maps[kind]
         except KeyError:
@@ -213,12 +241,14 @@ class Blocker:
                     out.append(exc.errno)
         return tuple(out)
 
-    def _distinct_maps(self) -> list[AccessMap]:
+    def _distinct_maps(self) -> list[AnyMap]:
         return list({id(m): m for m in self.maps.values()}.values())
 
-    def _blocks_for(self, access_map: AccessMap, active: list[BlockRow]) -> list[Block]:
-        kinds = [k for k, m in self.maps.items() if m is access_map]
-        return [Block(b.kind, b.target, f"{b.rule}: {b.reason}") for b in active if b.kind in kinds]
+    def _file_maps(self) -> list[AccessMap]:
+        return [m for m in self._distinct_maps() if isinstance(m, AccessMap)]
+
+    def _blocks_for(self, access_map: AnyMap, active: list[BlockRow]) -> list[Block]:
+        return blocks_for(self.maps, access_map, active)
 
     def sync(self) -> SyncResult:
         """Write every map from the store, one postmap and one reload each; say what happened."""
@@ -229,8 +259,12 @@ class Blocker:
         before = self.store.map_state.pending() or MapPending(now)
         try:
             for access_map in self._distinct_maps():
-                apply_blocks(access_map, self.postfix, self._blocks_for(access_map, active),
-                             force=self._failures > 0 or self._force)
+                blocks = self._blocks_for(access_map, active)
+                if isinstance(access_map, PgsqlMap):  # the rows are the map: ask Postfix whether it answers them
+                    access_map.verify(blocks, config_directory=self.postfix.config_directory,
+                                      postmap_bin=self.postfix.postmap_bin)
+                else:
+                    apply_blocks(access_map, self.postfix, blocks, force=self._failures > 0 or self._force)
         except (PostfixError, ConfigError, InvalidBlock, OSError) as exc:
             return self._failed(now, exc, before)
         if before.error:
@@ -245,7 +279,8 @@ class Blocker:
         return SyncResult(MapState.IN_FORCE, recovered=tuple(active) if before.error else ())
 
     def _failed(self, now: float, exc: Exception, before: MapPending) -> SyncResult:
-        state = MapState.NOT_LOADED if isinstance(exc, MapNotLoaded) else MapState.NOT_WRITTEN
+        state = (MapState.NOT_LOADED if isinstance(exc, MapNotLoaded) else
+                 MapState.NOT_ANSWERED if isinstance(exc, NotAnswered) else MapState.NOT_WRITTEN)
         fault = f"{state.name}:{type(exc).__name__}:{getattr(exc.__cause__, 'errno', '')}"
         began = before.fault != fault
         self._failures += 1
@@ -264,7 +299,7 @@ class Blocker:
         if self.pending:
             return []
         changed = []
-        for access_map in self._distinct_maps():
+        for access_map in self._file_maps():
             stamp = access_map.stamp()
             old = self._stamps.get(str(access_map.path))
             if stamp == old:

@@ -6,10 +6,15 @@ logging to a file through postlogd. Loopback is in `mynetworks`, so loopback
 clients may relay (the seed's hole); the client access map is consulted first.
 It never touches /etc/postfix, never listens beyond 127.0.0.1 and needs no DNS.
 Run as root (Postfix's master must start as root).
+
+Map type "pgsql": no map file; the client and SASL lookups are `pgsql:` tables whose .cf
+files (the test's text, e.g. pgsql_maps.cf_text for a private PostgreSQL) are written
+0640 root:postfix, and SASL logins (XCLIENT LOGIN) are checked with check_sasl_access.
 """
 
 from __future__ import annotations
 
+import grp
 import os
 import shutil
 import signal
@@ -78,7 +83,7 @@ mynetworks = 127.0.0.0/8 [2001:db8::]/32
 smtpd_authorized_xclient_hosts = 127.0.0.0/8
 smtpd_peername_lookup = no
 smtpd_client_restrictions = check_client_access {map}
-smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+{extra}smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
 relayhost = [127.0.0.1]:{sink_port}
 transport_maps = inline:{{ {unreachable}=smtp:[127.0.0.1]:{dead_port} }}
 smtp_dns_support_level = disabled
@@ -109,6 +114,8 @@ class PostfixRig:
     port: int
     sink_port: int
     reject_list: MapSpec
+    sasl_list: MapSpec | None = None  # pgsql rigs: the check_sasl_access table
+    pgsql_cf: dict[str, str] = field(default_factory=dict, repr=False)  # "client"/"sasl" -> .cf text
     _sink: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _dead: socket.socket | None = field(default=None, repr=False)
 
@@ -125,15 +132,22 @@ class PostfixRig:
         return self.root / "queue" / "pid" / "master.pid"
 
     @classmethod
-    def start(cls, map_type: str = "hash") -> PostfixRig:
+    def start(cls, map_type: str = "hash", pgsql_cf: dict[str, str] | None = None) -> PostfixRig:
         # A short path: Postfix's unix sockets live under it (108-byte limit).
         root = Path(tempfile.mkdtemp(prefix="rw-pf-"))
         root.chmod(0o755)  # Postfix daemons drop root; let them traverse it
         etc = root / "etc"
         etc.mkdir()
         (root / "queue").mkdir()  # `postfix start` fills it, with the right owners
-        spec = MapSpec(map_type, str(etc / "reject_list"))
-        rig = cls(root=root, port=free_port(), sink_port=free_port(), reject_list=spec)
+        if map_type == "pgsql":
+            if pgsql_cf is None:
+                raise ValueError("a pgsql rig needs the .cf texts: pgsql_cf={'client': ..., 'sasl': ...}")
+            spec = MapSpec("pgsql", str(etc / "relaywatch-clients.cf"))
+            sasl: MapSpec | None = MapSpec("pgsql", str(etc / "relaywatch-sasl.cf"))
+        else:
+            spec, sasl = MapSpec(map_type, str(etc / "reject_list")), None
+        rig = cls(root=root, port=free_port(), sink_port=free_port(), reject_list=spec, sasl_list=sasl,
+                  pgsql_cf=dict(pgsql_cf or {}))
         try:
             rig._start()
         except BaseException:
@@ -146,9 +160,12 @@ class PostfixRig:
         # Bound, not listening: connections are refused, and nobody else can take the port.
         self._dead = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._dead.bind(("127.0.0.1", 0))
+        extra = ""
+        if self.sasl_list is not None:
+            extra = f"smtpd_recipient_restrictions = check_sasl_access {self.sasl_list}\nsmtpd_sasl_auth_enable = yes\n"
         (etc / "main.cf").write_text(
             _MAIN_CF.format(root=self.root, tag=os.getpid(), map=self.reject_list, sink_port=self.sink_port,
-                            unreachable=UNREACHABLE_DOMAIN, dead_port=self._dead.getsockname()[1])
+                            unreachable=UNREACHABLE_DOMAIN, dead_port=self._dead.getsockname()[1], extra=extra)
         )
         (etc / "master.cf").write_text(_MASTER_CF.format(port=self.port))
         # Postfix commands re-read a main.cf changed in the last ~2 s until it
@@ -156,8 +173,13 @@ class PostfixRig:
         past = time.time() - 60
         for name in ("main.cf", "master.cf"):
             os.utime(etc / name, (past, past))
-        Path(self.reject_list.path).write_text("")
-        if self.reject_list.type != "cidr":
+        if self.reject_list.type == "pgsql":
+            assert self.sasl_list is not None
+            self.write_cf(self.reject_list, self.pgsql_cf["client"])
+            self.write_cf(self.sasl_list, self.pgsql_cf["sasl"])
+        else:
+            Path(self.reject_list.path).write_text("")
+        if self.reject_list.type not in ("cidr", "pgsql"):
             self._postfix(POSTMAP, str(self.reject_list))
         self._sink = subprocess.Popen(
             [SMTP_SINK, "-u", "postfix", f"127.0.0.1:{self.sink_port}", "100"],
@@ -167,6 +189,18 @@ class PostfixRig:
         self._postfix(POSTFIX, "start")
         self._wait_for_banner(self.port)
         self._wait_for_banner(self.sink_port)
+
+    @staticmethod
+    def write_cf(spec: MapSpec, text: str) -> None:
+        """A pgsql: client file as install-maps leaves it: 0640 root:postfix (it holds a password)."""
+        path = Path(spec.path)
+        path.write_text(text)
+        os.chown(path, 0, grp.getgrnam("postfix").gr_gid)
+        path.chmod(0o640)
+
+    def reload(self) -> None:
+        """`postfix reload`: new smtpd processes (wait_for_exit(pids) for the old ones)."""
+        self._postfix(POSTFIX, "reload")
 
     def _postfix(self, binary: str, *args: str) -> None:
         done = subprocess.run(
