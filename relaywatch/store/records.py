@@ -8,8 +8,9 @@ ones are ignored) and writes the same keys, so a database survives an upgrade in
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import NamedTuple
 
-from relaywatch.model import JSONObject
+from relaywatch.model import CountRow, Decision, JSONObject
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,3 +103,23 @@ class EnforcementAlarm:
 
     def to_json(self) -> JSONObject:
         return {**asdict(self), "sample_qids": list(self.sample_qids)}
+
+
+@dataclass(frozen=True, slots=True)
+class HostRow:
+    """One fleet member as the shared store last heard of it: when (epoch s, the database's clock), how far
+    behind its log it was (s; 0 when caught up), and where it stopped reading (its source's position)."""
+
+    host: str
+    last_contact: float | None
+    lag_s: float | None
+    position: JSONObject | None
+
+
+class FleetNews(NamedTuple):
+    """What the other hosts of a fleet committed since the last pull: their window counts (restored into
+    this host's windows: counted, not decided), their decisions, and the blocks those decisions made."""
+
+    counts: list[CountRow]
+    decisions: list[Decision]
+    blocks: list[BlockRow]

@@ -20,7 +20,7 @@ import sqlite_utils
 
 from relaywatch.model import Action, CountRow, Decision, JSONObject, Kind, OpenMessage, Origin
 from relaywatch.store import sqlite_file
-from relaywatch.store.records import BlockRow
+from relaywatch.store.records import BlockRow, FleetNews, HostRow
 from relaywatch.store.sqlite_file import StoreUnavailable, sqlite_errors
 from relaywatch.store.state import (
     DayArchive,
@@ -343,6 +343,26 @@ class Store:
             if len(top) < per_dim:
                 top.append((key, total))
         return out
+
+    # --- the fleet: one host alone -------------------------------------------------
+
+    def claim(self, decisions: Sequence[Decision]) -> list[Decision]:
+        return list(decisions)
+
+    def fleet_news(self, since_bucket: int) -> FleetNews:
+        return FleetNews([], [], [])
+
+    def hosts(self) -> list[HostRow]:
+        """This host alone, as its daemon last reported."""
+        status = self.status.get()
+        if status is None:
+            return []
+        position = self._position(status.source) if status.source else None
+        lag = 0.0 if status.caught_up or status.last_log_time is None else status.heartbeat - status.last_log_time
+        return [HostRow(os.uname().nodename, status.heartbeat, max(0.0, lag), position)]
+
+    def block_changes(self) -> None:
+        return None
 
 
 class _Meta:
