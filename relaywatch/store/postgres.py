@@ -316,7 +316,9 @@ class Store:
         """What the other hosts committed since the last call: their counts from `since_bucket` on (to be
         restored into the windows: counted, not decided), their decisions, and the blocks those made."""
         def fetch(conn: psycopg.Connection[Any]) -> FleetNews:
-            cursor = self._cursor_now(conn)
+            if self._cursor is None:  # no restore before: everything in the windows is news
+                self._cursor = {}
+            cursor = self._cursor
             rows = conn.execute("SELECT host, seq FROM relaywatch_hosts WHERE host <> %s", [self.host]).fetchall()
             new = [(h, cursor.get(h, 0), int(s)) for h, s in rows if int(s) > cursor.get(h, 0)]
             if not new:
@@ -435,6 +437,9 @@ class Store:
         if written:
             conn.execute(sql.COUNT_OFFENCE, [row.kind, row.target, row.since])
             conn.execute(sql.NOTIFY, [self.host])
+            known = self._blocks_read.get((row.kind, row.target))
+            self._blocks_read[(row.kind, row.target)] = dataclasses.replace(
+                row, offences=known.offences + 1 if known is not None else self.offences(row.kind, row.target))
 
     def remove_block(self, kind: str, target: str) -> bool:
         with self.transaction():
