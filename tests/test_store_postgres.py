@@ -106,7 +106,8 @@ def test_blocks_are_what_postfix_asks_for_announced_and_expired_once(postgres):
     assert changes.wait(5.0)
     query = ("SELECT action FROM relaywatch_blocks WHERE lookup_key = '{}' AND kind IN ('client','subnet')"
              " AND (until IS NULL OR until > {}) LIMIT 1")
-    assert postgres.psql(query.format("218.144", 150)).strip() == "REJECT blocked by relaywatch: wide_subnet: relay abuse"
+    refusal = "REJECT blocked by relaywatch: wide_subnet: relay abuse"
+    assert postgres.psql(query.format("218.144", 150)).strip() == refusal
     assert postgres.psql(query.format("218.144", 250)).strip() == ""
     assert postgres.psql("SELECT host, offences FROM relaywatch_blocks WHERE kind = 'sasl_user'").strip() == "mx1|1"
     assert [b.target for b in mx2.blocks(150.0)] == ["bob@example.org", "218.144.0.0/16"]  # by (since, kind)
