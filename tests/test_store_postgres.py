@@ -213,3 +213,26 @@ def test_reads_answer_from_memory_and_writes_wait_while_the_database_is_away(pos
     assert s.backlog == 0 and s.unavailable is None
     assert pg.psql("SELECT target FROM relaywatch_blocks ORDER BY since").split() == ["203.0.114.9", "203.0.114.10"]
     assert list(s.counts_since(0)) == [("client", 1, "k", 1)]
+
+
+def test_the_commands_use_the_shared_database_and_a_broken_url_exits_78(postgres, tmp_path: Path):
+    from click.testing import CliRunner
+
+    from relaywatch.cli import main
+    from support.configs import daemon_sections, write_config
+
+    cfg = write_config(tmp_path / "rw.toml", daemon_sections(tmp_path, database=postgres.url()),
+                       {"fleet": {"host": "mx9"}}, mode=0o600)
+    out = CliRunner().invoke(main, ["block", "203.0.114.7", "-c", str(cfg)])
+    assert postgres.psql("SELECT host || ' ' || lookup_key FROM relaywatch_blocks").strip() == "mx9 203.0.114.7", \
+        out.output
+    listed = CliRunner().invoke(main, ["blocks", "--json", "-c", str(cfg)])
+    assert "203.0.114.7" in listed.output
+    for url, key in (("postgresql://u:S3CRET@127.0.0.1:port/x", "[state] database"),
+                     ("mysql://u@h/x", "[state] database")):
+        bad = write_config(tmp_path / "bad.toml", {"state": {"database": url}}, mode=0o600)
+        checked = CliRunner().invoke(main, ["config", "--check", "-c", str(bad)])
+        assert checked.exit_code == 78 and key in checked.output and "S3CRET" not in checked.output
+    shown = CliRunner().invoke(main, ["config", "-c", str(write_config(
+        tmp_path / "pw.toml", {"state": {"database": "postgresql://u:S3CRET@db/x"}}, mode=0o600))])
+    assert shown.exit_code == 0 and "S3CRET" not in shown.output and "u:***@db" in shown.output
