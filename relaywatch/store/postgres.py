@@ -120,6 +120,12 @@ class Store:
         return self._conn
 
     def _make_schema(self, conn: psycopg.Connection[Any]) -> None:
+        """Made once; a host opening a database already at this version runs no DDL (CREATE INDEX IF NOT
+        EXISTS takes its table's lock even when the index is there: it would deadlock with busy hosts)."""
+        if conn.execute("SELECT to_regclass('relaywatch_schema') IS NOT NULL").fetchone() == (True,):
+            row = conn.execute("SELECT max(version) FROM relaywatch_schema").fetchone()
+            if row is not None and row[0] == sql.VERSION:
+                return
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", [sql.LOCK_KEY])
             conn.execute(sql.SCHEMA)
