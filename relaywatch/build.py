@@ -22,6 +22,7 @@ from relaywatch.notify.notifier import Notifier
 from relaywatch.policyd import InlineService, service_for
 from relaywatch.postfix.audit_blocks import AuditMaps
 from relaywatch.postfix.commands import Postfix, default_database_type
+from relaywatch.postfix.mapkeys import reject_text, render_key
 from relaywatch.postfix.postconf import local_destinations
 from relaywatch.respond.blocking import Blocker, maps_from_config
 from relaywatch.respond.enforcement import PostfixConfig
@@ -30,20 +31,22 @@ from relaywatch.sources.choose import Choice, Reason
 from relaywatch.sources.choose import choose as choose_source
 from relaywatch.sources.follow import FileFollower
 from relaywatch.sources.journal import JournalFollower
-from relaywatch.store.sqlite import Store
+from relaywatch.store.base import StateStore
+from relaywatch.store.open import local_path, open_store
 from relaywatch.wording import describe
 
 log = logging.getLogger("relaywatch.daemon")
 
 # Settings a running daemon cannot take over: its database lock, and the policy service's socket and budgets.
-RESTART_ONLY = {"database": "[state] database", "policy_listen": "[policy] listen", "policy_budget": "[policy] budget",
+RESTART_ONLY = {"database": "[state] database", "password_file": "[state] password_file",
+                "fleet_host": "[fleet] host", "policy_listen": "[policy] listen", "policy_budget": "[policy] budget",
                 "policy_window_s": "[policy] window", "policy_max_connections": "[policy] max_connections"}
 
 
 @dataclass
 class Parts:
     cfg: Config
-    store: Store
+    store: StateStore
     blocker: Blocker
     notifier: Notifier | None
     responder: Responder
@@ -61,10 +64,22 @@ def map_type(cfg: Config) -> str:
     return "hash" if typed else default_database_type(cfg.config_directory)
 
 
-def blocker_for(cfg: Config, store: Store) -> Blocker:
+def blocker_for(cfg: Config, store: StateStore) -> Blocker:
     maps = maps_from_config(cfg.client_access_map, cfg.sasl_access_map, map_type(cfg),
                             config_directory=cfg.config_directory, map_directories=cfg.map_directories)
     return Blocker(store, Postfix(cfg.config_directory), maps, cfg.block_s)
+
+
+def block_keys(kind: str, target: str, rule: str, reason: str) -> tuple[str, str]:
+    """What Postfix's pgsql: table answers for a block (relaywatch_blocks): its lookup key and access(5) action,
+    the same key and text as the hash: map's line."""
+    return render_key(kind, target, "hash"), f"REJECT {reject_text(f'{rule}: {reason}')}"
+
+
+def state_for(cfg: Config, *, degrade: bool = False) -> StateStore:
+    """The state [state] database names: SQLite (a path) or PostgreSQL shared by the fleet (a URL)."""
+    return open_store(cfg.database, host=cfg.fleet_host, password_file=cfg.password_file, degrade=degrade,
+                      block_keys=block_keys)
 
 
 def notifier_for(cfg: Config, state: dict[str, Any] | None = None, *, coalesce: bool = True) -> Notifier | None:
@@ -79,7 +94,7 @@ def notifier_for(cfg: Config, state: dict[str, Any] | None = None, *, coalesce: 
                     state=state)
 
 
-def responder_for(cfg: Config, store: Store, blocker: Blocker | None, notifier: Notifier | None,
+def responder_for(cfg: Config, store: StateStore, blocker: Blocker | None, notifier: Notifier | None,
                   counts_since: Callable[[float], Counts] | None = None,
                   clock: Callable[[], float] = time.time) -> Responder:
     """Without a blocker: a dry run that only tells."""
@@ -89,7 +104,7 @@ def responder_for(cfg: Config, store: Store, blocker: Blocker | None, notifier: 
                      clock=clock)
 
 
-def open_source(cfg: Config, store: Store) -> tuple[FileFollower | JournalFollower, Choice]:
+def open_source(cfg: Config, store: StateStore) -> tuple[FileFollower | JournalFollower, Choice]:
     """The follower for [source] path, or for the journal when the default file does not exist."""
     choice = choose_source(cfg.source_path, cfg.source_explicit, os.path.exists(cfg.source_path))
     if choice.note:
@@ -131,7 +146,7 @@ def build(cfg: Config, previous: Parts | None = None, counts_since: Callable[[fl
         restart_only(previous.cfg, cfg)
         store = previous.store
     else:
-        store = Store(cfg.database, degrade=True)
+        store = state_for(cfg, degrade=True)
         try:
             store.lock_for_daemon()
         except RelaywatchError:
@@ -152,7 +167,7 @@ def build(cfg: Config, previous: Parts | None = None, counts_since: Callable[[fl
         notifier = notifier_for(cfg, state)
         inline = previous.inline if previous is not None else None  # [policy] is the same (restart_only)
         if inline is None and cfg.policy_listen:
-            inline = service_for(cfg.policy_listen, cfg.database, destinations, cfg.policy_budget,
+            inline = service_for(cfg.policy_listen, local_path(cfg.database), destinations, cfg.policy_budget,
                                  cfg.policy_window_s, cfg.allow_networks, cfg.policy_known, cfg.policy_max_connections)
         source, choice = open_source(cfg, store)
     except BaseException:

@@ -10,7 +10,9 @@ import ipaddress
 import logging
 import os
 import re
+import socket
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,9 @@ _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 class Config:
     source_path: str = "/var/log/mail.log"
     source_explicit: bool = field(default=False, compare=False)  # [source] path written: wait, never fall back
-    database: str = "/var/lib/relaywatch/state.db"
+    database: str = "/var/lib/relaywatch/state.db"  # or postgresql://... (a fleet's shared state)
+    password_file: str | None = None  # the PostgreSQL password, first line (else libpq's PGPASSFILE/~/.pgpass)
+    fleet_host: str = field(default_factory=lambda: socket.gethostname())  # this host's name in a fleet
     config_directory: str | None = "/etc/postfix"
     client_access_map: str = "hash:/etc/postfix/relaywatch_clients"
     sasl_access_map: str = "hash:/etc/postfix/relaywatch_sasl"
@@ -184,7 +188,7 @@ def _policy(s: _Section, d: Config) -> dict[str, Any]:
 
 def from_dict(data: dict[str, Any]) -> Config:
     sections = {name: _Section(name, data.get(name, {})) for name in
-                ("source", "state", "postfix", "allow", "block", "notify", "queue", "policy")}
+                ("source", "state", "postfix", "allow", "block", "notify", "queue", "policy", "fleet")}
     unknown = sorted(set(data) - set(sections) - {"rules"})
     if unknown:
         raise ConfigError(f"unknown section [{', '.join(unknown)}]")
@@ -194,7 +198,9 @@ def from_dict(data: dict[str, Any]) -> Config:
         d,
         source_path=src.get("path", str, d.source_path),
         source_explicit="path" in src.table,
-        database=st.get("database", str, d.database),
+        database=_database(st.get("database", str, d.database)),
+        password_file=st.get("password_file", str, None) or None,
+        fleet_host=_host(sections["fleet"].get("host", str, "") or d.fleet_host),
         config_directory=pf.get("config_directory", str, d.config_directory) or None,
         client_access_map=pf.get("client_access_map", str, d.client_access_map),
         sasl_access_map=pf.get("sasl_access_map", str, d.sasl_access_map),
@@ -219,6 +225,38 @@ def from_dict(data: dict[str, Any]) -> Config:
     for s in sections.values():
         s.done()
     return config
+
+
+def _database(value: str) -> str:
+    """A path, or a libpq URL whose shape can be checked here (the driver checks the rest when opening)."""
+    if "://" not in value:
+        if not value:
+            raise ConfigError("[state] database: empty (a path, or a postgresql:// URL)")
+        return value
+    scheme = value.split("://", 1)[0]
+    if scheme not in ("postgresql", "postgres"):
+        raise ConfigError(f"[state] database: {scheme}:// is not supported (a path, or a postgresql:// URL)")
+    try:
+        urllib.parse.urlsplit(value).port  # noqa: B018  (raises on a port that is not a number)
+    except ValueError:
+        raise ConfigError("[state] database: the URL's port is not a number") from None
+    return value
+
+
+_PASSWORD_IN_URL = re.compile(r"(://[^:/@?#]*:)[^@/?#]*@")
+_PASSWORD_PARAM = re.compile(r"(password=)[^&\s]*", re.IGNORECASE)
+
+
+def redact_database(database: str) -> str:
+    """[state] database as every message may show it: a URL's password replaced by ***."""
+    return _PASSWORD_PARAM.sub(r"\1***", _PASSWORD_IN_URL.sub(r"\1***@", database))
+
+
+def _host(value: str) -> str:
+    """[fleet] host: how this host's counts, positions and decisions are tagged in a shared database."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", value):
+        raise ConfigError(f"[fleet] host: {value!r} is not a host name (letters, digits, '.', '_', '-'; at most 63)")
+    return value
 
 
 def _absolute(paths: tuple[str, ...], key: str) -> tuple[str, ...]:

@@ -165,6 +165,7 @@ class Daemon:
             if not self._position_stored or self._store_fault is not None:
                 self._commit([])
             return
+        self.pipeline.absorb(self.clock())  # a fleet: the other hosts' counts, so that this batch decides on the sum
         decisions: list[Decision] = []
         for line in batch.lines:
             try:
@@ -195,7 +196,7 @@ class Daemon:
         recorded: list[Outcome] | None = None
         try:
             with self.store.transaction():
-                recorded = self.responder.record(decisions)
+                recorded = self.responder.record(self._claimed(decisions))
                 self.pipeline.flush(self._position)
                 self._save_days()
         except StoreUnavailable as exc:
@@ -207,6 +208,17 @@ class Daemon:
         if self._store_fault is not None:
             self._store_up()
         return recorded
+
+    def _claimed(self, decisions: list[Decision]) -> list[Decision]:
+        """A fleet: the decisions another host recorded first are adopted, not recorded again (no second
+        notice); their block is the winner's, which the maps take at the next sync."""
+        won = self.store.claim(decisions)
+        for d in decisions:
+            if d not in won:
+                log.warning("%s %s %s: already decided by another host of the fleet; its block is adopted",
+                            d.action.upper(), d.kind, d.target)
+                self.blocker.pending = True
+        return won
 
     def _store_down(self, exc: StoreUnavailable) -> None:
         """Say once that the store cannot be written; detection and blocking go on in memory."""

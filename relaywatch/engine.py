@@ -92,6 +92,20 @@ class Pipeline:
                 self.detector.remember_alert(d.kind, d.target, d.time + max(d.window_s, quiet))
         self.correlator.load(self.store.open_messages())
 
+    def absorb(self, now: float) -> None:
+        """A fleet sharing the store: what the other hosts counted since the last call goes into the windows
+        (restored: counted, not decided; the next line of the same key decides on the fleet's sum), and
+        their blocks and alerts quiet this host's detector as its own do."""
+        news = self.store.fleet_news(self.detector.bucket(now - self.config.longest_window_s))
+        for dim, bucket, key, n in news.counts:
+            self.detector.restore(dim, bucket, key, n)
+        for b in news.blocks:
+            self.detector.remember_block(b.kind, b.target, float("inf") if b.until is None else b.until)
+        quiet = self.detector.alert_quiet_s
+        for d in news.decisions:
+            if d.action == "alert":
+                self.detector.remember_alert(d.kind, d.target, d.time + max(d.window_s, quiet))
+
     def feed(self, line: str, parser: LineParser) -> Sequence[Decision]:
         return self.feed_event(sources.parse_line(line, parser), line)
 

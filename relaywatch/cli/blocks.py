@@ -9,7 +9,7 @@ import click
 
 from relaywatch import config as config_mod
 from relaywatch.build import blocker_for as make_blocker
-from relaywatch.build import map_type
+from relaywatch.build import map_type, state_for
 from relaywatch.cli.common import config_option, existing_store, load, log
 from relaywatch.core.policy import BUCKET_S
 from relaywatch.model import Action, Decision, Kind, RelaywatchError
@@ -17,7 +17,6 @@ from relaywatch.reports import blocks as blocks_report
 from relaywatch.reports import check as check_mod
 from relaywatch.reports.check import MANUAL_REASON
 from relaywatch.respond.blocking import in_map, map_specs, target_kind
-from relaywatch.store.sqlite import Store
 from relaywatch.wording import iso
 
 
@@ -52,7 +51,7 @@ def block(target: str, reason: str, duration: str | None, permanent: bool, sasl_
     if allowed and not force:
         raise RelaywatchError(f"not blocking {kind} {canonical}: it is in {allowed}, which relaywatch never "
                               "blocks; add --force to block it anyway")
-    store = Store(cfg.database)
+    store = state_for(cfg)
     blocker = make_blocker(cfg, store)
     row = blocker.block(kind, canonical, reason, duration=seconds, permanent=permanent)
     # remembered like the detector's decisions: the digest and the report show manual blocks
@@ -116,7 +115,7 @@ def unblock(target: str, config_path: str | None) -> None:
     """Lift the block on TARGET (client IP, subnet or SASL login name)."""
     cfg = load(config_path)
     kind, canonical = target_kind(target)
-    store = Store(cfg.database)
+    store = state_for(cfg)
     blocker = make_blocker(cfg, store)
     removed = blocker.unblock(kind, canonical)
     synced = blocker.sync()

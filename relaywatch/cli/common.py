@@ -8,8 +8,10 @@ import os
 import click
 
 from relaywatch import config as config_mod
+from relaywatch.build import state_for
 from relaywatch.model import RelaywatchError
-from relaywatch.store.sqlite import Store
+from relaywatch.store.base import StateStore
+from relaywatch.store.open import is_url
 
 DEFAULT_CONFIG = "/etc/relaywatch/relaywatch.toml"
 log = logging.getLogger("relaywatch")
@@ -29,16 +31,21 @@ def load(config_path: str | None) -> config_mod.Config:
     return config_mod.load(config_path_or_default(config_path))
 
 
-def recorded_store(cfg: config_mod.Config) -> Store:
+def has_state(cfg: config_mod.Config) -> bool:
+    """A state database exists (a PostgreSQL URL: it is there to be asked)."""
+    return is_url(cfg.database) or os.path.exists(cfg.database)
+
+
+def recorded_store(cfg: config_mod.Config) -> StateStore:
     """The state database for a command that only reads it: never create one as a side effect."""
-    if not os.path.exists(cfg.database):
+    if not has_state(cfg):
         raise RelaywatchError(f"{cfg.database} does not exist: relaywatch has not run with this configuration")
-    return Store(cfg.database)
+    return state_for(cfg)
 
 
-def existing_store(cfg: config_mod.Config) -> Store | None:
+def existing_store(cfg: config_mod.Config) -> StateStore | None:
     """The state database if there is one; None: relaywatch never ran, so nothing is blocked."""
-    return Store(cfg.database) if os.path.exists(cfg.database) else None
+    return state_for(cfg) if has_state(cfg) else None
 
 
 def write_atomically(path: str, text: str) -> None:

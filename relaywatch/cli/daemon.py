@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 
@@ -12,6 +11,7 @@ from relaywatch import config as config_mod
 from relaywatch.cli.common import (
     config_option,
     config_path_or_default,
+    has_state,
     load,
     recorded_store,
 )
@@ -39,7 +39,7 @@ def status(as_json: bool, config_path: str | None) -> None:
     from relaywatch.reports import status as status_mod
 
     cfg = load(config_path)
-    if not os.path.exists(cfg.database):  # no state yet: "unknown" in systemctl's terms
+    if not has_state(cfg):  # no state yet: "unknown" in systemctl's terms
         click.echo(f"relaywatch: {cfg.database} does not exist: relaywatch has not run with this "
                    "configuration", err=True)
         sys.exit(status_mod.Lsb.UNKNOWN)

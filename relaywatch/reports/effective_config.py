@@ -12,7 +12,7 @@ from dataclasses import fields, replace
 from enum import Enum
 from importlib import resources
 
-from relaywatch.config import Config
+from relaywatch.config import Config, redact_database
 from relaywatch.core.policy import DEFAULT_RULES, Rule
 
 EXAMPLE = "relaywatch.toml"
@@ -34,6 +34,8 @@ class Kind(Enum):
 KEYS: tuple[tuple[str, str, str, Kind], ...] = (
     ("source", "path", "source_path", Kind.TEXT),
     ("state", "database", "database", Kind.TEXT),
+    ("state", "password_file", "password_file", Kind.OPTIONAL_TEXT),
+    ("fleet", "host", "fleet_host", Kind.TEXT),
     ("postfix", "config_directory", "config_directory", Kind.OPTIONAL_TEXT),
     ("postfix", "client_access_map", "client_access_map", Kind.TEXT),
     ("postfix", "sasl_access_map", "sasl_access_map", Kind.TEXT),
@@ -104,6 +106,9 @@ def render(config: Config, source: str, redact: Callable[[str], str] | None = No
     """
     out = [f"# relaywatch's effective configuration ({source}): every key, defaults included.",
            "# Valid relaywatch.toml; `relaywatch config --example` prints the commented example."]
+    if redact_database(config.database) != config.database:
+        config = replace(config, database=redact_database(config.database))
+        out.append("# The database URL is shown without its password (put it in [state] password_file).")
     if redact is not None and config.notify_urls:
         config = replace(config, notify_urls=tuple(redact(u) for u in config.notify_urls))
         out.append("# Notification URLs are shown with their tokens masked.")

@@ -22,12 +22,12 @@ from relaywatch.reports.digest import (
     period_result,
 )
 from relaywatch.reports.report import ReplayResult
-from relaywatch.store.sqlite import Store
+from relaywatch.store.base import StateStore
 
 KEPT = "(relaywatch run keeps the last 35)"
 
 
-def day_digest(store: Store, wanted: str) -> tuple[DayStats, str, str]:
+def day_digest(store: StateStore, wanted: str) -> tuple[DayStats, str, str]:
     """The record of day `wanted` (YYYY-MM-DD; the running day so far) and its digest's title and body."""
     saved = store.days.get(wanted)
     current = store.days.current() or {}
@@ -66,7 +66,7 @@ class Period:
         return notes
 
 
-def period(store: Store, first: date, last: date, rules: Iterable[Rule], now: float) -> Period:
+def period(store: StateStore, first: date, last: date, rules: Iterable[Rule], now: float) -> Period:
     recorded = {d: r for d in store.days.days() if (r := store.days.get(d)) is not None}
     current = store.days.current() or {}
     in_progress = current.get("day") if current.get("day") not in recorded else None

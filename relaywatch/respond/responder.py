@@ -31,8 +31,8 @@ from relaywatch.postfix.audit_blocks import bypass_text
 from relaywatch.postfix.queue import PostfixQueue, Target, select
 from relaywatch.respond.blocking import Blocker, SyncResult
 from relaywatch.respond.enforcement import AuditResult, PostfixConfig
-from relaywatch.store.records import EnforcementAlarm
-from relaywatch.store.sqlite import BlockRow, Store
+from relaywatch.store.base import StateStore
+from relaywatch.store.records import BlockRow, EnforcementAlarm
 
 HOLD_KINDS = {"client": "client", "subnet": "network", "sasl_user": "sasl_user"}  # block kind -> queue target
 # Queued messages the log did not tie to a client are looked up with postcat only up to this
@@ -154,7 +154,7 @@ def audit_messages(result: AuditResult) -> list[Message]:
 class Responder:
     """Block (through the Blocker), hold (postfix.queue), check enforcement, notify."""
 
-    def __init__(self, store: Store, blocker: Blocker | None, notifier: Notifier | None, postfix: PostfixConfig,
+    def __init__(self, store: StateStore, blocker: Blocker | None, notifier: Notifier | None, postfix: PostfixConfig,
                  describe: Callable[[Decision], str], *, hold: bool, config_directory: str | None,
                  counts_since: Callable[[float], Counts] | None = None, clock: Callable[[], float] = time.time) -> None:
         self.store = store

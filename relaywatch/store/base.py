@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager
 from typing import Protocol
 
 from relaywatch.model import CountRow, Decision, JSONObject, OpenMessage, Origin
-from relaywatch.store.records import BlockRow, HostRow
+from relaywatch.store.records import BlockRow, FleetNews, HostRow
 from relaywatch.store.sqlite_file import StoreUnavailable
 from relaywatch.store.state import (
     DayArchive,
@@ -23,6 +23,16 @@ from relaywatch.store.state import (
     Positions,
     StatusRecord,
 )
+
+
+class BlockChanges(Protocol):
+    """Block changes announced by any fleet host (NOTIFY relaywatch_blocks)."""
+
+    def wait(self, timeout: float) -> bool:
+        """True when blocks changed (or may have) within `timeout` s."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class StateStore(Protocol):
@@ -80,3 +90,12 @@ class StateStore(Protocol):
     def blocks(self, now: float | None = None) -> list[BlockRow]: ...
 
     def expire_blocks(self, now: float) -> list[BlockRow]: ...
+
+    # --- the fleet (one host alone: every decision its own, no news, no changes to wait for) ---
+    def claim(self, decisions: Sequence[Decision]) -> list[Decision]:
+        """The decisions this host records: those no other fleet host recorded first."""
+        ...
+
+    def fleet_news(self, since_bucket: int) -> FleetNews: ...
+
+    def block_changes(self) -> BlockChanges | None: ...

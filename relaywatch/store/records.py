@@ -8,8 +8,9 @@ ones are ignored) and writes the same keys, so a database survives an upgrade in
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import NamedTuple
 
-from relaywatch.model import JSONObject
+from relaywatch.model import CountRow, Decision, JSONObject
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,3 +119,12 @@ class EnforcementAlarm:
 
     def to_json(self) -> JSONObject:
         return {**asdict(self), "sample_qids": list(self.sample_qids)}
+
+
+class FleetNews(NamedTuple):
+    """What the other hosts of a fleet committed since the last pull: their window counts (restored into
+    this host's windows: counted, not decided), their decisions, and the blocks those decisions made."""
+
+    counts: list[CountRow]
+    decisions: list[Decision]
+    blocks: list[BlockRow]

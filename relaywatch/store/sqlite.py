@@ -21,7 +21,7 @@ import sqlite_utils
 
 from relaywatch.model import Action, CountRow, Decision, JSONObject, Kind, OpenMessage, Origin
 from relaywatch.store import sqlite_file
-from relaywatch.store.records import BlockRow, HostRow
+from relaywatch.store.records import BlockRow, FleetNews, HostRow
 from relaywatch.store.sqlite_file import StoreUnavailable, sqlite_errors
 from relaywatch.store.state import (
     DayArchive,
@@ -350,6 +350,17 @@ class Store:
             if len(top) < per_dim:
                 top.append((key, total))
         return out
+
+    # --- the fleet: one host alone -------------------------------------------------
+
+    def claim(self, decisions: Sequence[Decision]) -> list[Decision]:
+        return list(decisions)
+
+    def fleet_news(self, since_bucket: int) -> FleetNews:
+        return FleetNews([], [], [])
+
+    def block_changes(self) -> None:
+        return None
 
 
 class _Meta:
