@@ -97,9 +97,14 @@ def main() -> int:
             built = time.monotonic()
             build(db, maillog, keys)
             built = time.monotonic() - built
+            etc = root / "postfix"  # an empty main.cf: postconf answers with defaults (a missing one
+            etc.mkdir()              # costs a second per command: Postfix sleeps after a fatal error)
+            (etc / "main.cf").write_text("")
+            os.utime(etc / "main.cf", (time.time() - 60,) * 2)  # settled: Postfix waits on a fresh main.cf
             cfg.write_text(f'[source]\npath = "{maillog}"\n[state]\ndatabase = "{db}"\n'
-                           f'[postfix]\nconfig_directory = "{root / "no-postfix"}"\n'
-                           f'client_access_map = "hash:{root}/clients"\nsasl_access_map = ""\n')
+                           f'[postfix]\nconfig_directory = "{etc}"\n'
+                           f'client_access_map = "hash:{root}/clients"\nsasl_access_map = ""\n'
+                           f'map_directories = ["{root}"]\n')
             cfg.chmod(0o600)
             ready = time_to_ready(cfg, args.code)
             print(f"{keys:>9,} stored client keys: READY after {ready:6.2f} s "

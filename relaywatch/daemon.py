@@ -1,10 +1,13 @@
 """`relaywatch run`: the pipeline on a live log, with real actions, as a systemd service.
 
-Each batch of lines is fed through the same `Pipeline` as replay; its counts,
-decisions and the source position after its last line are committed in one
-transaction, so a SIGKILL at any moment loses or repeats nothing. Blocks go to
-the store at once and into Postfix's maps after the batch (one postmap, one
-reload), usually well under a second after the line was written.
+Lines are fed through the same `Pipeline` as replay; their counts, decisions and
+the source position after the last line fed are committed in one transaction, so
+a SIGKILL at any moment loses or repeats nothing (a restart reads again exactly
+what was not committed). While lines keep arriving the commits are coalesced: one
+COMMIT (one fsync) a second, with the heartbeat, or every COMMIT_LINES lines. A
+batch that decided something commits at once, before the block is put in force
+and anyone is told, and so do a quiet log (IDLE_S), SIGHUP and shutdown. Blocks go
+into Postfix's maps right after that commit (one postmap, one reload).
 """
 
 from __future__ import annotations
@@ -34,7 +37,10 @@ from relaywatch.store.sqlite import StoreUnavailable
 log = logging.getLogger("relaywatch.daemon")
 
 BATCH_LINES = 2000
-HOUSEKEEPING_S = 1.0
+HOUSEKEEPING_S = 1.0  # also commits the lines read meanwhile, with the heartbeat (one fsync a second)
+COMMIT_LINES = 20_000  # a batch commits at once after this many lines (a backlog read at full speed)
+IDLE_S = 0.05  # no new line for this long with lines uncommitted: the log is quiet, commit them
+READ_WAIT_S = 0.25  # with everything committed, wait this long for a line (signals are checked between)
 PRUNE_S = 300.0
 PRUNE_LINES = 200_000  # and after this many lines: a backlog must not grow the database
 ORIGINS_KEPT_S = 6 * 86400  # longer than Postfix keeps mail (maximal_queue_lifetime = 5d)
@@ -90,6 +96,7 @@ class Daemon:
         self._last_line_at: float | None = None
         self._notify_state: JSONObject | None = None
         self._position: tuple[str, JSONObject] | None = None  # the source's position after the last line read
+        self._uncommitted = 0  # lines fed since the last commit
         self._store_fault: str | None = None  # why the store cannot be written; the batches wait in memory
 
     def _use(self, parts: Parts) -> None:
@@ -155,14 +162,14 @@ class Daemon:
         return 0
 
     def _batch(self) -> None:
-        batch = self.source.read(BATCH_LINES, timeout=0.25)
+        batch = self.source.read(BATCH_LINES, timeout=IDLE_S if self._uncommitted else READ_WAIT_S)
         self._idle = not batch.lines
         if batch.lines:
             self._last_line_at = self.clock()
         if batch.lines or not self._position_stored:
             self._position = (self.source.source_name, batch.position)
         if not batch.lines:
-            if not self._position_stored or self._store_fault is not None:
+            if self._uncommitted or not self._position_stored or self._store_fault is not None:
                 self._commit([])
             return
         self.pipeline.absorb(self.clock())  # a fleet: the other hosts' counts, so that this batch decides on the sum
@@ -173,6 +180,9 @@ class Daemon:
             except Exception:  # a bug must not stop the watch: say which line, keep going
                 self.failed_lines += 1
                 log.exception("relaywatch failed on this line (please report it): %r", line[:300])
+        self._uncommitted += len(batch.lines)
+        if not decisions and self._uncommitted < COMMIT_LINES:
+            return  # coalesced: committed by the next housekeeping, or when the log goes quiet
         recorded = self._commit(decisions)
         for o in recorded:
             _log(o.recording())
@@ -187,24 +197,28 @@ class Daemon:
         for alarm in self.responder.check_leaks():
             _log(alarm.messages())
 
-    def _commit(self, decisions: list[Decision]) -> list[Outcome]:
-        """Record the batch's blocks and commit them with its counts, the day's digest counts and the
-        read position, in one transaction; what recording each decision did.
+    def _commit(self, decisions: list[Decision], also: Callable[[], None] | None = None) -> list[Outcome]:
+        """Record the blocks of `decisions` and commit them with the counts of every line fed since the
+        last commit, the day's digest counts and the read position after those lines, in one
+        transaction (with `also`, another write of the same moment); what recording each decision did.
 
         When the store cannot be written (locked, disk full), the blocks wait in the store's memory
-        (the maps get them all the same) and the batch in the pipeline's; a later commit writes it all."""
+        (the maps get them all the same) and the lines in the pipeline's; a later commit writes it all."""
         recorded: list[Outcome] | None = None
         try:
             with self.store.transaction():
                 recorded = self.responder.record(self._claimed(decisions))
                 self.pipeline.flush(self._position)
                 self._save_days()
+                if also is not None:
+                    also()
         except StoreUnavailable as exc:
             if recorded is None:
                 recorded = self.responder.record(decisions)
             self._store_down(exc)
             return recorded
         self._position_stored = True
+        self._uncommitted = 0
         if self._store_fault is not None:
             self._store_up()
         return recorded
@@ -292,11 +306,8 @@ class Daemon:
         self.daily.limit = now + 3600
         if self._idle:  # a quiet log: the day still ends at midnight
             self.daily.roll(now)
-        if self.daily.finished:
-            self._save_days()
-        self._send_digest(now)
         totals = self.pipeline.totals
-        self.store.status.put(DaemonStatus(
+        status = DaemonStatus(
             pid=os.getpid(),
             started=self.started,
             heartbeat=now,
@@ -311,7 +322,14 @@ class Daemon:
             last_log_time=totals.last_time,
             notify=self.notifier.status() if self.notifier is not None else None,
             policy=self.inline.stats() if self.inline is not None else None,
-        ))
+        )
+        if self._uncommitted or self.daily.finished:  # the lines read meanwhile commit with the heartbeat
+            self._commit([], also=lambda: self.store.status.put(status))
+            for alarm in self.responder.check_leaks():
+                _log(alarm.messages())
+        else:
+            self.store.status.put(status)
+        self._send_digest(now)
         self._save_notify_state()
         sd_notify(f"STATUS={totals.lines} lines, {totals.relayed} relayed, "
                   f"{len(self.store.blocks(now))} blocks\nWATCHDOG=1")

@@ -156,6 +156,78 @@ def test_sigkill_right_after_a_block_never_loses_its_decision(tmp_path):
     assert rows(db, "SELECT target FROM decisions WHERE action = 'block'") == [("203.0.113.50",)]
 
 
+# --- issue 15: commits coalesced over many batches, still exactly once --------------------------------------
+
+
+@pytest.mark.parametrize("kill_at", [13, 57, 150, 231])
+def test_sigkill_between_coalesced_commits_loses_and_repeats_nothing(tmp_path, kill_at):
+    """Batches of 7 lines, committed only with the heartbeat (every third batch), on a decision or when
+    the log is quiet: SIGKILL at line `kill_at` leaves lines fed but not committed; the next daemon
+    reads exactly those again. Counts, the day's record and the decisions come out as one clean run's."""
+    cfg = config(tmp_path, extra={"rules.sender": {"threshold": 40}})
+    db, maillog = tmp_path / "state.db", tmp_path / "mail.log"
+    read_to_end(cfg, db)  # a stored position: the next daemon reads the log from its start
+    maillog.write_text(messages(60))
+    pid = os.fork()
+    if pid == 0:  # the child: coalescing daemon that dies by SIGKILL as it feeds line `kill_at`
+        try:
+            from relaywatch import daemon as daemon_mod
+            from relaywatch.engine import Pipeline
+
+            daemon_mod.BATCH_LINES, daemon_mod.COMMIT_LINES = 7, 10**9
+            fed, feed = [0], Pipeline.feed
+
+            def dying(self, line, parser):
+                fed[0] += 1
+                if fed[0] == kill_at:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return feed(self, line, parser)
+
+            Pipeline.feed = dying
+            logging.disable(logging.CRITICAL)
+            d = Daemon(str(cfg), load(cfg))
+            for step in range(1, 1000):
+                d.step()
+                if step % 3 == 0:
+                    d.housekeeping(time.time())
+        finally:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    stored = (position(db, f"file:{maillog}") or {}).get("offset", 0)
+    assert 0 <= stored < maillog.stat().st_size  # lines were fed and not committed when it died
+    read_to_end(cfg, db)
+    assert rows(db, "SELECT sum(n) FROM counts WHERE dim = 'client'") == [(60,)]
+    assert rows(db, "SELECT sum(n) FROM counts WHERE dim = 'sender'") == [(60,)]
+    assert json.loads(rows(db, "SELECT value FROM meta WHERE key = 'day_current'")[0][0])["relayed"] == 60
+    assert rows(db, "SELECT action, kind, target FROM decisions ORDER BY id") == [
+        ("block", "client", "203.0.113.50"), ("alert", "sender", "news@woodelf.org")]
+
+
+def test_batches_coalesce_until_a_decision_which_commits_at_once(tmp_path, monkeypatch):
+    from relaywatch import daemon as daemon_mod
+
+    monkeypatch.setattr(daemon_mod, "BATCH_LINES", 8)
+    cfg = config(tmp_path)
+    db, maillog = tmp_path / "state.db", tmp_path / "mail.log"
+    daemon = Daemon(str(cfg), load(cfg))
+    try:
+        run_batches(daemon)  # the first position
+        first = position(db, f"file:{maillog}")
+        maillog.write_text(messages(2))  # 8 lines, no decision
+        assert not daemon.step()
+        assert position(db, f"file:{maillog}") == first  # fed, not yet committed
+        with open(maillog, "a") as f:
+            f.write(messages(3, first=2))  # the 5th message crosses the client rule
+        daemon.step()
+        daemon.step()
+        decided = rows(db, "SELECT action, target FROM decisions")
+        assert decided == [("block", "203.0.113.50")]  # committed by the batch that decided, not later
+        assert rows(db, "SELECT sum(n) FROM counts WHERE dim = 'client'") == [(5,)]
+    finally:
+        daemon.close()
+
+
 # --- item 15: the day's counts commit with the batch ----------------------------------------------------
 
 
