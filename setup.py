@@ -87,6 +87,16 @@ class MypycBuildExt(build_ext):
             dist.ext_modules = mypycify(paths, opt_level="3", group_name="relaywatch")
         super().finalize_options()
 
+    def run(self) -> None:
+        # An in-tree build/ still holds the .so of a module since taken off the list: the wheel would
+        # ship it, and Python would import it instead of the module's source.
+        if not (self.editable_mode or self.inplace):
+            keep = {Path(p) for p in self.get_outputs()}
+            for path in Path(self.build_lib).rglob("*.so"):
+                if path not in keep:
+                    path.unlink()
+        super().run()
+
 
 if compiling():
     setup(distclass=CompiledDistribution, cmdclass={"build_ext": MypycBuildExt})
