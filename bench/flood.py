@@ -34,7 +34,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# Appended, not prepended: an installed relaywatch (the compiled one that .ci/compiled tests) wins over
+# this checkout, which is still found when nothing is installed.
+sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 from relaywatch.config import Config  # noqa: E402 - after the sys.path line
 from relaywatch.core.parse import LineParser, YearResolver  # noqa: E402 - after the sys.path line

@@ -41,7 +41,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# Appended, not prepended: an installed relaywatch (the compiled one that .ci/compiled tests) wins over
+# this checkout, which is still found when nothing is installed.
+sys.path.append(str(ROOT))
 
 CANARY4, CANARY6 = "8.8.8.8", "2001:4860:4860::8888"
 CANARY_NETS = (ipaddress.ip_network(CANARY4), ipaddress.ip_network(CANARY6))

@@ -1,6 +1,8 @@
 #!/bin/sh
 # Set relaywatch up in ./.venv on a Debian 12 machine that has only python3.
-#   sh scripts/bootstrap.sh          relaywatch itself
+#   sh scripts/bootstrap.sh          relaywatch itself, its core compiled with mypyc (~1.2-1.6x the
+#                                    replay speed): installs gcc and python3-dev where missing, unless
+#                                    RELAYWATCH_COMPILE=0 asks for the pure-Python form
 #   sh scripts/bootstrap.sh --test   plus the test tools, Debian's postfix (never configured
 #                                    system-wide: "No configuration"; tests run private instances)
 #                                    systemd-journal-remote (tests write real journal files), and
@@ -28,7 +30,9 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 if [ "${1-}" = "--test" ]; then
+    # Editable, so always pure Python (setup.py): nothing to compile, no compiler needed.
     .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 else
+    [ "${RELAYWATCH_COMPILE-}" = 0 ] || sh scripts/toolchain.sh .venv/bin/python
     .venv/bin/pip install -q --disable-pip-version-check .
 fi

@@ -134,20 +134,6 @@ def test_too_many_networks_forget_the_smallest_networks_whole():
     assert c.group_totals == {"z": 1} and c.group_keys == {"z": 1} and c.totals == {"z:1": 1}
 
 
-class _Spy(WindowCounter):
-    """Says whether whole networks were forgotten (then their counts are no longer exact)."""
-
-    __slots__ = ("groups_forgotten",)
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.groups_forgotten = False
-
-    def _evict_groups(self, excess: int, keep: str | None) -> None:
-        self.groups_forgotten = True
-        super()._evict_groups(excess, keep)
-
-
 events = st.lists(st.tuples(st.integers(0, 30), st.integers(0, 40), st.integers(1, 3)), max_size=300)
 
 
@@ -159,7 +145,7 @@ def test_window_cap_invariants(evs, cap, nbuckets, ngroups):
     events are never overcounted and, until a network had to be forgotten whole, exact, with its
     distinct clients never undercounted; a key's total is never overcounted; nothing outlives the
     window."""
-    c = _Spy(nbuckets, group=lambda k: str(int(k) % ngroups), max_keys=cap)
+    c = WindowCounter(nbuckets, group=lambda k: str(int(k) % ngroups), max_keys=cap)
     model: list[tuple[int, str, int]] = []  # (bucket counted in, key, n)
     for bucket, k, n in evs:
         latest = c.latest
@@ -175,7 +161,7 @@ def test_window_cap_invariants(evs, cap, nbuckets, ngroups):
             true_keys[str(int(key) % ngroups)].add(key)
         for g, total in c.group_totals.items():
             assert total <= true_totals[g]
-        if not c.groups_forgotten:
+        if not c.groups_evicted:  # whole networks forgotten: their counts are no longer exact
             assert c.group_totals == dict(true_totals)
             for g, ks in true_keys.items():
                 assert len(ks) <= c.group_keys[g] <= len(ks) + c.evicted

@@ -34,7 +34,8 @@ class WindowCounter:
     and how many distinct keys of each group are in the window: rotating
     abuse spreads thin over many addresses of one network.
     `evicted` counts keys and groups dropped at the cap; once it is > 0, per-key
-    totals are lower bounds and distinct keys per group upper bounds.
+    totals are lower bounds and distinct keys per group upper bounds. `groups_evicted`
+    counts the groups forgotten whole: until then, group totals are exact.
     """
 
     __slots__ = (
@@ -43,6 +44,7 @@ class WindowCounter:
         "group",
         "group_keys",
         "group_totals",
+        "groups_evicted",
         "latest",
         "max_keys",
         "nbuckets",
@@ -61,6 +63,7 @@ class WindowCounter:
         self.latest = 0
         self.max_keys = max(4, max_keys)
         self.evicted = 0
+        self.groups_evicted = 0
         self.residue = 0  # (_EVENTS|_GONE, group) entries in the buckets
 
     def add(self, bucket: int, key: str, n: int = 1) -> int:
@@ -217,6 +220,7 @@ class WindowCounter:
             self.group_totals.pop(g, None)
             self.group_keys.pop(g, None)
         self.evicted += len(keys) + len(victims)
+        self.groups_evicted += len(victims)
 
     def __len__(self) -> int:
         return len(self.totals)
