@@ -25,7 +25,7 @@ from relaywatch.postfix.commands import Postfix, default_database_type
 from relaywatch.postfix.mapkeys import reject_text, render_key
 from relaywatch.postfix.pgsql_lookup import PgsqlMap
 from relaywatch.postfix.postconf import local_destinations
-from relaywatch.respond.blocking import Blocker, maps_from_config
+from relaywatch.respond.blocking import Blocker, map_specs, maps_from_config
 from relaywatch.respond.enforcement import PostfixConfig
 from relaywatch.respond.responder import Counts, Responder
 from relaywatch.sources.choose import Choice, Reason
@@ -66,15 +66,16 @@ def map_type(cfg: Config) -> str:
 
 
 def blocker_for(cfg: Config, store: StateStore) -> Blocker:
-    maps = maps_from_config(cfg.client_access_map, cfg.sasl_access_map, map_type(cfg),
-                            config_directory=cfg.config_directory, map_directories=cfg.map_directories)
     if not is_url(cfg.database):  # Postfix would read a table nobody writes: every block silently not in force
+        specs = map_specs(cfg.client_access_map, cfg.sasl_access_map, map_type(cfg))
         for key, kind in (("client_access_map", "client"), ("sasl_access_map", "sasl_user")):
-            if isinstance(maps.get(kind), PgsqlMap):
-                raise ConfigError(f"[postfix] {key}: {maps[kind].spec} makes Postfix read the blocks from"
+            if isinstance(specs.get(kind), PgsqlMap):
+                raise ConfigError(f"[postfix] {key}: {specs[kind].spec} makes Postfix read the blocks from"
                                   " PostgreSQL (relaywatch_blocks), but [state] database is a SQLite file"
                                   f" ({cfg.database}) and nothing would write them there: set [state] database"
                                   " to the fleet's postgresql:// URL, or use a hash: map")
+    maps = maps_from_config(cfg.client_access_map, cfg.sasl_access_map, map_type(cfg),
+                            config_directory=cfg.config_directory, map_directories=cfg.map_directories)
     return Blocker(store, Postfix(cfg.config_directory), maps, cfg.block_s)
 
 

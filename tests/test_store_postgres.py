@@ -280,3 +280,28 @@ def test_a_commit_whose_answer_was_lost_is_written_once(postgres, monkeypatch, l
     assert postgres.psql("SELECT sum(n) FROM relaywatch_counts").strip() == "7"
     s.commit_batch([("client", 100, "1.2.3.4", 1)])  # and nothing is left out of the batches after it
     assert list(s.counts_since(0)) == [("client", 100, "1.2.3.4", 8)]
+
+
+def test_run_refuses_a_pgsql_map_without_postgres_and_says_what_to_check_when_postgres_is_down(postgres, tmp_path,
+                                                                                               caplog):
+    """A pgsql: access map with a SQLite state: Postfix would read a table nobody writes (78, the key named).
+    PostgreSQL down at start: no guessing where to read from; refused (1, systemd retries) with the
+    database's URL without its password and what to check."""
+    from click.testing import CliRunner
+
+    from relaywatch.cli import main
+    from support.configs import daemon_sections, write_config
+
+    pgsql_map = {"postfix": {"client_access_map": f"pgsql:{tmp_path}/relaywatch-clients.cf"}}
+    cfg = write_config(tmp_path / "sqlite.toml", daemon_sections(tmp_path), pgsql_map, mode=0o600)
+    out = CliRunner().invoke(main, ["run", "-c", str(cfg)])
+    assert out.exit_code == 78, caplog.text
+    assert "[postfix] client_access_map: pgsql:" in caplog.text and "[state] database is a SQLite file" in caplog.text
+    caplog.clear()
+
+    down = f"postgresql://relaywatch:S3CRET@127.0.0.1:{postgres.port + 1}/relaywatch"
+    cfg = write_config(tmp_path / "down.toml", daemon_sections(tmp_path, database=down), mode=0o600)
+    out = CliRunner().invoke(main, ["run", "-c", str(cfg)])
+    assert out.exit_code == 1, caplog.text
+    assert "S3CRET" not in caplog.text and "relaywatch:***@127.0.0.1" in caplog.text
+    assert "check that it runs" in caplog.text and "pg_hba.conf" in caplog.text

@@ -161,3 +161,27 @@ def test_a_host_killed_at_any_moment_counts_each_line_once(postgres, tmp_path):
     assert kills >= 3
     assert sql(postgres, "SELECT sum(n) FROM relaywatch_counts WHERE dim = 'client'") == ["400"]
     assert sql(postgres, "SELECT count(DISTINCT key) FROM relaywatch_counts WHERE dim = 'client'") == ["200"]
+
+
+def test_a_leak_alarm_both_hosts_see_is_recorded_and_told_by_one(postgres, tmp_path, sink):
+    """Both hosts' logs show the blocked client's mail still queued: the alarm is claimed when stored,
+    and only the host that won it sends the notice (before: one notice per host)."""
+    from relaywatch.build import responder_for
+    from relaywatch.notify.notifier import Notifier
+    from support.facts import relayed
+
+    told = []
+    for name in ("mx1", "mx2"):
+        cfg, _ = host(tmp_path, postgres, name)
+        store = pg_store.Store(postgres.url(), host=name)
+        notifier = Notifier((sink.url("json", f"/{name}"),), coalesce_s=0)
+        responder = responder_for(load(cfg), store, None, notifier)
+        responder.leaks.watch({("client", ABUSER): 1000.0})
+        for i in range(5):
+            responder.leaks.observe(relayed(1010.0 + i, ABUSER, qid=f"Q{i}", queued=1010.0 + i))
+        told += [(name, alarm.notified) for alarm in responder.check_leaks()]
+        notifier.close(timeout=10)
+        store.close()
+    assert told == [("mx1", True), ("mx2", False)]
+    assert sql(postgres, "SELECT host || ':' || rule FROM relaywatch_decisions") == ["mx1:block_not_enforced"]
+    assert [path for path, _ in sink.requests] == ["/mx1"]
