@@ -30,7 +30,7 @@ from relaywatch.notify.notices import notice_for_text
 from relaywatch.postfix import hostaddrs
 from relaywatch.reports.daily import DailyRecord
 from relaywatch.reports.digest import DayStats, day_of, digest_text, unusual
-from relaywatch.respond.pgsql_follow import BlockFollower
+from relaywatch.respond.pgsql_follow import follower_for
 from relaywatch.respond.responder import Counts, Message, Outcome, audit_messages
 from relaywatch.store.records import DaemonStatus
 from relaywatch.store.sqlite import StoreUnavailable
@@ -99,7 +99,7 @@ class Daemon:
         self._position: tuple[str, JSONObject] | None = None  # the source's position after the last line read
         self._uncommitted = 0  # lines fed since the last commit
         self._store_fault: str | None = None  # why the store cannot be written; the batches wait in memory
-        self.follower = self._follower()
+        self.follower = follower_for(self.store, self.blocker)  # a fleet host with file maps
 
     def _use(self, parts: Parts) -> None:
         self.parts = parts
@@ -117,17 +117,6 @@ class Daemon:
             pipeline.fact_observers.append(self.inline.observe)
         self.daily.limit = self.clock() + 3600
         return pipeline
-
-    def _follower(self) -> BlockFollower | None:
-        """A fleet host whose Postfix reads file maps follows the blocks the others record and lift."""
-        if not self.blocker.file_maps():
-            return None
-        changes = self.store.block_changes()
-        if changes is None:
-            return None
-        follower = BlockFollower(changes)
-        follower.start()
-        return follower
 
     def _follow(self) -> None:
         """Blocks changed on another host: the maps are rewritten from the fleet's rows now."""

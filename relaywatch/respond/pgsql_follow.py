@@ -16,7 +16,8 @@ import logging
 import threading
 
 from relaywatch.model import RelaywatchError
-from relaywatch.store.base import BlockChanges
+from relaywatch.respond.blocking import Blocker
+from relaywatch.store.base import BlockChanges, StateStore
 
 log = logging.getLogger("relaywatch.blocking")
 
@@ -72,3 +73,15 @@ class BlockFollower:
         if self._thread is not None:
             self._thread.join(timeout)
         self.changes.close()
+
+
+def follower_for(store: StateStore, blocker: Blocker) -> BlockFollower | None:
+    """A running follower when `store` is a fleet's and Postfix reads file maps; None otherwise."""
+    if not blocker.file_maps():
+        return None
+    changes = store.block_changes()
+    if changes is None:
+        return None
+    follower = BlockFollower(changes)
+    follower.start()
+    return follower
