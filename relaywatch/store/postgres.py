@@ -187,9 +187,10 @@ class Store(Reads):
             raise
         finally:
             self._depth, self._seq, self._sent = 0, None, {}
+            dropped, self._dropped = self._dropped, False
             self.claims.end()
-        if self._dropped:
-            self._landed, self._dropped = {}, False
+        if dropped:  # committed without the landed counts: the pipeline's batch no longer holds them
+            self._landed = {}
         self._unsaved_blocks.clear()
         self.meta.saved()
         done, self._on_commit = self._on_commit, []
