@@ -23,8 +23,9 @@ from relaywatch.policyd import InlineService, service_for
 from relaywatch.postfix.audit_blocks import AuditMaps
 from relaywatch.postfix.commands import Postfix, default_database_type
 from relaywatch.postfix.mapkeys import reject_text, render_key
+from relaywatch.postfix.pgsql_lookup import PgsqlMap
 from relaywatch.postfix.postconf import local_destinations
-from relaywatch.respond.blocking import Blocker, maps_from_config
+from relaywatch.respond.blocking import Blocker, map_specs, maps_from_config
 from relaywatch.respond.enforcement import PostfixConfig
 from relaywatch.respond.responder import Counts, Responder
 from relaywatch.sources.choose import Choice, Reason
@@ -32,7 +33,7 @@ from relaywatch.sources.choose import choose as choose_source
 from relaywatch.sources.follow import FileFollower
 from relaywatch.sources.journal import JournalFollower
 from relaywatch.store.base import StateStore
-from relaywatch.store.open import local_path, open_store
+from relaywatch.store.open import is_url, local_path, open_store
 from relaywatch.wording import describe
 
 log = logging.getLogger("relaywatch.daemon")
@@ -65,6 +66,14 @@ def map_type(cfg: Config) -> str:
 
 
 def blocker_for(cfg: Config, store: StateStore) -> Blocker:
+    if not is_url(cfg.database):  # Postfix would read a table nobody writes: every block silently not in force
+        specs = map_specs(cfg.client_access_map, cfg.sasl_access_map, map_type(cfg))
+        for key, kind in (("client_access_map", "client"), ("sasl_access_map", "sasl_user")):
+            if isinstance(specs.get(kind), PgsqlMap):
+                raise ConfigError(f"[postfix] {key}: {specs[kind].spec} makes Postfix read the blocks from"
+                                  " PostgreSQL (relaywatch_blocks), but [state] database is a SQLite file"
+                                  f" ({cfg.database}) and nothing would write them there: set [state] database"
+                                  " to the fleet's postgresql:// URL, or use a hash: map")
     maps = maps_from_config(cfg.client_access_map, cfg.sasl_access_map, map_type(cfg),
                             config_directory=cfg.config_directory, map_directories=cfg.map_directories)
     return Blocker(store, Postfix(cfg.config_directory), maps, cfg.block_s)

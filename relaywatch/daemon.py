@@ -30,6 +30,7 @@ from relaywatch.notify.notices import notice_for_text
 from relaywatch.postfix import hostaddrs
 from relaywatch.reports.daily import DailyRecord
 from relaywatch.reports.digest import DayStats, day_of, digest_text, unusual
+from relaywatch.respond.pgsql_follow import follower_for
 from relaywatch.respond.responder import Counts, Message, Outcome, audit_messages
 from relaywatch.store.records import DaemonStatus
 from relaywatch.store.sqlite import StoreUnavailable
@@ -98,6 +99,7 @@ class Daemon:
         self._position: tuple[str, JSONObject] | None = None  # the source's position after the last line read
         self._uncommitted = 0  # lines fed since the last commit
         self._store_fault: str | None = None  # why the store cannot be written; the batches wait in memory
+        self.follower = follower_for(self.store, self.blocker)  # a fleet host with file maps
 
     def _use(self, parts: Parts) -> None:
         self.parts = parts
@@ -115,6 +117,12 @@ class Daemon:
             pipeline.fact_observers.append(self.inline.observe)
         self.daily.limit = self.clock() + 3600
         return pipeline
+
+    def _follow(self) -> None:
+        """Blocks changed on another host: the maps are rewritten from the fleet's rows now."""
+        if self.follower is not None and self.follower.take():
+            self.blocker.changed_elsewhere()
+            self.responder.sync()
 
     def _counts_since(self, t: float) -> Counts:
         """The relayed counts since `t`, for the notice of a subnet's busiest clients."""
@@ -143,6 +151,7 @@ class Daemon:
                 self.signals.reload.clear()
                 self._reload()
             try:
+                self._follow()
                 self._batch()
                 now = self.clock()
                 if self.inline is not None:
@@ -227,8 +236,9 @@ class Daemon:
         """A fleet: the decisions another host recorded first are adopted, not recorded again (no second
         notice); their block is the winner's, which the maps take at the next sync."""
         won = self.store.claim(decisions)
+        kept = {(w.action, w.kind, w.target, w.time, w.rule) for w in won}
         for d in decisions:
-            if d not in won:
+            if (d.action, d.kind, d.target, d.time, d.rule) not in kept:
                 log.warning("%s %s %s: already decided by another host of the fleet; its block is adopted",
                             d.action.upper(), d.kind, d.target)
                 self.blocker.pending = True
@@ -262,8 +272,10 @@ class Daemon:
         assert self.inline is not None
         decisions = self.inline.tick(now, self.responder.block_pairs)
         if decisions:
-            self.store.commit_batch([], decisions)
-            for o in self.responder.act(decisions):
+            with self.store.transaction():
+                won = self._claimed(decisions)  # a fleet: what another host decided first is its to tell
+                self.store.commit_batch([], won)
+            for o in self.responder.act(won):
                 _log(o.messages())
 
     def _reload(self) -> None:
@@ -374,6 +386,8 @@ class Daemon:
             self._notify_state = state
 
     def close(self) -> None:
+        if self.follower is not None:
+            self.follower.stop()
         if self.inline is not None:
             self.inline.close()
         self._commit([])

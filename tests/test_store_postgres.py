@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,7 @@ def test_decisions_and_positions_survive_a_reopen_and_positions_are_each_hosts_o
     first.commit_batch([], [decision()], ("/var/log/mail.log", {"inode": 7, "offset": 1234}))
     first.close()
     again, other = store(postgres), store(postgres, "mx2")
-    assert again.decisions() == [decision()] == other.decisions()
+    assert again.decisions() == [replace(decision(), hosts=("mx1",))] == other.decisions()  # the host that decided
     assert again.positions.get("/var/log/mail.log") == {"inode": 7, "offset": 1234}
     assert other.positions.get("/var/log/mail.log") is None
     assert [(h.host, h.position) for h in other.hosts()] == [("mx1", {"inode": 7, "offset": 1234})]
@@ -57,7 +58,7 @@ def test_a_failed_batch_leaves_nothing_behind(postgres):
     assert list(s.counts_since(0)) == [("client", 100, "1.2.3.4", 1)]
     assert s.positions.get("src") == {"offset": 10} and s.decisions() == []
     s.commit_batch([], [decision()])  # its claim went with the failed transaction
-    assert s.decisions() == [decision()]
+    assert s.decisions() == [replace(decision(), hosts=("mx1",))]
 
 
 def test_prune_forgets_old_buckets_of_every_host(postgres):
@@ -140,7 +141,7 @@ def test_a_decision_is_recorded_once_when_two_hosts_race_for_it(postgres):
     late = decision(1005.0)
     results: list[list[Decision]] = []
     with mx1.transaction():
-        assert mx1.claim([decision()]) == [decision()]
+        assert mx1.claim([decision()]) == [replace(decision(), hosts=("mx1",))]
         racer = threading.Thread(target=lambda: results.append(mx2.claim([late])))
         racer.start()
         time.sleep(0.5)
@@ -149,10 +150,10 @@ def test_a_decision_is_recorded_once_when_two_hosts_race_for_it(postgres):
     racer.join(10)
     assert results == [[]]
     mx2.commit_batch([], [late])  # what lost is not recorded by a later batch either
-    assert mx1.decisions() == [decision()]
+    assert mx1.decisions() == [replace(decision(), hosts=("mx1",))]
     assert postgres.psql("SELECT host FROM relaywatch_decisions").split() == ["mx1"]
     after = decision(1000.0 + 600)  # the claim lasts the decision's window
-    assert mx2.claim([after]) == [after]
+    assert mx2.claim([after]) == [replace(after, hosts=("mx2",))]
 
 
 def test_state_records_and_host_rows(postgres):
@@ -171,7 +172,16 @@ def test_state_records_and_host_rows(postgres):
 def test_the_schema_is_made_once_and_a_newer_one_refused(postgres):
     store(postgres).close()
     store(postgres, "mx2").close()
-    assert postgres.psql("SELECT version FROM relaywatch_schema").split() == ["1"]
+    assert postgres.psql("SELECT version FROM relaywatch_schema").split() == ["2"]
+    first = store(postgres)
+    first.commit_batch([], [decision()])
+    first.close()
+    postgres.psql("ALTER TABLE relaywatch_decisions DROP COLUMN hosts; UPDATE relaywatch_schema SET version = 1")
+    upgraded = store(postgres, "mx2")  # version 1 had no hosts: added, older decisions name none
+    assert postgres.psql("SELECT version FROM relaywatch_schema").split() == ["2"]
+    assert upgraded.decisions() == [decision()]
+    upgraded.commit_batch([], [decision(1000.0 + 600)])
+    assert [d.hosts for d in upgraded.decisions()] == [(), ("mx2",)]
     postgres.psql("UPDATE relaywatch_schema SET version = 99")
     with pytest.raises(RelaywatchError, match="schema version 99 was made by a newer relaywatch"):
         store(postgres)
@@ -236,3 +246,62 @@ def test_the_commands_use_the_shared_database_and_a_broken_url_exits_78(postgres
     shown = CliRunner().invoke(main, ["config", "-c", str(write_config(
         tmp_path / "pw.toml", {"state": {"database": "postgresql://u:S3CRET@db/x"}}, mode=0o600))])
     assert shown.exit_code == 0 and "S3CRET" not in shown.output and "u:***@db" in shown.output
+
+
+@pytest.mark.parametrize("landed", [True, False])
+def test_a_commit_whose_answer_was_lost_is_written_once(postgres, monkeypatch, landed):
+    """The connection dies at COMMIT: the batch may or may not have landed. The pipeline sends it again
+    with what it read since; the host's row tells the store which, so the counts land exactly once."""
+    import psycopg
+
+    s = store(postgres)
+    s.commit_batch([("client", 100, "1.2.3.4", 1)])
+    real_exit = psycopg.Transaction.__exit__
+    cut: list[bool] = []
+
+    def commit_then_lose_the_answer(tx: psycopg.Transaction, *exc: object) -> bool | None:
+        if cut or exc[0] is not None:
+            return real_exit(tx, *exc)  # type: ignore[arg-type]
+        cut.append(True)
+        if landed:
+            real_exit(tx, None, None, None)  # the server committed ...
+        tx.connection.close()  # ... (or not) and the answer is lost with the connection
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(psycopg.Transaction, "__exit__", commit_then_lose_the_answer)
+    heard: list[bool] = []
+    with pytest.raises(StoreUnavailable), s.transaction():
+        s.commit_batch([("client", 100, "1.2.3.4", 2)], position=("src", {"offset": 20}))
+        s.on_commit(lambda: heard.append(True))
+    assert not heard and cut
+    total = postgres.psql("SELECT sum(n) FROM relaywatch_counts").strip()
+    assert total == ("3" if landed else "1")
+    s.commit_batch([("client", 100, "1.2.3.4", 2 + 4)], position=("src", {"offset": 40}))  # again, with what came since
+    assert postgres.psql("SELECT sum(n) FROM relaywatch_counts").strip() == "7"
+    s.commit_batch([("client", 100, "1.2.3.4", 1)])  # and nothing is left out of the batches after it
+    assert list(s.counts_since(0)) == [("client", 100, "1.2.3.4", 8)]
+
+
+def test_run_refuses_a_pgsql_map_without_postgres_and_says_what_to_check_when_postgres_is_down(postgres, tmp_path,
+                                                                                               caplog):
+    """A pgsql: access map with a SQLite state: Postfix would read a table nobody writes (78, the key named).
+    PostgreSQL down at start: no guessing where to read from; refused (1, systemd retries) with the
+    database's URL without its password and what to check."""
+    from click.testing import CliRunner
+
+    from relaywatch.cli import main
+    from support.configs import daemon_sections, write_config
+
+    pgsql_map = {"postfix": {"client_access_map": f"pgsql:{tmp_path}/relaywatch-clients.cf"}}
+    cfg = write_config(tmp_path / "sqlite.toml", daemon_sections(tmp_path), pgsql_map, mode=0o600)
+    out = CliRunner().invoke(main, ["run", "-c", str(cfg)])
+    assert out.exit_code == 78, caplog.text
+    assert "[postfix] client_access_map: pgsql:" in caplog.text and "[state] database is a SQLite file" in caplog.text
+    caplog.clear()
+
+    down = f"postgresql://relaywatch:S3CRET@127.0.0.1:{postgres.port + 1}/relaywatch"
+    cfg = write_config(tmp_path / "down.toml", daemon_sections(tmp_path, database=down), mode=0o600)
+    out = CliRunner().invoke(main, ["run", "-c", str(cfg)])
+    assert out.exit_code == 1, caplog.text
+    assert "S3CRET" not in caplog.text and "relaywatch:***@127.0.0.1" in caplog.text
+    assert "check that it runs" in caplog.text and "pg_hba.conf" in caplog.text

@@ -40,9 +40,8 @@ def daemon(cfg: Path) -> Daemon:
     return d
 
 
-def settle(d: Daemon) -> None:
-    """Reads what was appended, then (the log being quiet) commits it: a daemon coalesces commits, so
-    the other hosts see a host's counts once the log goes quiet or a second has passed."""
+def read(d: Daemon) -> None:
+    """One batch of the log, then a read that finds none: the coalesced lines commit (a quiet log)."""
     d.step()
     d.step()
 
@@ -69,13 +68,14 @@ def test_an_abuser_spread_over_two_hosts_is_blocked_once_on_the_fleet_sum(postgr
     mx1, mx2 = daemon(cfg1), daemon(cfg2)
     append(log1, messages(3, ABUSER))
     append(log2, messages(3, ABUSER, first=100))
-    settle(mx1)
+    read(mx1)
     assert sql(postgres, "SELECT count(*) FROM relaywatch_decisions") == ["0"]  # 3 < 5: alone, never
     mx2.step()
     assert sql(postgres, "SELECT host || ':' || target FROM relaywatch_decisions") == [f"mx2:{ABUSER}"]
     assert sql(postgres, "SELECT host || ':' || target FROM relaywatch_blocks") == [f"mx2:{ABUSER}"]
+    assert [d.hosts for d in mx1.store.decisions()] == [("mx1", "mx2")]  # both hosts' counts made it
     append(log1, messages(2, ABUSER, first=10))
-    settle(mx1)  # mx1 now sees mx2's block: no second decision
+    read(mx1)  # mx1 now sees mx2's block: no second decision
     assert sql(postgres, "SELECT count(*) FROM relaywatch_decisions") == ["1"]
     assert sql(postgres, "SELECT host || ':' || sum(n) FROM relaywatch_counts WHERE dim = 'client'"
                          " GROUP BY host ORDER BY host") == ["mx1:5", "mx2:3"]
@@ -161,3 +161,27 @@ def test_a_host_killed_at_any_moment_counts_each_line_once(postgres, tmp_path):
     assert kills >= 3
     assert sql(postgres, "SELECT sum(n) FROM relaywatch_counts WHERE dim = 'client'") == ["400"]
     assert sql(postgres, "SELECT count(DISTINCT key) FROM relaywatch_counts WHERE dim = 'client'") == ["200"]
+
+
+def test_a_leak_alarm_both_hosts_see_is_recorded_and_told_by_one(postgres, tmp_path, sink):
+    """Both hosts' logs show the blocked client's mail still queued: the alarm is claimed when stored,
+    and only the host that won it sends the notice (before: one notice per host)."""
+    from relaywatch.build import responder_for
+    from relaywatch.notify.notifier import Notifier
+    from support.facts import relayed
+
+    told = []
+    for name in ("mx1", "mx2"):
+        cfg, _ = host(tmp_path, postgres, name)
+        store = pg_store.Store(postgres.url(), host=name)
+        notifier = Notifier((sink.url("json", f"/{name}"),), coalesce_s=0)
+        responder = responder_for(load(cfg), store, None, notifier)
+        responder.leaks.watch({("client", ABUSER): 1000.0})
+        for i in range(5):
+            responder.leaks.observe(relayed(1010.0 + i, ABUSER, qid=f"Q{i}", queued=1010.0 + i))
+        told += [(name, alarm.notified) for alarm in responder.check_leaks()]
+        notifier.close(timeout=10)
+        store.close()
+    assert told == [("mx1", True), ("mx2", False)]
+    assert sql(postgres, "SELECT host || ':' || rule FROM relaywatch_decisions") == ["mx1:block_not_enforced"]
+    assert [path for path, _ in sink.requests] == ["/mx1"]

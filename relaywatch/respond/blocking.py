@@ -223,6 +223,12 @@ class Blocker:
             self.store.map_state.set_pending(MapPending(self.clock()))
         self._next_try = 0.0
 
+    def changed_elsewhere(self) -> None:
+        """Another host of the fleet changed the blocks: the file maps are rewritten at the next `sync`
+        (a pgsql: map is only asked again). Not recorded as pending: the sync follows at once."""
+        self.pending = True
+        self._next_try = 0.0
+
     def due(self) -> bool:
         """Pending and its retry time has come, or the map directory changed since the last failure."""
         if not self.pending:
@@ -244,7 +250,7 @@ class Blocker:
     def _distinct_maps(self) -> list[AnyMap]:
         return list({id(m): m for m in self.maps.values()}.values())
 
-    def _file_maps(self) -> list[AccessMap]:
+    def file_maps(self) -> list[AccessMap]:
         return [m for m in self._distinct_maps() if isinstance(m, AccessMap)]
 
     def _blocks_for(self, access_map: AnyMap, active: list[BlockRow]) -> list[Block]:
@@ -299,7 +305,7 @@ class Blocker:
         if self.pending:
             return []
         changed = []
-        for access_map in self._file_maps():
+        for access_map in self.file_maps():
             stamp = access_map.stamp()
             old = self._stamps.get(str(access_map.path))
             if stamp == old:

@@ -273,10 +273,12 @@ class Responder:
 
     def _leak_alarm(self, leak: Leak) -> LeakAlarm:
         reason = bypass_text(self.postfix.bypasses(leak.kind, leak.target))
-        self.store.commit_batch([], [Decision(leak.last, Action.ALERT, Kind(leak.kind), leak.target,
-                                              "block_not_enforced", leak.count, int(leak.last - leak.since),
-                                              sample_qids=leak.sample_qids)])
-        if self.notifier is None:
+        alarm = Decision(leak.last, Action.ALERT, Kind(leak.kind), leak.target, "block_not_enforced", leak.count,
+                         int(leak.last - leak.since), sample_qids=leak.sample_qids)
+        with self.store.transaction():
+            won = self.store.claim([alarm])  # a fleet: the host that recorded it first tells
+            self.store.commit_batch([], won)
+        if self.notifier is None or not won:
             return LeakAlarm(leak, reason)
         self.notifier.submit(notice_for_leak(leak.kind, leak.target, leak.since, leak.first, leak.last,
                                              leak.count, leak.sample_qids, reason))

@@ -26,7 +26,8 @@ from relaywatch.store.state import (
 
 
 class BlockChanges(Protocol):
-    """Block changes announced by any fleet host (NOTIFY relaywatch_blocks)."""
+    """Block changes announced by any fleet host (NOTIFY relaywatch_blocks): what respond.pgsql_follow
+    waits on, so that a host keeping file maps takes the blocks the others record and lift."""
 
     def wait(self, timeout: float) -> bool:
         """True when blocks changed (or may have) within `timeout` s."""

@@ -9,6 +9,11 @@ counts, decisions and read position commit in one transaction, numbered in its h
 When PostgreSQL cannot be reached the store degrades like the SQLite one (store.base): writes raise
 StoreUnavailable and wait in memory, reads answer from what was last read, and everything is
 written with the first transaction that succeeds. The URL's password never reaches a message.
+
+A commit whose answer was lost (the connection died after the server committed, before the client
+heard) is settled on the next transaction: the host's row shows whether its number landed, and if it
+did, the counts of that batch are dropped from the batch the pipeline sends again (no double count).
+The reads are store.postgres_reads's.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -25,13 +31,22 @@ import psycopg
 from relaywatch.config import redact_database
 from relaywatch.model import CountRow, Decision, JSONObject, OpenMessage, Origin, RelaywatchError
 from relaywatch.store import postgres_schema as sql
-from relaywatch.store.postgres_state import BlockKeys, Claims, Meta, cursor_arrays, decision_from_row
-from relaywatch.store.records import BlockRow, FleetNews, HostRow
+from relaywatch.store.postgres_reads import BlockChanges, Reads
+from relaywatch.store.postgres_state import BlockKeys, Claims, Meta, decision_row, make_schema
+from relaywatch.store.records import BlockRow
 from relaywatch.store.sqlite_file import StoreUnavailable
 from relaywatch.store.state import DayArchive, EnforcementAlarms, MapState, NotifyState, Positions, StatusRecord
 
+log = logging.getLogger("relaywatch.store")
+
 OUTAGE_RETRY_S = 5.0  # while PostgreSQL cannot be reached, a write is tried again this often
 CONNECT_TIMEOUT_S = 5
+# Starting without the state: refused (exit 1; systemd starts it again), never guessed (where to read
+# the log from, the fleet's counts and blocks are in the database).
+AT_START = ("PostgreSQL cannot be reached, or refused this host: check that it runs, that [state] database names"
+            " its host, port and database, pg_hba.conf lets this host in, and the password ([state] password_file,"
+            " PGPASSFILE or ~/.pgpass); relaywatch does not start without its state (systemd tries again, and the"
+            " log is read from where it stopped)")
 T = TypeVar("T")
 redact = redact_database
 
@@ -44,7 +59,7 @@ def check_url(url: str) -> None:
         raise ValueError(f"{redact(url)}: {exc}") from None
 
 
-class Store:
+class Store(Reads):
     """The PostgreSQL backend of store.base.StateStore, for the fleet member `host`."""
 
     def __init__(self, url: str, *, host: str, password: str | None = None, degrade: bool = False,
@@ -65,6 +80,10 @@ class Store:
         self._conn: psycopg.Connection[Any] | None = None
         self._locked = False
         self._seq: int | None = None  # this transaction's number in the host's row
+        self._sent: dict[tuple[str, int, str], int] = {}  # the counts this transaction wrote
+        self._doubt: tuple[int, dict[tuple[str, int, str], int]] | None = None  # a commit not heard: (seq, counts)
+        self._landed: dict[tuple[str, int, str], int] = {}  # counts of a batch that landed unheard: not again
+        self._dropped = False  # this transaction left out the landed counts
         self._on_commit: list[Callable[[], None]] = []
         self._unsaved_blocks: dict[tuple[str, str], BlockRow] = {}
         self._blocks_read: dict[tuple[str, str], BlockRow] = {}  # the last blocks read: answered during an outage
@@ -75,7 +94,7 @@ class Store:
         self.map_state, self.notify_state = MapState(self.meta), NotifyState(self.meta)
         self.alarms, self.positions = EnforcementAlarms(self.meta), Positions(self._position)
         with self._errors("open"):
-            self._make_schema(self._connection())
+            make_schema(self._connection(), self.name)
 
     # --- the connection ---------------------------------------------------------------
 
@@ -93,8 +112,8 @@ class Store:
             yield
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             self._drop()
-            raise StoreUnavailable(f"state database {self.name}: cannot {doing} ({self._scrub(exc)}): PostgreSQL"
-                                   " cannot be reached or is restarting; nothing was written") from None
+            why = AT_START if doing == "open" else "PostgreSQL cannot be reached or is restarting"
+            raise StoreUnavailable(f"state database {self.name}: cannot {doing} ({self._scrub(exc)}): {why}") from None
         except psycopg.Error as exc:
             raise RelaywatchError(f"state database {self.name}: cannot {doing} ({self._scrub(exc)})") from None
 
@@ -118,24 +137,6 @@ class Store:
             if self._locked:
                 self._take_lock(self._conn)
         return self._conn
-
-    def _make_schema(self, conn: psycopg.Connection[Any]) -> None:
-        """Made once; a host opening a database already at this version runs no DDL (CREATE INDEX IF NOT
-        EXISTS takes its table's lock even when the index is there: it would deadlock with busy hosts)."""
-        if conn.execute("SELECT to_regclass('relaywatch_schema') IS NOT NULL").fetchone() == (True,):
-            row = conn.execute("SELECT max(version) FROM relaywatch_schema").fetchone()
-            if row is not None and row[0] == sql.VERSION:
-                return
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", [sql.LOCK_KEY])
-            conn.execute(sql.SCHEMA)
-            row = conn.execute("SELECT max(version) FROM relaywatch_schema").fetchone()
-            version = row[0] if row else None
-            if version is None:
-                conn.execute("INSERT INTO relaywatch_schema (version) VALUES (%s)", [sql.VERSION])
-            elif version > sql.VERSION:
-                raise RelaywatchError(f"state database {self.name}: schema version {version} was made by a newer"
-                                      f" relaywatch (this one knows {sql.VERSION}): upgrade this host")
 
     def lock_for_daemon(self) -> None:
         """One daemon per host name and database, for its whole life: a session advisory lock."""
@@ -168,27 +169,48 @@ class Store:
             return
         if self.degrade and self.unavailable is not None and self.clock() < self._retry_at:
             raise self.unavailable
-        self._depth = 1
+        self._depth, committing = 1, False
         try:
             with self._errors("write"):
                 conn = self._connection()
                 with conn.transaction():
+                    self._settle(conn)
                     self._write_backlog(conn)
                     yield
+                    committing = True
         except BaseException as exc:
             self._on_commit.clear()
             if isinstance(exc, StoreUnavailable):
                 self.unavailable, self._retry_at = exc, self.clock() + OUTAGE_RETRY_S
+                if committing and self._seq is not None:  # it may have landed: the next transaction asks
+                    self._doubt = (self._seq, self._sent)
             raise
         finally:
-            self._depth, self._seq = 0, None
+            self._depth, self._seq, self._sent = 0, None, {}
+            dropped, self._dropped = self._dropped, False
             self.claims.end()
+        if dropped:  # committed without the landed counts: the pipeline's batch no longer holds them
+            self._landed = {}
         self._unsaved_blocks.clear()
         self.meta.saved()
         done, self._on_commit = self._on_commit, []
         for fn in done:
             fn()
         self.unavailable = None
+
+    def _settle(self, conn: psycopg.Connection[Any]) -> None:
+        """A commit that was not heard: if the host's row shows its number, it landed, and its counts
+        are left out of the batch sent again (the pipeline still holds them)."""
+        if self._doubt is None:
+            return
+        seq, counts = self._doubt
+        row = conn.execute(sql.HOST_SEQ, [self.host]).fetchone()
+        self._doubt = None
+        if row is not None and int(row[0]) >= seq:
+            log.warning("state database %s: the batch %d committed though its answer was lost: it is not"
+                        " written again", self.name, seq)
+            for key, n in counts.items():
+                self._landed[key] = self._landed.get(key, 0) + n
 
     def on_commit(self, fn: Callable[[], None]) -> None:
         if self._depth:
@@ -234,6 +256,10 @@ class Store:
                 self.unavailable, self._retry_at = exc, self.clock() + OUTAGE_RETRY_S
             return fallback()
 
+    def read_now(self, doing: str, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+        with self._errors(doing):
+            return fn(self._connection())
+
     @contextlib.contextmanager
     def _kept_if_unavailable(self) -> Iterator[None]:
         try:
@@ -253,10 +279,11 @@ class Store:
 
     def claim(self, decisions: Sequence[Decision]) -> list[Decision]:
         """The decisions this host records: those no other host recorded first (inside the caller's
-        transaction: a lost race waits for the winner's commit, then loses)."""
+        transaction: a lost race waits for the winner's commit, then loses), each naming the hosts
+        whose counts are in its window."""
         with self.transaction():
             conn = self._connection()
-            return [d for d in decisions if self.claims.claim(conn, self.host, d)]
+            return [w for d in decisions if (w := self.claims.claim(conn, self.host, d)) is not None]
 
     def commit_batch(self, counts: Iterable[CountRow], decisions: Iterable[Decision] = (),
                      position: tuple[str, JSONObject] | None = None,
@@ -280,81 +307,31 @@ class Store:
                 if gone:
                     cur.execute("DELETE FROM relaywatch_open_messages WHERE host = %s AND qid = ANY(%s)",
                                 [me, list(gone)])
-                won = [d for d in decisions if self.claims.claim(conn, me, d)]
-                counts = list(counts)
+                won = [w for d in decisions if (w := self.claims.claim(conn, me, d)) is not None]
+                counts = self._unlanded(counts)
                 if counts or won:
                     seq = self._next_seq(conn)
                     with cur.copy(sql.COPY_COUNTS) as copy:
                         for dim, bucket, key, n in counts:
                             copy.write_row((me, seq, dim, bucket, key, n))
-                    cur.executemany(sql.INSERT_DECISION, [
-                        (me, seq, d.time, d.action, d.kind, d.target, d.rule, d.count, d.window_s, d.clients,
-                         json.dumps(d.evidence), json.dumps(d.sample_qids)) for d in won])
+                            self._sent[(dim, bucket, key)] = self._sent.get((dim, bucket, key), 0) + n
+                    cur.executemany(sql.INSERT_DECISION, [decision_row(me, seq, d) for d in won])
                 if position is not None:
                     value = json.dumps(position[1], sort_keys=True)
                     cur.execute(sql.UPSERT_POSITION, [me, position[0], value])
                     cur.execute(sql.HOST_POSITION, [me, value])
 
-    def _cursor_now(self, conn: psycopg.Connection[Any]) -> dict[str, int]:
-        if self._cursor is None:
-            rows = conn.execute("SELECT host, seq FROM relaywatch_hosts WHERE host <> %s", [self.host])
-            self._cursor = {h: int(s) for h, s in rows}
-        return self._cursor
-
-    def counts_since(self, bucket: int, max_keys: int | None = None) -> Iterator[CountRow]:
-        """The fleet's counts from `bucket` on (summed over hosts), one dimension after the other, each
-        oldest first; other hosts' only up to what this store pulled (the rest comes by `fleet_news`)."""
-        def fetch(conn: psycopg.Connection[Any]) -> list[CountRow]:
-            hosts, seqs = cursor_arrays(self._cursor_now(conn))
-            args = {"hosts": hosts, "seqs": seqs, "bucket": bucket, "me": self.host}
-            if max_keys is None:
-                return [CountRow(*r) for r in conn.execute(sql.FLEET_SUM, args)]
-            out: list[CountRow] = []
-            for dim, keys in conn.execute(sql.FLEET_DIMS, args).fetchall():
-                query = sql.FLEET_SUM.replace("WHERE c.bucket", "WHERE c.dim = %(dim)s AND c.bucket")
-                if keys > max_keys:
-                    query = sql.FLEET_TOP
-                out += [CountRow(*r) for r in conn.execute(query, {**args, "dim": dim, "max": max_keys})]
-            return out
-        return iter(self.read("read", fetch, list))
-
-    def fleet_news(self, since_bucket: int) -> FleetNews:
-        """What the other hosts committed since the last call: their counts from `since_bucket` on (to be
-        restored into the windows: counted, not decided), their decisions, and the blocks those made."""
-        def fetch(conn: psycopg.Connection[Any]) -> FleetNews:
-            if self._cursor is None:  # no restore before: everything in the windows is news
-                self._cursor = {}
-            cursor = self._cursor
-            rows = conn.execute("SELECT host, seq FROM relaywatch_hosts WHERE host <> %s", [self.host]).fetchall()
-            new = [(h, cursor.get(h, 0), int(s)) for h, s in rows if int(s) > cursor.get(h, 0)]
-            if not new:
-                return FleetNews([], [], [])
-            args = {"hosts": [h for h, _, _ in new], "lo": [lo for _, lo, _ in new],
-                    "hi": [hi for _, _, hi in new], "bucket": since_bucket}
-            counts = [CountRow(*r) for r in conn.execute(sql.PULL_COUNTS, args)]
-            decisions = [decision_from_row(r[1:]) for r in conn.execute(sql.PULL_DECISIONS, args)]
-            blocked = {(d.kind, d.target) for d in decisions if d.action == "block"}
-            blocks = [b for b in self.blocks() if (b.kind, b.target) in blocked] if blocked else []
-            cursor.update({h: hi for h, _, hi in new})
-            return FleetNews(counts, decisions, blocks)
-        return self.read("read", fetch, lambda: FleetNews([], [], []))
-
-    def hosts(self) -> list[HostRow]:
-        """Every fleet member the database has heard of, by name."""
-        def fetch(conn: psycopg.Connection[Any]) -> list[HostRow]:
-            rows = conn.execute("SELECT host, last_contact, lag_s, position FROM relaywatch_hosts ORDER BY host")
-            return [HostRow(h, t, lag, json.loads(p) if p else None) for h, t, lag, p in rows]
-        return self.read("read", fetch, list)
-
-    def busiest(self, since_bucket: int, per_dim: int = 5) -> dict[str, list[tuple[str, int]]]:
-        def fetch(conn: psycopg.Connection[Any]) -> dict[str, list[tuple[str, int]]]:
-            out: dict[str, list[tuple[str, int]]] = {}
-            for dim, key, total in conn.execute(sql.BUSIEST, [since_bucket]):
-                top = out.setdefault(dim, [])
-                if len(top) < per_dim:
-                    top.append((key, int(total)))
-            return out
-        return self.read("read", fetch, dict)
+    def _unlanded(self, counts: Iterable[CountRow]) -> list[CountRow]:
+        """`counts` without those of a batch that landed unheard (`_settle`)."""
+        if not self._landed:
+            return list(counts)
+        self._dropped = True
+        out = []
+        for dim, bucket, key, n in counts:
+            n -= self._landed.get((dim, bucket, key), 0)
+            if n > 0:
+                out.append(CountRow(dim, bucket, key, n))
+        return out
 
     def prune(self, before_bucket: int) -> int:
         """Forget counts older than every window (any host's: they are the fleet's windows)."""
@@ -363,27 +340,6 @@ class Store:
             return cur.rowcount
         return 0
 
-    def open_messages(self) -> list[OpenMessage]:
-        def fetch(conn: psycopg.Connection[Any]) -> list[OpenMessage]:
-            rows = conn.execute("SELECT qid, first_seen, last_seen, client, sasl_user, sender, nrcpt, seen FROM"
-                                " relaywatch_open_messages WHERE host = %s ORDER BY last_seen", [self.host])
-            return [OpenMessage(qid, first, last, client, sasl_user, sender, nrcpt, tuple(json.loads(seen)))
-                    for qid, first, last, client, sasl_user, sender, nrcpt, seen in rows]
-        with self._errors("read"):
-            return fetch(self._connection())
-
-    def queue_ids(self, client: str | None = None, sasl_user: str | None = None,
-                  network: str | None = None) -> list[str]:
-        """Queue ids of this host's queued mail from the client, SASL user or network."""
-        if client is not None:
-            where, arg = "client = %s", client
-        elif sasl_user is not None:
-            where, arg = "sasl_user = %s", sasl_user
-        else:
-            where, arg = "client::inet <<= %s::cidr", network or ""
-        query = f"SELECT qid FROM relaywatch_origins WHERE host = %s AND {where}"
-        return self.read("read", lambda conn: [r[0] for r in conn.execute(query, [self.host, arg])], list)
-
     def prune_origins(self, before: float) -> int:
         with self._kept_if_unavailable(), self.transaction():
             cur = self._connection().execute("DELETE FROM relaywatch_origins WHERE host = %s AND time < %s",
@@ -391,31 +347,7 @@ class Store:
             return cur.rowcount
         return 0
 
-    def _position(self, source: str) -> JSONObject | None:
-        def fetch(conn: psycopg.Connection[Any]) -> JSONObject | None:
-            row = conn.execute("SELECT value FROM relaywatch_positions WHERE host = %s AND source = %s",
-                               [self.host, source]).fetchone()
-            value: JSONObject | None = json.loads(row[0]) if row else None
-            return value
-        with self._errors("read"):
-            return fetch(self._connection())
-
-    def decisions(self, since: float | None = None, until: float | None = None) -> list[Decision]:
-        """The fleet's decisions in time order; with `since`/`until`, those in [since, until)."""
-        query = (f"SELECT {sql.DECISION_COLUMNS} FROM relaywatch_decisions WHERE time >= %s AND time < %s"
-                 " ORDER BY time, id")
-        args = [float("-inf") if since is None else since, float("inf") if until is None else until]
-        return self.read("read", lambda conn: [decision_from_row(r) for r in conn.execute(query, args)], list)
-
     # --- blocks -------------------------------------------------------------------------
-
-    def offences(self, kind: str, target: str) -> int:
-        def fetch(conn: psycopg.Connection[Any]) -> int:
-            row = conn.execute("SELECT count FROM relaywatch_offences WHERE kind = %s AND target = %s",
-                               [kind, target]).fetchone()
-            return int(row[0]) if row else 0
-        known = self._blocks_read.get((kind, target))
-        return self.read("read", fetch, lambda: known.offences if known is not None else 0)
 
     def add_block(self, row: BlockRow) -> None:
         """Record a block (replacing an earlier one of the same target), count the offence and announce
@@ -456,19 +388,6 @@ class Store:
             self._blocks_read.pop((kind, target), None)
             return gone.rowcount > 0
 
-    def blocks(self, now: float | None = None) -> list[BlockRow]:
-        """The fleet's blocks in force at `now` (all when None), oldest first, with those waiting in
-        memory; during an outage, those last read."""
-        def fetch(conn: psycopg.Connection[Any]) -> dict[tuple[str, str], BlockRow]:
-            self._blocks_read = {(r[0], r[1]): BlockRow(*r) for r in conn.execute(sql.SELECT_BLOCKS)}
-            return self._blocks_read
-        rows = dict(self.read("read", fetch, lambda: self._blocks_read))
-        for key, row in (self._unsaved_blocks if not self._depth else {}).items():
-            known = rows.get(key)
-            rows[key] = dataclasses.replace(row, offences=known.offences + 1 if known is not None else 1)
-        return sorted((b for b in rows.values() if now is None or b.until is None or b.until > now),
-                      key=lambda b: (b.since, b.kind, b.target))
-
     def expire_blocks(self, now: float) -> list[BlockRow]:
         """Forget blocks whose time is up; each is returned to the one host whose delete took it."""
         with self._kept_if_unavailable(), self.transaction():
@@ -483,37 +402,12 @@ class Store:
 
     def block_changes(self) -> BlockChanges:
         """A LISTEN on relaywatch_blocks through a connection of its own (the caller closes it)."""
-        return BlockChanges(self._connect, self.name, self._scrub)
+        return BlockChanges(self._connect, self._listen_errors)
 
-
-class BlockChanges:
-    """Waits for NOTIFY relaywatch_blocks: blocks changed on some host (hash: maps re-sync then)."""
-
-    def __init__(self, connect: Callable[[], psycopg.Connection[Any]], name: str,
-                 scrub: Callable[[BaseException], str]) -> None:
-        self._connect, self._name, self._scrub = connect, name, scrub
-        self._conn: psycopg.Connection[Any] | None = None
-
-    def wait(self, timeout: float) -> bool:
-        """True when blocks changed within `timeout` s, or may have: the LISTEN was (re)started, so a
-        change meanwhile would not have been heard. StoreUnavailable while PostgreSQL is away."""
+    @contextlib.contextmanager
+    def _listen_errors(self) -> Iterator[None]:
         try:
-            if self._conn is None or self._conn.closed:
-                self._conn = self._connect()
-                self._conn.execute(f"LISTEN {sql.CHANNEL}")
-                return True
-            heard = any(True for _ in self._conn.notifies(timeout=timeout, stop_after=1))
-            if heard:
-                for _ in self._conn.notifies(timeout=0.0):
-                    pass
-            return heard
+            yield
         except psycopg.Error as exc:
-            self.close()
-            raise StoreUnavailable(f"state database {self._name}: cannot listen for block changes"
+            raise StoreUnavailable(f"state database {self.name}: cannot listen for block changes"
                                    f" ({self._scrub(exc)})") from None
-
-    def close(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                self._conn.close()
-            self._conn = None

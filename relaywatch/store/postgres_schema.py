@@ -14,23 +14,13 @@ added, never changed; `relaywatch_schema` holds the version, and a newer one is 
 
 from __future__ import annotations
 
-VERSION = 1
+from relaywatch.core.blocks_table import CHANNEL, DDL, TABLE
+
+VERSION = 2  # 2: relaywatch_decisions.hosts
 LOCK_KEY = 0x52574442  # pg_advisory_xact_lock while the schema is made: hosts starting together wait in turn
 
-# Fixed with the Postfix pgsql: tables (TEAM3.md): what Postfix's query reads.
-BLOCKS_DDL = """
-CREATE TABLE IF NOT EXISTS relaywatch_blocks (
-  kind text NOT NULL,
-  target text NOT NULL,
-  lookup_key text NOT NULL,
-  action text NOT NULL,
-  reason text NOT NULL, rule text NOT NULL, since double precision NOT NULL, until double precision,
-  offences integer NOT NULL DEFAULT 1, host text NOT NULL,
-  PRIMARY KEY (kind, target));
-CREATE INDEX IF NOT EXISTS relaywatch_blocks_lookup ON relaywatch_blocks (lookup_key);
-"""
-
-SCHEMA = BLOCKS_DDL + """
+# relaywatch_blocks is core.blocks_table's: the contract with Postfix's pgsql: queries.
+SCHEMA = DDL + """
 CREATE TABLE IF NOT EXISTS relaywatch_schema (version integer NOT NULL);
 CREATE TABLE IF NOT EXISTS relaywatch_hosts (
   host text PRIMARY KEY, seq bigint NOT NULL DEFAULT 0, last_contact double precision,
@@ -43,7 +33,8 @@ CREATE INDEX IF NOT EXISTS relaywatch_counts_bucket ON relaywatch_counts (bucket
 CREATE TABLE IF NOT EXISTS relaywatch_decisions (
   id bigserial PRIMARY KEY, host text NOT NULL, seq bigint NOT NULL, time double precision NOT NULL,
   action text NOT NULL, kind text NOT NULL, target text NOT NULL, rule text NOT NULL, count integer NOT NULL,
-  window_s integer NOT NULL, clients integer NOT NULL, evidence text NOT NULL, sample_qids text NOT NULL);
+  window_s integer NOT NULL, clients integer NOT NULL, evidence text NOT NULL, sample_qids text NOT NULL,
+  hosts text NOT NULL DEFAULT '[]');
 CREATE INDEX IF NOT EXISTS relaywatch_decisions_time ON relaywatch_decisions (time);
 CREATE INDEX IF NOT EXISTS relaywatch_decisions_pull ON relaywatch_decisions (host, seq);
 CREATE TABLE IF NOT EXISTS relaywatch_claims (
@@ -66,6 +57,9 @@ CREATE TABLE IF NOT EXISTS relaywatch_open_messages (
   client text, sasl_user text, sender text NOT NULL, nrcpt integer NOT NULL, seen text NOT NULL,
   PRIMARY KEY (host, qid));
 """
+# What an older schema lacks, added when a newer relaywatch first opens it (its hosts may still run:
+# every added column has a default).
+UPGRADE = "ALTER TABLE relaywatch_decisions ADD COLUMN IF NOT EXISTS hosts text NOT NULL DEFAULT '[]';"
 
 NEXT_SEQ = ("INSERT INTO relaywatch_hosts (host, seq) VALUES (%s, 1) "
             "ON CONFLICT (host) DO UPDATE SET seq = relaywatch_hosts.seq + 1 RETURNING seq")
@@ -74,8 +68,13 @@ CLAIM = ("INSERT INTO relaywatch_claims AS c (action, kind, target, time, until,
          " host = excluded.host WHERE c.until <= excluded.time RETURNING host")
 INSERT_DECISION = (
     "INSERT INTO relaywatch_decisions (host, seq, time, action, kind, target, rule, count, window_s, clients,"
-    " evidence, sample_qids) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)")
-DECISION_COLUMNS = "time, action, kind, target, rule, count, window_s, clients, evidence, sample_qids"
+    " evidence, sample_qids, hosts) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)")
+DECISION_COLUMNS = "time, action, kind, target, rule, count, window_s, clients, evidence, sample_qids, hosts"
+# The fleet hosts whose counts of a decision's target are in its window (asked only when a decision is
+# won): a subnet's are its clients' (client keys are addresses, as relaywatch_origins' are).
+CONTRIBUTORS = ("SELECT DISTINCT host FROM relaywatch_counts WHERE bucket >= %(bucket)s AND dim = ANY(%(dims)s)"
+                " AND (key = %(target)s OR (%(subnet)s AND key::inet <<= %(target)s::cidr))")
+HOST_SEQ = "SELECT seq FROM relaywatch_hosts WHERE host = %s"
 COPY_COUNTS = "COPY relaywatch_counts (host, seq, dim, bucket, key, n) FROM STDIN"
 UPSERT_MESSAGE = (
     "INSERT INTO relaywatch_open_messages VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (host, qid) DO"
@@ -96,7 +95,7 @@ UPSERT_META = ("INSERT INTO relaywatch_meta (host, key, value) VALUES (%s, %s, %
 # A block replaces an earlier one of the same target (a manual block, an expired one); `keep_active`:
 # written after an outage, it leaves one in force that another host recorded meanwhile.
 UPSERT_BLOCK = (
-    "INSERT INTO relaywatch_blocks AS b (kind, target, lookup_key, action, reason, rule, since, until, offences, host)"
+    f"INSERT INTO {TABLE} AS b (kind, target, lookup_key, action, reason, rule, since, until, offences, host)"
     " VALUES (%(kind)s, %(target)s, %(key)s, %(action)s, %(reason)s, %(rule)s, %(since)s, %(until)s,"
     " COALESCE((SELECT count FROM relaywatch_offences WHERE kind = %(kind)s AND target = %(target)s), 0) + 1,"
     " %(host)s) ON CONFLICT (kind, target) DO UPDATE SET lookup_key = excluded.lookup_key, action = excluded.action,"
@@ -107,10 +106,10 @@ COUNT_OFFENCE = ("INSERT INTO relaywatch_offences (kind, target, count, last) VA
                  " ON CONFLICT (kind, target) DO UPDATE SET count = relaywatch_offences.count + 1,"
                  " last = excluded.last")
 SELECT_BLOCKS = ("SELECT b.kind, b.target, b.reason, b.rule, b.since, b.until, COALESCE(o.count, b.offences)"
-                 " FROM relaywatch_blocks b LEFT JOIN relaywatch_offences o"
+                 f" FROM {TABLE} b LEFT JOIN relaywatch_offences o"
                  " ON o.kind = b.kind AND o.target = b.target")
-NOTIFY = "SELECT pg_notify('relaywatch_blocks', %s)"
-CHANNEL = "relaywatch_blocks"
+NOTIFY = f"SELECT pg_notify('{CHANNEL}', %s)"
+LISTEN = f"LISTEN {CHANNEL}"
 
 # The fleet's sum of counts from a bucket on: this host's rows all, another host's up to the number
 # this store has pulled (`cursor`): what comes later arrives through the pull, never twice.

@@ -6,13 +6,17 @@ host's state records (store.state's KeyValue over relaywatch_meta) and the row c
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
-from relaywatch.model import Action, Decision, Kind
+from relaywatch.core.policy import BUCKET_S
+from relaywatch.model import Action, Decision, Kind, RelaywatchError
 from relaywatch.store import postgres_schema as sql
 from relaywatch.store.sqlite_file import StoreUnavailable
 
+log = logging.getLogger("relaywatch.store")
 T = TypeVar("T")
 # (kind, target, rule, reason) -> (lookup_key, action): what Postfix's pgsql: query gets for a block
 BlockKeys = Callable[[str, str, str, str], tuple[str, str]]
@@ -22,7 +26,13 @@ _Key = tuple[str, str, str, float, str]
 def decision_from_row(r: Any) -> Decision:
     """A Decision from sql.DECISION_COLUMNS."""
     return Decision(r[0], Action(r[1]), Kind(r[2]), r[3], r[4], r[5], r[6], r[7], tuple(json.loads(r[8])),
-                    tuple(json.loads(r[9])))
+                    tuple(json.loads(r[9])), tuple(json.loads(r[10])))
+
+
+def decision_row(host: str, seq: int, d: Decision) -> tuple[Any, ...]:
+    """sql.INSERT_DECISION's arguments."""
+    return (host, seq, d.time, d.action, d.kind, d.target, d.rule, d.count, d.window_s, d.clients,
+            json.dumps(d.evidence), json.dumps(d.sample_qids), json.dumps(d.hosts))
 
 
 def cursor_arrays(cursor: dict[str, int]) -> tuple[list[str], list[int]]:
@@ -34,25 +44,45 @@ class Claims:
 
     A claim is (action, kind, target) for the decision's window: a second host deciding the same
     within it loses, and records nothing (it adopts the winner's block). Unblocks are not claimed:
-    the one host whose DELETE took a block records its end."""
+    the one host whose DELETE took a block records its end. A decision won names the fleet hosts
+    whose counts of its target are in its window (one query per decision, none per line)."""
 
     def __init__(self) -> None:
-        self._won: dict[_Key, bool] = {}
+        self._won: dict[_Key, Decision | None] = {}
 
-    def claim(self, conn: Any, host: str, d: Decision) -> bool:
+    def claim(self, conn: Any, host: str, d: Decision) -> Decision | None:
+        """`d` as recorded (with its hosts) when this host won it, else None."""
         if d.action == Action.UNBLOCK:
-            return True
+            return d
         key = (d.action, d.kind, d.target, d.time, d.rule)
-        won = self._won.get(key)
-        if won is None:
+        if key not in self._won:
             row = conn.execute(sql.CLAIM, [d.action, d.kind, d.target, d.time, d.time + max(d.window_s, 1),
                                            host]).fetchone()
-            won = self._won[key] = row is not None
-        return won
+            self._won[key] = None if row is None else replace(d, hosts=contributors(conn, host, d))
+        return self._won[key]
 
     def end(self) -> None:
         """The transaction ended: its claims were committed or rolled back with it."""
         self._won.clear()
+
+
+_DIMS_OF_KIND = {Kind.CLIENT: ["client", "relay_denied"], Kind.SUBNET: ["client", "relay_denied"],
+                 Kind.SASL_USER: ["sasl_user"], Kind.SENDER: ["sender"], Kind.DESTINATION: ["domain"],
+                 Kind.UID: ["uid"]}
+
+
+def contributors(conn: Any, host: str, d: Decision) -> tuple[str, ...]:
+    """This host and every other whose counts of `d`'s target are in its window; the syslog hosts of
+    its own evidence too when its log mixes several (a central log)."""
+    names = {host, *(d.hosts if len(d.hosts) > 1 else ())}
+    args = {"bucket": int((d.time - d.window_s) // BUCKET_S), "dims": _DIMS_OF_KIND.get(d.kind, []),
+            "target": d.target, "subnet": d.kind == Kind.SUBNET}
+    try:
+        with conn.transaction():  # a savepoint: a key that is no address fails the cast, not the batch
+            names.update(r[0] for r in conn.execute(sql.CONTRIBUTORS, args))
+    except Exception as exc:  # the driver's DataError (only store.postgres imports it)
+        log.warning("cannot tell which hosts counted %s %s: %s", d.kind, d.target, exc)
+    return tuple(sorted(names))
 
 
 class _Store(Protocol):
@@ -140,3 +170,26 @@ class Meta:
             if not store.degrade:
                 raise
         return 0
+
+
+def make_schema(conn: Any, name: str) -> None:
+    """The tables, made once and upgraded from an older version; a host opening a database already at
+    this version runs no DDL (CREATE INDEX IF NOT EXISTS takes its table's lock even when the index is
+    there: it would deadlock with busy hosts). A schema a newer relaywatch made is refused."""
+    if conn.execute("SELECT to_regclass('relaywatch_schema') IS NOT NULL").fetchone() == (True,):
+        row = conn.execute("SELECT max(version) FROM relaywatch_schema").fetchone()
+        if row is not None and row[0] == sql.VERSION:
+            return
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", [sql.LOCK_KEY])
+        conn.execute(sql.SCHEMA)
+        row = conn.execute("SELECT max(version) FROM relaywatch_schema").fetchone()
+        version = row[0] if row else None
+        if version is not None and version > sql.VERSION:
+            raise RelaywatchError(f"state database {name}: schema version {version} was made by a newer"
+                                  f" relaywatch (this one knows {sql.VERSION}): upgrade this host")
+        if version is None:
+            conn.execute("INSERT INTO relaywatch_schema (version) VALUES (%s)", [sql.VERSION])
+        elif version < sql.VERSION:
+            conn.execute(sql.UPGRADE)
+            conn.execute("UPDATE relaywatch_schema SET version = %s", [sql.VERSION])
