@@ -306,3 +306,4 @@ def test_postgres_stopped_mid_flood_defers_mail_and_the_fleet_hands_over_once(po
         assert len([t for h, t in fleet.notices("state database writable again") if h == name]) == 1
     assert {h for h, _ in fleet.notices(f"blocked {ABUSER}")} == {"mx1"}
     assert not re.search(OWNER_PASSWORD, "".join(m.said() for m in fleet.members))  # never logged
+
