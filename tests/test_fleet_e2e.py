@@ -82,13 +82,9 @@ class Fleet:
         return sum(m.rig.maillog.read_text().count("status=sent") for m in self.members)
 
     def notices(self, about: str) -> list[tuple[str, str]]:
-        """(host, title or merged line) of every notification that mentions `about`."""
-        out = []
-        for m in self.members:
-            for p in self.sink.to(f"/{m.name}"):
-                out += [(m.name, line) for line in [p.get("title", ""), *p.get("message", "").splitlines()]
-                        if about in line]
-        return out
+        """(host, title) of every notification (a push, perhaps of several merged notices) that mentions `about`."""
+        return [(m.name, p.get("title", "")) for m in self.members for p in self.sink.to(f"/{m.name}")
+                if about in p.get("title", "") + "\n" + p.get("message", "")]
 
 
 def send(rig: PostfixRig, client: str, n: int) -> tuple[int, str]:
