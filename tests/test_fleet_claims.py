@@ -1,6 +1,6 @@
-"""Fleet hosts claiming decisions at the same moment (issue 18): a known bug, marked xfail(strict) so
-that the fix turns it into a failure that says to remove the mark. Found by bench/fleet_bench.py at
-8 hosts (a host process died on `deadlock detected ... relaywatch_claims`)."""
+"""Fleet hosts claiming decisions at the same moment (issue 18): found by bench/fleet_bench.py at
+8 hosts (a host process died on `deadlock detected ... relaywatch_claims`, reported as an outage)
+when each host claimed a batch's decisions in the batch's order; now every host claims in one order."""
 
 from __future__ import annotations
 
@@ -8,18 +8,11 @@ import dataclasses
 import threading
 import time
 
-import pytest
-
 from relaywatch.build import block_keys
 from relaywatch.model import Action, Decision, Kind
 from relaywatch.store.postgres import Store
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (store/postgres.py, t18-wire's files): hosts claim a batch's decisions in"
-                   " the batch's order; two hosts deciding the same targets in another order deadlock on"
-                   " relaywatch_claims (seen in bench/fleet_bench.py at 8 hosts), and the deadlock is reported as"
-                   " 'PostgreSQL cannot be reached or is restarting'. Fix: claim in one order, e.g. sorted by"
-                   " (action, kind, target). Remove this mark then.")
 def test_two_hosts_claiming_the_same_decisions_in_other_orders_do_not_deadlock(postgres):
     now = time.time()
     batch = [Decision(now, Action.BLOCK, Kind.CLIENT, f"61.177.{i}.50", "client", 12, 600) for i in range(60)]

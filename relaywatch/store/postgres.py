@@ -283,7 +283,18 @@ class Store(Reads):
         whose counts are in its window."""
         with self.transaction():
             conn = self._connection()
-            return [w for d in decisions if (w := self.claims.claim(conn, self.host, d)) is not None]
+            return self._claim_all(conn, self.host, decisions)
+
+    def _claim_all(self, conn: psycopg.Connection[Any], me: str, decisions: Iterable[Decision]) -> list[Decision]:
+        """The decisions this host wins, in the caller's order, claimed in one order shared by every host
+        (action, kind, target): two hosts claiming the same targets in different orders would deadlock."""
+        ordered = list(decisions)
+        won = {}
+        for i in sorted(range(len(ordered)), key=lambda i: (ordered[i].action, ordered[i].kind, ordered[i].target)):
+            w = self.claims.claim(conn, me, ordered[i])
+            if w is not None:
+                won[i] = w
+        return [won[i] for i in sorted(won)]
 
     def commit_batch(self, counts: Iterable[CountRow], decisions: Iterable[Decision] = (),
                      position: tuple[str, JSONObject] | None = None,
@@ -307,7 +318,7 @@ class Store(Reads):
                 if gone:
                     cur.execute("DELETE FROM relaywatch_open_messages WHERE host = %s AND qid = ANY(%s)",
                                 [me, list(gone)])
-                won = [w for d in decisions if (w := self.claims.claim(conn, me, d)) is not None]
+                won = self._claim_all(conn, me, decisions)
                 counts = self._unlanded(counts)
                 if counts or won:
                     seq = self._next_seq(conn)
