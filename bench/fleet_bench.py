@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import queue
 import statistics
 import sys
 import time
@@ -120,6 +121,19 @@ def watch(url: str, abusers: int, out: Any, stop: Any) -> None:
     out.put(seen)
 
 
+def collect(out: Any, procs: list[Any]) -> list[Any]:
+    """One result per host process; one that died without its result ends the bench (not a wait forever)."""
+    got: list[Any] = []
+    while len(got) < len(procs):
+        try:
+            got.append(out.get(timeout=1.0))
+        except queue.Empty:
+            dead = [p for p in procs if p.exitcode not in (None, 0)]
+            if dead:
+                raise SystemExit(f"fleet bench: host process {dead[0].name} died (exit {dead[0].exitcode})") from None
+    return got
+
+
 def run(pg: PostgresServer, n: int, lines: int, abusers: int, rate: float) -> None:
     url = pg.createdb(f"fleet_{n}_{int(time.time())}")
     Store(url, host="setup").close()
@@ -127,7 +141,7 @@ def run(pg: PostgresServer, n: int, lines: int, abusers: int, rate: float) -> No
     procs = [mp.Process(target=throughput, args=(url, f"h{i}", i, lines, out)) for i in range(n)]
     for p in procs:
         p.start()
-    rates = [out.get() for _ in procs]
+    rates = collect(out, procs)
     for p in procs:
         p.join()
     url = pg.createdb(f"fleet_{n}_lat_{int(time.time())}")
@@ -139,7 +153,7 @@ def run(pg: PostgresServer, n: int, lines: int, abusers: int, rate: float) -> No
     procs = [mp.Process(target=paced, args=(url, f"h{i}", i, n, abusers, rate, out)) for i in range(n)]
     for p in procs:
         p.start()
-    fed = [row for _ in procs for row in out.get()[1]]
+    fed = [row for result in collect(out, procs) for row in result[1]]
     for p in procs:
         p.join()
     time.sleep(1.0)
