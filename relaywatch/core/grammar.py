@@ -9,11 +9,10 @@ around the message (time, host, syslog tag) is relaywatch.parse's.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable
-from functools import lru_cache
 
+from relaywatch.core.netaddr import canonical
 from relaywatch.core.replies import relay_denied
 from relaywatch.model import ClientSeen, Delivery, Event, Pickup, QueueActive, Reject, Removed, Unparsed
 
@@ -53,14 +52,9 @@ _DELIVERY_TAIL = re.compile(
 DELIVERY_AGENTS = frozenset({"smtp", "lmtp", "local", "virtual", "pipe", "error", "retry", "discard"})
 
 
-@lru_cache(maxsize=16384)
 def client_address(addr: str) -> str | None:
     """The canonical text of a client address, or None when Postfix did not log one."""
-    addr = addr.removeprefix("IPv6:")
-    try:
-        return ipaddress.ip_address(addr).compressed
-    except ValueError:
-        return None
+    return canonical(addr)
 
 
 # --- message grammars, one per daemon family ---------------------------------

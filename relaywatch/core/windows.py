@@ -43,6 +43,7 @@ class WindowCounter:
         "group",
         "group_keys",
         "group_totals",
+        "last_group",
         "latest",
         "max_keys",
         "nbuckets",
@@ -62,28 +63,36 @@ class WindowCounter:
         self.max_keys = max(4, max_keys)
         self.evicted = 0
         self.residue = 0  # (_EVENTS|_GONE, group) entries in the buckets
+        self.last_group: str | None = None  # the group of the key add() counted last (None: none, or ungrouped)
 
     def add(self, bucket: int, key: str, n: int = 1) -> int:
         """Count `n` for `key`; returns the key's total in the window."""
-        if bucket > self.latest:
+        group = self.group
+        g = group(key) if group is not None else None
+        self.last_group = g
+        latest = self.latest
+        if bucket > latest:
             self.latest = bucket
             self._expire(bucket)
-        elif bucket <= self.latest - self.nbuckets:
+        elif bucket <= latest - self.nbuckets:
             return self.totals.get(key, 0)  # older than the window: nothing to count
-        if not self.buckets or self.buckets[-1][0] < bucket:
-            self.buckets.append((bucket, {}))
-        counts = self.buckets[-1][1]
+        buckets = self.buckets
+        if not buckets or buckets[-1][0] < bucket:
+            counts: _Counts = {}
+            buckets.append((bucket, counts))
+        else:
+            counts = buckets[-1][1]
         counts[key] = counts.get(key, 0) + n
-        total = self.totals.get(key, 0)
-        if self.group is not None:
-            g = self.group(key)
-            if g is not None:
-                self.group_totals[g] = self.group_totals.get(g, 0) + n
-                if total == 0:
-                    self.group_keys[g] = self.group_keys.get(g, 0) + 1
+        totals = self.totals
+        total = totals.get(key, 0)
+        if g is not None:
+            group_totals = self.group_totals
+            group_totals[g] = group_totals.get(g, 0) + n
+            if total == 0:
+                self.group_keys[g] = self.group_keys.get(g, 0) + 1
         total += n
-        self.totals[key] = total
-        if total == n and len(self.totals) + self.residue > self.max_keys:
+        totals[key] = total
+        if total == n and len(totals) + self.residue > self.max_keys:
             self._shrink(key)
         return total
 
