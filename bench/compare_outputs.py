@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
 """Byte-for-byte: does this branch's `relaywatch replay` print what another build prints?
 
-    python bench/compare_outputs.py                                   # against /work/main's build
+    python bench/compare_outputs.py --base main                       # against main's code, this Python
     python bench/compare_outputs.py --before "/opt/old/bin/relaywatch" --formats json,text,html
-    python bench/compare_outputs.py --big /tmp/bench-logs             # also the replay_bench logs there
+    python bench/compare_outputs.py --base HEAD~3 --big /tmp/bench-logs  # also the replay_bench logs there
+
+`--base REV` exports that revision of this repository (git archive) into a temp dir and runs it
+with this Python (PYTHONPATH first): the reference is exactly that commit's code, whatever is
+installed.
 
 Replays, with both commands, every log under tests/data (golden, deployments, corpus, the seed
 and proxy logs), the public corpus (/work/shared/corpus/public, when present) and generated days
@@ -51,19 +55,29 @@ def replay(cmd: list[str], log: Path, fmt: str, year: str | None) -> tuple[int, 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--before", default="/work/main/.venv/bin/relaywatch", help="the reference command")
+    ref = ap.add_mutually_exclusive_group(required=True)
+    ref.add_argument("--base", metavar="REV", help="the reference: this repository's code at REV")
+    ref.add_argument("--before", metavar="CMD", help="the reference: this relaywatch command")
     ap.add_argument("--after", default=str(Path(sys.executable).parent / "relaywatch"), help="the command tested")
     ap.add_argument("--formats", default="json,text", help="report formats to compare (default: %(default)s)")
     ap.add_argument("--big", metavar="DIR", help="also every *.log in DIR (replay_bench.py --keep DIR)")
     ap.add_argument("--no-generated", action="store_true", help="skip the generated days")
     a = ap.parse_args(argv)
-    before, after = shlex.split(a.before), shlex.split(a.after)
     formats = [f for f in a.formats.split(",") if f]
+    tmp = tempfile.TemporaryDirectory(prefix="relaywatch-compare-")
+    if a.base:
+        base = Path(tmp.name) / "base"
+        base.mkdir()
+        tar = subprocess.run(["git", "-C", str(ROOT), "archive", a.base], capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(base)], input=tar, check=True)
+        before = ["env", f"PYTHONPATH={base}", sys.executable, "-m", "relaywatch"]
+    else:
+        before = shlex.split(a.before)
+    after = shlex.split(a.after)
 
     cases: list[tuple[Path, str | None]] = [(p, None) for p in logs_under(ROOT / "tests" / "data")]
     if CORPUS.is_dir():
         cases += [(p, None) for p in sorted(CORPUS.iterdir()) if p.suffix in (".log", ".gz")]
-    tmp = tempfile.TemporaryDirectory(prefix="relaywatch-compare-")
     if not a.no_generated:
         for name, gen in GENERATED.items():
             out = Path(tmp.name) / name
@@ -87,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(f"same    {log} --format {fmt} ({len(new[1]):,} bytes, exit {new[0]})")
     tmp.cleanup()
-    print(f"{len(cases)} logs x {len(formats)} formats: {differ} differ")
+    print(f"{len(cases)} logs x {len(formats)} formats, {' '.join(before)} vs {' '.join(after)}: {differ} differ")
     return 1 if differ else 0
 
 

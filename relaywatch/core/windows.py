@@ -42,6 +42,7 @@ class WindowCounter:
         "evicted",
         "group",
         "group_keys",
+        "group_of",
         "group_totals",
         "last_group",
         "latest",
@@ -59,6 +60,9 @@ class WindowCounter:
         self.group = group
         self.group_totals: dict[str, int] = {}
         self.group_keys: dict[str, int] = {}
+        # each key in the window -> its group, found once when it entered (a flood's addresses are read
+        # again nowhere: expiry and eviction of a key hours later would re-read it)
+        self.group_of: dict[str, str | None] = {}
         self.latest = 0
         self.max_keys = max(4, max_keys)
         self.evicted = 0
@@ -67,15 +71,19 @@ class WindowCounter:
 
     def add(self, bucket: int, key: str, n: int = 1) -> int:
         """Count `n` for `key`; returns the key's total in the window."""
+        totals = self.totals
         group = self.group
-        g = group(key) if group is not None else None
+        if group is None:
+            g = None
+        else:
+            g = self.group_of[key] if key in totals else group(key)
         self.last_group = g
         latest = self.latest
         if bucket > latest:
             self.latest = bucket
             self._expire(bucket)
         elif bucket <= latest - self.nbuckets:
-            return self.totals.get(key, 0)  # older than the window: nothing to count
+            return totals.get(key, 0)  # older than the window: nothing to count
         buckets = self.buckets
         if not buckets or buckets[-1][0] < bucket:
             counts: _Counts = {}
@@ -83,8 +91,9 @@ class WindowCounter:
         else:
             counts = buckets[-1][1]
         counts[key] = counts.get(key, 0) + n
-        totals = self.totals
         total = totals.get(key, 0)
+        if group is not None and not total:
+            self.group_of[key] = g
         if g is not None:
             group_totals = self.group_totals
             group_totals[g] = group_totals.get(g, 0) + n
@@ -111,12 +120,12 @@ class WindowCounter:
                 left = self.totals[key] - n
                 if left:
                     self.totals[key] = left
+                    g = self.group_of.get(key) if self.group is not None else None
                 else:
                     del self.totals[key]
-                if self.group is not None:
-                    g = self.group(key)
-                    if g is not None:
-                        self._drop_from_group(g, n, gone=not left)
+                    g = self.group_of.pop(key, None) if self.group is not None else None
+                if g is not None:
+                    self._drop_from_group(g, n, gone=not left)
 
     def _drop_from_group(self, g: str, n: int, gone: bool) -> None:
         left = self.group_totals[g] - n
@@ -150,10 +159,10 @@ class WindowCounter:
             victims.discard(ranked[n])
         self._evict_keys(victims)
         if self.group is not None and len(self.totals) + self.residue > target:
-            self._evict_groups(len(self.totals) + self.residue - target, self.group(keep))
+            self._evict_groups(len(self.totals) + self.residue - target, self.group_of.get(keep))
 
     def _evict_keys(self, victims: set[str]) -> None:
-        group = self.group
+        group, group_of = self.group, self.group_of
         last: dict[str, tuple[_Counts, str]] = {}
         shrunk = []
         for i, (_, counts) in enumerate(self.buckets):
@@ -161,7 +170,7 @@ class WindowCounter:
                 [k for k in victims if k in counts]
             for k in hit:
                 n = counts.pop(k)
-                g = group(k) if group is not None else None
+                g = group_of.get(k) if group is not None else None
                 if g is not None:
                     self._leave(counts, (_EVENTS, g), n)
                     last[k] = (counts, g)
@@ -171,6 +180,7 @@ class WindowCounter:
             self._leave(counts, (_GONE, g), 1)
         for k in victims:
             del self.totals[k]
+            group_of.pop(k, None)
         self.evicted += len(victims)
         self._compact(shrunk)
 
@@ -190,11 +200,10 @@ class WindowCounter:
 
     def _evict_groups(self, excess: int, keep: str | None) -> None:
         """Forget whole groups, fewest events first, until `excess` entries are gone."""
-        group = self.group
-        assert group is not None
+        group_of = self.group_of
         members: dict[str, list[str]] = {}
         for k in self.totals:
-            g = group(k)
+            g = group_of[k]
             if g is not None:
                 members.setdefault(g, []).append(k)
         leftovers: dict[str, int] = {}
@@ -222,6 +231,7 @@ class WindowCounter:
         self._compact(shrunk)
         for k in keys:
             del self.totals[k]
+            del group_of[k]
         for g in victims:
             self.group_totals.pop(g, None)
             self.group_keys.pop(g, None)
