@@ -14,7 +14,6 @@ Caches are dicts cleared when full: memory stays flat under any flood.
 from __future__ import annotations
 
 import ipaddress
-import re
 
 Addr = tuple[int, int]  # (4 or 6, the address as an integer)
 
@@ -99,24 +98,21 @@ def _v6(text: str) -> int | None:
     return int("".join([g.zfill(4) for g in groups]), 16)
 
 
-_ZERO_RUNS = re.compile(r"(?:^|:)0(?::0)+(?=:|$)")  # two or more zero groups in "%x:%x:..." text
+_ZERO_RUNS = tuple(":" + ":".join(["0"] * k) + ":" for k in range(8, 1, -1))  # longest first
 
 
 def v6_text(n: int) -> str:
     """An IPv6 integer in ipaddress's compressed form: the first longest run of two or more zero
     groups becomes `::`."""
-    h = (f"{n >> 112:x}:{n >> 96 & 0xFFFF:x}:{n >> 80 & 0xFFFF:x}:{n >> 64 & 0xFFFF:x}:"
-         f"{n >> 48 & 0xFFFF:x}:{n >> 32 & 0xFFFF:x}:{n >> 16 & 0xFFFF:x}:{n & 0xFFFF:x}")
-    best, groups = None, 0
-    for m in _ZERO_RUNS.finditer(h):
-        start, end = m.span()
-        g = (end - start + (start == 0)) // 2
-        if g > groups:
-            best, groups = m, g
-    if best is None:
-        return h
-    start, end = best.span()
-    return h[:start] + "::" + h[end + 1:]
+    h = (f":{n >> 112:x}:{n >> 96 & 0xFFFF:x}:{n >> 80 & 0xFFFF:x}:{n >> 64 & 0xFFFF:x}:"
+         f"{n >> 48 & 0xFFFF:x}:{n >> 32 & 0xFFFF:x}:{n >> 16 & 0xFFFF:x}:{n & 0xFFFF:x}:")
+    for run in _ZERO_RUNS:
+        i = h.find(run)
+        if i >= 0:
+            end = i + len(run)
+            # the sentinel colons around `h` go, unless the run took them
+            return h[1 if i else 0:i] + "::" + h[end:len(h) - 1 if end < len(h) else len(h)]
+    return h[1:-1]
 
 
 def _read(text: str) -> tuple[str, int, int] | None:
