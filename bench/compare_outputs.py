@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         base.mkdir()
         tar = subprocess.run(["git", "-C", str(ROOT), "archive", a.base], capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(base)], input=tar, check=True)
-        before = ["env", f"PYTHONPATH={base}", sys.executable, "-m", "relaywatch"]
+        # -P: not the current directory first (it may be a checkout of other code)
+        before = ["env", f"PYTHONPATH={base}", sys.executable, "-P", "-m", "relaywatch"]
     else:
         before = shlex.split(a.before)
     after = shlex.split(a.after)

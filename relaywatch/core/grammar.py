@@ -104,6 +104,21 @@ def _reject(t: float, qid: str, rest: str, host: str, smtpd: bool = False) -> Ev
 
 
 def _qmgr(t: float, daemon: str, msg: str, host: str) -> Event | None:
+    # The two shapes of nearly every qmgr line, read with str operations where they give exactly
+    # what _QMGR gives (its greedy sender ends at the last `>, size=`); anything else asks _QMGR.
+    k = msg.find(": ", 0, 40)
+    if k > 0:
+        if msg.endswith(" (queue active)") and msg.startswith("from=<", k + 2):
+            j = msg.rfind(">, size=")
+            if j >= k + 8:
+                size, _, nrcpt = msg[j + 8:-15].partition(", nrcpt=")
+                qid = msg[:k]
+                if size.isdecimal() and nrcpt.isdecimal() and is_qid(qid):
+                    return QueueActive(t, qid, msg[k + 8:j], int(size), int(nrcpt), host=host)
+        elif len(msg) == k + 9 and msg.endswith(": removed"):
+            qid = msg[:k]
+            if is_qid(qid):
+                return Removed(t, qid, host=host)
     m = _QMGR.match(msg)
     if m is None:
         if msg.endswith("(queue active)"):

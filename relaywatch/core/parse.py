@@ -41,6 +41,7 @@ _BSD_STAMP = re.compile(r"[A-Z][a-z]{2} {1,2}\d{1,2} \d\d:\d\d:\d\d")
 _HOST = re.compile(r"\S+")
 _TAG_TOKEN = re.compile(r"(?P<prefix>[^\s\[:]*/)?(?P<daemon>[^\s\[:/]+)(?:\[(?P<pid>\d+)\])?:?")
 _PIECES_MAX = 4096
+_Head = tuple[str, str | None, str, str | None, "Grammar | None"]  # host, prefix, program, pid, grammar
 _SESSION_EDGES = ("connect from ", "disconnect from ")  # smtpd lines no grammar reads (no queue id)
 NO_HOSTNAME = "line without a hostname"  # Unparsed.reason: journalctl omits it when a record has none
 # Times every report can print (datetime's years 1..9999 in any time zone): others are impossible
@@ -103,8 +104,7 @@ class LineParser:
         self._uids_given = journal_uids is not None
         self.journal_uids: set[str] = {str(u) for u in journal_uids} if journal_uids is not None else {"0"}
         self._stamps: dict[str, float] = {}
-        self._hosts: set[str] = set()  # hosts and tags the str fast path has checked
-        self._tags: dict[str, tuple[str | None, str, str | None, Grammar | None]] = {}
+        self._heads: dict[str, _Head] = {}  # "host tag" of classic lines the str fast path has checked
         self._proxied: dict[tuple[str, str | None], ClientSeen] = {}  # (host, smtpd pid) -> NOQUEUE: client=
         # Postfix-shaped lines under a syslog name not in `syslog_names`: name -> lines
         self.other_names: dict[str, int] = {}
@@ -117,31 +117,27 @@ class LineParser:
             return self._journal(line)
         if first.isdigit():
             envelope = _RFC3339 if line[4:5] == "-" else _UNIX
-        elif line[15:16] == " " and line[8:9] != "-":
-            # The classic envelope, split with str operations; each distinct stamp, host and tag
+        elif line[15:16] == " ":
+            # The classic envelope, split with str operations: each distinct stamp and "host tag"
             # was checked once against the pieces of _BSD (_learn), or _BSD decides below.
-            stamp = line[:15]
             sp = line.find(" ", 16)
             end = line.find(" ", sp + 1)
-            tag = self._tags.get(line[sp + 1:end]) if sp > 16 and end > 0 else None
-            host = line[16:sp]
-            if tag is None or host not in self._hosts or (stamp not in self._stamps
-                                                         and _BSD_STAMP.fullmatch(stamp) is None):
-                tag = self._learn(line, sp, end)
-            if tag is not None:
-                prefix, daemon, pid, grammar = tag
+            head = self._heads.get(line[16:end]) if sp > 16 and end > 0 else None
+            t = self._stamps.get(line[:15])
+            if head is None or t is None:
+                head = self._learn(line, sp, end)
+            if head is not None:
+                host, prefix, daemon, pid, grammar = head
                 msg = line[end + 1:]
                 if grammar is None or prefix is None or not prefix.startswith(self.syslog_names):
                     return self._not_postfix(host, prefix, daemon, msg)
-                t = self._stamps.get(stamp)
                 if t is None:
-                    t = self._bsd(stamp)
-                if not _MIN_T <= t <= _MAX_T:  # also NaN
-                    return Unparsed(0.0, "impossible timestamp")
+                    t = self._bsd(line[:15])
                 if daemon == "smtpd" and msg.startswith(_SESSION_EDGES):
-                    return None  # what _smtpd makes of them, without asking it: most lines of a busy log
+                    # what _smtpd makes of them, without asking it: most lines of a busy log
+                    return None if _MIN_T <= t <= _MAX_T else Unparsed(0.0, "impossible timestamp")
                 return self._message(t, grammar, host, daemon, pid, msg)
-            envelope = _BSD
+            envelope = _FULL if line[8:9] == "-" else _BSD
         else:
             envelope = _FULL if line[8:9] == "-" else _BSD
         m = envelope.match(line)
@@ -159,30 +155,25 @@ class LineParser:
             t = self._full(m) if envelope is _FULL else float(m["unix"])
         return self._message(t, grammar, host, daemon, m["pid"], msg)
 
-    def _learn(self, line: str, sp: int, end: int) -> tuple[str | None, str, str | None, Grammar | None] | None:
+    def _learn(self, line: str, sp: int, end: int) -> _Head | None:
         """Check the stamp, host and tag of a classic line against the pieces of _BSD and remember
-        those that fit: (prefix, program, pid, its grammar), or None (then _BSD itself decides)."""
+        the host and tag if they fit: (host, prefix, program, pid, its grammar), or None (then _BSD
+        itself decides)."""
         if sp <= 16 or end < 0 or _BSD_STAMP.fullmatch(line, 0, 15) is None:
             return None
-        host = line[16:sp]
-        if host not in self._hosts:
-            if _HOST.fullmatch(host) is None:
-                return None
-            if len(self._hosts) >= _PIECES_MAX:
-                self._hosts.clear()
-            self._hosts.add(host)
-        token = line[sp + 1:end]
-        tag = self._tags.get(token)
-        if tag is None:
-            tm = _TAG_TOKEN.fullmatch(token)
-            if tm is None:
+        key = line[16:end]
+        head = self._heads.get(key)
+        if head is None:
+            host = line[16:sp]
+            tm = _TAG_TOKEN.fullmatch(line, sp + 1, end)
+            if _HOST.fullmatch(host) is None or tm is None:
                 return None
             prefix, daemon, pid = tm.group("prefix", "daemon", "pid")
-            tag = (prefix, daemon, pid, GRAMMARS.get(daemon))
-            if len(self._tags) >= _PIECES_MAX:
-                self._tags.clear()
-            self._tags[token] = tag
-        return tag
+            head = (host, prefix, daemon, pid, GRAMMARS.get(daemon))
+            if len(self._heads) >= _PIECES_MAX:
+                self._heads.clear()
+            self._heads[key] = head
+        return head
 
     def _message(self, t: float, grammar: Grammar, host: str, daemon: str, pid: str | None,
                  msg: str) -> Event | None:
