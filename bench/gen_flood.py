@@ -60,7 +60,8 @@ def rotate16(lines: int, seed: int) -> Iterator[str]:
             yield f"{t} mx postfix/smtpd[{pid}]: connect from unknown[{ip}]"
             yield (f"{t} mx postfix/smtpd[{pid}]: NOQUEUE: reject: RCPT from unknown[{ip}]: 554 5.7.1 <{rcpt}>: "
                    f"Relay access denied; from=<probe{i}@spam.example.org> to=<{rcpt}> proto=ESMTP helo=<probe>")
-            yield f"{t} mx postfix/smtpd[{pid}]: disconnect from unknown[{ip}] ehlo=1 mail=1 rcpt=0/1 quit=1 commands=3/4"
+            yield (f"{t} mx postfix/smtpd[{pid}]: disconnect from unknown[{ip}]"
+                   " ehlo=1 mail=1 rcpt=0/1 quit=1 commands=3/4")
             n += 3
             continue
         qid = _qid(i)
@@ -83,14 +84,16 @@ def rotate16(lines: int, seed: int) -> Iterator[str]:
         yield f"{t} mx postfix/smtpd[{pid}]: {qid}: client={name}[{ip}]"
         yield (f"{t} mx postfix/cleanup[{pid + 1}]: {qid}: message-id=<{rng.getrandbits(64):016x}."
                f"{rng.getrandbits(64):016x}@bulk-{rng.randint(0, 9999)}.mailer.example.com>")
-        yield f"{t} mx postfix/qmgr[999]: {qid}: from=<{sender}>, size={rng.randint(2000, 90000)}, nrcpt={len(rcpts)} (queue active)"
+        yield (f"{t} mx postfix/qmgr[999]: {qid}: from=<{sender}>, size={rng.randint(2000, 90000)},"
+               f" nrcpt={len(rcpts)} (queue active)")
         for rcpt in rcpts:
             if agent == "local":
                 tail = relay
             else:
                 dom = rcpt.split("@")[1]
                 r = rng.random()
-                mx = f"mx{rng.randint(1, 4)}.{dom}[211.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}]:25"
+                mx = (f"mx{rng.randint(1, 4)}.{dom}"
+                      f"[211.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}]:25")
                 if r < 0.5:
                     tail = (f"relay={mx}, delay=1.4, delays=0.1/0/0.6/0.7, dsn=2.0.0, status=sent (250 2.0.0 OK "
                             f"{rng.randint(10**9, 10**10)} {rng.getrandbits(48):012x} - gsmtp queued as {qid})")
@@ -113,13 +116,15 @@ def ipv6_48(clients: int, seed: int) -> Iterator[str]:
     heavy_every = max(1, clients // 200)
     for i in range(clients):
         t = _stamp(i * 86400 // clients)
-        peers = [(_qid(i), f"2a0b:4000:48:{i % 65536:x}:{rng.getrandbits(16):x}:{i >> 16:x}::{rng.randint(1, 65535):x}")]
+        peers = [(_qid(i),
+                  f"2a0b:4000:48:{i % 65536:x}:{rng.getrandbits(16):x}:{i >> 16:x}::{rng.randint(1, 65535):x}")]
         if i % heavy_every == 0:
             peers.append((_qid(10_000_000 + i), "81.2.69.160"))
         for qid, ip in peers:
             yield f"{t} mx postfix/smtpd[{1000 + i % 50}]: connect from unknown[{ip}]"
             yield f"{t} mx postfix/smtpd[{1000 + i % 50}]: {qid}: client=unknown[{ip}]"
-            yield f"{t} mx postfix/qmgr[999]: {qid}: from=<s{i}@spam{i % 1000}.example>, size=900, nrcpt=1 (queue active)"
+            yield (f"{t} mx postfix/qmgr[999]: {qid}: from=<s{i}@spam{i % 1000}.example>, size=900,"
+                   " nrcpt=1 (queue active)")
             yield (f"{t} mx postfix/smtp[{2000 + i % 50}]: {qid}: to=<v{i}@d{i % 5000}.example>, "
                    f"relay=mx.d{i % 5000}.example[81.3.{i % 250}.1]:25, delay=1, delays=0/0/0/1, dsn=2.0.0, "
                    "status=sent (250 ok)")

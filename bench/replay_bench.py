@@ -155,13 +155,15 @@ def main(argv: list[str] | None = None) -> int:
         if f2b:
             row += [f"{lines / statistics.median(cpu['fail2ban']):,.0f}", f"{max(rss['fail2ban']):.1f}"]
             for label in ["relaywatch", *(["before"] if a.before else [])]:
-                ratio = statistics.median(f / r for f, r in zip(cpu["fail2ban"], cpu[label]))
+                ratio = statistics.median(f / r for f, r in zip(cpu["fail2ban"], cpu[label], strict=False))
                 row.append(f"{ratio:.2f}x")
         table.append(row)
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *table)]
-    print("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths))))
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *table, strict=False)]
+    print("  ".join(h.ljust(w) if i == 0 else h.rjust(w)
+                    for i, (h, w) in enumerate(zip(head, widths, strict=False))))
     for row in table:
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                        for i, (c, w) in enumerate(zip(row, widths, strict=False))))
     print("lines/s: lines / median CPU seconds of the whole process; RSS: the largest peak of the rounds; "
           "ratio: median of fail2ban-regex CPU / relaywatch CPU per round (target >= 4x, RSS <= 64 MiB)")
     tmp.cleanup()

@@ -168,6 +168,7 @@ def test_qmgr_str_reading_gives_what_the_regex_gives() -> None:
             msg = msg[:i] + rng.choice(bends) + msg[i + rng.randint(0, 3):]
         msgs.append(msg)
     msgs += ["8D076AE17: from=<a>, size=1>, size=2, nrcpt=3 (queue active)",
-             "8D076AE17: from=<>, size=0, nrcpt=0 (queue active)", "8D076AE17: removed\n", "8D076AE17: from=<a>, size=\u0663, nrcpt=1 (queue active)", "NOQUEUE: removed"]
+             "8D076AE17: from=<>, size=0, nrcpt=0 (queue active)", "8D076AE17: removed\n",
+             "8D076AE17: from=<a>, size=\u0663, nrcpt=1 (queue active)", "NOQUEUE: removed"]
     for msg in msgs:
         assert grammar._qmgr(1.0, "qmgr", msg, "h") == _regex_qmgr(1.0, "qmgr", msg, "h"), msg

@@ -17,7 +17,7 @@ import ipaddress
 
 Addr = tuple[int, int]  # (4 or 6, the address as an integer)
 
-_CACHE_MAX = 8192
+_CACHE_MAX = 2048
 _HEX = frozenset("0123456789abcdefABCDEF")
 _V4_BLOCK, _V6_BLOCK = 8, 80  # is_global is uniform inside a /24 and a /48 outside the boundary blocks
 

@@ -120,7 +120,7 @@ DEFAULT_RULES = (
 )
 
 
-_GROUP_CACHE = 8192  # addresses per grouping, cleared when full: flat under a flood of distinct clients
+_GROUP_CACHE = 2048  # addresses per grouping, cleared when full: flat under a flood of distinct clients
 
 
 @lru_cache(maxsize=64)
