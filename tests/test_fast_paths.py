@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from relaywatch.core import grammar, netaddr
 from relaywatch.core.destinations import AddrKind, address_kind
+from relaywatch.core.grouping import network_of
 from relaywatch.core.parse import _BSD, _FULL, GRAMMARS, LineParser, YearResolver
-from relaywatch.core.policy import network_of
 from relaywatch.model import Event, QueueActive, Removed, Unparsed
 
 DATA = Path(__file__).parent / "data"
