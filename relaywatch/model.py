@@ -1,8 +1,10 @@
 """The values that flow through the pipeline, and the error family.
 
 sources -> parse (events) -> correlate (Relayed, RelayDenied) -> policy (Decision) -> actions.
-Every value here is immutable but `Totals`, a run's running counts; the other mutable
-state lives in the correlator, the sliding windows, the store and the pipeline's sinks.
+Every value here is treated as immutable but `Totals`, a run's running counts; the other mutable
+state lives in the correlator, the sliding windows, the store and the pipeline's sinks. Events and
+facts are built for most lines of a log, so they are not `frozen` (a frozen dataclass costs several
+times as much to build) but stay hashable and are never assigned to.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class PostfixError(RelaywatchError):
 # --- parsed log events -------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Event:
     """Something one log line says. `time` is seconds since the epoch.
 
@@ -46,7 +48,7 @@ class Event:
     host: str = field(default="", kw_only=True)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Unparsed(Event):
     """A line relaywatch could not read, or a Postfix line of a kind it uses
     whose grammar did not match. Counted, never fatal."""
@@ -54,13 +56,13 @@ class Unparsed(Event):
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Forged(Event):
     """A journal record that claims to be Postfix's but was written by another program
     (`logger -t postfix/smtpd`): counted apart, never read as Postfix's."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class ClientSeen(Event):
     """smtpd `QID: client=name[addr]`: a message enters the queue from a client."""
 
@@ -71,7 +73,7 @@ class ClientSeen(Event):
     orig_client: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Pickup(Event):
     """pickup `QID: uid=N from=<sender>`: local submission, no client."""
 
@@ -80,7 +82,7 @@ class Pickup(Event):
     sender: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class ProxyAccept(Event):
     """smtpd in front of a before-queue filter (`smtpd_proxy_filter`):
     `NOQUEUE: proxy-accept: END-OF-MESSAGE ... queued as QID` ties the front
@@ -92,7 +94,7 @@ class ProxyAccept(Event):
     sasl_user: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class QueueActive(Event):
     """qmgr `QID: from=<sender>, size=N, nrcpt=N (queue active)`; repeats on every retry."""
 
@@ -102,7 +104,7 @@ class QueueActive(Event):
     nrcpt: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Delivery(Event):
     """One recipient's delivery attempt by smtp/lmtp/local/virtual/pipe/error/...
 
@@ -119,14 +121,14 @@ class Delivery(Event):
     reply: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Removed(Event):
     """The queue file is gone (qmgr/postsuper `removed`, or a cleanup reject)."""
 
     qid: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Reject(Event):
     """An smtpd/postscreen/cleanup policy action: `NOQUEUE: reject: RCPT from ...`.
 
@@ -146,7 +148,7 @@ class Reject(Event):
 # --- correlated facts --------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Relayed:
     """One recipient of a message from a remote smtpd client handed to another host."""
 
@@ -162,7 +164,7 @@ class Relayed:
     host: str = field(default="", compare=False)  # the syslog host that relayed it (provenance, like `queued`)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class LocalRelayed:
     """One recipient of a locally submitted message (sendmail/pickup: a web app,
     a cron job) handed to another host. Counted per uid and sender; alerts only."""
@@ -177,7 +179,7 @@ class LocalRelayed:
     host: str = field(default="", compare=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class RelayDenied:
     """Our smtpd refused to relay for this client: a probe of the relay."""
 

@@ -34,6 +34,7 @@ def replay(
     on_progress: Callable[[int], None] | None = None,
     local_domains: tuple[str, ...] = (),
     own_addresses: Iterable[Network] = (),
+    panels: bool = True,
 ) -> ReplayResult:
     """Run a whole log (a rotated set), or several hosts' logs merged by time, through the pipeline on log time.
 
@@ -41,9 +42,10 @@ def replay(
 
     The local domains: `local_domains` (--local-domain), else the config's, else
     Postfix's own (config_directory), else inferred from the log.
+    `panels` False: the timeline counts only what blocks would have stopped (a JSON report).
     """
     store = Store(None)
-    tally, timeline = Tally(), Timeline(config.rules)
+    tally, timeline = Tally(), Timeline(config.rules, panels=panels)
     destinations, source, detail = local_destinations(local_domains, config.local_domains, config.config_directory)
     pipeline = Pipeline(config, store, destinations, persist_counts=False, sinks=(tally, timeline),
                         own_addresses=own_addresses)

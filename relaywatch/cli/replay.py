@@ -45,9 +45,9 @@ def replay(logs: tuple[str, ...], config_path: str | None, fmt: str, output: str
     cfg = load(config_path)
     if sample:
         with sample_log() as path:
-            result = _run(cfg, [path], year or SAMPLE_YEAR, local_domains)
+            result = _run(cfg, [path], year or SAMPLE_YEAR, local_domains, panels=fmt != "json")
     else:
-        result = _run(cfg, list(logs), year, local_domains)
+        result = _run(cfg, list(logs), year, local_domains, panels=fmt != "json")
     pending = _act(cfg, result.decisions, apply, notify) if apply or notify else None
     if fmt == "html":
         from relaywatch.reports.html import render_html
@@ -88,7 +88,8 @@ def _act(cfg: config_mod.Config, decisions: Sequence[Decision], apply: bool, not
         store.close()
 
 
-def _run(cfg: config_mod.Config, paths: list[str], year: int | None, local_domains: tuple[str, ...]) -> ReplayResult:
+def _run(cfg: config_mod.Config, paths: list[str], year: int | None, local_domains: tuple[str, ...],
+         panels: bool = True) -> ReplayResult:
     tty = sys.stderr.isatty()
 
     def progress(lines: int) -> None:
@@ -101,7 +102,7 @@ def _run(cfg: config_mod.Config, paths: list[str], year: int | None, local_domai
 
     own = hostaddrs.for_replay(cfg.config_directory)
     result = run_replay(paths, cfg, year, on_decisions=announce, on_progress=progress if tty else None,
-                        local_domains=tuple(d.lower() for d in local_domains), own_addresses=own)
+                        local_domains=tuple(d.lower() for d in local_domains), own_addresses=own, panels=panels)
     if tty:
         click.echo("\r" + " " * 30 + "\r", err=True, nl=False)
     return result

@@ -18,6 +18,8 @@ from enum import Enum
 from functools import lru_cache
 from typing import Protocol
 
+from relaywatch.core.netaddr import address
+
 # the parameters naming the domains Postfix accepts (final: mydestination, virtual_*; relay: relay_domains)
 DOMAIN_PARAMS = ("mydestination", "virtual_alias_domains", "virtual_mailbox_domains", "relay_domains")
 # tables matched as patterns: Postfix asks them for the whole domain only, never for parent domains
@@ -203,10 +205,31 @@ _PRIVATE_NETS = tuple(ipaddress.ip_network(n) for n in (
     "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "fc00::/7", "fe80::/10"))
 
 
-@lru_cache(maxsize=65536)
+_PRIVATE_RANGES = tuple((n.version, int(n.network_address), int(n.broadcast_address)) for n in _PRIVATE_NETS)
+# the first bytes those networks start with: most addresses are told public by one set lookup
+_PRIVATE_FIRST_BYTES = {v: frozenset(b for ver, lo, hi in _PRIVATE_RANGES if ver == v
+                                     for b in range(lo >> (24 if v == 4 else 120), (hi >> (24 if v == 4 else 120)) + 1))
+                        for v in (4, 6)}
+
+
 def address_kind(addr: str) -> AddrKind:
-    """Cached per distinct address: the hot path never parses an address twice.
+    """Read once per distinct address (netaddr): the hot path never parses an address twice.
     Documentation ranges count as public here (tests use them for remote hosts)."""
+    a = address(addr)
+    if a is None:
+        return _address_kind_slow(addr)
+    version, n = a
+    if (n == 1) if version == 6 else (n >> 24 == 127):
+        return AddrKind.LOOPBACK
+    if (n >> 24 if version == 4 else n >> 120) in _PRIVATE_FIRST_BYTES[version] and any(
+            v == version and lo <= n <= hi for v, lo, hi in _PRIVATE_RANGES):
+        return AddrKind.PRIVATE
+    return AddrKind.PUBLIC
+
+
+@lru_cache(maxsize=1024)
+def _address_kind_slow(addr: str) -> AddrKind:
+    """What netaddr does not read as a number: not an address, or a scoped one."""
     try:
         ip = ipaddress.ip_address(addr.removeprefix("IPv6:"))
     except ValueError:

@@ -9,11 +9,10 @@ around the message (time, host, syslog tag) is relaywatch.parse's.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable
-from functools import lru_cache
 
+from relaywatch.core.netaddr import canonical
 from relaywatch.core.replies import relay_denied
 from relaywatch.model import ClientSeen, Delivery, Event, Pickup, QueueActive, Reject, Removed, Unparsed
 
@@ -53,14 +52,9 @@ _DELIVERY_TAIL = re.compile(
 DELIVERY_AGENTS = frozenset({"smtp", "lmtp", "local", "virtual", "pipe", "error", "retry", "discard"})
 
 
-@lru_cache(maxsize=16384)
 def client_address(addr: str) -> str | None:
     """The canonical text of a client address, or None when Postfix did not log one."""
-    addr = addr.removeprefix("IPv6:")
-    try:
-        return ipaddress.ip_address(addr).compressed
-    except ValueError:
-        return None
+    return canonical(addr)
 
 
 # --- message grammars, one per daemon family ---------------------------------
@@ -110,6 +104,21 @@ def _reject(t: float, qid: str, rest: str, host: str, smtpd: bool = False) -> Ev
 
 
 def _qmgr(t: float, daemon: str, msg: str, host: str) -> Event | None:
+    # The two shapes of nearly every qmgr line, read with str operations where they give exactly
+    # what _QMGR gives (its greedy sender ends at the last `>, size=`); anything else asks _QMGR.
+    k = msg.find(": ", 0, 40)
+    if k > 0:
+        if msg.endswith(" (queue active)") and msg.startswith("from=<", k + 2):
+            j = msg.rfind(">, size=")
+            if j >= k + 8:
+                size, _, nrcpt = msg[j + 8:-15].partition(", nrcpt=")
+                qid = msg[:k]
+                if size.isdecimal() and nrcpt.isdecimal() and is_qid(qid):
+                    return QueueActive(t, qid, msg[k + 8:j], int(size), int(nrcpt), host=host)
+        elif len(msg) == k + 9 and msg.endswith(": removed"):
+            qid = msg[:k]
+            if is_qid(qid):
+                return Removed(t, qid, host=host)
     m = _QMGR.match(msg)
     if m is None:
         if msg.endswith("(queue active)"):

@@ -14,7 +14,7 @@ import re
 from collections.abc import Container, Iterable, Mapping
 from fnmatch import fnmatchcase
 
-from relaywatch.core.grammar import CLIENT, GRAMMARS, PEER, QUEUE_ID, client_address, is_qid, parse_message
+from relaywatch.core.grammar import CLIENT, GRAMMARS, PEER, QUEUE_ID, Grammar, client_address, is_qid, parse_message
 from relaywatch.core.logtime import MONTHS, YearResolver, full_epoch, rfc3339_epoch
 from relaywatch.core.replies import queued_as, relay_denied
 from relaywatch.model import ClientSeen, Event, Forged, ProxyAccept, Unparsed
@@ -35,6 +35,14 @@ _RFC3339 = re.compile(
 _FULL = re.compile(r"[A-Z][a-z]{2} (?P<date>\d{4}-\d\d-\d\d) (?P<hms>\d\d:\d\d:\d\d) "
                    r"(?P<zone>[A-Za-z+-][A-Za-z0-9+-]{0,9}) " + _TAG, re.DOTALL)
 _UNIX = re.compile(r"(?P<unix>\d{1,12}(?:\.\d{1,9})?) " + _TAG, re.DOTALL)
+# The same envelope read piece by piece with str operations: each distinct stamp, host and tag
+# is checked once against these (the pieces of _BSD), then remembered; anything else takes _BSD.
+_BSD_STAMP = re.compile(r"[A-Z][a-z]{2} {1,2}\d{1,2} \d\d:\d\d:\d\d")
+_HOST = re.compile(r"\S+")
+_TAG_TOKEN = re.compile(r"(?P<prefix>[^\s\[:]*/)?(?P<daemon>[^\s\[:/]+)(?:\[(?P<pid>\d+)\])?:?")
+_PIECES_MAX = 4096
+_Head = tuple[str, str | None, str, str | None, "Grammar | None"]  # host, prefix, program, pid, grammar
+_SESSION_EDGES = ("connect from ", "disconnect from ")  # smtpd lines no grammar reads (no queue id)
 NO_HOSTNAME = "line without a hostname"  # Unparsed.reason: journalctl omits it when a record has none
 # Times every report can print (datetime's years 1..9999 in any time zone): others are impossible
 _MIN_T, _MAX_T = 86400.0, 253_370_764_800.0  # 1970-01-02, 9998-12-31
@@ -96,6 +104,7 @@ class LineParser:
         self._uids_given = journal_uids is not None
         self.journal_uids: set[str] = {str(u) for u in journal_uids} if journal_uids is not None else {"0"}
         self._stamps: dict[str, float] = {}
+        self._heads: dict[str, _Head] = {}  # "host tag" of classic lines the str fast path has checked
         self._proxied: dict[tuple[str, str | None], ClientSeen] = {}  # (host, smtpd pid) -> NOQUEUE: client=
         # Postfix-shaped lines under a syslog name not in `syslog_names`: name -> lines
         self.other_names: dict[str, int] = {}
@@ -108,6 +117,27 @@ class LineParser:
             return self._journal(line)
         if first.isdigit():
             envelope = _RFC3339 if line[4:5] == "-" else _UNIX
+        elif line[15:16] == " ":
+            # The classic envelope, split with str operations: each distinct stamp and "host tag"
+            # was checked once against the pieces of _BSD (_learn), or _BSD decides below.
+            sp = line.find(" ", 16)
+            end = line.find(" ", sp + 1)
+            head = self._heads.get(line[16:end]) if sp > 16 and end > 0 else None
+            t = self._stamps.get(line[:15])
+            if head is None or t is None:
+                head = self._learn(line, sp, end)
+            if head is not None:
+                host, prefix, daemon, pid, grammar = head
+                msg = line[end + 1:]
+                if grammar is None or prefix is None or not prefix.startswith(self.syslog_names):
+                    return self._not_postfix(host, prefix, daemon, msg)
+                if t is None:
+                    t = self._bsd(line[:15])
+                if daemon == "smtpd" and msg.startswith(_SESSION_EDGES):
+                    # what _smtpd makes of them, without asking it: most lines of a busy log
+                    return None if _MIN_T <= t <= _MAX_T else Unparsed(0.0, "impossible timestamp")
+                return self._message(t, grammar, host, daemon, pid, msg)
+            envelope = _FULL if line[8:9] == "-" else _BSD
         else:
             envelope = _FULL if line[8:9] == "-" else _BSD
         m = envelope.match(line)
@@ -118,18 +148,42 @@ class LineParser:
         if grammar is None or prefix is None or not prefix.startswith(self.syslog_names):
             return self._not_postfix(host, prefix, daemon, msg)
         if envelope is _BSD:
-            t = self._bsd(m)
+            t = self._bsd(m["stamp"])
         elif envelope is _RFC3339:
             t = self._rfc3339(m)
         else:
             t = self._full(m) if envelope is _FULL else float(m["unix"])
+        return self._message(t, grammar, host, daemon, m["pid"], msg)
+
+    def _learn(self, line: str, sp: int, end: int) -> _Head | None:
+        """Check the stamp, host and tag of a classic line against the pieces of _BSD and remember
+        the host and tag if they fit: (host, prefix, program, pid, its grammar), or None (then _BSD
+        itself decides)."""
+        if sp <= 16 or end < 0 or _BSD_STAMP.fullmatch(line, 0, 15) is None:
+            return None
+        key = line[16:end]
+        head = self._heads.get(key)
+        if head is None:
+            host = line[16:sp]
+            tm = _TAG_TOKEN.fullmatch(line, sp + 1, end)
+            if _HOST.fullmatch(host) is None or tm is None:
+                return None
+            prefix, daemon, pid = tm.group("prefix", "daemon", "pid")
+            head = (host, prefix, daemon, pid, GRAMMARS.get(daemon))
+            if len(self._heads) >= _PIECES_MAX:
+                self._heads.clear()
+            self._heads[key] = head
+        return head
+
+    def _message(self, t: float, grammar: Grammar, host: str, daemon: str, pid: str | None,
+                 msg: str) -> Event | None:
         if not _MIN_T <= t <= _MAX_T:  # also NaN
             return Unparsed(0.0, "impossible timestamp")
         if msg[-1:] == "\r":
             msg = msg.rstrip("\r")
         event = grammar(t, daemon, msg, host)
         if event is None and daemon == "smtpd" and msg.startswith(_PROXY_STARTS):
-            return self._proxy(t, host, m["pid"], msg)
+            return self._proxy(t, host, pid, msg)
         return event
 
     def _not_postfix(self, host: str, prefix: str | None, daemon: str, msg: str) -> Event | None:
@@ -181,15 +235,17 @@ class LineParser:
             return Unparsed(t, "proxy-accept without its NOQUEUE: client= line", host=host)
         return ProxyAccept(t, qid, session.client, session.client_name, session.sasl_user, host=host)
 
-    def _bsd(self, m: re.Match[str]) -> float:
-        t = self._stamps.get(m["stamp"])
+    def _bsd(self, stamp: str) -> float:
+        """A classic stamp (`Mar 16 01:59:39`, `Mar  6 ...`, `Mar 6 ...`), resolved once per distinct second."""
+        t = self._stamps.get(stamp)
         if t is None:
-            month = MONTHS.get(m["mon"])
+            month = MONTHS.get(stamp[:3])
+            day, _, hms = stamp[4:].lstrip(" ").partition(" ")
             year = self.years.year
-            t = self.years.epoch(month, int(m["day"]), m["hms"]) if month else float("nan")
+            t = self.years.epoch(month, int(day), hms) if month else float("nan")
             if self.years.year != year:
                 self._stamps.clear()  # a new year: last year's stamps mean other times now
-            self._remember(m["stamp"], t)
+            self._remember(stamp, t)
         return t
 
     def _rfc3339(self, m: re.Match[str]) -> float:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
 
+from relaywatch.core.grouping import _supernet_of, network_of
+from relaywatch.core.netaddr import address
 from relaywatch.core.windows import MAX_KEYS, WindowCounter
 from relaywatch.model import (
     Action,
@@ -50,8 +52,14 @@ def blocked_by(kind: str, target: str, net: Network | None, client: str, sasl_us
         return client == target
     if kind == "sasl_user":
         return sasl_user == target
-    addr = _address(client)
-    return net is not None and addr is not None and addr.version == net.version and addr in net
+    if net is None:
+        return False
+    a = address(client)
+    if a is None:
+        addr = _address(client)  # scoped, or not an address
+        return addr is not None and addr.version == net.version and addr in net
+    shift = net.max_prefixlen - net.prefixlen
+    return a[0] == net.version and a[1] >> shift == int(net.network_address) >> shift
 
 
 @lru_cache(maxsize=4096)
@@ -113,32 +121,6 @@ DEFAULT_RULES = (
 )
 
 
-def network_of(prefix_v4: int, prefix_v6: int) -> Callable[[str], str | None]:
-    """ip -> its enclosing network, or None for addresses no subnet rule may touch
-    (private, loopback, link-local: a LAN is never blocked wholesale)."""
-
-    @lru_cache(maxsize=65536)
-    def group(ip: str) -> str | None:
-        addr = ipaddress.ip_address(ip)
-        if not addr.is_global:
-            return None
-        prefix = prefix_v4 if addr.version == 4 else prefix_v6
-        return ipaddress.ip_network(f"{ip}/{prefix}", strict=False).compressed
-
-    return group
-
-
-def _supernet_of(prefix_v4: int, prefix_v6: int) -> Callable[[str], str | None]:
-    """network text -> its enclosing /prefix network."""
-
-    @lru_cache(maxsize=65536)
-    def group(net: str) -> str | None:
-        n = ipaddress.ip_network(net)
-        return n.supernet(new_prefix=prefix_v4 if n.version == 4 else prefix_v6).compressed
-
-    return group
-
-
 def counted(fact: Fact, allow_sasl_users: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
     """The (dim, key) pairs one fact counts under: the single answer to "what feeds which rule",
     for the windows and for the stored counts they are rebuilt from."""
@@ -156,6 +138,11 @@ def counted(fact: Fact, allow_sasl_users: frozenset[str] = frozenset()) -> list[
     if fact.domain:
         keys.append(("domain", fact.domain))
     return keys
+
+
+@lru_cache(maxsize=4096)
+def _network(target: str) -> Network:
+    return ipaddress.ip_network(target)
 
 
 class Observed(NamedTuple):
@@ -231,7 +218,11 @@ class Detector:
             self._watches[rule.dim].append(_Watch(rule, bucket_s, max_keys))
         self._quiet: dict[tuple[str, str, str], float] = {}  # (action, kind, target) -> quiet until
         self._blocked_nets: dict[Network, float] = {}
-        self._exempt: dict[tuple[str, str], bool] = {}  # (action, target) -> allow-listed or the host's own
+        # target -> until when a blocked network around it (not itself) holds; cleared with every
+        # change of _blocked_nets. A client inside a blocked subnet crosses its threshold on every fact.
+        self._covered: dict[str, float] = {}
+        self._exempt: dict[tuple[str, str], bool] = {}  # (action, network) -> allow-listed or the host's own
+        self._exempt_targets: dict[tuple[str, str], bool] = {}  # the same by (action, target text)
         self._recent: deque[tuple[Fact, str]] = deque(maxlen=evidence)
 
     def bucket(self, t: float) -> int:
@@ -251,6 +242,7 @@ class Detector:
         self._quiet[("block", kind, target)] = until
         if kind == "subnet":
             self._blocked_nets[ipaddress.ip_network(target)] = until
+            self._covered.clear()
 
     def remember_alert(self, kind: str, target: str, until: float) -> None:
         """An alert already sent (after a restart): quiet for the rest of its period."""
@@ -259,36 +251,40 @@ class Detector:
     def observe(self, fact: Fact, line: str) -> Observed:
         """Count `fact` into the windows of the rules it feeds; decide on the ones that crossed."""
         self._recent.append((fact, line))
-        bucket = self.bucket(fact.time)
+        t = fact.time
+        bucket = int(t // self.bucket_s)
         decisions: list[Decision] = []
         keys = counted(fact, self.allow_sasl_users)
+        watches = self._watches
         for dim, key in keys:
-            for watch in self._watches[dim]:
-                total = watch.add(bucket, key)
+            for watch in watches[dim]:
+                spread, narrow = watch.spread, watch.narrow
+                if spread is not None and narrow is not None:  # set together
+                    net = narrow(key)
+                    if net is not None:
+                        spread.add(bucket, net)
+                counter = watch.counter
+                total = counter.add(bucket, key)  # what watch.add does, without its call
                 rule = watch.rule
                 if rule.prefix_v4:
-                    decision = self._check_group(watch, fact, key)
+                    net = counter.last_group  # the group of `key`, as add() just found it
+                    if net is None:
+                        continue
+                    # absent when the event was older than the window (a log that jumps back in time)
+                    total = counter.group_totals.get(net, 0)
+                    if total < rule.threshold:
+                        continue
+                    clients = counter.group_keys.get(net, 0)
+                    if clients < rule.min_clients or (rule.min_subnets and watch.subnets(net) < rule.min_subnets):
+                        continue
+                    decision = self._decide(watch, t, net, total, clients)
                 elif total >= rule.threshold:
-                    decision = self._decide(watch, fact.time, key, total, 0)
+                    decision = self._decide(watch, t, key, total, 0)
                 else:
                     continue
                 if decision is not None:
                     decisions.append(decision)
         return Observed(bucket, keys, decisions)
-
-    def _check_group(self, watch: _Watch, fact: Fact, key: str) -> Decision | None:
-        counter, rule = watch.counter, watch.rule
-        net = counter.group(key) if counter.group else None
-        if net is None:
-            return None
-        # absent when the event was older than the window (a log that jumps back in time)
-        total = counter.group_totals.get(net, 0)
-        clients = counter.group_keys.get(net, 0)
-        if total < rule.threshold or clients < rule.min_clients:
-            return None
-        if rule.min_subnets and watch.subnets(net) < rule.min_subnets:
-            return None
-        return self._decide(watch, fact.time, net, total, clients)
 
     def _decide(self, watch: _Watch, t: float, target: str, count: int, clients: int) -> Decision | None:
         rule = watch.rule
@@ -302,10 +298,12 @@ class Detector:
         if len(self._quiet) > 10_000:
             self._quiet = {k: until for k, until in self._quiet.items() if until > t}
             self._blocked_nets = {n: until for n, until in self._blocked_nets.items() if until > t}
+            self._covered.clear()
         quiet = self.block_s if rule.action == "block" else max(rule.window_s, self.alert_quiet_s)
         self._quiet[(rule.action, kind, target)] = t + quiet
         if rule.action == "block" and kind == "subnet":
             self._blocked_nets[ipaddress.ip_network(target)] = t + self.block_s
+            self._covered.clear()
         matching = [(f, line) for f, line in self._recent if self._target_of(watch, f) == target]
         evidence = matching[-5:]
         # the hosts whose facts in the window led here: several when a fleet's logs are replayed as one
@@ -330,15 +328,26 @@ class Detector:
             return target not in self.allow_sasl_users
         if kind not in ("client", "subnet"):
             return True
-        net = ipaddress.ip_network(target)
-        if self._is_exempt(rule.action, net):
+        key = (rule.action, target)
+        exempt = self._exempt_targets.get(key)
+        if exempt is None:  # a client over its threshold is checked on every fact: its network once
+            exempt = self._is_exempt(rule.action, _network(target))
+            if len(self._exempt_targets) > 10_000:
+                self._exempt_targets.clear()
+            self._exempt_targets[key] = exempt
+        if exempt:
             return False
-        if rule.action != "block":
+        if rule.action != "block" or not self._blocked_nets:
             return True
-        return not any(
-            until > t and subnet_of(net, blocked) and net != blocked
-            for blocked, until in self._blocked_nets.items()
-        )
+        covered = self._covered.get(target)
+        if covered is None:
+            net = _network(target)
+            covered = max((until for blocked, until in self._blocked_nets.items()
+                           if subnet_of(net, blocked) and net != blocked), default=float("-inf"))
+            if len(self._covered) > 10_000:
+                self._covered.clear()
+            self._covered[target] = covered
+        return not covered > t
 
     def _is_exempt(self, action: str, net: Network) -> bool:
         """Allow-listed networks get no decision; the host's own addresses are never inside a block."""

@@ -43,8 +43,10 @@ class WindowCounter:
         "evicted",
         "group",
         "group_keys",
+        "group_of",
         "group_totals",
         "groups_evicted",
+        "last_group",
         "latest",
         "max_keys",
         "nbuckets",
@@ -60,33 +62,49 @@ class WindowCounter:
         self.group = group
         self.group_totals: dict[str, int] = {}
         self.group_keys: dict[str, int] = {}
+        # each key in the window -> its group, found once when it entered (a flood's addresses are read
+        # again nowhere: expiry and eviction of a key hours later would re-read it)
+        self.group_of: dict[str, str | None] = {}
         self.latest = 0
         self.max_keys = max(4, max_keys)
         self.evicted = 0
         self.groups_evicted = 0
         self.residue = 0  # (_EVENTS|_GONE, group) entries in the buckets
+        self.last_group: str | None = None  # the group of the key add() counted last (None: none, or ungrouped)
 
     def add(self, bucket: int, key: str, n: int = 1) -> int:
         """Count `n` for `key`; returns the key's total in the window."""
-        if bucket > self.latest:
+        totals = self.totals
+        group = self.group
+        if group is None:
+            g = None
+        else:
+            g = self.group_of[key] if key in totals else group(key)
+        self.last_group = g
+        latest = self.latest
+        if bucket > latest:
             self.latest = bucket
             self._expire(bucket)
-        elif bucket <= self.latest - self.nbuckets:
-            return self.totals.get(key, 0)  # older than the window: nothing to count
-        if not self.buckets or self.buckets[-1][0] < bucket:
-            self.buckets.append((bucket, {}))
-        counts = self.buckets[-1][1]
+        elif bucket <= latest - self.nbuckets:
+            return totals.get(key, 0)  # older than the window: nothing to count
+        buckets = self.buckets
+        if not buckets or buckets[-1][0] < bucket:
+            counts: _Counts = {}
+            buckets.append((bucket, counts))
+        else:
+            counts = buckets[-1][1]
         counts[key] = counts.get(key, 0) + n
-        total = self.totals.get(key, 0)
-        if self.group is not None:
-            g = self.group(key)
-            if g is not None:
-                self.group_totals[g] = self.group_totals.get(g, 0) + n
-                if total == 0:
-                    self.group_keys[g] = self.group_keys.get(g, 0) + 1
+        total = totals.get(key, 0)
+        if group is not None and not total:
+            self.group_of[key] = g
+        if g is not None:
+            group_totals = self.group_totals
+            group_totals[g] = group_totals.get(g, 0) + n
+            if total == 0:
+                self.group_keys[g] = self.group_keys.get(g, 0) + 1
         total += n
-        self.totals[key] = total
-        if total == n and len(self.totals) + self.residue > self.max_keys:
+        totals[key] = total
+        if total == n and len(totals) + self.residue > self.max_keys:
             self._shrink(key)
         return total
 
@@ -105,12 +123,12 @@ class WindowCounter:
                 left = self.totals[key] - n
                 if left:
                     self.totals[key] = left
+                    g = self.group_of.get(key) if self.group is not None else None
                 else:
                     del self.totals[key]
-                if self.group is not None:
-                    g = self.group(key)
-                    if g is not None:
-                        self._drop_from_group(g, n, gone=not left)
+                    g = self.group_of.pop(key, None) if self.group is not None else None
+                if g is not None:
+                    self._drop_from_group(g, n, gone=not left)
 
     def _drop_from_group(self, g: str, n: int, gone: bool) -> None:
         left = self.group_totals[g] - n
@@ -144,10 +162,10 @@ class WindowCounter:
             victims.discard(ranked[n])
         self._evict_keys(victims)
         if self.group is not None and len(self.totals) + self.residue > target:
-            self._evict_groups(len(self.totals) + self.residue - target, self.group(keep))
+            self._evict_groups(len(self.totals) + self.residue - target, self.group_of.get(keep))
 
     def _evict_keys(self, victims: set[str]) -> None:
-        group = self.group
+        group, group_of = self.group, self.group_of
         last: dict[str, tuple[_Counts, str]] = {}
         shrunk = []
         for i, (_, counts) in enumerate(self.buckets):
@@ -155,7 +173,7 @@ class WindowCounter:
                 [k for k in victims if k in counts]
             for k in hit:
                 n = counts.pop(k)
-                g = group(k) if group is not None else None
+                g = group_of.get(k) if group is not None else None
                 if g is not None:
                     self._leave(counts, (_EVENTS, g), n)
                     last[k] = (counts, g)
@@ -165,6 +183,7 @@ class WindowCounter:
             self._leave(counts, (_GONE, g), 1)
         for k in victims:
             del self.totals[k]
+            group_of.pop(k, None)
         self.evicted += len(victims)
         self._compact(shrunk)
 
@@ -184,11 +203,10 @@ class WindowCounter:
 
     def _evict_groups(self, excess: int, keep: str | None) -> None:
         """Forget whole groups, fewest events first, until `excess` entries are gone."""
-        group = self.group
-        assert group is not None
+        group_of = self.group_of
         members: dict[str, list[str]] = {}
         for k in self.totals:
-            g = group(k)
+            g = group_of[k]
             if g is not None:
                 members.setdefault(g, []).append(k)
         leftovers: dict[str, int] = {}
@@ -216,6 +234,7 @@ class WindowCounter:
         self._compact(shrunk)
         for k in keys:
             del self.totals[k]
+            del group_of[k]
         for g in victims:
             self.group_totals.pop(g, None)
             self.group_keys.pop(g, None)

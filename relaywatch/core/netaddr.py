@@ -1,0 +1,211 @@
+"""Client addresses as numbers, read once per distinct address. Pure, no I/O.
+
+`ipaddress` costs several microseconds per address and the hot path asked it
+several times per line (the canonical text, each rule's network, is_global),
+which a flood of distinct IPv6 clients turns into most of the replay. Here an
+address is read once into `(version, integer)`, and everything else is integer
+arithmetic. The answers are `ipaddress`'s own: text that is not plainly a dotted
+quad or hex-and-colons (scope ids, embedded IPv4, anything odd) is handed to it,
+and `is_global` is asked of `ipaddress` once per /24 (IPv6: /48), except in the
+few blocks its special-purpose registry cuts finer, where every address is asked.
+Caches are dicts cleared when full: memory stays flat under any flood.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+Addr = tuple[int, int]  # (4 or 6, the address as an integer)
+
+_CACHE_MAX = 2048
+_HEX = frozenset("0123456789abcdefABCDEF")
+_V4_BLOCK, _V6_BLOCK = 8, 80  # is_global is uniform inside a /24 and a /48 outside the boundary blocks
+
+
+def _boundaries(constants: type, version: int, shift: int, prefix: int) -> frozenset[int]:
+    """Blocks that a special-purpose network narrower than the block size cuts (asked per address)."""
+    nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for value in vars(constants).values():
+        for v in value if isinstance(value, (list, tuple, frozenset, set)) else (value,):
+            if isinstance(v, (ipaddress.IPv4Network, ipaddress.IPv6Network)) and v.version == version:
+                nets.append(v)
+    blocks = {int(n.network_address) >> shift for n in nets if n.prefixlen > prefix}
+    if version == 6:
+        blocks.add(0)  # ::/48 holds ::1, :: and the IPv4-mapped /96, which ipaddress judges as IPv4
+    return frozenset(blocks)
+
+
+# the registry's tables are private to ipaddress (and absent from its type stubs): read by name
+_V4_EDGES = _boundaries(getattr(ipaddress, "_IPv4Constants"), 4, _V4_BLOCK, 32 - _V4_BLOCK)  # noqa: B009
+_V6_EDGES = _boundaries(getattr(ipaddress, "_IPv6Constants"), 6, _V6_BLOCK, 128 - _V6_BLOCK)  # noqa: B009
+
+_parsed: dict[str, tuple[str, int, int] | None] = {}
+_global: dict[tuple[int, int], bool] = {}
+_texts: dict[tuple[int, int, int], str] = {}
+_networks: dict[str, Addr] = {}  # network_text's answers, read back (a /64's /48)
+
+
+def _v4(text: str) -> int | None:
+    parts = text.split(".")
+    if len(parts) != 4 or not text.isascii():
+        return None
+    n = 0
+    for p in parts:
+        if not p.isdigit() or len(p) > 3 or (p[0] == "0" and len(p) > 1):
+            return None
+        o = int(p)
+        if o > 255:
+            return None
+        n = n << 8 | o
+    return n
+
+
+def _v6(text: str) -> int | None:
+    """Hex-and-colons IPv6 text (hex digits checked by the caller) as ipaddress reads it, or None
+    (not that shape: ask ipaddress)."""
+    parts = text.split(":")
+    last = len(parts) - 1
+    if last < 2 or last > 8:
+        return None
+    skip = -1
+    for i in range(1, last):
+        if not parts[i]:
+            if skip >= 0:
+                return None
+            skip = i
+    if skip >= 0:
+        head = parts[:skip]
+        tail = parts[skip + 1:]
+        if not parts[0]:
+            if skip != 1:
+                return None
+            head = []
+        if not parts[last]:
+            if skip != last - 1:
+                return None
+            tail = []
+        missing = 8 - len(head) - len(tail)
+        if missing < 1:
+            return None
+        groups = head + ["0"] * missing + tail
+    elif last != 7 or not parts[0] or not parts[last]:
+        return None
+    else:
+        groups = parts
+    for g in groups:
+        if not g or len(g) > 4:
+            return None
+    return int("".join([g.zfill(4) for g in groups]), 16)
+
+
+_ZERO_RUNS = tuple(":" + ":".join(["0"] * k) + ":" for k in range(8, 1, -1))  # longest first
+
+
+def v6_text(n: int) -> str:
+    """An IPv6 integer in ipaddress's compressed form: the first longest run of two or more zero
+    groups becomes `::`."""
+    h = (f":{n >> 112:x}:{n >> 96 & 0xFFFF:x}:{n >> 80 & 0xFFFF:x}:{n >> 64 & 0xFFFF:x}:"
+         f"{n >> 48 & 0xFFFF:x}:{n >> 32 & 0xFFFF:x}:{n >> 16 & 0xFFFF:x}:{n & 0xFFFF:x}:")
+    for run in _ZERO_RUNS:
+        i = h.find(run)
+        if i >= 0:
+            end = i + len(run)
+            # the sentinel colons around `h` go, unless the run took them
+            return h[1 if i else 0:i] + "::" + h[end:len(h) - 1 if end < len(h) else len(h)]
+    return h[1:-1]
+
+
+def _read(text: str) -> tuple[str, int, int] | None:
+    """(canonical text, version, integer) of an address as Postfix logs it, or None."""
+    if text.startswith("IPv6:"):
+        text = text[5:]
+    n: int | None
+    if "." in text and ":" not in text:
+        n = _v4(text)
+        if n is not None:
+            return text, 4, n
+    elif ":" in text and _HEX.issuperset(text.replace(":", "")):
+        n = _v6(text)
+        if n is not None:
+            return v6_text(n), 6, n
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id:
+        return ip.compressed, 6, -1  # a scoped address: text only, never grouped into a network
+    return ip.compressed, ip.version, int(ip)
+
+
+def read(text: str) -> tuple[str, int, int] | None:
+    """Cached `_read`: (canonical text, version, integer), or None when `text` is not an address."""
+    try:
+        return _parsed[text]
+    except KeyError:
+        pass
+    r = _read(text)
+    if len(_parsed) >= _CACHE_MAX:
+        _parsed.clear()
+    _parsed[text] = r
+    if r is not None and r[0] != text:
+        _parsed[r[0]] = r  # the canonical text is what the rest of the pipeline asks about next
+    return r
+
+
+def canonical(text: str) -> str | None:
+    """ipaddress.ip_address(text).compressed (an `IPv6:` prefix dropped), or None."""
+    r = read(text)
+    return None if r is None else r[0]
+
+
+def address(text: str) -> Addr | None:
+    """(version, integer) of an address text, or None (not an address, or a scoped one)."""
+    r = read(text)
+    return None if r is None or r[2] < 0 else (r[1], r[2])
+
+
+def is_global(version: int, n: int) -> bool:
+    """ipaddress's is_global, asked once per /24 or /48 block."""
+    if version == 4:
+        block = n >> _V4_BLOCK
+        if block in _V4_EDGES:
+            return ipaddress.IPv4Address(n).is_global
+    else:
+        block = n >> _V6_BLOCK
+        if block in _V6_EDGES:
+            return ipaddress.IPv6Address(n).is_global
+    key = (version, block)
+    g = _global.get(key)
+    if g is None:
+        shift = _V4_BLOCK if version == 4 else _V6_BLOCK
+        g = (ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address)(block << shift).is_global
+        if len(_global) >= _CACHE_MAX:
+            _global.clear()
+        _global[key] = g
+    return g
+
+
+def network_text(version: int, n: int, prefix: int) -> str:
+    """The compressed text of the /prefix network holding address `n` (ipaddress's `ip_network(strict=False)`)."""
+    bits = 32 if version == 4 else 128
+    net = n >> (bits - prefix) << (bits - prefix)
+    key = (version, net, prefix)
+    text = _texts.get(key)
+    if text is None:
+        if version == 4:
+            text = f"{net >> 24}.{net >> 16 & 255}.{net >> 8 & 255}.{net & 255}/{prefix}"
+        else:
+            text = f"{v6_text(net)}/{prefix}"
+        if len(_texts) >= _CACHE_MAX:
+            _texts.clear()
+            _networks.clear()
+        _texts[key] = text
+        _networks[text] = (version, net)
+    return text
+
+
+def network(text: str) -> Addr | None:
+    """(version, integer) of the first address of a network that network_text wrote, else of
+    the address part of `addr/prefix` text (None when it is not an address)."""
+    found = _networks.get(text)
+    return found if found is not None else address(text.partition("/")[0])
