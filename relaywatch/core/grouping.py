@@ -21,25 +21,33 @@ def network_of(prefix_v4: int, prefix_v6: int) -> Callable[[str], str | None]:
     """ip -> its enclosing network, or None for addresses no subnet rule may touch
     (private, loopback, link-local: a LAN is never blocked wholesale). One function (and
     cache) per pair of prefixes, shared by every rule that groups the same way."""
-    cache: dict[str, str | None] = {}
 
-    def group(ip: str) -> str | None:
-        net = cache.get(ip, _UNKNOWN)
-        if net is not _UNKNOWN:
-            return net
+    def compute(ip: str) -> str | None:
         addr = address(ip)
         if addr is None:
-            net = _network_slow(ip, prefix_v4, prefix_v6)
-        elif not is_global(addr[0], addr[1]):
-            net = None
-        else:
-            net = network_text(addr[0], addr[1], prefix_v4 if addr[0] == 4 else prefix_v6)
+            return _network_slow(ip, prefix_v4, prefix_v6)
+        if not is_global(addr[0], addr[1]):
+            return None
+        return network_text(addr[0], addr[1], prefix_v4 if addr[0] == 4 else prefix_v6)
+
+    return _bounded(compute)
+
+
+def _bounded(compute: Callable[[str], str | None]) -> Callable[[str], str | None]:
+    """`compute` behind a dict cache cleared when full (flat memory under a flood of distinct keys)."""
+    cache: dict[str, str | None] = {}
+
+    def lookup(key: str) -> str | None:
+        value = cache.get(key, _UNKNOWN)
+        if value is not _UNKNOWN:
+            return value
+        value = compute(key)
         if len(cache) >= _GROUP_CACHE:
             cache.clear()
-        cache[ip] = net
-        return net
+        cache[key] = value
+        return value
 
-    return group
+    return lookup
 
 
 _UNKNOWN = "?"  # not a network text: a cache miss
@@ -58,23 +66,14 @@ def _network_slow(ip: str, prefix_v4: int, prefix_v6: int) -> str | None:
 @lru_cache(maxsize=64)
 def _supernet_of(prefix_v4: int, prefix_v6: int) -> Callable[[str], str | None]:
     """network text -> its enclosing /prefix network."""
-    cache: dict[str, str | None] = {}
 
-    def group(net: str) -> str | None:
-        wide = cache.get(net, _UNKNOWN)
-        if wide is not _UNKNOWN:
-            return wide
+    def compute(net: str) -> str | None:
         addr = network(net)
         if addr is None:
-            wide = _supernet_slow(net, prefix_v4, prefix_v6)
-        else:
-            wide = network_text(addr[0], addr[1], prefix_v4 if addr[0] == 4 else prefix_v6)
-        if len(cache) >= _GROUP_CACHE:
-            cache.clear()
-        cache[net] = wide
-        return wide
+            return _supernet_slow(net, prefix_v4, prefix_v6)
+        return network_text(addr[0], addr[1], prefix_v4 if addr[0] == 4 else prefix_v6)
 
-    return group
+    return _bounded(compute)
 
 
 @lru_cache(maxsize=1024)
