@@ -330,7 +330,9 @@ class Store(Reads):
                 if position is not None:
                     value = json.dumps(position[1], sort_keys=True)
                     cur.execute(sql.UPSERT_POSITION, [me, position[0], value])
-                    cur.execute(sql.HOST_POSITION, [me, value])
+                    # what `status` shows of this host: HostRow's shape, the source named (as SQLite's own row)
+                    cur.execute(sql.HOST_POSITION, [me, json.dumps({"source": position[0], **position[1]},
+                                                                   sort_keys=True)])
 
     def _unlanded(self, counts: Iterable[CountRow]) -> list[CountRow]:
         """`counts` without those of a batch that landed unheard (`_settle`)."""
