@@ -194,6 +194,10 @@ def test_passwords_never_reach_a_message(postgres, tmp_path: Path):
     with pytest.raises(RelaywatchError) as err:
         Store(closed, host="mx1")
     assert "S3CRET" not in str(err.value) and "relaywatch:***@127.0.0.1" in str(err.value)
+    # a command (`status` during an outage, its daemon running on) does not say the daemon will not start
+    assert "pg_hba.conf" in str(err.value) and "does not start" not in str(err.value)
+    with pytest.raises(StoreUnavailable, match="relaywatch does not start without its state"):
+        Store(closed, host="mx1", degrade=True)  # the daemon, starting
     secret = tmp_path / "pw"
     secret.write_text("FILESECRET\n")
     secret.chmod(0o644)  # README: 0600; libpq ignores a ~/.pgpass others can read, relaywatch refuses it
