@@ -317,4 +317,7 @@ def load(path: str | Path | None) -> Config:
         raise ConfigError(f"{path}: {exc}") from exc
     if config.notify_urls and permissions.secrets_readable(st):
         log.warning("%s holds notification URLs (tokens) and every user can read it: chmod 600 %s", path, path)
+    if redact_database(config.database) != config.database and permissions.secrets_readable(st):
+        log.warning("%s holds the database's password in [state] database and every user can read it: chmod 600"
+                    " %s, or move the password to [state] password_file", path, path)
     return config

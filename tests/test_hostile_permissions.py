@@ -218,6 +218,16 @@ def test_a_world_readable_config_with_tokens_is_warned_about_without_the_tokens(
     assert not any(s in caplog.text for s in SECRETS)
 
 
+def test_a_world_readable_config_with_a_database_password_is_warned_about_without_it(tmp_path, caplog):
+    cfg = write_config(tmp_path / "relaywatch.toml",
+                       '[state]\ndatabase = "postgresql://relaywatch:DbS3cret@db.example.net/relaywatch"\n')
+    os.chmod(cfg, 0o644)
+    with caplog.at_level(logging.WARNING, "relaywatch.config"):
+        load(cfg)
+    assert "holds the database's password in [state] database and every user can read it" in caplog.text
+    assert "DbS3cret" not in caplog.text
+
+
 # --- the map directory ------------------------------------------------------------------------------
 
 

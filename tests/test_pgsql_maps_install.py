@@ -68,7 +68,14 @@ def test_install_maps_writes_the_cf_files_and_prints_the_role(postgres_private: 
     password = re.search(r"PASSWORD '([^']+)'", sql[0])
     assert password is not None and f"password = {password[1]}\n" in text
 
-    pg.psql("\n".join(sql))  # what the database owner runs
+    # who may run it: not the database's owner (the daemons' role), which cannot create roles
+    comment = next(line for line in done.output.splitlines() if line.startswith("-- in database"))
+    assert "as a superuser or a role with CREATEROLE" in comment and "owner" not in comment, comment
+    pg.psql("CREATE ROLE rw_owner LOGIN; ALTER TABLE relaywatch_blocks OWNER TO rw_owner")
+    with pytest.raises(subprocess.CalledProcessError) as refused:
+        pg.psql(f"SET ROLE rw_owner; {sql[0]}")
+    assert "permission denied to create role" in refused.value.stderr
+    pg.psql("\n".join(sql))  # what the database's administrator runs
     insert(pg, "client", "218.144.1.2")
     insert(pg, "sasl_user", "alice@woodelf.example")
     code, reply = rig.send("127.0.0.9", xclient_addr="218.144.1.2")

@@ -46,7 +46,9 @@ def test_decisions_and_positions_survive_a_reopen_and_positions_are_each_hosts_o
     assert again.decisions() == [replace(decision(), hosts=("mx1",))] == other.decisions()  # the host that decided
     assert again.positions.get("/var/log/mail.log") == {"inode": 7, "offset": 1234}
     assert other.positions.get("/var/log/mail.log") is None
-    assert [(h.host, h.position) for h in other.hosts()] == [("mx1", {"inode": 7, "offset": 1234})]
+    # HostRow's shape, as SQLite's: `status` names the file each host reads (it said "no source recorded")
+    assert [(h.host, h.position) for h in other.hosts()] == [
+        ("mx1", {"source": "/var/log/mail.log", "inode": 7, "offset": 1234})]
 
 
 def test_a_failed_batch_leaves_nothing_behind(postgres):
@@ -192,8 +194,16 @@ def test_passwords_never_reach_a_message(postgres, tmp_path: Path):
     with pytest.raises(RelaywatchError) as err:
         Store(closed, host="mx1")
     assert "S3CRET" not in str(err.value) and "relaywatch:***@127.0.0.1" in str(err.value)
+    # a command (`status` during an outage, its daemon running on) does not say the daemon will not start
+    assert "pg_hba.conf" in str(err.value) and "does not start" not in str(err.value)
+    with pytest.raises(StoreUnavailable, match="relaywatch does not start without its state"):
+        Store(closed, host="mx1", degrade=True)  # the daemon, starting
     secret = tmp_path / "pw"
     secret.write_text("FILESECRET\n")
+    secret.chmod(0o644)  # README: 0600; libpq ignores a ~/.pgpass others can read, relaywatch refuses it
+    with pytest.raises(ConfigError, match=r"\[state\] password_file: .* readable by every user \(mode 0644\)"):
+        open_store(postgres.url(), host="mx1", password_file=str(secret))
+    secret.chmod(0o600)
     with pytest.raises(StoreUnavailable) as err2:
         open_store(closed.replace("S3CRET", "x"), host="mx1", password_file=str(secret))
     assert "FILESECRET" not in str(err2.value)

@@ -99,8 +99,11 @@ def parse_cf(text: str) -> dict[str, str]:
 
 
 def role_sql(target: PgsqlTarget) -> list[str]:
-    """What the database owner runs once: a role that can log in and read the blocks, nothing else."""
+    """What the database's administrator runs once: a role that can log in and read the blocks, nothing else.
+    CREATE ROLE needs a superuser or CREATEROLE, which the daemons' role (the database's owner) lacks."""
     secret = target.password.replace("'", "''")
-    return [f"-- in database {target.dbname}, as its owner or a superuser (once; relaywatch creates {TABLE}):",
+    return [f"-- in database {target.dbname}, as a superuser or a role with CREATEROLE, once relaywatch has"
+            f" created {TABLE} (its first start); until then Postfix defers every client at this lookup"
+            " (451 4.3.5):",
             f"CREATE ROLE {target.user} LOGIN PASSWORD '{secret}';",
             f"GRANT SELECT ON {TABLE} TO {target.user};"]

@@ -4,8 +4,10 @@ libpq's own environment (PGPASSWORD, PGPASSFILE, ~/.pgpass), never from a messag
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+import stat
 
+from relaywatch import permissions
 from relaywatch.model import ConfigError
 from relaywatch.store.base import StateStore
 from relaywatch.store.postgres_state import BlockKeys
@@ -30,10 +32,15 @@ def read_password(path: str | None) -> str | None:
     if not path:
         return None
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            text = f.read().decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         why = getattr(exc, "strerror", None) or exc
         raise ConfigError(f"[state] password_file: cannot read {path}: {why}") from None
+    if permissions.secrets_readable(st):  # as libpq ignores a ~/.pgpass others can read
+        raise ConfigError(f"[state] password_file: {path} is readable by every user (mode "
+                          f"{stat.S_IMODE(st.st_mode):04o}) and holds the database's password: chmod 600 {path}")
     password = text.split("\n", 1)[0].rstrip("\r")
     if not password:
         raise ConfigError(f"[state] password_file: {path} is empty (the password goes on its first line)")

@@ -41,12 +41,14 @@ log = logging.getLogger("relaywatch.store")
 
 OUTAGE_RETRY_S = 5.0  # while PostgreSQL cannot be reached, a write is tried again this often
 CONNECT_TIMEOUT_S = 5
-# Starting without the state: refused (exit 1; systemd starts it again), never guessed (where to read
-# the log from, the fleet's counts and blocks are in the database).
-AT_START = ("PostgreSQL cannot be reached, or refused this host: check that it runs, that [state] database names"
-            " its host, port and database, pg_hba.conf lets this host in, and the password ([state] password_file,"
-            " PGPASSFILE or ~/.pgpass); relaywatch does not start without its state (systemd tries again, and the"
-            " log is read from where it stopped)")
+AT_OPEN = ("PostgreSQL cannot be reached, or refused this host: check that it runs, that [state] database names"
+           " its host, port and database, pg_hba.conf lets this host in, and the password ([state] password_file,"
+           " PGPASSFILE or ~/.pgpass)")
+# The daemon (degrade) starting without the state: refused (exit 1; systemd starts it again), never guessed
+# (where to read the log from, the fleet's counts and blocks are in the database). Not said by a command
+# such as `status`, whose daemon may well be running on through the outage.
+AT_START = (AT_OPEN + "; relaywatch does not start without its state (systemd tries again, and the log is read"
+            " from where it stopped)")
 T = TypeVar("T")
 redact = redact_database
 
@@ -112,7 +114,8 @@ class Store(Reads):
             yield
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             self._drop()
-            why = AT_START if doing == "open" else "PostgreSQL cannot be reached or is restarting"
+            why = ((AT_START if self.degrade else AT_OPEN) if doing == "open"
+                   else "PostgreSQL cannot be reached or is restarting")
             raise StoreUnavailable(f"state database {self.name}: cannot {doing} ({self._scrub(exc)}): {why}") from None
         except psycopg.Error as exc:
             raise RelaywatchError(f"state database {self.name}: cannot {doing} ({self._scrub(exc)})") from None
@@ -330,7 +333,9 @@ class Store(Reads):
                 if position is not None:
                     value = json.dumps(position[1], sort_keys=True)
                     cur.execute(sql.UPSERT_POSITION, [me, position[0], value])
-                    cur.execute(sql.HOST_POSITION, [me, value])
+                    # what `status` shows of this host: HostRow's shape, the source named (as SQLite's own row)
+                    cur.execute(sql.HOST_POSITION, [me, json.dumps({"source": position[0], **position[1]},
+                                                                   sort_keys=True)])
 
     def _unlanded(self, counts: Iterable[CountRow]) -> list[CountRow]:
         """`counts` without those of a batch that landed unheard (`_settle`)."""
