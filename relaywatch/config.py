@@ -224,6 +224,9 @@ def from_dict(data: dict[str, Any]) -> Config:
     )
     for s in sections.values():
         s.done()
+    if config.password_file and "://" not in config.database:
+        raise ConfigError("[state] password_file: set, but [state] database is a SQLite file, which has no password"
+                          " (a postgresql:// URL was meant?)")
     return config
 
 

@@ -82,6 +82,8 @@ window = 60
     ("[rules.x]\ndim = 'client'\nthreshold = 1", "[rules.x] window"),
     ("[queue]\nhold = 'yes'", "[queue] hold: expected bool"),
     ("[source\npath = 1", "not valid TOML"),
+    ("[state]\ndatabase = '/var/lib/relaywatch/state.db'\npassword_file = '/etc/relaywatch/db-password'",
+     "[state] password_file: set, but [state] database is a SQLite file"),
 ])
 def test_errors_name_the_key(tmp_path, text, names):
     with pytest.raises(ConfigError) as err:
