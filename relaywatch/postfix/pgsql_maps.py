@@ -104,6 +104,6 @@ def role_sql(target: PgsqlTarget) -> list[str]:
     secret = target.password.replace("'", "''")
     return [f"-- in database {target.dbname}, as a superuser or a role with CREATEROLE, once relaywatch has"
             f" created {TABLE} (its first start); until then Postfix defers every client at this lookup"
-            " (451 4.3.5):",
+            " (451 4.3.5). Once for the fleet: on the next hosts (the same .cf files) the role exists already:",
             f"CREATE ROLE {target.user} LOGIN PASSWORD '{secret}';",
             f"GRANT SELECT ON {TABLE} TO {target.user};"]
