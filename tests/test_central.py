@@ -170,7 +170,7 @@ def test_an_older_state_database_gets_the_hosts_column(tmp_path: Path):
 
 
 def test_the_sqlite_store_knows_its_own_host_alone(tmp_path: Path):
-    store = Store(tmp_path / "state.db")
+    store = Store(tmp_path / "state.db", host="mx7")  # [fleet] host, as open_store passes it
     assert store.hosts() == []  # never ran
     now = time.time()
     store.status.put(DaemonStatus(pid=os.getpid(), heartbeat=now, source="journal", caught_up=False,
@@ -178,6 +178,7 @@ def test_the_sqlite_store_knows_its_own_host_alone(tmp_path: Path):
     store.commit_batch([], [], ("journal", {"cursor": "s=1;i=2"}))
     [row] = store.hosts()
     assert row.last_contact == now and row.lag_s == 12 and row.position == {"source": "journal", "cursor": "s=1;i=2"}
+    assert row.host == "mx7"
     store.close()
 
 

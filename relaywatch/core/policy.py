@@ -52,11 +52,14 @@ def blocked_by(kind: str, target: str, net: Network | None, client: str, sasl_us
         return client == target
     if kind == "sasl_user":
         return sasl_user == target
-    if net is None:
-        return False
-    a = address(client)
+    return net is not None and in_network(client, net)
+
+
+def in_network(text: str, net: Network) -> bool:
+    """Whether `text` is an address inside `net` (False for anything else: a sender, a domain)."""
+    a = address(text)
     if a is None:
-        addr = _address(client)  # scoped, or not an address
+        addr = _address(text)  # scoped, or not an address
         return addr is not None and addr.version == net.version and addr in net
     shift = net.max_prefixlen - net.prefixlen
     return a[0] == net.version and a[1] >> shift == int(net.network_address) >> shift

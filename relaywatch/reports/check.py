@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from relaywatch.config import Config
-from relaywatch.core.policy import subnet_of
+from relaywatch.core.policy import in_network, subnet_of
 from relaywatch.model import CountRow, Decision, RelaywatchError
 from relaywatch.postfix.audit_blocks import AuditMaps, block_ineffective_reason
 from relaywatch.postfix.postconf import postconf, postconf_services
@@ -124,17 +124,9 @@ def recent(kind: str, target: str, since: float, rows: Iterable[CountRow]) -> Re
     net = ipaddress.ip_network(target, strict=False) if kind == "subnet" else None
     totals = dict.fromkeys(dims, 0)
     for dim, _, key, n in rows:
-        if dim in totals and (key == target if net is None else _in(key, net)):
+        if dim in totals and (key == target if net is None else in_network(key, net)):
             totals[dim] += n
     return Recent(since, totals.get("client", 0) + totals.get("sasl_user", 0), totals.get("relay_denied", 0))
-
-
-def _in(key: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
-    try:
-        addr = ipaddress.ip_address(key)
-    except ValueError:
-        return False
-    return addr.version == net.version and addr in net
 
 
 @dataclass

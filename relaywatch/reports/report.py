@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 
 from relaywatch.core.destinations import DeclinedDomain, InferredDomain
+from relaywatch.core.policy import in_network
 from relaywatch.model import Decision, JSONObject, LocalRelayed, RelayDenied, Relayed, Totals
 from relaywatch.reports.sparks import text_block
 from relaywatch.reports.timeline import Timeline
@@ -127,16 +128,8 @@ def stopped(result: ReplayResult, d: Decision, timeline: Timeline | None = None)
         total = tally.sasl_users.counts.get(d.target, 0)
     else:
         net = ipaddress.ip_network(d.target, strict=False)
-        total = sum(n for client, n in tally.clients.counts.items() if _inside(client, net))
+        total = sum(n for client, n in tally.clients.counts.items() if in_network(client, net))
     return Stopped(after, max(total, after))  # a pruned table can undercount the total
-
-
-def _inside(client: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
-    try:
-        addr = ipaddress.ip_address(client)
-    except ValueError:
-        return False
-    return addr.version == net.version and addr in net
 
 
 def decision_dict(d: Decision, stop: Stopped | None = None) -> JSONObject:

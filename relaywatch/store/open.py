@@ -52,7 +52,7 @@ def open_store(database: str, *, host: str, password_file: str | None = None, de
     """The store `database` names. `host`: this fleet member's name ([fleet] host); `block_keys`:
     the access-map key and action of a block (PostgreSQL's relaywatch_blocks holds them for Postfix)."""
     if not is_url(database):
-        return SQLiteStore(database, degrade=degrade)
+        return SQLiteStore(database, degrade=degrade, host=host)
     try:
         from relaywatch.store import postgres
     except ImportError as exc:

@@ -47,8 +47,9 @@ class Store:
     """The SQLite backend of store.base.StateStore."""
 
     def __init__(self, path: str | Path | None = None, *, degrade: bool = False,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        """`path` None keeps everything in memory (a dry-run replay).
+                 clock: Callable[[], float] = time.monotonic, host: str | None = None) -> None:
+        """`path` None keeps everything in memory (a dry-run replay). `host`: what `hosts()` calls
+        this host ([fleet] host; default the machine's host name).
 
         `degrade` (the daemon): when the database cannot be written for now, blocks and state
         records are kept in memory (and read back from there) and written with the next
@@ -58,6 +59,7 @@ class Store:
         self.path = path
         self.degrade = degrade
         self.clock = clock
+        self.host = host or socket.gethostname()
         self.unavailable: StoreUnavailable | None = None  # the fault while the store cannot be written
         self._retry_at = 0.0
         self._depth = 0
@@ -337,7 +339,7 @@ class Store:
 
     def hosts(self) -> list[HostRow]:
         """This host alone (a SQLite store is one host's), from its daemon's status record and read position."""
-        return own_host(socket.gethostname(), self.status.get(), self.positions)
+        return own_host(self.host, self.status.get(), self.positions)
 
     def busiest(self, since_bucket: int, per_dim: int = 5) -> dict[str, list[tuple[str, int]]]:
         """The largest window totals per dimension since `since_bucket`."""
