@@ -33,6 +33,7 @@ from relaywatch.model import (
 )
 from relaywatch.sources import files as sources
 from relaywatch.store.base import StateStore
+from relaywatch.store.records import BlockRow
 
 log = logging.getLogger("relaywatch.engine")
 
@@ -84,13 +85,20 @@ class Pipeline:
         since = self.detector.bucket(now - self.config.longest_window_s)
         for dim, bucket, key, n in self.store.counts_since(since, max_keys=self.detector.max_keys):
             self.detector.restore(dim, bucket, key, n)
-        for b in self.store.blocks(now):
+        quiet = self.detector.alert_quiet_s
+        self._remember(self.store.blocks(now),
+                       self.store.decisions(since=now - max(self.config.longest_window_s, quiet)))
+        self.correlator.load(self.store.open_messages())
+
+    def _remember(self, blocks: Iterable[BlockRow], decisions: Iterable[Decision]) -> None:
+        """Blocks in force and recent alerts quiet the detector: no second decision for what is blocked, no
+        second push of an alert in its quiet period (after a restart, or made by another fleet host)."""
+        for b in blocks:
             self.detector.remember_block(b.kind, b.target, float("inf") if b.until is None else b.until)
         quiet = self.detector.alert_quiet_s
-        for d in self.store.decisions(since=now - max(self.config.longest_window_s, quiet)):
-            if d.action == "alert":  # the alert quiet period outlives a restart: no second push
+        for d in decisions:
+            if d.action == "alert":
                 self.detector.remember_alert(d.kind, d.target, d.time + max(d.window_s, quiet))
-        self.correlator.load(self.store.open_messages())
 
     def absorb(self, now: float) -> None:
         """A fleet sharing the store: what the other hosts counted since the last call goes into the windows
@@ -99,12 +107,7 @@ class Pipeline:
         news = self.store.fleet_news(self.detector.bucket(now - self.config.longest_window_s))
         for dim, bucket, key, n in news.counts:
             self.detector.restore(dim, bucket, key, n)
-        for b in news.blocks:
-            self.detector.remember_block(b.kind, b.target, float("inf") if b.until is None else b.until)
-        quiet = self.detector.alert_quiet_s
-        for d in news.decisions:
-            if d.action == "alert":
-                self.detector.remember_alert(d.kind, d.target, d.time + max(d.window_s, quiet))
+        self._remember(news.blocks, news.decisions)
 
     def feed(self, line: str, parser: LineParser) -> Sequence[Decision]:
         return self.feed_event(sources.parse_line(line, parser), line)
