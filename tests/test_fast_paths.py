@@ -4,8 +4,8 @@
   tag it checked; the oracle here is the old way: one anchored regex (parse._BSD) per line.
 - qmgr's two common lines are read with str operations; the oracle is the _QMGR regex alone.
 - smtpd's `client=name[addr]` lines are read with str operations; the oracle is CLIENT alone.
-- is_qid reads characters; the oracle is the QUEUE_ID regex. A delivery's address ends are found one
-  at a time; the oracle is the list of every candidate, tried in order.
+- A delivery's address ends are found one at a time; the oracle is the list of every candidate, tried
+  in order.
 - netaddr reads addresses as integers; the oracle is ipaddress.
 - YearResolver asks mktime once per minute; the oracle is logtime.local_epoch (mktime) per second.
 """
@@ -274,22 +274,6 @@ def test_timestamps_per_minute_are_mktime_per_second(zone: str, year: int, monke
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
-
-
-_QID_TEXTS = st.one_of(
-    st.text(alphabet="0123456789ABCDEFaez", max_size=20),
-    st.text(alphabet="0123456789BCDFGHJKLMNPQRSTVWXYZbcdfghjklmnpqrstvwxyzAEIOUaeiou\u0663\u00b2 ", max_size=20),
-    st.tuples(st.text(alphabet="0123456789BCDFGHJKLMNPQRSTVWXYZbcdfghjklmnpqrstvwxy", min_size=8, max_size=14),
-              st.sampled_from(["z", "zz", "", "zE", "z\n"]),
-              st.text(alphabet="0123456789BCDFGHJKLMNPQRSTVWXYZbcdfghjklmnpqrstvwxyz", max_size=6)).map("".join),
-    st.characters().map(lambda c: "001dzGkSrKz" + c),
-)
-
-
-@settings(max_examples=5000, deadline=None)
-@given(_QID_TEXTS)
-def test_is_qid_answers_as_the_queue_id_regex(text: str) -> None:
-    assert grammar.is_qid(text) == (grammar._QID.fullmatch(text) is not None)
 
 
 def _every_end(text: str, start: int) -> list[int]:

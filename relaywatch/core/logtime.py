@@ -19,6 +19,7 @@ MONTHS: Final = {name: i for i, name in enumerate(calendar.month_abbr) if name}
 # (several processes write one log; each stamps its line before the logger orders them).
 LATE_S: Final = 86400.0
 HALF_YEAR_S: Final = 183 * 86400.0
+_PER_SECOND: Final = float("nan")
 
 
 class YearResolver:
@@ -37,9 +38,9 @@ class YearResolver:
         self.year = year
         self.reference = reference  # None: now, for a live log that crosses New Year
         self.latest = float("-inf")  # with an explicit year: the latest time resolved so far
-        # (year, month, day, hour, minute) -> the epoch of its second 0, or None where the zone's offset
+        # (year, month, day, hour, minute) -> the epoch of its second 0, or NaN where the zone's offset
         # changes within a day of it (then every second asks mktime)
-        self._minutes: dict[tuple[int, int, int, int, int], float | None] = {}
+        self._minutes: dict[tuple[int, int, int, int, int], float] = {}
         self._reference_year = _time.localtime(reference).tm_year if reference is not None else 0
 
     def epoch(self, month: int, day: int, hms: str) -> float:
@@ -58,16 +59,15 @@ class YearResolver:
         before and a day after that minute, no transition lies near it, so each of its wall times
         exists once and second s is second 0 plus s (60 included: mktime carries it into the next minute)."""
         key = (year, month, day, h, mi)
-        try:
-            base = self._minutes[key]
-        except KeyError:
+        base = self._minutes.get(key)
+        if base is None:
             base = local_epoch(year, month, day, h, mi, 0)
             if not (base == base and _uniform(base)):  # NaN: an impossible date (mktime says why)
-                base = None
+                base = _PER_SECOND
             if len(self._minutes) >= 4096:
                 self._minutes.clear()
             self._minutes[key] = base
-        if base is None or s > 60:
+        if base != base or s > 60:
             return local_epoch(year, month, day, h, mi, s)
         return base + s
 

@@ -152,10 +152,9 @@ def _read(text: str) -> tuple[str, int, int] | None:
 
 def read(text: str) -> tuple[str, int, int] | None:
     """Cached `_read`: (canonical text, version, integer), or None when `text` is not an address."""
-    try:
-        return _parsed[text]
-    except KeyError:
-        pass
+    r = _parsed.get(text)
+    if r is not None or text in _parsed:  # no KeyError: raising one costs a microsecond compiled
+        return r
     r = _read(text)
     if len(_parsed) >= _CACHE_MAX:
         _parsed.clear()
