@@ -3,7 +3,11 @@
 - LineParser reads the classic envelope with str operations and remembers each stamp, host and
   tag it checked; the oracle here is the old way: one anchored regex (parse._BSD) per line.
 - qmgr's two common lines are read with str operations; the oracle is the _QMGR regex alone.
+- smtpd's `client=name[addr]` lines are read with str operations; the oracle is CLIENT alone.
+- A delivery's address ends are found one at a time; the oracle is the list of every candidate, tried
+  in order.
 - netaddr reads addresses as integers; the oracle is ipaddress.
+- YearResolver asks mktime once per minute; the oracle is logtime.local_epoch (mktime) per second.
 """
 
 from __future__ import annotations
@@ -11,16 +15,18 @@ from __future__ import annotations
 import gzip
 import ipaddress
 import random
+import time
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relaywatch.core import grammar, netaddr
+from relaywatch.core import grammar, logtime, netaddr
 from relaywatch.core.destinations import AddrKind, address_kind
 from relaywatch.core.grouping import network_of
 from relaywatch.core.parse import _BSD, _FULL, GRAMMARS, LineParser, YearResolver
-from relaywatch.model import Event, QueueActive, Removed, Unparsed
+from relaywatch.model import ClientSeen, Delivery, Event, QueueActive, Removed, Unparsed
 
 DATA = Path(__file__).parent / "data"
 CORPUS = Path("/work/shared/corpus/public")
@@ -177,3 +183,157 @@ def test_qmgr_str_reading_gives_what_the_regex_gives() -> None:
              "8D076AE17: from=<a>, size=\u0663, nrcpt=1 (queue active)", "NOQUEUE: removed"]
     for msg in msgs:
         assert grammar._qmgr(1.0, "qmgr", msg, "h") == _regex_qmgr(1.0, "qmgr", msg, "h"), msg
+
+
+def _regex_smtpd(t: float, daemon: str, msg: str, host: str) -> Event | None:
+    """grammar._smtpd without its str fast path for client=: CLIENT alone."""
+    qid, rest = grammar._split(msg)
+    if rest.startswith("client="):
+        if not grammar.is_qid(qid):
+            return None
+        c = grammar.CLIENT.match(rest)
+        if c is None or (addr := grammar.client_address(c["addr"])) is None:
+            return Unparsed(t, "smtpd client=", host=host)
+        orig = grammar.client_address(c["oaddr"]) if c["oaddr"] else None
+        return ClientSeen(t, qid, addr, c["name"], c["user"] or None, orig, host=host)
+    return grammar._reject(t, qid, rest, host, smtpd=True)
+
+
+_CLIENTS = [
+    "8D076AE17: client=unknown[2a0b:4000:48:0:864a:0::944a]", "8D076AE17: client=unknown[218.144.149.137]",
+    "8D076AE17: client=a.example[1.2.3.4]:2525", "8D076AE17: client=a.example[1.2.3.4]:",
+    "8D076AE17: client=a.example[1.2.3.4]\n", "8D076AE17: client=[1.2.3.4]", "8D076AE17: client=a[]",
+    "8D076AE17: client=a]b[1.2.3.4]", "8D076AE17: client=a[1.2.3.4]x", "8D076AE17: client=a\tb[1.2.3.4]",
+    "8D076AE17: client=a[IPv6:2001:db8::1]", "8D076AE17: client=a[not an address]", "NOQUEUE: client=a[1.2.3.4]",
+    "8D076AE17: client=a[1.2.3.4], sasl_method=PLAIN, sasl_username=u@example.org",
+    "8D076AE17: client=a[1.2.3.4], orig_queue_id=8D076AE18, orig_client=b[5.6.7.8]",
+    "8D076AE17: client=a[1.2.3.4]:\u0663", "8D076AE17: client=a[1.2\u00a0.3.4]",
+]
+
+
+def _bent(msgs: list[str], rng: random.Random, n: int, bends: list[str]) -> list[str]:
+    out = list(msgs)
+    for _ in range(n):
+        msg = rng.choice(msgs)
+        for _ in range(rng.randint(1, 3)):
+            i = rng.randint(0, len(msg))
+            msg = msg[:i] + rng.choice(bends) + msg[i + rng.randint(0, 3):]
+        out.append(msg)
+    return out
+
+
+def test_client_str_reading_gives_what_the_regex_gives() -> None:
+    msgs = _CLIENTS + [line.split(": ", 1)[1] for line in _lines() if "/smtpd[" in line and "client=" in line]
+    bends = ["[", "]", ":", ", ", ",", "\n", "\t", "\u00a0", "\u0663", " ", "", "x", "1", "::", "IPv6:", "%"]
+    for msg in _bent(msgs, random.Random(26), 30_000, bends):
+        assert grammar._smtpd(1.0, "smtpd", msg, "h") == _regex_smtpd(1.0, "smtpd", msg, "h"), msg
+
+
+_GROUPS = st.lists(st.one_of(st.just(0), st.integers(0, 0xFFFF)), min_size=8, max_size=8)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_V6_BITS, _GROUPS)
+def test_v6_text_is_ipaddress_compressed(n: int, groups: list[int]) -> None:
+    assert netaddr.v6_text(n) == ipaddress.IPv6Address(n).compressed
+    runs = sum(g << (16 * i) for i, g in enumerate(groups))  # zero groups in runs of every length and place
+    assert netaddr.v6_text(runs) == ipaddress.IPv6Address(runs).compressed
+    assert netaddr.canonical(ipaddress.IPv6Address(runs).exploded) == ipaddress.IPv6Address(runs).compressed
+
+
+@pytest.mark.parametrize(("zone", "year"), [
+    ("UTC", 2026), ("Europe/Berlin", 2026), ("America/New_York", 2026), ("Australia/Lord_Howe", 2026),
+    ("America/St_Johns", 2026), ("Pacific/Chatham", 2026), ("Africa/Casablanca", 2026), ("Asia/Tokyo", 2026),
+    ("Africa/Monrovia", 1972),  # -0:44:30 until 1972-01-07: an offset change inside a minute
+])
+def test_timestamps_per_minute_are_mktime_per_second(zone: str, year: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every second of the hours around each of the zone's offset changes (DST both ways, half hours,
+    Casablanca's Ramadan, Monrovia's seconds), a sample of the rest of the year, and impossible times."""
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        resolver = YearResolver(reference=time.mktime((year, 12, 31, 0, 0, 0, 0, 0, -1)))
+        hours = [time.mktime((year, 1, 1, 0, 0, 0, 0, 0, -1)) + 3600 * i for i in range(366 * 24)]
+        offsets = [time.localtime(t).tm_gmtoff for t in hours]
+        changes = [hours[i] for i in range(1, len(hours)) if offsets[i] != offsets[i - 1]]
+        rng = random.Random(zone)
+        cases = []
+        for t in changes + rng.sample(hours, 200):
+            for k in range(-3 * 3600, 3 * 3600, 1 if t in changes else 97):
+                lt = time.localtime(t + k)
+                cases.append((lt.tm_year, lt.tm_mon, lt.tm_mday, lt.tm_hour, lt.tm_min, lt.tm_sec))
+        cases += [(year, mo, d, h, mi, s) for (mo, d) in ((3, 29), (3, 8), (10, 25), (11, 1), (4, 5), (2, 28))
+                  for h in (0, 1, 2, 3) for mi in (0, 29, 30, 59) for s in (0, 1, 59, 60)]
+        cases += [(2026, 2, 29, 1, 2, 3), (2026, 2, 30, 1, 2, 3), (2026, 4, 31, 0, 0, 0), (2026, 1, 1, 24, 0, 0),
+                  (2026, 1, 1, 23, 60, 0), (2026, 1, 1, 23, 59, 60), (2026, 1, 1, 23, 59, 61),
+                  (2026, 12, 31, 23, 59, 99), (2028, 2, 29, 12, 0, 0), (9999, 12, 31, 23, 59, 60), (1, 1, 1, 0, 0, 0)]
+        for case in cases:
+            expected = logtime.local_epoch(*case)
+            got = resolver._local(*case)
+            assert got == expected or (got != got and expected != expected), (zone, case)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def _every_end(text: str, start: int) -> list[int]:
+    """Candidate ends of an address opened at `start`, all at once (grammar's way before _first_end)."""
+    if text.startswith('"', start):
+        i = start + 1
+        while True:
+            q = text.find('"', i)
+            if q < 0:
+                return []
+            if text[q - 1] != "\\":
+                break
+            i = q + 1
+        end = text.find(">, ", q)
+        return [end] if end >= 0 else []
+    ends = []
+    end = text.find(">, ", start)
+    while end >= 0:
+        ends.append(end)
+        end = text.find(">, ", end + 1)
+    return ends
+
+
+def _listed_delivery(t: float, agent: str, msg: str, host: str) -> Event | None:
+    qid, rest = grammar._split(msg)
+    if not rest.startswith("to=") or grammar._QID.fullmatch(qid) is None:
+        return None
+    for end in _every_end(rest, 4):
+        tail = grammar._DELIVERY_TAIL.match(rest, end + 3)
+        if tail is None:
+            continue
+        relay, raddr = tail["relay"], tail["raddr"]
+        scope = rest[end:] if rest.startswith('"', 4) else rest
+        if scope.count(", relay=") != 1:
+            relay, raddr = "?", None
+        return Delivery(
+            t, qid, agent, rest[4:end], tail["orig"], relay, raddr, tail["status"], tail["reply"] or "", host=host
+        )
+    return Unparsed(t, f"{agent} to=", host=host)
+
+
+_DELIVERIES = [
+    "8F544AE03: to=<a@b.example>, relay=[2001:db8::1]:25, conn_use=2, delay=0.2, delays=0/0/0/0.2, "
+    "tls=TLSv1.3, dsn=2.0.0, status=sent (250 2.0.0 Ok)",
+    '8F544AE03: to=<"a>, relay=x[6.6.6.6]:25, delay=1, status=sent (x)"@b.example>, relay=local, delay=1, '
+    "dsn=2.0.0, status=sent (ok)",
+    '8F544AE03: to=<"a\\"b>, x"@b.example>, orig_to=<"q>"@c>, relay=local, delay=1, status=sent (ok)',
+    "8F544AE03: to=<a>, relay=evil[6.6.6.6]:25, delay=1, dsn=2.0.0, status=sent (x@b.example>, relay=real"
+    "[9.9.9.9]:25, delay=1, dsn=2.0.0, status=sent (250 ok)",
+    "8F544AE03: to=<a>, b>, c@d>, relay=real[9.9.9.9]:25, delay=1, dsn=2.0.0, status=sent (250 <x>, "
+    "relay=evil[6.6.6.6]:25, delay=1, status=sent (y))",
+    '8F544AE03: to=<"a@b.example>, relay=x[1.2.3.4]:25, delay=1, status=sent (ok)',
+]
+
+
+def test_delivery_ends_found_one_at_a_time_as_in_the_list() -> None:
+    msgs = _DELIVERIES + [line.split(": ", 1)[1] for line in _lines()
+                          if " to=<" in line and ": " in line and any(f"/{a}[" in line for a in
+                                                                    grammar.DELIVERY_AGENTS)]
+    bends = [">, ", ", relay=", "relay=", "[", "]", ":", ", ", " (", ")", "\n", '"', "\\", ">", "orig_to=<", "",
+             "x", "z", "E"]
+    for msg in _bent(msgs, random.Random(25), 30_000, bends):
+        assert grammar._delivery(1.0, "smtp", msg, "h") == _listed_delivery(1.0, "smtp", msg, "h"), msg

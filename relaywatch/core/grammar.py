@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Final
 
 from relaywatch.core.netaddr import canonical
 from relaywatch.core.replies import relay_denied
@@ -23,25 +24,25 @@ _BASE51 = "0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-y"
 QUEUE_ID = rf"(?:[0-9A-F]{{6,}}|[{_BASE52}]{{10,}}z[{_BASE51}]+)"
 PEER = r"(?P<name>[^\s\[\]]*)\[(?P<addr>[^\]\s]+)\](?::\d+)?"
 
-_QID = re.compile(QUEUE_ID)
-CLIENT = re.compile(
+_QID: Final = re.compile(QUEUE_ID)
+CLIENT: Final = re.compile(
     r"client=" + PEER
     + r"(?:, sasl_method=[^,\s]*)?(?:, sasl_username=(?P<user>[^,]*))?(?:, sasl_sender=[^,]*)?"
     r"(?:, orig_queue_id=\w+)?(?:, orig_client=(?P<oname>[^\s\[\]]*)\[(?P<oaddr>[^\]\s]+)\](?::\d+)?)?$"
 )
-_REJECT = re.compile(
+_REJECT: Final = re.compile(
     r"(?P<action>reject|reject_warning|milter-reject|milter-discard|discard|hold|milter-hold|filter"
     r"|redirect|proxy-reject): (?P<stage>[A-Z][A-Z-]*) from " + PEER + r": (?P<reply>.*)",
     re.DOTALL,
 )
-_CLEANUP_DROP = re.compile(r"(?:reject|discard): (?:header|body) ")
-_QMGR = re.compile(
+_CLEANUP_DROP: Final = re.compile(r"(?:reject|discard): (?:header|body) ")
+_QMGR: Final = re.compile(
     rf"(?P<qid>{QUEUE_ID}): (?:(?P<removed>removed)|(?P<from>from=<(?P<sender>.*)>, size=(?P<size>\d+), "
     r"nrcpt=(?P<nrcpt>\d+) \(queue active\)))$",
     re.DOTALL,
 )
-_PICKUP = re.compile(r"uid=(?P<uid>\d+) from=<(?P<sender>.*)>$", re.DOTALL)
-_DELIVERY_TAIL = re.compile(
+_PICKUP: Final = re.compile(r"uid=(?P<uid>\d+) from=<(?P<sender>.*)>$", re.DOTALL)
+_DELIVERY_TAIL: Final = re.compile(
     r'(?:orig_to=<(?P<orig>"(?:[^"\\]|\\.)*"[^>]*|[^>]*)>, )?'
     r"relay=(?P<relay>[^\s,\[]*(?:\[(?P<raddr>[^\]\s]*)\])?(?::\d+)?), "
     r"(?:conn_use=\d+, )?delay=[\d.]+, (?:delays=[\d./]+, )?(?:tls=[^,\s]*, )?(?:dsn=\d\.\d{1,3}\.\d{1,3}, )?"
@@ -49,7 +50,7 @@ _DELIVERY_TAIL = re.compile(
     re.DOTALL,
 )
 
-DELIVERY_AGENTS = frozenset({"smtp", "lmtp", "local", "virtual", "pipe", "error", "retry", "discard"})
+DELIVERY_AGENTS: Final = frozenset({"smtp", "lmtp", "local", "virtual", "pipe", "error", "retry", "discard"})
 
 
 def client_address(addr: str) -> str | None:
@@ -73,6 +74,17 @@ def is_qid(text: str) -> bool:
     return _QID.fullmatch(text) is not None
 
 
+def _plain(text: str) -> bool:
+    """No whitespace (`\\s`) in `text`: every whitespace character but the space is unprintable.
+    Other unprintable characters answer False too: the caller then asks its regex."""
+    return " " not in text and text.isprintable()
+
+
+def _port(text: str, i: int) -> bool:
+    """text[i:] is what `(?::\\d+)?$` matches whole, short of a final newline."""
+    return i == len(text) or (text.startswith(":", i) and text[i + 1:].isdecimal())
+
+
 Grammar = Callable[[float, str, str, str], Event | None]  # (time, program, message, host)
 
 
@@ -81,6 +93,19 @@ def _smtpd(t: float, daemon: str, msg: str, host: str) -> Event | None:
     if rest.startswith("client="):
         if not is_qid(qid):
             return None  # NOQUEUE: client= (a before-queue proxy) starts no message: LineParser._proxy
+        if "," not in rest:
+            # client=name[addr] or name[addr]:port alone, read with str operations where that is
+            # exactly what CLIENT reads (no optional field can match without a comma)
+            b = rest.find("[", 7)
+            e = rest.find("]", b + 1) if b > 0 else -1
+            name = rest[7:b]
+            if e > b + 1 and "]" not in name and _plain(name) and _port(rest, e + 1):
+                raw = rest[b + 1:e]
+                if _plain(raw):
+                    addr = client_address(raw)
+                    if addr is None:
+                        return Unparsed(t, "smtpd client=", host=host)
+                    return ClientSeen(t, qid, addr, name, None, None, host=host)
         c = CLIENT.match(rest)
         if c is None or (addr := client_address(c["addr"])) is None:
             return Unparsed(t, "smtpd client=", host=host)
@@ -153,42 +178,39 @@ def _postsuper(t: float, daemon: str, msg: str, host: str) -> Event | None:
     return Removed(t, qid, host=host) if rest == "removed" and is_qid(qid) else None
 
 
-def _address_ends(text: str, start: int) -> list[int]:
-    """Candidate ends (index of '>') of an address opened at `start`.
+def _first_end(text: str, start: int) -> int:
+    """The first candidate end (index of '>') of an address opened at `start`, or -1.
 
     A quoted local part (Postfix >= 3.5 logs the external form) may hold '>'
-    and ', '; an unquoted one from an older Postfix is ambiguous, so every
+    and ', ': its end is the first '>, ' after the closing quote, the only
+    candidate. An unquoted one from an older Postfix is ambiguous, so every
     '>, ' is a candidate and the caller tries them in order.
     """
-    if text.startswith('"', start):
-        i = start + 1
-        while True:
-            q = text.find('"', i)
-            if q < 0:
-                return []
-            if text[q - 1] != "\\":
-                break
-            i = q + 1
-        end = text.find(">, ", q)
-        return [end] if end >= 0 else []
-    ends = []
-    end = text.find(">, ", start)
-    while end >= 0:
-        ends.append(end)
-        end = text.find(">, ", end + 1)
-    return ends
+    if not text.startswith('"', start):
+        return text.find(">, ", start)
+    i = start + 1
+    while True:
+        q = text.find('"', i)
+        if q < 0:
+            return -1
+        if text[q - 1] != "\\":
+            return text.find(">, ", q)
+        i = q + 1
 
 
 def _delivery(t: float, agent: str, msg: str, host: str) -> Event | None:
     qid, rest = _split(msg)
     if not rest.startswith("to=") or not is_qid(qid):
         return None
-    for end in _address_ends(rest, 4):
+    quoted = rest.startswith('"', 4)
+    end = _first_end(rest, 4)
+    while end >= 0:
         tail = _DELIVERY_TAIL.match(rest, end + 3)
         if tail is None:
+            end = -1 if quoted else rest.find(">, ", end + 1)
             continue
         relay, raddr = tail["relay"], tail["raddr"]
-        scope = rest[end:] if rest.startswith('"', 4) else rest
+        scope = rest[end:] if quoted else rest
         if scope.count(", relay=") != 1:
             # A second relay= is text an attacker put in an address or reply:
             # keep the delivery but trust no relay it names.
@@ -204,7 +226,7 @@ def _postscreen(t: float, daemon: str, msg: str, host: str) -> Event | None:
     return _reject(t, qid, rest, host) if qid == "NOQUEUE" else None
 
 
-GRAMMARS: dict[str, Grammar] = {
+GRAMMARS: Final[dict[str, Grammar]] = {
     "smtpd": _smtpd,
     "qmgr": _qmgr,
     "nqmgr": _qmgr,

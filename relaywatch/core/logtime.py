@@ -12,12 +12,14 @@ from __future__ import annotations
 import calendar
 import time as _time
 from datetime import datetime
+from typing import Final
 
-MONTHS = {name: i for i, name in enumerate(calendar.month_abbr) if name}
+MONTHS: Final = {name: i for i, name in enumerate(calendar.month_abbr) if name}
 # A line stamped this much before the latest one is a late writer, not the next year
 # (several processes write one log; each stamps its line before the logger orders them).
-LATE_S = 86400.0
-HALF_YEAR_S = 183 * 86400.0
+LATE_S: Final = 86400.0
+HALF_YEAR_S: Final = 183 * 86400.0
+_PER_SECOND: Final = float("nan")
 
 
 class YearResolver:
@@ -36,31 +38,61 @@ class YearResolver:
         self.year = year
         self.reference = reference  # None: now, for a live log that crosses New Year
         self.latest = float("-inf")  # with an explicit year: the latest time resolved so far
+        # (year, month, day, hour, minute) -> the epoch of its second 0, or NaN where the zone's offset
+        # changes within a day of it (then every second asks mktime)
+        self._minutes: dict[tuple[int, int, int, int, int], float] = {}
+        self._reference_year = _time.localtime(reference).tm_year if reference is not None else 0
 
     def epoch(self, month: int, day: int, hms: str) -> float:
         h, mi, s = int(hms[0:2]), int(hms[3:5]), int(hms[6:8])
         if self.year is not None:
             return self._forward(self.year, month, day, h, mi, s)
         reference = _time.time() if self.reference is None else self.reference
-        year = _time.localtime(reference).tm_year
-        t = local_epoch(year, month, day, h, mi, s)
+        year = self._reference_year if self.reference is not None else _time.localtime(reference).tm_year
+        t = self._local(year, month, day, h, mi, s)
         if t > reference + 2 * 86400:
-            t = local_epoch(year - 1, month, day, h, mi, s)
+            t = self._local(year - 1, month, day, h, mi, s)
         return t
+
+    def _local(self, year: int, month: int, day: int, h: int, mi: int, s: int) -> float:
+        """local_epoch, with mktime asked once per minute: where the zone's UTC offset is the same a day
+        before and a day after that minute, no transition lies near it, so each of its wall times
+        exists once and second s is second 0 plus s (60 included: mktime carries it into the next minute)."""
+        key = (year, month, day, h, mi)
+        base = self._minutes.get(key)
+        if base is None:
+            base = local_epoch(year, month, day, h, mi, 0)
+            if not (base == base and _uniform(base)):  # NaN: an impossible date (mktime says why)
+                base = _PER_SECOND
+            if len(self._minutes) >= 4096:
+                self._minutes.clear()
+            self._minutes[key] = base
+        if base != base or s > 60:
+            return local_epoch(year, month, day, h, mi, s)
+        return base + s
 
     def _forward(self, year: int, month: int, day: int, h: int, mi: int, s: int) -> float:
         latest = self.latest
-        t = local_epoch(year, month, day, h, mi, s)
+        t = self._local(year, month, day, h, mi, s)
         if t < latest - HALF_YEAR_S:
             self.year = year + 1
-            t = local_epoch(year + 1, month, day, h, mi, s)
+            t = self._local(year + 1, month, day, h, mi, s)
         elif t > latest + HALF_YEAR_S:
-            t_prev = local_epoch(year - 1, month, day, h, mi, s)
+            t_prev = self._local(year - 1, month, day, h, mi, s)
             if latest - LATE_S <= t_prev <= latest:
                 return t_prev
         if t > latest:
             self.latest = t
         return t
+
+
+def _uniform(t: float) -> bool:
+    """The local zone's UTC offset is the same from a day before `t` to a day after it."""
+    try:
+        return (_time.localtime(t - 86400.0).tm_gmtoff == _time.localtime(t).tm_gmtoff
+                == _time.localtime(t + 86400.0).tm_gmtoff)
+    except (OverflowError, OSError, ValueError):
+        return False
 
 
 def _exists(year: int, month: int, day: int, h: int, mi: int, s: int) -> bool:

@@ -14,11 +14,12 @@ Caches are dicts cleared when full: memory stays flat under any flood.
 from __future__ import annotations
 
 import ipaddress
+from typing import Final
 
 Addr = tuple[int, int]  # (4 or 6, the address as an integer)
 
-_CACHE_MAX = 2048
-_HEX = frozenset("0123456789abcdefABCDEF")
+_CACHE_MAX: Final = 2048
+_HEX_COLON: Final = "0123456789abcdefABCDEF:"
 _V4_BLOCK, _V6_BLOCK = 8, 80  # is_global is uniform inside a /24 and a /48 outside the boundary blocks
 
 
@@ -36,13 +37,13 @@ def _boundaries(constants: type, version: int, shift: int, prefix: int) -> froze
 
 
 # the registry's tables are private to ipaddress (and absent from its type stubs): read by name
-_V4_EDGES = _boundaries(getattr(ipaddress, "_IPv4Constants"), 4, _V4_BLOCK, 32 - _V4_BLOCK)  # noqa: B009
-_V6_EDGES = _boundaries(getattr(ipaddress, "_IPv6Constants"), 6, _V6_BLOCK, 128 - _V6_BLOCK)  # noqa: B009
+_V4_EDGES: Final = _boundaries(getattr(ipaddress, "_IPv4Constants"), 4, _V4_BLOCK, 32 - _V4_BLOCK)  # noqa: B009
+_V6_EDGES: Final = _boundaries(getattr(ipaddress, "_IPv6Constants"), 6, _V6_BLOCK, 128 - _V6_BLOCK)  # noqa: B009
 
-_parsed: dict[str, tuple[str, int, int] | None] = {}
-_global: dict[tuple[int, int], bool] = {}
-_texts: dict[tuple[int, int, int], str] = {}
-_networks: dict[str, Addr] = {}  # network_text's answers, read back (a /64's /48)
+_parsed: Final[dict[str, tuple[str, int, int] | None]] = {}
+_global: Final[dict[tuple[int, int], bool]] = {}
+_texts: Final[dict[tuple[int, int, int], str]] = {}
+_networks: Final[dict[str, Addr]] = {}  # network_text's answers, read back (a /64's /48)
 
 
 def _v4(text: str) -> int | None:
@@ -60,10 +61,10 @@ def _v4(text: str) -> int | None:
     return n
 
 
-def _v6(text: str) -> int | None:
-    """Hex-and-colons IPv6 text (hex digits checked by the caller) as ipaddress reads it, or None
-    (not that shape: ask ipaddress)."""
-    parts = text.split(":")
+def _v6(text: str) -> tuple[str, int] | None:
+    """Hex-and-colons IPv6 text (hex digits checked by the caller) as ipaddress reads it: (its
+    compressed text, the integer), or None (not that shape: ask ipaddress)."""
+    parts = text.lower().split(":")
     last = len(parts) - 1
     if last < 2 or last > 8:
         return None
@@ -73,6 +74,7 @@ def _v6(text: str) -> int | None:
             if skip >= 0:
                 return None
             skip = i
+    groups: list[str]
     if skip >= 0:
         head = parts[:skip]
         tail = parts[skip + 1:]
@@ -95,24 +97,35 @@ def _v6(text: str) -> int | None:
     for g in groups:
         if not g or len(g) > 4:
             return None
-    return int("".join([g.zfill(4) for g in groups]), 16)
+    return _compressed(groups), int("".join([g.zfill(4) for g in groups]), 16)
 
 
-_ZERO_RUNS = tuple(":" + ":".join(["0"] * k) + ":" for k in range(8, 1, -1))  # longest first
+def _compressed(groups: list[str]) -> str:
+    """ipaddress's compressed text of 8 lowercase hex groups: leading zeros dropped, the first
+    longest run of two or more zero groups written `::`."""
+    short = [g.lstrip("0") or "0" for g in groups]
+    best, best_len, i = -1, 1, 0
+    while i < 8:
+        if short[i] == "0":
+            j = i + 1
+            while j < 8 and short[j] == "0":
+                j += 1
+            if j - i > best_len:
+                best, best_len = i, j - i
+            i = j
+        else:
+            i += 1
+    if best < 0:
+        return ":".join(short)
+    return ":".join(short[:best]) + "::" + ":".join(short[best + best_len:])
+
+
+_SHIFTS: Final = (112, 96, 80, 64, 48, 32, 16, 0)
 
 
 def v6_text(n: int) -> str:
-    """An IPv6 integer in ipaddress's compressed form: the first longest run of two or more zero
-    groups becomes `::`."""
-    h = (f":{n >> 112:x}:{n >> 96 & 0xFFFF:x}:{n >> 80 & 0xFFFF:x}:{n >> 64 & 0xFFFF:x}:"
-         f"{n >> 48 & 0xFFFF:x}:{n >> 32 & 0xFFFF:x}:{n >> 16 & 0xFFFF:x}:{n & 0xFFFF:x}:")
-    for run in _ZERO_RUNS:
-        i = h.find(run)
-        if i >= 0:
-            end = i + len(run)
-            # the sentinel colons around `h` go, unless the run took them
-            return h[1 if i else 0:i] + "::" + h[end:len(h) - 1 if end < len(h) else len(h)]
-    return h[1:-1]
+    """An IPv6 integer in ipaddress's compressed form."""
+    return _compressed([f"{n >> s & 0xFFFF:x}" for s in _SHIFTS])
 
 
 def _read(text: str) -> tuple[str, int, int] | None:
@@ -124,10 +137,10 @@ def _read(text: str) -> tuple[str, int, int] | None:
         n = _v4(text)
         if n is not None:
             return text, 4, n
-    elif ":" in text and _HEX.issuperset(text.replace(":", "")):
-        n = _v6(text)
-        if n is not None:
-            return v6_text(n), 6, n
+    elif ":" in text and not text.strip(_HEX_COLON):
+        r6 = _v6(text)
+        if r6 is not None:
+            return r6[0], 6, r6[1]
     try:
         ip = ipaddress.ip_address(text)
     except ValueError:
@@ -139,10 +152,9 @@ def _read(text: str) -> tuple[str, int, int] | None:
 
 def read(text: str) -> tuple[str, int, int] | None:
     """Cached `_read`: (canonical text, version, integer), or None when `text` is not an address."""
-    try:
-        return _parsed[text]
-    except KeyError:
-        pass
+    r = _parsed.get(text)
+    if r is not None or text in _parsed:  # no KeyError: raising one costs a microsecond compiled
+        return r
     r = _read(text)
     if len(_parsed) >= _CACHE_MAX:
         _parsed.clear()

@@ -13,6 +13,7 @@ import json
 import re
 from collections.abc import Container, Iterable, Mapping
 from fnmatch import fnmatchcase
+from typing import Final
 
 from relaywatch.core.grammar import CLIENT, GRAMMARS, PEER, QUEUE_ID, Grammar, client_address, is_qid, parse_message
 from relaywatch.core.logtime import MONTHS, YearResolver, full_epoch, rfc3339_epoch
@@ -26,28 +27,30 @@ __all__ = ["GRAMMARS", "QUEUE_ID", "LineParser", "YearResolver", "client_address
 
 # host, then the syslog tag split into "postfix/submission/" and the program ("smtpd"), pid, message
 _TAG = r"(?P<host>\S+) (?P<prefix>[^\s\[:]*/)?(?P<daemon>[^\s\[:/]+)(?:\[(?P<pid>\d+)\])?:? (?P<msg>.*)"
-_BSD = re.compile(r"(?P<stamp>(?P<mon>[A-Z][a-z]{2}) {1,2}(?P<day>\d{1,2}) (?P<hms>\d\d:\d\d:\d\d)) " + _TAG, re.DOTALL)
+_BSD: Final = re.compile(r"(?P<stamp>(?P<mon>[A-Z][a-z]{2}) {1,2}(?P<day>\d{1,2}) (?P<hms>\d\d:\d\d:\d\d)) " + _TAG,
+                         re.DOTALL)
 # rsyslog, and journalctl -o short-iso / short-iso-precise (offset without a colon)
-_RFC3339 = re.compile(
+_RFC3339: Final = re.compile(
     r"(?P<sec>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?P<frac>\.\d{1,9})?(?P<tz>Z|[+-]\d\d:?\d\d) " + _TAG, re.DOTALL
 )
 # journalctl -o short-full (`Fri 2026-11-27 10:00:00 CET`) and -o short-unix (`1795773600.000123`)
-_FULL = re.compile(r"[A-Z][a-z]{2} (?P<date>\d{4}-\d\d-\d\d) (?P<hms>\d\d:\d\d:\d\d) "
+_FULL: Final = re.compile(r"[A-Z][a-z]{2} (?P<date>\d{4}-\d\d-\d\d) (?P<hms>\d\d:\d\d:\d\d) "
                    r"(?P<zone>[A-Za-z+-][A-Za-z0-9+-]{0,9}) " + _TAG, re.DOTALL)
-_UNIX = re.compile(r"(?P<unix>\d{1,12}(?:\.\d{1,9})?) " + _TAG, re.DOTALL)
+_UNIX: Final = re.compile(r"(?P<unix>\d{1,12}(?:\.\d{1,9})?) " + _TAG, re.DOTALL)
 # The same envelope read piece by piece with str operations: each distinct stamp, host and tag
 # is checked once against these (the pieces of _BSD), then remembered; anything else takes _BSD.
-_BSD_STAMP = re.compile(r"[A-Z][a-z]{2} {1,2}\d{1,2} \d\d:\d\d:\d\d")
-_HOST = re.compile(r"\S+")
-_TAG_TOKEN = re.compile(r"(?P<prefix>[^\s\[:]*/)?(?P<daemon>[^\s\[:/]+)(?:\[(?P<pid>\d+)\])?:?")
-_PIECES_MAX = 4096
+_BSD_STAMP: Final = re.compile(r"[A-Z][a-z]{2} {1,2}\d{1,2} \d\d:\d\d:\d\d")
+_HOST: Final = re.compile(r"\S+")
+_TAG_TOKEN: Final = re.compile(r"(?P<prefix>[^\s\[:]*/)?(?P<daemon>[^\s\[:/]+)(?:\[(?P<pid>\d+)\])?:?")
+_PIECES_MAX: Final = 4096
 _Head = tuple[str, str | None, str, str | None, "Grammar | None"]  # host, prefix, program, pid, grammar
-_SESSION_EDGES = ("connect from ", "disconnect from ")  # smtpd lines no grammar reads (no queue id)
+_SESSION_EDGES: Final = ("connect from ", "disconnect from ")  # smtpd lines no grammar reads (no queue id)
 NO_HOSTNAME = "line without a hostname"  # Unparsed.reason: journalctl omits it when a record has none
 # Times every report can print (datetime's years 1..9999 in any time zone): others are impossible
-_MIN_T, _MAX_T = 86400.0, 253_370_764_800.0  # 1970-01-02, 9998-12-31
-_PROXY_PEER = re.compile(PEER + ": ")
-_PROXY_STARTS = ("NOQUEUE: ", "proxy-accept: ")  # the smtpd lines of a before-queue proxy session
+_MIN_T: Final = 86400.0  # 1970-01-02
+_MAX_T: Final = 253_370_764_800.0  # 9998-12-31
+_PROXY_PEER: Final = re.compile(PEER + ": ")
+_PROXY_STARTS: Final = ("NOQUEUE: ", "proxy-accept: ")  # the smtpd lines of a before-queue proxy session
 
 # --- journal records: who really wrote them ----------------------------------
 
@@ -105,6 +108,7 @@ class LineParser:
         self.journal_uids: set[str] = {str(u) for u in journal_uids} if journal_uids is not None else {"0"}
         self._stamps: dict[str, float] = {}
         self._heads: dict[str, _Head] = {}  # "host tag" of classic lines the str fast path has checked
+        self._progs: dict[str, _Head] = {}  # "host prog" of those whose tag is `prog[DIGITS]:`
         self._proxied: dict[tuple[str, str | None], ClientSeen] = {}  # (host, smtpd pid) -> NOQUEUE: client=
         # Postfix-shaped lines under a syslog name not in `syslog_names`: name -> lines
         self.other_names: dict[str, int] = {}
@@ -122,12 +126,25 @@ class LineParser:
             # was checked once against the pieces of _BSD (_learn), or _BSD decides below.
             sp = line.find(" ", 16)
             end = line.find(" ", sp + 1)
-            head = self._heads.get(line[16:end]) if sp > 16 and end > 0 else None
+            # `prog[pid]:` is remembered without its pid (a new one each session): by "host prog"
+            key_end = end
+            pid: str | None = None
+            head: _Head | None = None
+            if sp > 16 and end > 0:
+                if line.find("]:", end - 2, end) > 0:
+                    b = line.find("[", sp + 1, end)
+                    if b > 0:
+                        pid = line[b + 1:end - 2]
+                        if pid.isdecimal():
+                            key_end = b
+                head = self._heads.get(line[16:end]) if key_end == end else self._progs.get(line[16:key_end])
             t = self._stamps.get(line[:15])
             if head is None or t is None:
-                head = self._learn(line, sp, end)
+                head = self._learn(line, sp, end, key_end)
             if head is not None:
-                host, prefix, daemon, pid, grammar = head
+                host, prefix, daemon, learned_pid, grammar = head
+                if key_end == end:
+                    pid = learned_pid
                 msg = line[end + 1:]
                 if grammar is None or prefix is None or not prefix.startswith(self.syslog_names):
                     return self._not_postfix(host, prefix, daemon, msg)
@@ -155,14 +172,16 @@ class LineParser:
             t = self._full(m) if envelope is _FULL else float(m["unix"])
         return self._message(t, grammar, host, daemon, m["pid"], msg)
 
-    def _learn(self, line: str, sp: int, end: int) -> _Head | None:
+    def _learn(self, line: str, sp: int, end: int, key_end: int) -> _Head | None:
         """Check the stamp, host and tag of a classic line against the pieces of _BSD and remember
         the host and tag if they fit: (host, prefix, program, pid, its grammar), or None (then _BSD
-        itself decides)."""
+        itself decides). When key_end < end the tag is `prog[DIGITS]:` (key: "host prog"), and the
+        regex splits it into prefix and program the same way whatever the digits."""
         if sp <= 16 or end < 0 or _BSD_STAMP.fullmatch(line, 0, 15) is None:
             return None
-        key = line[16:end]
-        head = self._heads.get(key)
+        key = line[16:key_end]
+        heads = self._heads if key_end == end else self._progs
+        head = heads.get(key)
         if head is None:
             host = line[16:sp]
             tm = _TAG_TOKEN.fullmatch(line, sp + 1, end)
@@ -170,9 +189,9 @@ class LineParser:
                 return None
             prefix, daemon, pid = tm.group("prefix", "daemon", "pid")
             head = (host, prefix, daemon, pid, GRAMMARS.get(daemon))
-            if len(self._heads) >= _PIECES_MAX:
-                self._heads.clear()
-            self._heads[key] = head
+            if len(heads) >= _PIECES_MAX:
+                heads.clear()
+            heads[key] = head
         return head
 
     def _message(self, t: float, grammar: Grammar, host: str, daemon: str, pid: str | None,

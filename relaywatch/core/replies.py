@@ -11,11 +11,12 @@ together, and the recipient named in the reply must be the one in to=.
 from __future__ import annotations
 
 import re
+from typing import Final
 
-_CODE = re.compile(r"[45]\d\d (?:[45]\.\d{1,3}\.\d{1,3} )?<")
+_CODE: Final = re.compile(r"[45]\d\d (?:[45]\.\d{1,3}\.\d{1,3} )?<")
 # reject_unauth_destination's text (Postfix 2.x-3.x), and the same behind a recipient class
-_DENIED = (">: Relay access denied; ", ">: Recipient address rejected: Relay access denied; ")
-_QUEUED = "queued as "
+_DENIED: Final = (">: Relay access denied; ", ">: Recipient address rejected: Relay access denied; ")
+_QUEUED: Final = "queued as "
 
 
 def external_end(text: str, start: int) -> int:
