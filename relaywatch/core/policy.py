@@ -264,7 +264,7 @@ class Detector:
 
     def sizes(self) -> dict[str, tuple[int, int]]:
         """Rule name -> (keys, networks) its window holds now (bench/flood.py checks the caps with it)."""
-        return {w.rule.name: (len(w.window), len(w.window.groupings[w.gi].totals) if w.gi >= 0 else 0)
+        return {w.rule.name: (len(w.window), len(w.window.groupings[w.gi].groups) if w.gi >= 0 else 0)
                 for watches in self._watches.values() for w in watches}
 
     def restore(self, dim: str, bucket: int, key: str, n: int) -> None:
@@ -297,17 +297,21 @@ class Detector:
                 window = watch.window
                 gi = watch.gi
                 if gi >= 0:
-                    net = window.last_groups[gi]  # the group of `key`, as add() just found it
-                    if net is None:
+                    rec = window.last  # the key add() just counted (None: older than the window, and unknown)
+                    if rec is None:
+                        name = window.last_groups[gi]
+                        group = None if name is None else window.groupings[gi].groups.get(name)
+                    else:
+                        group = rec.groups[gi]
+                    if group is None:
                         continue
-                    grouping = window.groupings[gi]
-                    # absent when the event was older than the window (a log that jumps back in time)
-                    total = grouping.totals.get(net, 0)
+                    total = group.total
                     if total < watch.threshold:
                         continue
-                    clients = grouping.keys.get(net, 0)
+                    clients = group.nkeys
                     if clients < watch.min_clients:
                         continue
+                    net = group.name
                     spread = watch.spread
                     if spread is not None and spread.counts.get(net, 0) < watch.min_subnets:
                         continue

@@ -24,14 +24,56 @@ from collections.abc import Callable, Sequence
 
 MAX_KEYS = 50_000  # per window; far above the distinct clients, senders or domains of real mail
 
-# A bucket also holds, under these tuple keys (never a str key), what evicted keys left in a group:
-# (_EVENTS, grouping, group, wides) -> events, (_GONE, grouping, group, wides) -> keys whose last event
-# was in this bucket; `wides`: the group's group in each grouping its spreads count it into.
+# What evicted keys left in a group, in the bucket they were counted in: (_EVENTS, group) -> events,
+# (_GONE, group) -> keys whose last event was in this bucket.
 _EVENTS, _GONE = 0, 1
 Groups = tuple[str | None, ...]
-_Residue = tuple[int, int, str, Groups]
-_Counts = dict[str | _Residue, int]
-_EMPTY: dict[str, int] = {}
+
+
+class Group:
+    """One network (or other group) of one grouping, in the window: its events and distinct keys."""
+
+    __slots__ = ("gi", "name", "names", "nkeys", "total")
+
+    def __init__(self, gi: int, name: str, names: Groups) -> None:
+        self.gi = gi
+        self.name = name
+        self.names = names  # the groups of the key that opened it: its wider groups, for the spreads
+        self.total = 0
+        self.nkeys = 0
+
+
+_Residue = tuple[int, Group]
+
+
+class Key:
+    """One key in the window: its total, its groups, and where its newest count is (bucket, slot)."""
+
+    __slots__ = ("bucket", "dead", "groups", "key", "names", "slot", "total")
+
+    def __init__(self, key: str, names: Groups, groups: tuple[Group | None, ...]) -> None:
+        self.key = key
+        self.names = names
+        self.groups = groups
+        self.total = 0
+        self.bucket = -1
+        self.slot = 0
+        self.dead = False
+
+
+class Bucket:
+    """The counts of one bucket: parallel lists (key, events), and what evicted keys left (`residue`)."""
+
+    __slots__ = ("keys", "ns", "number", "residue")
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.keys: list[Key] = []
+        self.ns: list[int] = []
+        self.residue: dict[_Residue, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.keys) + len(self.residue)
 
 
 class Spread:
@@ -44,20 +86,41 @@ class Spread:
         self.wide = wide
         self.counts: dict[str, int] = {}
 
+    def enter(self, names: Groups) -> None:
+        wide = names[self.wide]
+        if wide is not None:
+            self.counts[wide] = self.counts.get(wide, 0) + 1
+
+    def leave(self, names: Groups) -> None:
+        wide = names[self.wide]
+        if wide is None:
+            return
+        left = self.counts.get(wide, 0) - 1
+        if left > 0:
+            self.counts[wide] = left
+        else:
+            self.counts.pop(wide, None)
+
 
 class Grouping:
-    """Per group: events (`totals`) and distinct keys (`keys`) in the window; `spreads`: where it is the narrow one."""
+    """The groups of one grouping in the window; `spreads`: where it is the narrow one."""
 
-    __slots__ = ("groups_evicted", "keys", "spreads", "totals")
+    __slots__ = ("groups", "groups_evicted", "spreads")
 
     def __init__(self) -> None:
-        self.totals: dict[str, int] = {}
-        self.keys: dict[str, int] = {}
+        self.groups: dict[str, Group] = {}
         self.spreads: list[Spread] = []
         self.groups_evicted = 0
 
-    def wides(self, groups: Groups) -> Groups:
-        return tuple(groups[s.wide] for s in self.spreads)
+    @property
+    def totals(self) -> dict[str, int]:
+        """Group -> events in the window."""
+        return {name: g.total for name, g in self.groups.items()}
+
+    @property
+    def keys(self) -> dict[str, int]:
+        """Group -> distinct keys in the window."""
+        return {name: g.nkeys for name, g in self.groups.items() if g.nkeys}
 
 
 class WindowCounter:
@@ -76,24 +139,26 @@ class WindowCounter:
     __slots__ = (
         "buckets",
         "evicted",
-        "group_of",
         "groupings",
         "groups_fn",
+        "keys",
+        "last",
         "last_groups",
         "last_total",
         "latest",
         "max_keys",
         "nbuckets",
         "residue",
-        "totals",
     )
 
     def __init__(self, nbuckets: int, group: Callable[[str], str | None] | None = None,
                  max_keys: int = MAX_KEYS, groups: Callable[[str], Groups] | None = None, ngroups: int = 0,
                  spreads: Sequence[tuple[int, int]] = ()) -> None:
         self.nbuckets = max(1, nbuckets)
-        self.buckets: deque[tuple[int, _Counts]] = deque()
-        self.totals: dict[str, int] = {}
+        self.buckets: deque[Bucket] = deque()
+        # each key in the window, with its groups found once when it entered (a flood's addresses are read
+        # again nowhere: expiry and eviction of a key hours later would re-read them)
+        self.keys: dict[str, Key] = {}
         if group is not None:
             one = group
             groups, ngroups = (lambda key: (one(key),)), 1
@@ -101,24 +166,27 @@ class WindowCounter:
         self.groupings = tuple(Grouping() for _ in range(ngroups if groups is not None else 0))
         for narrow, wide in spreads:
             self.groupings[narrow].spreads.append(Spread(narrow, wide))
-        # each key in the window -> its groups, found once when it entered (a flood's addresses are read
-        # again nowhere: expiry and eviction of a key hours later would re-read it)
-        self.group_of: dict[str, Groups] = {}
         self.latest = 0
         self.max_keys = max(4, max_keys)
         self.evicted = 0
         self.residue = 0  # residue entries in the buckets
-        self.last_groups: Groups = ()  # the groups of the key add() counted last
+        self.last: Key | None = None  # the key add() counted last (None: it was not in the window)
+        self.last_groups: Groups = ()  # its groups
         self.last_total = 0  # what add() returned last
+
+    @property
+    def totals(self) -> dict[str, int]:
+        """Key -> events in the window."""
+        return {key: k.total for key, k in self.keys.items()}
 
     # the first grouping, for a counter built with `group`
     @property
     def group_totals(self) -> dict[str, int]:
-        return self.groupings[0].totals if self.groupings else _EMPTY
+        return self.groupings[0].totals if self.groupings else {}
 
     @property
     def group_keys(self) -> dict[str, int]:
-        return self.groupings[0].keys if self.groupings else _EMPTY
+        return self.groupings[0].keys if self.groupings else {}
 
     @property
     def groups_evicted(self) -> int:
@@ -133,234 +201,214 @@ class WindowCounter:
 
     def add(self, bucket: int, key: str, n: int = 1) -> int:
         """Count `n` for `key`; returns the key's total in the window."""
-        totals = self.totals
-        groupings = self.groupings
-        groups: Groups = ()
-        if groupings:
-            groups = self.group_of[key] if key in totals else self.groups_fn(key)  # type: ignore[misc]
-        self.last_groups = groups
         latest = self.latest
         if bucket > latest:
             self.latest = bucket
             self._expire(bucket)
-        elif bucket <= latest - self.nbuckets:
-            total = totals.get(key, 0)  # older than the window: nothing to count
-            self.last_total = total
-            return total
+        elif bucket <= latest - self.nbuckets:  # older than the window: nothing to count
+            rec = self.keys.get(key)
+            self.last = rec
+            if rec is not None:
+                self.last_groups = rec.names
+                self.last_total = rec.total
+            else:
+                self.last_groups = self.groups_fn(key) if self.groups_fn is not None else ()
+                self.last_total = 0
+            return self.last_total
         buckets = self.buckets
-        if not buckets or buckets[-1][0] < bucket:
-            counts: _Counts = {}
-            buckets.append((bucket, counts))
+        if not buckets or buckets[-1].number < bucket:
+            newest = Bucket(bucket)
+            buckets.append(newest)
         else:
-            counts = buckets[-1][1]
-        counts[key] = counts.get(key, 0) + n
-        total = totals.get(key, 0)
-        if groupings:
-            if not total:
-                self.group_of[key] = groups
-            for i in range(len(groups)):
-                g = groups[i]
-                if g is None:
+            newest = buckets[-1]
+        rec = self.keys.get(key)
+        if rec is None:
+            rec = self._enter(key)
+            fresh = True
+        else:
+            fresh = False
+            for g in rec.groups:
+                if g is not None:
+                    g.total += n
+        self.last = rec
+        self.last_groups = rec.names
+        if rec.bucket == newest.number:
+            newest.ns[rec.slot] += n
+        else:
+            rec.bucket = newest.number
+            rec.slot = len(newest.keys)
+            newest.keys.append(rec)
+            newest.ns.append(n)
+        total = rec.total + n
+        rec.total = total
+        self.last_total = total
+        if fresh:
+            for g in rec.groups:
+                if g is not None:
+                    g.total += n
+            if len(self.keys) + self.residue > self.max_keys:
+                self._shrink(key)
+        return total
+
+    def _enter(self, key: str) -> Key:
+        groupings = self.groupings
+        if not groupings:
+            rec = Key(key, (), ())
+        else:
+            names = self.groups_fn(key) if self.groups_fn is not None else ()
+            found: list[Group | None] = []
+            for i in range(len(names)):
+                name = names[i]
+                if name is None:
+                    found.append(None)
                     continue
                 grouping = groupings[i]
-                group_totals = grouping.totals
-                before = group_totals.get(g, 0)
-                group_totals[g] = before + n
-                if not before:
+                g = grouping.groups.get(name)
+                if g is None:
+                    g = Group(i, name, names)
+                    grouping.groups[name] = g
                     for s in grouping.spreads:
-                        wide = groups[s.wide]
-                        if wide is not None:
-                            s.counts[wide] = s.counts.get(wide, 0) + 1
-                if not total:
-                    group_keys = grouping.keys
-                    group_keys[g] = group_keys.get(g, 0) + 1
-        total += n
-        totals[key] = total
-        self.last_total = total
-        if total == n and len(totals) + self.residue > self.max_keys:
-            self._shrink(key)
-        return total
+                        s.enter(names)
+                g.nkeys += 1
+                found.append(g)
+            rec = Key(key, names, tuple(found))
+        self.keys[key] = rec
+        return rec
 
     def _expire(self, now: int) -> None:
         oldest = now - self.nbuckets
-        buckets, totals, group_of = self.buckets, self.totals, self.group_of
-        grouped = bool(self.groupings)
-        while buckets and buckets[0][0] <= oldest:
-            _, counts = buckets.popleft()
-            for key, n in counts.items():
-                if isinstance(key, tuple):  # what evicted keys left in their group
-                    self.residue -= 1
-                    if key[0] == _EVENTS:
-                        self._drop(key[1], key[2], n, key[3])
-                    else:
-                        self._drop_keys(key[1], key[2], n)
-                    continue
-                left = totals[key] - n
-                if left:
-                    totals[key] = left
-                    if grouped:
-                        self._drop_all(group_of[key], n, False)
+        buckets, keys = self.buckets, self.keys
+        while buckets and buckets[0].number <= oldest:
+            b = buckets.popleft()
+            ns = b.ns
+            for i, rec in enumerate(b.keys):
+                n = ns[i]
+                left = rec.total - n
+                rec.total = left
+                for g in rec.groups:
+                    if g is not None:
+                        g.total -= n
+                        if not left:
+                            g.nkeys -= 1
+                        if not g.total:
+                            self._vanish(g)
+                if not left:
+                    del keys[rec.key]
+            for (kind, g), n in b.residue.items():  # what evicted keys left in their group
+                self.residue -= 1
+                if kind == _EVENTS:
+                    g.total -= n
+                    if not g.total:
+                        self._vanish(g)
                 else:
-                    del totals[key]
-                    if grouped:
-                        self._drop_all(group_of.pop(key), n, True)
+                    g.nkeys -= n
 
-    def _drop_all(self, groups: Groups, n: int, gone: bool) -> None:
-        groupings = self.groupings
-        for i in range(len(groups)):
-            g = groups[i]
-            if g is None:
-                continue
-            grouping = groupings[i]
-            group_totals = grouping.totals
-            left = group_totals[g] - n
-            if left:
-                group_totals[g] = left
-            else:
-                del group_totals[g]
-                for s in grouping.spreads:
-                    self._unspread(s, groups[s.wide])
-            if gone:
-                self._drop_keys(i, g, 1)
-
-    def _drop(self, i: int, g: str, n: int, wides: Groups) -> None:
-        grouping = self.groupings[i]
-        left = grouping.totals[g] - n
-        if left:
-            grouping.totals[g] = left
-            return
-        del grouping.totals[g]
-        for s, wide in zip(grouping.spreads, wides, strict=True):
-            self._unspread(s, wide)
-
-    @staticmethod
-    def _unspread(s: Spread, wide: str | None) -> None:
-        if wide is None:
-            return
-        left = s.counts.get(wide, 0) - 1
-        if left > 0:
-            s.counts[wide] = left
-        else:
-            s.counts.pop(wide, None)
-
-    def _drop_keys(self, i: int, g: str, n: int) -> None:
-        group_keys = self.groupings[i].keys
-        keys = group_keys[g] - n
-        if keys:
-            group_keys[g] = keys
-        else:
-            del group_keys[g]
-
+    def _vanish(self, g: Group) -> None:
+        grouping = self.groupings[g.gi]
+        del grouping.groups[g.name]
+        for s in grouping.spreads:
+            s.leave(g.names)
     # --- the cap: at most max_keys keys and leftovers of evicted keys ----------------------
 
     def _shrink(self, keep: str) -> None:
         """Back to 3/4 of the cap: first the quarter of keys with the fewest events (every grouping keeps
         their share in their group), then, if the leftovers are still too many (a flood spread over many
-        networks), the networks with the fewest events, whole."""
+        networks), the networks with the fewest events, whole, those of the narrowest grouping first."""
         target = self.max_keys * 3 // 4
-        self._evict_keys(fewest(self.totals, max(1, len(self.totals) // 4), keep), -1)
+        totals = {key: k.total for key, k in self.keys.items()}
+        self._evict_keys([self.keys[k] for k in fewest(totals, max(1, len(totals) // 4), keep)], -1)
         for i in range(len(self.groupings)):
-            excess = len(self.totals) + self.residue - target
+            excess = len(self.keys) + self.residue - target
             if excess <= 0:
                 break
             self._evict_groups(i, excess, keep)
 
-    def _evict_keys(self, victims: list[str], forget: int) -> None:
-        """Drop `victims`, leaving what they counted as residue in every grouping but `forget`."""
-        group_of, groupings = self.group_of, self.groupings
-        chosen = set(victims)
-        last: dict[str, tuple[_Counts, Groups]] = {}
-        shrunk = []
-        for i, (_, counts) in enumerate(self.buckets):
-            hit = [k for k in counts if isinstance(k, str) and k in chosen] if len(counts) < len(chosen) else \
-                [k for k in victims if k in counts]
-            for k in hit:
-                n = counts.pop(k)
-                if groupings:
-                    groups = group_of[k]
-                    for gi in range(len(groups)):
-                        g = groups[gi]
-                        if g is not None and gi != forget:
-                            self._leave(counts, (_EVENTS, gi, g, groupings[gi].wides(groups)), n)
-                    last[k] = (counts, groups)
-            if len(hit) > len(counts):
-                shrunk.append(i)
-        for counts, groups in last.values():
-            for gi in range(len(groups)):
-                g = groups[gi]
-                if g is not None and gi != forget:
-                    self._leave(counts, (_GONE, gi, g, groupings[gi].wides(groups)), 1)
-        for k in victims:
-            del self.totals[k]
-            group_of.pop(k, None)
+    def _evict_keys(self, victims: list[Key], forget: int) -> None:
+        """Drop `victims`, leaving what they counted as residue in the groups of every grouping but `forget`."""
+        for rec in victims:
+            rec.dead = True
+        last: dict[Key, Bucket] = {}
+        for b in self.buckets:
+            keys, ns = b.keys, b.ns
+            kept: list[Key] = []
+            kept_ns: list[int] = []
+            for i, rec in enumerate(keys):
+                if rec.dead:
+                    for g in rec.groups:
+                        if g is not None and g.gi != forget:
+                            self._leave(b, (_EVENTS, g), ns[i])
+                    last[rec] = b
+                else:
+                    if rec.bucket == b.number:
+                        rec.slot = len(kept)
+                    kept.append(rec)
+                    kept_ns.append(ns[i])
+            if len(kept) < len(keys):
+                b.keys, b.ns = kept, kept_ns  # new lists: a list keeps the room of its largest size
+        for rec, b in last.items():
+            for g in rec.groups:
+                if g is not None and g.gi != forget:
+                    self._leave(b, (_GONE, g), 1)
+        for rec in victims:
+            del self.keys[rec.key]
         self.evicted += len(victims)
-        self._compact(shrunk)
 
-    def _compact(self, indexes: list[int]) -> None:
-        """A dict keeps the room of its largest size: copy the buckets that lost most of theirs."""
-        for i in indexes:
-            b, counts = self.buckets[i]
-            self.buckets[i] = (b, dict(counts))
-
-    def _leave(self, counts: _Counts, residue_key: _Residue, n: int) -> None:
-        old = counts.get(residue_key)
+    def _leave(self, b: Bucket, residue_key: _Residue, n: int) -> None:
+        old = b.residue.get(residue_key)
         if old is None:
             self.residue += 1
-            counts[residue_key] = n
+            b.residue[residue_key] = n
         else:
-            counts[residue_key] = old + n
+            b.residue[residue_key] = old + n
 
     def _evict_groups(self, i: int, excess: int, keep: str) -> None:
         """Forget whole groups of grouping `i`, fewest events first, until `excess` entries are gone."""
         grouping = self.groupings[i]
-        group_of = self.group_of
-        kept = group_of.get(keep)
-        keep_group = kept[i] if kept is not None else None
-        members: dict[str, list[str]] = {}
-        wides: dict[str, Groups] = {}
-        for k, groups in group_of.items():
-            g = groups[i]
+        kept = self.keys.get(keep)
+        keep_group = kept.groups[i] if kept is not None else None
+        members: dict[Group, list[Key]] = {}
+        for rec in self.keys.values():
+            g = rec.groups[i]
             if g is not None:
-                members.setdefault(g, []).append(k)
-                if g not in wides:
-                    wides[g] = grouping.wides(groups)
-        leftovers: dict[str, int] = {}
-        for _, counts in self.buckets:
-            for key in counts:
-                if isinstance(key, tuple) and key[1] == i:
-                    leftovers[key[2]] = leftovers.get(key[2], 0) + 1
-                    wides.setdefault(key[2], key[3])
-        victims: set[str] = set()
-        for g in sorted(grouping.totals, key=grouping.totals.__getitem__):
+                members.setdefault(g, []).append(rec)
+        leftovers: dict[Group, int] = {}
+        for b in self.buckets:
+            for _, g in b.residue:
+                if g.gi == i:
+                    leftovers[g] = leftovers.get(g, 0) + 1
+        victims: list[Group] = []
+        for g in sorted(grouping.groups.values(), key=lambda g: g.total):
             if excess <= 0:
                 break
-            if g != keep_group:
-                victims.add(g)
+            if g is not keep_group:
+                victims.append(g)
                 excess -= len(members.get(g, ())) + leftovers.get(g, 0)
-        self._evict_keys([k for g in victims for k in members.get(g, ())], i)
-        shrunk = []
-        for b, (_, counts) in enumerate(self.buckets):
-            hit = [key for key in counts if isinstance(key, tuple) and key[1] == i and key[2] in victims]
-            for key in hit:
+        self._evict_keys([rec for g in victims for rec in members.get(g, ())], i)
+        gone = set(victims)
+        for b in self.buckets:
+            hit = [r for r in b.residue if r[1] in gone]
+            for r in hit:
                 self.residue -= 1
-                del counts[key]
-            if len(hit) > len(counts):
-                shrunk.append(b)
-        self._compact(shrunk)
+                del b.residue[r]
+            if hit:
+                b.residue = dict(b.residue)
         for g in victims:
-            grouping.totals.pop(g, None)
-            grouping.keys.pop(g, None)
-            for s, wide in zip(grouping.spreads, wides.get(g, ()), strict=False):
-                self._unspread(s, wide)
+            del grouping.groups[g.name]
+            for s in grouping.spreads:
+                s.leave(g.names)
         grouping.groups_evicted += len(victims)
 
+    def bucket_sizes(self) -> list[int]:
+        """Entries (keys and leftovers) in each bucket, oldest first."""
+        return [len(b) for b in self.buckets]
+
     def __len__(self) -> int:
-        return len(self.totals)
+        return len(self.keys)
 
 
 def fewest(totals: dict[str, int], n: int, keep: str) -> list[str]:
     """The first `n` keys but `keep` of `sorted(totals, key=totals.get)` (stable: oldest first among equals),
-    found in linear time: the cap evicts a quarter of 50,000 keys at a time."""
+    in the order of `totals`, found in linear time: the cap evicts a quarter of 50,000 keys at a time."""
     hist: dict[int, int] = {}
     for t in totals.values():
         hist[t] = hist.get(t, 0) + 1
