@@ -161,8 +161,8 @@ class _Watch:
     """One rule on the window of its dimension and length it shares with the rules counting alike: its
     grouping there (`gi`, -1: none) and, with `min_subnets`, the count of distinct narrower networks."""
 
-    __slots__ = ("action", "gi", "group", "kind", "min_clients", "min_subnets", "rule", "spread", "threshold",
-                 "window")
+    __slots__ = ("action", "gi", "group", "kind", "min_clients", "min_subnets", "quiet_gen", "quiet_target",
+                 "quiet_until", "rule", "spread", "threshold", "window")
 
     def __init__(self, rule: Rule, window: WindowCounter, gi: int, spread: Spread | None) -> None:
         self.rule = rule
@@ -175,6 +175,11 @@ class _Watch:
         self.threshold = rule.threshold
         self.min_clients = rule.min_clients
         self.min_subnets = rule.min_subnets
+        # the last target found quiet, until when (a blocked flood crosses its threshold on every fact), and
+        # the detector's generation of quiet periods it was read in
+        self.quiet_target = ""
+        self.quiet_until = 0.0
+        self.quiet_gen = -1
 
     def evicted(self) -> int:
         """Keys and networks the window forgot at the cap (its networks: this rule's grouping's)."""
@@ -247,6 +252,7 @@ class Detector:
         self._windows: dict[str, list[WindowCounter]] = {
             dim: list({id(w.window): w.window for w in watches}.values()) for dim, watches in self._watches.items()}
         self._quiet: dict[tuple[str, str, str], float] = {}  # (action, kind, target) -> quiet until
+        self._quiet_gen = 0  # changes when a quiet period may end early: the watches' notes are void then
         self._blocked_nets: dict[Network, float] = {}
         # target -> until when a blocked network around it (not itself) holds; cleared with every
         # change of _blocked_nets. A client inside a blocked subnet crosses its threshold on every fact.
@@ -275,6 +281,7 @@ class Detector:
     def remember_block(self, kind: str, target: str, until: float) -> None:
         """A block already in force (after a restart): no new decision for it or inside it."""
         self._quiet[("block", kind, target)] = until
+        self._quiet_gen += 1
         if kind == "subnet":
             self._blocked_nets[ipaddress.ip_network(target)] = until
             self._covered.clear()
@@ -282,6 +289,7 @@ class Detector:
     def remember_alert(self, kind: str, target: str, until: float) -> None:
         """An alert already sent (after a restart): quiet for the rest of its period."""
         self._quiet[("alert", kind, target)] = until
+        self._quiet_gen += 1
 
     def observe(self, fact: Fact, line: str) -> Observed:
         """Count `fact` into the windows of the rules it feeds; decide on the ones that crossed."""
@@ -326,15 +334,20 @@ class Detector:
         return Observed(bucket, keys, decisions)
 
     def _decide(self, watch: _Watch, t: float, target: str, count: int, clients: int) -> Decision | None:
+        if t < watch.quiet_until and target == watch.quiet_target and watch.quiet_gen == self._quiet_gen:
+            return None
         rule = watch.rule
-        kind = rule.kind
+        kind = watch.kind
         # An alert never silences a block: a client that probed the relay (alert) and then relays must be blocked.
         silent = self._quiet
-        if silent.get(("block", kind, target), -1.0) > t or silent.get((rule.action, kind, target), -1.0) > t:
+        blocked, told = silent.get(("block", kind, target), -1.0), silent.get((watch.action, kind, target), -1.0)
+        if blocked > t or told > t:
+            watch.quiet_target, watch.quiet_until, watch.quiet_gen = target, max(blocked, told), self._quiet_gen
             return None
         if not self._may_act_on(rule, kind, target, t):
             return None
         if len(self._quiet) > 10_000:
+            self._quiet_gen += 1
             self._quiet = {k: until for k, until in self._quiet.items() if until > t}
             self._blocked_nets = {n: until for n, until in self._blocked_nets.items() if until > t}
             self._covered.clear()
