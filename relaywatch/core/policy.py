@@ -251,6 +251,11 @@ class Detector:
         self._watches = _windows(sorted(rules, key=lambda r: (-(r.prefix_v4 > 0), r.prefix_v4)), bucket_s, max_keys)
         self._windows: dict[str, list[WindowCounter]] = {
             dim: list({id(w.window): w.window for w in watches}.values()) for dim, watches in self._watches.items()}
+        for windows in self._windows.values():
+            for window in windows:
+                window.peers = [w for w in windows if w is not window and w.groups_fn is window.groups_fn]
+        self._by_dim: dict[str, tuple[list[WindowCounter], list[_Watch]]] = {
+            dim: (self._windows[dim], self._watches[dim]) for dim in DIMS}
         self._quiet: dict[tuple[str, str, str], float] = {}  # (action, kind, target) -> quiet until
         self._quiet_gen = 0  # changes when a quiet period may end early: the watches' notes are void then
         self._blocked_nets: dict[Network, float] = {}
@@ -298,10 +303,12 @@ class Detector:
         bucket = int(t // self.bucket_s)
         decisions: list[Decision] = []
         keys = counted(fact, self.allow_sasl_users)
+        by_dim = self._by_dim
         for dim, key in keys:
-            for window in self._windows[dim]:
+            windows, watches = by_dim[dim]
+            for window in windows:
                 window.add(bucket, key)
-            for watch in self._watches[dim]:
+            for watch in watches:
                 window = watch.window
                 gi = watch.gi
                 if gi >= 0:

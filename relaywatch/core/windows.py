@@ -148,6 +148,8 @@ class WindowCounter:
         "latest",
         "max_keys",
         "nbuckets",
+        "newest",
+        "peers",
         "residue",
     )
 
@@ -156,6 +158,10 @@ class WindowCounter:
                  spreads: Sequence[tuple[int, int]] = ()) -> None:
         self.nbuckets = max(1, nbuckets)
         self.buckets: deque[Bucket] = deque()
+        self.newest: Bucket | None = None  # buckets[-1]
+        # windows of other lengths grouping their keys the same way: a key entering this one is often
+        # in one of them already, its groups read
+        self.peers: list[WindowCounter] = []
         # each key in the window, with its groups found once when it entered (a flood's addresses are read
         # again nowhere: expiry and eviction of a key hours later would re-read them)
         self.keys: dict[str, Key] = {}
@@ -215,12 +221,10 @@ class WindowCounter:
                 self.last_groups = self.groups_fn(key) if self.groups_fn is not None else ()
                 self.last_total = 0
             return self.last_total
-        buckets = self.buckets
-        if not buckets or buckets[-1].number < bucket:
-            newest = Bucket(bucket)
-            buckets.append(newest)
-        else:
-            newest = buckets[-1]
+        newest = self.newest
+        if newest is None or newest.number < bucket:
+            newest = self.newest = Bucket(bucket)
+            self.buckets.append(newest)
         rec = self.keys.get(key)
         if rec is None:
             rec = self._enter(key)
@@ -255,7 +259,14 @@ class WindowCounter:
         if not groupings:
             rec = Key(key, (), ())
         else:
-            names = self.groups_fn(key) if self.groups_fn is not None else ()
+            names: Groups | None = None
+            for peer in self.peers:
+                known = peer.keys.get(key)
+                if known is not None:
+                    names = known.names
+                    break
+            if names is None:
+                names = self.groups_fn(key) if self.groups_fn is not None else ()
             found: list[Group | None] = []
             for i in range(len(names)):
                 name = names[i]
@@ -280,6 +291,8 @@ class WindowCounter:
         buckets, keys = self.buckets, self.keys
         while buckets and buckets[0].number <= oldest:
             b = buckets.popleft()
+            if not buckets:
+                self.newest = None
             ns = b.ns
             for i, rec in enumerate(b.keys):
                 n = ns[i]
