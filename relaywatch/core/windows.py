@@ -28,6 +28,7 @@ MAX_KEYS = 50_000  # per window; far above the distinct clients, senders or doma
 # (_GONE, group) -> keys whose last event was in this bucket.
 _EVENTS, _GONE = 0, 1
 Groups = tuple[str | None, ...]
+_NO_GROUPS: list[Group | None] = []  # shared by the keys of an ungrouped window: never changed
 
 
 class Group:
@@ -51,7 +52,7 @@ class Key:
 
     __slots__ = ("bucket", "dead", "groups", "key", "names", "slot", "total")
 
-    def __init__(self, key: str, names: Groups, groups: tuple[Group | None, ...]) -> None:
+    def __init__(self, key: str, names: Groups, groups: list[Group | None]) -> None:
         self.key = key
         self.names = names
         self.groups = groups
@@ -257,7 +258,7 @@ class WindowCounter:
     def _enter(self, key: str) -> Key:
         groupings = self.groupings
         if not groupings:
-            rec = Key(key, (), ())
+            rec = Key(key, (), _NO_GROUPS)
         else:
             names: Groups | None = None
             for peer in self.peers:
@@ -282,7 +283,7 @@ class WindowCounter:
                         s.enter(names)
                 g.nkeys += 1
                 found.append(g)
-            rec = Key(key, names, tuple(found))
+            rec = Key(key, names, found)
         self.keys[key] = rec
         return rec
 
