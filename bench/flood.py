@@ -131,8 +131,9 @@ def run(n: int, scenario: str, max_keys: int | None = None, max_messages: int | 
     pipeline.flush()
     seconds = time.perf_counter() - start
     logging.getLogger("relaywatch").removeHandler(handler)
-    windows = {w.rule.name: len(w.counter) for ws in pipeline.detector._watches.values() for w in ws}
-    groups = {w.rule.name: len(w.counter.group_keys) for ws in pipeline.detector._watches.values() for w in ws}
+    sizes = pipeline.detector.sizes()
+    windows = {name: keys for name, (keys, _) in sizes.items()}
+    groups = {name: networks for name, (_, networks) in sizes.items()}
     db_mib = None
     if database:
         store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")

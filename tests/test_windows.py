@@ -1,4 +1,10 @@
-from relaywatch.core.windows import WindowCounter
+from collections import defaultdict
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relaywatch.core.windows import WindowCounter, fewest
 
 
 def test_counts_slide_out_of_the_window():
@@ -43,3 +49,96 @@ def test_keys_without_a_group_are_counted_but_not_grouped():
     c = WindowCounter(nbuckets=2, group=lambda ip: None)
     assert c.add(1, "192.168.0.10") == 1
     assert c.group_totals == {} and c.group_keys == {}
+
+
+# --- one window, several groupings: what the rules of one dimension and length share ----------------
+
+events = st.lists(st.tuples(st.integers(0, 30), st.integers(0, 60), st.integers(1, 3)), max_size=300)
+
+
+def narrow(k: str) -> str | None:
+    return None if int(k) % 7 == 0 else f"n{int(k) % 12}"
+
+
+def wide(k: str) -> str | None:
+    return None if int(k) % 7 == 0 else f"w{int(k) % 12 % 3}"  # every narrow group inside one wide group
+
+
+def shared(nbuckets: int, cap: int) -> WindowCounter:
+    return WindowCounter(nbuckets, max_keys=cap, groups=lambda k: (narrow(k), wide(k)), ngroups=2, spreads=[(0, 1)])
+
+
+@settings(max_examples=300, deadline=None)
+@given(events, st.integers(1, 8))
+def test_a_shared_window_counts_what_one_counter_per_grouping_counted(evs, nbuckets):
+    """Below the cap, the shared window answers exactly what the counters it replaced answered: one per
+    grouping, and one of narrow networks grouped by wide ones (distinct /24s per /16). That one only saw
+    grouped keys, so its clock lagged behind a log that went back in time after an ungrouped key (a
+    private client): compared while the log's time runs forward, when the rules read it."""
+    c = shared(nbuckets, 10_000)
+    plain, by_narrow, by_wide = WindowCounter(nbuckets), WindowCounter(nbuckets, narrow), WindowCounter(nbuckets, wide)
+    spread = WindowCounter(nbuckets, lambda n: f"w{int(n[1:]) % 3}")
+    forward = True
+    for bucket, k, n in evs:
+        forward = forward and bucket >= c.latest
+        key = str(k)
+        if narrow(key) is not None:
+            spread.add(bucket, narrow(key) or "", n)
+        assert c.add(bucket, key, n) == plain.add(bucket, key, n) == by_narrow.add(bucket, key, n) \
+            == by_wide.add(bucket, key, n) == c.last_total
+        assert c.last_groups == (by_narrow.last_group, by_wide.last_group)
+        assert c.totals == plain.totals
+        assert (c.groupings[0].totals, c.groupings[0].keys) == (by_narrow.group_totals, by_narrow.group_keys)
+        assert (c.groupings[1].totals, c.groupings[1].keys) == (by_wide.group_totals, by_wide.group_keys)
+        if forward and narrow(key) is not None:
+            assert c.spread(0, 1).counts == spread.group_keys
+
+
+@pytest.mark.slow
+@settings(max_examples=500, deadline=None)
+@given(events, st.integers(4, 20), st.integers(1, 8))
+def test_shared_window_cap_invariants(evs, cap, nbuckets):
+    """At the cap: sizes stay under it; a grouping's events are exact until one of its own networks was
+    forgotten whole (a narrower grouping forgetting its networks leaves their events to the wider one),
+    never overcounted after; distinct narrow networks per wide one are those the narrow grouping holds."""
+    c = shared(nbuckets, cap)
+    model: list[tuple[int, str, int]] = []
+    for bucket, k, n in evs:
+        latest = c.latest
+        c.add(bucket, str(k), n)
+        if bucket > latest - nbuckets:
+            model.append((max(bucket, latest), str(k), n))
+        live = [(b, key, m) for b, key, m in model if b > c.latest - c.nbuckets]
+        assert len(c) <= cap and all(len(g.totals) <= cap and len(g.keys) <= cap for g in c.groupings)
+        for grouping, fn in zip(c.groupings, (narrow, wide), strict=True):
+            true_totals: dict[str, int] = defaultdict(int)
+            true_keys: dict[str, set[str]] = defaultdict(set)
+            for _, key, m in live:
+                g = fn(key)
+                if g is not None:
+                    true_totals[g] += m
+                    true_keys[g].add(key)
+            for g, total in grouping.totals.items():
+                assert total <= true_totals[g]
+            if not grouping.groups_evicted:
+                assert grouping.totals == dict(true_totals)
+                for g, ks in true_keys.items():
+                    assert len(ks) <= grouping.keys[g] <= len(ks) + c.evicted
+        present: dict[str, int] = defaultdict(int)
+        for g in c.groupings[0].totals:
+            present[f"w{int(g[1:]) % 3}"] += 1
+        assert c.spread(0, 1).counts == dict(present)
+        for key, total in c.totals.items():
+            assert 0 < total <= sum(m for _, k2, m in live if k2 == key)
+    c.add(c.latest + nbuckets + 1, "1")
+    assert c.totals == {"1": 1} and c.groupings[0].totals == {"n1": 1} and c.groupings[1].keys == {"w1": 1}
+    assert c.spread(0, 1).counts == {"w1": 1} and c.residue == 0 and c.bucket_sizes() == [1]
+
+
+@pytest.mark.parametrize("size", [10, 1000, 5000])
+def test_the_cap_picks_the_keys_a_full_sort_would_pick(size):
+    totals = {f"k{i}": (i * 7919) % 13 + 1 for i in range(size)}
+    for keep in ("k0", f"k{size - 1}", "k3"):
+        for n in (1, size // 4, size // 2):
+            ranked = [k for k in sorted(totals, key=totals.__getitem__) if k != keep]
+            assert sorted(fewest(totals, n, keep)) == sorted(ranked[:n])

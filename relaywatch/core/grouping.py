@@ -10,8 +10,9 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from functools import lru_cache
+from typing import TypeVar
 
-from relaywatch.core.netaddr import address, is_global, network, network_text
+from relaywatch.core.netaddr import address, is_global, network_text
 
 _GROUP_CACHE = 2048  # addresses per grouping, cleared when full: flat under a flood of distinct clients
 
@@ -33,14 +34,16 @@ def network_of(prefix_v4: int, prefix_v6: int) -> Callable[[str], str | None]:
     return _bounded(compute)
 
 
-def _bounded(compute: Callable[[str], str | None]) -> Callable[[str], str | None]:
-    """`compute` behind a dict cache cleared when full (flat memory under a flood of distinct keys)."""
-    cache: dict[str, str | None] = {}
+V = TypeVar("V")
 
-    def lookup(key: str) -> str | None:
-        value = cache.get(key, _UNKNOWN)
-        if value is not _UNKNOWN:
-            return value
+
+def _bounded(compute: Callable[[str], V]) -> Callable[[str], V]:
+    """`compute` behind a dict cache cleared when full (flat memory under a flood of distinct keys)."""
+    cache: dict[str, V] = {}
+
+    def lookup(key: str) -> V:
+        if key in cache:
+            return cache[key]
         value = compute(key)
         if len(cache) >= _GROUP_CACHE:
             cache.clear()
@@ -48,9 +51,6 @@ def _bounded(compute: Callable[[str], str | None]) -> Callable[[str], str | None
         return value
 
     return lookup
-
-
-_UNKNOWN = "?"  # not a network text: a cache miss
 
 
 @lru_cache(maxsize=1024)
@@ -64,19 +64,19 @@ def _network_slow(ip: str, prefix_v4: int, prefix_v6: int) -> str | None:
 
 
 @lru_cache(maxsize=64)
-def _supernet_of(prefix_v4: int, prefix_v6: int) -> Callable[[str], str | None]:
-    """network text -> its enclosing /prefix network."""
+def networks_of(prefixes: tuple[tuple[int, int], ...]) -> Callable[[str], tuple[str | None, ...]]:
+    """ip -> what `network_of` answers for each (prefix_v4, prefix_v6) pair, the address read once: the
+    groupings of one window. One function (and cache) per tuple of pairs, so that windows of different
+    lengths grouping alike share their answers (and the network texts in them)."""
+    nothing: tuple[str | None, ...] = (None,) * len(prefixes)
 
-    def compute(net: str) -> str | None:
-        addr = network(net)
+    def compute(ip: str) -> tuple[str | None, ...]:
+        addr = address(ip)
         if addr is None:
-            return _supernet_slow(net, prefix_v4, prefix_v6)
-        return network_text(addr[0], addr[1], prefix_v4 if addr[0] == 4 else prefix_v6)
+            return tuple(_network_slow(ip, p4, p6) for p4, p6 in prefixes)
+        version, n = addr
+        if not is_global(version, n):
+            return nothing
+        return tuple(network_text(version, n, p4 if version == 4 else p6) for p4, p6 in prefixes)
 
     return _bounded(compute)
-
-
-@lru_cache(maxsize=1024)
-def _supernet_slow(net: str, prefix_v4: int, prefix_v6: int) -> str | None:
-    n = ipaddress.ip_network(net)
-    return n.supernet(new_prefix=prefix_v4 if n.version == 4 else prefix_v6).compressed

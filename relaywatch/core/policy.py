@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import ipaddress
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
 
-from relaywatch.core.grouping import _supernet_of, network_of
+from relaywatch.core.grouping import network_of, networks_of
 from relaywatch.core.netaddr import address
-from relaywatch.core.windows import MAX_KEYS, WindowCounter
+from relaywatch.core.windows import MAX_KEYS, Spread, WindowCounter
 from relaywatch.model import (
     Action,
     Decision,
@@ -158,31 +158,63 @@ class Observed(NamedTuple):
 
 
 class _Watch:
-    """One rule's window; a subnet rule with `min_subnets` also counts its distinct narrower networks."""
+    """One rule on the window of its dimension and length it shares with the rules counting alike: its
+    grouping there (`gi`, -1: none) and, with `min_subnets`, the count of distinct narrower networks."""
 
-    __slots__ = ("counter", "narrow", "rule", "spread")
+    __slots__ = ("action", "gi", "group", "kind", "min_clients", "min_subnets", "quiet_gen", "quiet_target",
+                 "quiet_until", "rule", "spread", "threshold", "window")
 
-    def __init__(self, rule: Rule, bucket_s: int, max_keys: int = MAX_KEYS) -> None:
-        group = network_of(rule.prefix_v4, rule.prefix_v6) if rule.prefix_v4 else None
+    def __init__(self, rule: Rule, window: WindowCounter, gi: int, spread: Spread | None) -> None:
         self.rule = rule
-        self.counter = WindowCounter(rule.window_s // bucket_s, group, max_keys)
-        self.spread: WindowCounter | None = None
-        self.narrow: Callable[[str], str | None] | None = None
-        if group is not None and rule.min_subnets:
-            self.narrow = network_of(rule.subnet_prefix_v4, rule.subnet_prefix_v6)
-            self.spread = WindowCounter(rule.window_s // bucket_s, _supernet_of(rule.prefix_v4, rule.prefix_v6),
-                                        max_keys)
+        self.window = window
+        self.gi = gi
+        self.spread = spread
+        self.group = network_of(rule.prefix_v4, rule.prefix_v6) if rule.prefix_v4 else None
+        self.action = rule.action
+        self.kind = rule.kind
+        self.threshold = rule.threshold
+        self.min_clients = rule.min_clients
+        self.min_subnets = rule.min_subnets
+        # the last target found quiet, until when (a blocked flood crosses its threshold on every fact), and
+        # the detector's generation of quiet periods it was read in
+        self.quiet_target = ""
+        self.quiet_until = 0.0
+        self.quiet_gen = -1
 
-    def add(self, bucket: int, key: str, n: int = 1) -> int:
-        if self.spread is not None and self.narrow is not None:  # set together
-            narrow = self.narrow(key)
-            if narrow is not None:
-                self.spread.add(bucket, narrow, n)
-        return self.counter.add(bucket, key, n)
+    def evicted(self) -> int:
+        """Keys and networks the window forgot at the cap (its networks: this rule's grouping's)."""
+        return self.window.evicted + (self.window.groupings[self.gi].groups_evicted if self.gi >= 0 else 0)
 
-    def subnets(self, net: str) -> int:
-        """Distinct narrower networks with clients in `net` in the window."""
-        return self.spread.group_keys.get(net, 0) if self.spread is not None else 0
+
+def _windows(rules: list[Rule], bucket_s: int, max_keys: int) -> dict[str, list[_Watch]]:
+    """The rules' watches by dimension (in rule order), one window per dimension and length, each
+    grouping its keys every way its rules need, narrowest networks first."""
+    shapes: dict[tuple[str, int], list[tuple[int, int]]] = {}
+    for rule in rules:
+        pairs = shapes.setdefault((rule.dim, max(1, rule.window_s // bucket_s)), [])
+        if rule.prefix_v4:
+            pairs.append((rule.prefix_v4, rule.prefix_v6))
+            if rule.min_subnets:
+                pairs.append((rule.subnet_prefix_v4, rule.subnet_prefix_v6))
+    windows: dict[tuple[str, int], WindowCounter] = {}
+    order: dict[tuple[str, int], tuple[tuple[int, int], ...]] = {}
+    for shape, pairs in shapes.items():
+        ordered = tuple(sorted(set(pairs), key=lambda p: (-p[0], -p[1])))
+        order[shape] = ordered
+        spreads = sorted({(ordered.index((r.subnet_prefix_v4, r.subnet_prefix_v6)),
+                           ordered.index((r.prefix_v4, r.prefix_v6)))
+                          for r in rules if (r.dim, max(1, r.window_s // bucket_s)) == shape and r.min_subnets})
+        windows[shape] = WindowCounter(shape[1], None, max_keys, networks_of(ordered) if ordered else None,
+                                       len(ordered), spreads)
+    watches: dict[str, list[_Watch]] = {dim: [] for dim in DIMS}
+    for rule in rules:
+        shape = (rule.dim, max(1, rule.window_s // bucket_s))
+        window, ordered = windows[shape], order[shape]
+        gi = ordered.index((rule.prefix_v4, rule.prefix_v6)) if rule.prefix_v4 else -1
+        spread = window.spread(ordered.index((rule.subnet_prefix_v4, rule.subnet_prefix_v6)), gi) \
+            if rule.prefix_v4 and rule.min_subnets else None
+        watches[rule.dim].append(_Watch(rule, window, gi, spread))
+    return watches
 
 
 class Detector:
@@ -214,12 +246,18 @@ class Detector:
         self.allow = tuple(allow_networks)
         self.never_block = tuple(never_block)
         self.allow_sasl_users = frozenset(allow_sasl_users)
-        self._watches: dict[str, list[_Watch]] = {dim: [] for dim in DIMS}
         # widest networks first: when a /16 and a /24 inside it cross at once, the /16 (which needs
         # clients in several /24s) covers the /24, and a subnet block covers its clients
-        for rule in sorted(rules, key=lambda r: (-(r.prefix_v4 > 0), r.prefix_v4)):
-            self._watches[rule.dim].append(_Watch(rule, bucket_s, max_keys))
+        self._watches = _windows(sorted(rules, key=lambda r: (-(r.prefix_v4 > 0), r.prefix_v4)), bucket_s, max_keys)
+        self._windows: dict[str, list[WindowCounter]] = {
+            dim: list({id(w.window): w.window for w in watches}.values()) for dim, watches in self._watches.items()}
+        for windows in self._windows.values():
+            for window in windows:
+                window.peers = [w for w in windows if w is not window and w.groups_fn is window.groups_fn]
+        self._by_dim: dict[str, tuple[list[WindowCounter], list[_Watch]]] = {
+            dim: (self._windows[dim], self._watches[dim]) for dim in DIMS}
         self._quiet: dict[tuple[str, str, str], float] = {}  # (action, kind, target) -> quiet until
+        self._quiet_gen = 0  # changes when a quiet period may end early: the watches' notes are void then
         self._blocked_nets: dict[Network, float] = {}
         # target -> until when a blocked network around it (not itself) holds; cleared with every
         # change of _blocked_nets. A client inside a blocked subnet crosses its threshold on every fact.
@@ -233,16 +271,22 @@ class Detector:
 
     def evictions(self) -> dict[str, int]:
         """Rule name -> keys and networks its window forgot at the cap."""
-        return {w.rule.name: w.counter.evicted for watches in self._watches.values() for w in watches}
+        return {w.rule.name: w.evicted() for watches in self._watches.values() for w in watches}
+
+    def sizes(self) -> dict[str, tuple[int, int]]:
+        """Rule name -> (keys, networks) its window holds now (bench/flood.py checks the caps with it)."""
+        return {w.rule.name: (len(w.window), len(w.window.groupings[w.gi].groups) if w.gi >= 0 else 0)
+                for watches in self._watches.values() for w in watches}
 
     def restore(self, dim: str, bucket: int, key: str, n: int) -> None:
         """Replay a stored count (oldest bucket first) into the windows."""
-        for watch in self._watches.get(dim, ()):
-            watch.add(bucket, key, n)
+        for window in self._windows.get(dim, ()):
+            window.add(bucket, key, n)
 
     def remember_block(self, kind: str, target: str, until: float) -> None:
         """A block already in force (after a restart): no new decision for it or inside it."""
         self._quiet[("block", kind, target)] = until
+        self._quiet_gen += 1
         if kind == "subnet":
             self._blocked_nets[ipaddress.ip_network(target)] = until
             self._covered.clear()
@@ -250,6 +294,7 @@ class Detector:
     def remember_alert(self, kind: str, target: str, until: float) -> None:
         """An alert already sent (after a restart): quiet for the rest of its period."""
         self._quiet[("alert", kind, target)] = until
+        self._quiet_gen += 1
 
     def observe(self, fact: Fact, line: str) -> Observed:
         """Count `fact` into the windows of the rules it feeds; decide on the ones that crossed."""
@@ -258,47 +303,58 @@ class Detector:
         bucket = int(t // self.bucket_s)
         decisions: list[Decision] = []
         keys = counted(fact, self.allow_sasl_users)
-        watches = self._watches
+        by_dim = self._by_dim
         for dim, key in keys:
-            for watch in watches[dim]:
-                spread, narrow = watch.spread, watch.narrow
-                if spread is not None and narrow is not None:  # set together
-                    net = narrow(key)
-                    if net is not None:
-                        spread.add(bucket, net)
-                counter = watch.counter
-                total = counter.add(bucket, key)  # what watch.add does, without its call
-                rule = watch.rule
-                if rule.prefix_v4:
-                    net = counter.last_group  # the group of `key`, as add() just found it
-                    if net is None:
+            windows, watches = by_dim[dim]
+            for window in windows:
+                window.add(bucket, key)
+            for watch in watches:
+                window = watch.window
+                gi = watch.gi
+                if gi >= 0:
+                    rec = window.last  # the key add() just counted (None: older than the window, and unknown)
+                    if rec is None:
+                        name = window.last_groups[gi]
+                        group = None if name is None else window.groupings[gi].groups.get(name)
+                    else:
+                        group = rec.groups[gi]
+                    if group is None:
                         continue
-                    # absent when the event was older than the window (a log that jumps back in time)
-                    total = counter.group_totals.get(net, 0)
-                    if total < rule.threshold:
+                    total = group.total
+                    if total < watch.threshold:
                         continue
-                    clients = counter.group_keys.get(net, 0)
-                    if clients < rule.min_clients or (rule.min_subnets and watch.subnets(net) < rule.min_subnets):
+                    clients = group.nkeys
+                    if clients < watch.min_clients:
+                        continue
+                    net = group.name
+                    spread = watch.spread
+                    if spread is not None and spread.counts.get(net, 0) < watch.min_subnets:
                         continue
                     decision = self._decide(watch, t, net, total, clients)
-                elif total >= rule.threshold:
-                    decision = self._decide(watch, t, key, total, 0)
                 else:
-                    continue
+                    total = window.last_total
+                    if total < watch.threshold:
+                        continue
+                    decision = self._decide(watch, t, key, total, 0)
                 if decision is not None:
                     decisions.append(decision)
         return Observed(bucket, keys, decisions)
 
     def _decide(self, watch: _Watch, t: float, target: str, count: int, clients: int) -> Decision | None:
+        if t < watch.quiet_until and target == watch.quiet_target and watch.quiet_gen == self._quiet_gen:
+            return None
         rule = watch.rule
-        kind = rule.kind
+        kind = watch.kind
         # An alert never silences a block: a client that probed the relay (alert) and then relays must be blocked.
         silent = self._quiet
-        if silent.get(("block", kind, target), -1.0) > t or silent.get((rule.action, kind, target), -1.0) > t:
+        blocked, told = silent.get(("block", kind, target), -1.0), silent.get((watch.action, kind, target), -1.0)
+        if blocked > t or told > t:
+            watch.quiet_target, watch.quiet_until, watch.quiet_gen = target, max(blocked, told), self._quiet_gen
             return None
         if not self._may_act_on(rule, kind, target, t):
             return None
         if len(self._quiet) > 10_000:
+            self._quiet_gen += 1
             self._quiet = {k: until for k, until in self._quiet.items() if until > t}
             self._blocked_nets = {n: until for n, until in self._blocked_nets.items() if until > t}
             self._covered.clear()
@@ -367,5 +423,5 @@ class Detector:
     def _target_of(self, watch: _Watch, fact: Fact) -> str | None:
         dim = watch.rule.dim
         key = next((k for d, k in counted(fact, self.allow_sasl_users) if d == dim), None)
-        group = watch.counter.group
+        group = watch.group
         return key if key is None or group is None else group(key)

@@ -3,28 +3,125 @@
 The store keeps the same buckets in SQLite, so a restarted daemon rebuilds
 these counters from disk and resumes its windows where it stopped.
 
+One window counts each key once for every grouping of it (an address's /24 and /16, say): the rules
+that share a dimension and a window length share its per-key counts, and a grouping can also count
+how many distinct groups of a narrower grouping each of its groups holds (/24s per /16).
+
 Memory is bounded: a flood of distinct keys (IPv6 gives endless client
 addresses) leaves at most `max_keys` keys, and leftovers, in a window. Past the
-cap the keys with the fewest events go first; a grouped counter keeps what they
+cap the keys with the fewest events go first; every grouping keeps what they
 added to their network (events and distinct clients) until it slides out of the
 window, so a /64 or /48 flood is still seen however many addresses it uses. When
 the leftovers are too many (a flood spread over many networks), the networks
-with the fewest events are forgotten whole.
+with the fewest events are forgotten whole, those of the narrowest grouping first;
+what their keys added to the other groupings stays there as leftovers.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 MAX_KEYS = 50_000  # per window; far above the distinct clients, senders or domains of real mail
 
-# In a grouped counter a bucket also holds, under these tuple keys (never a str key), what
-# evicted keys left in a group: (_EVENTS, group) -> events, (_GONE, group) -> keys whose
-# last event was in this bucket.
+# What evicted keys left in a group, in the bucket they were counted in: (_EVENTS, group) -> events,
+# (_GONE, group) -> keys whose last event was in this bucket.
 _EVENTS, _GONE = 0, 1
-_Residue = tuple[int, str]  # (_EVENTS|_GONE, group)
-_Counts = dict[str | _Residue, int]
+Groups = tuple[str | None, ...]
+_NO_GROUPS: list[Group | None] = []  # shared by the keys of an ungrouped window: never changed
+
+
+class Group:
+    """One network (or other group) of one grouping, in the window: its events and distinct keys."""
+
+    __slots__ = ("gi", "name", "names", "nkeys", "total")
+
+    def __init__(self, gi: int, name: str, names: Groups) -> None:
+        self.gi = gi
+        self.name = name
+        self.names = names  # the groups of the key that opened it: its wider groups, for the spreads
+        self.total = 0
+        self.nkeys = 0
+
+
+_Residue = tuple[int, Group]
+
+
+class Key:
+    """One key in the window: its total, its groups, and where its newest count is (bucket, slot)."""
+
+    __slots__ = ("bucket", "dead", "groups", "key", "names", "slot", "total")
+
+    def __init__(self, key: str, names: Groups, groups: list[Group | None]) -> None:
+        self.key = key
+        self.names = names
+        self.groups = groups
+        self.total = 0
+        self.bucket = -1
+        self.slot = 0
+        self.dead = False
+
+
+class Bucket:
+    """The counts of one bucket: parallel lists (key, events), and what evicted keys left (`residue`)."""
+
+    __slots__ = ("keys", "ns", "number", "residue")
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.keys: list[Key] = []
+        self.ns: list[int] = []
+        self.residue: dict[_Residue, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.keys) + len(self.residue)
+
+
+class Spread:
+    """Distinct groups of the `narrow` grouping in each group of the `wide` one, in the window."""
+
+    __slots__ = ("counts", "narrow", "wide")
+
+    def __init__(self, narrow: int, wide: int) -> None:
+        self.narrow = narrow
+        self.wide = wide
+        self.counts: dict[str, int] = {}
+
+    def enter(self, names: Groups) -> None:
+        wide = names[self.wide]
+        if wide is not None:
+            self.counts[wide] = self.counts.get(wide, 0) + 1
+
+    def leave(self, names: Groups) -> None:
+        wide = names[self.wide]
+        if wide is None:
+            return
+        left = self.counts.get(wide, 0) - 1
+        if left > 0:
+            self.counts[wide] = left
+        else:
+            self.counts.pop(wide, None)
+
+
+class Grouping:
+    """The groups of one grouping in the window; `spreads`: where it is the narrow one."""
+
+    __slots__ = ("groups", "groups_evicted", "spreads")
+
+    def __init__(self) -> None:
+        self.groups: dict[str, Group] = {}
+        self.spreads: list[Spread] = []
+        self.groups_evicted = 0
+
+    @property
+    def totals(self) -> dict[str, int]:
+        """Group -> events in the window."""
+        return {name: g.total for name, g in self.groups.items()}
+
+    @property
+    def keys(self) -> dict[str, int]:
+        """Group -> distinct keys in the window."""
+        return {name: g.nkeys for name, g in self.groups.items() if g.nkeys}
 
 
 class WindowCounter:
@@ -32,214 +129,320 @@ class WindowCounter:
 
     With `group` (for example ip -> its /24), it also keeps per-group totals
     and how many distinct keys of each group are in the window: rotating
-    abuse spreads thin over many addresses of one network.
-    `evicted` counts keys and groups dropped at the cap; once it is > 0, per-key
-    totals are lower bounds and distinct keys per group upper bounds. `groups_evicted`
-    counts the groups forgotten whole: until then, group totals are exact.
+    abuse spreads thin over many addresses of one network. With `groups` (key ->
+    one group per grouping, `ngroups` of them) it keeps that for each grouping, and
+    `spreads` ((narrow, wide) grouping indexes) count distinct narrow groups per wide group.
+    `evicted` counts keys dropped at the cap; once it is > 0, per-key totals are lower
+    bounds and distinct keys per group upper bounds. A grouping's `groups_evicted` counts
+    its groups forgotten whole: until then, its group totals are exact.
     """
 
     __slots__ = (
         "buckets",
         "evicted",
-        "group",
-        "group_keys",
-        "group_of",
-        "group_totals",
-        "groups_evicted",
-        "last_group",
+        "groupings",
+        "groups_fn",
+        "keys",
+        "last",
+        "last_groups",
+        "last_total",
         "latest",
         "max_keys",
         "nbuckets",
+        "newest",
+        "peers",
         "residue",
-        "totals",
     )
 
     def __init__(self, nbuckets: int, group: Callable[[str], str | None] | None = None,
-                 max_keys: int = MAX_KEYS) -> None:
+                 max_keys: int = MAX_KEYS, groups: Callable[[str], Groups] | None = None, ngroups: int = 0,
+                 spreads: Sequence[tuple[int, int]] = ()) -> None:
         self.nbuckets = max(1, nbuckets)
-        self.buckets: deque[tuple[int, _Counts]] = deque()
-        self.totals: dict[str, int] = {}
-        self.group = group
-        self.group_totals: dict[str, int] = {}
-        self.group_keys: dict[str, int] = {}
-        # each key in the window -> its group, found once when it entered (a flood's addresses are read
-        # again nowhere: expiry and eviction of a key hours later would re-read it)
-        self.group_of: dict[str, str | None] = {}
+        self.buckets: deque[Bucket] = deque()
+        self.newest: Bucket | None = None  # buckets[-1]
+        # windows of other lengths grouping their keys the same way: a key entering this one is often
+        # in one of them already, its groups read
+        self.peers: list[WindowCounter] = []
+        # each key in the window, with its groups found once when it entered (a flood's addresses are read
+        # again nowhere: expiry and eviction of a key hours later would re-read them)
+        self.keys: dict[str, Key] = {}
+        if group is not None:
+            one = group
+            groups, ngroups = (lambda key: (one(key),)), 1
+        self.groups_fn = groups
+        self.groupings = tuple(Grouping() for _ in range(ngroups if groups is not None else 0))
+        for narrow, wide in spreads:
+            self.groupings[narrow].spreads.append(Spread(narrow, wide))
         self.latest = 0
         self.max_keys = max(4, max_keys)
         self.evicted = 0
-        self.groups_evicted = 0
-        self.residue = 0  # (_EVENTS|_GONE, group) entries in the buckets
-        self.last_group: str | None = None  # the group of the key add() counted last (None: none, or ungrouped)
+        self.residue = 0  # residue entries in the buckets
+        self.last: Key | None = None  # the key add() counted last (None: it was not in the window)
+        self.last_groups: Groups = ()  # its groups
+        self.last_total = 0  # what add() returned last
+
+    @property
+    def totals(self) -> dict[str, int]:
+        """Key -> events in the window."""
+        return {key: k.total for key, k in self.keys.items()}
+
+    # the first grouping, for a counter built with `group`
+    @property
+    def group_totals(self) -> dict[str, int]:
+        return self.groupings[0].totals if self.groupings else {}
+
+    @property
+    def group_keys(self) -> dict[str, int]:
+        return self.groupings[0].keys if self.groupings else {}
+
+    @property
+    def groups_evicted(self) -> int:
+        return sum(g.groups_evicted for g in self.groupings)
+
+    @property
+    def last_group(self) -> str | None:
+        return self.last_groups[0] if self.last_groups else None
+
+    def spread(self, narrow: int, wide: int) -> Spread:
+        return next(s for s in self.groupings[narrow].spreads if s.wide == wide)
 
     def add(self, bucket: int, key: str, n: int = 1) -> int:
         """Count `n` for `key`; returns the key's total in the window."""
-        totals = self.totals
-        group = self.group
-        if group is None:
-            g = None
-        else:
-            g = self.group_of[key] if key in totals else group(key)
-        self.last_group = g
         latest = self.latest
         if bucket > latest:
             self.latest = bucket
             self._expire(bucket)
-        elif bucket <= latest - self.nbuckets:
-            return totals.get(key, 0)  # older than the window: nothing to count
-        buckets = self.buckets
-        if not buckets or buckets[-1][0] < bucket:
-            counts: _Counts = {}
-            buckets.append((bucket, counts))
+        elif bucket <= latest - self.nbuckets:  # older than the window: nothing to count
+            rec = self.keys.get(key)
+            self.last = rec
+            if rec is not None:
+                self.last_groups = rec.names
+                self.last_total = rec.total
+            else:
+                self.last_groups = self.groups_fn(key) if self.groups_fn is not None else ()
+                self.last_total = 0
+            return self.last_total
+        newest = self.newest
+        if newest is None or newest.number < bucket:
+            newest = self.newest = Bucket(bucket)
+            self.buckets.append(newest)
+        rec = self.keys.get(key)
+        if rec is None:
+            rec = self._enter(key)
+            fresh = True
         else:
-            counts = buckets[-1][1]
-        counts[key] = counts.get(key, 0) + n
-        total = totals.get(key, 0)
-        if group is not None and not total:
-            self.group_of[key] = g
-        if g is not None:
-            group_totals = self.group_totals
-            group_totals[g] = group_totals.get(g, 0) + n
-            if total == 0:
-                self.group_keys[g] = self.group_keys.get(g, 0) + 1
-        total += n
-        totals[key] = total
-        if total == n and len(totals) + self.residue > self.max_keys:
-            self._shrink(key)
+            fresh = False
+            for g in rec.groups:
+                if g is not None:
+                    g.total += n
+        self.last = rec
+        self.last_groups = rec.names
+        if rec.bucket == newest.number:
+            newest.ns[rec.slot] += n
+        else:
+            rec.bucket = newest.number
+            rec.slot = len(newest.keys)
+            newest.keys.append(rec)
+            newest.ns.append(n)
+        total = rec.total + n
+        rec.total = total
+        self.last_total = total
+        if fresh:
+            for g in rec.groups:
+                if g is not None:
+                    g.total += n
+            if len(self.keys) + self.residue > self.max_keys:
+                self._shrink(key)
         return total
+
+    def _enter(self, key: str) -> Key:
+        groupings = self.groupings
+        if not groupings:
+            rec = Key(key, (), _NO_GROUPS)
+        else:
+            names: Groups | None = None
+            for peer in self.peers:
+                known = peer.keys.get(key)
+                if known is not None:
+                    names = known.names
+                    break
+            if names is None:
+                names = self.groups_fn(key) if self.groups_fn is not None else ()
+            found: list[Group | None] = []
+            for i in range(len(names)):
+                name = names[i]
+                if name is None:
+                    found.append(None)
+                    continue
+                grouping = groupings[i]
+                g = grouping.groups.get(name)
+                if g is None:
+                    g = Group(i, name, names)
+                    grouping.groups[name] = g
+                    for s in grouping.spreads:
+                        s.enter(names)
+                g.nkeys += 1
+                found.append(g)
+            rec = Key(key, names, found)
+        self.keys[key] = rec
+        return rec
 
     def _expire(self, now: int) -> None:
         oldest = now - self.nbuckets
-        while self.buckets and self.buckets[0][0] <= oldest:
-            _, counts = self.buckets.popleft()
-            for key, n in counts.items():
-                if isinstance(key, tuple):  # what evicted keys left in their group
-                    self.residue -= 1
-                    if key[0] == _EVENTS:
-                        self._drop_from_group(key[1], n, gone=False)
-                    else:
-                        self._drop_keys_from_group(key[1], n)
-                    continue
-                left = self.totals[key] - n
-                if left:
-                    self.totals[key] = left
-                    g = self.group_of.get(key) if self.group is not None else None
+        buckets, keys = self.buckets, self.keys
+        while buckets and buckets[0].number <= oldest:
+            b = buckets.popleft()
+            if not buckets:
+                self.newest = None
+            ns = b.ns
+            for i, rec in enumerate(b.keys):
+                n = ns[i]
+                left = rec.total - n
+                rec.total = left
+                for g in rec.groups:
+                    if g is not None:
+                        g.total -= n
+                        if not left:
+                            g.nkeys -= 1
+                        if not g.total:
+                            self._vanish(g)
+                if not left:
+                    del keys[rec.key]
+            for (kind, g), n in b.residue.items():  # what evicted keys left in their group
+                self.residue -= 1
+                if kind == _EVENTS:
+                    g.total -= n
+                    if not g.total:
+                        self._vanish(g)
                 else:
-                    del self.totals[key]
-                    g = self.group_of.pop(key, None) if self.group is not None else None
-                if g is not None:
-                    self._drop_from_group(g, n, gone=not left)
+                    g.nkeys -= n
 
-    def _drop_from_group(self, g: str, n: int, gone: bool) -> None:
-        left = self.group_totals[g] - n
-        if left:
-            self.group_totals[g] = left
-        else:
-            del self.group_totals[g]
-        if gone:
-            self._drop_keys_from_group(g, 1)
-
-    def _drop_keys_from_group(self, g: str, n: int) -> None:
-        keys = self.group_keys[g] - n
-        if keys:
-            self.group_keys[g] = keys
-        else:
-            del self.group_keys[g]
-
+    def _vanish(self, g: Group) -> None:
+        grouping = self.groupings[g.gi]
+        del grouping.groups[g.name]
+        for s in grouping.spreads:
+            s.leave(g.names)
     # --- the cap: at most max_keys keys and leftovers of evicted keys ----------------------
 
     def _shrink(self, keep: str) -> None:
-        """Back to 3/4 of the cap: first the quarter of keys with the fewest events (a grouped
-        counter keeps their share in their group), then, if their leftovers are still too many
-        (a flood spread over many networks), the networks with the fewest events, whole."""
+        """Back to 3/4 of the cap: first the quarter of keys with the fewest events (every grouping keeps
+        their share in their group), then, if the leftovers are still too many (a flood spread over many
+        networks), the networks with the fewest events, whole, those of the narrowest grouping first."""
         target = self.max_keys * 3 // 4
-        ranked = sorted(self.totals, key=self.totals.__getitem__)  # stable: oldest first among equals
-        n = max(1, len(ranked) // 4)
-        victims = set(ranked[: n + 1])
-        if keep in victims:
-            victims.discard(keep)
-        else:
-            victims.discard(ranked[n])
-        self._evict_keys(victims)
-        if self.group is not None and len(self.totals) + self.residue > target:
-            self._evict_groups(len(self.totals) + self.residue - target, self.group_of.get(keep))
-
-    def _evict_keys(self, victims: set[str]) -> None:
-        group, group_of = self.group, self.group_of
-        last: dict[str, tuple[_Counts, str]] = {}
-        shrunk = []
-        for i, (_, counts) in enumerate(self.buckets):
-            hit = [k for k in counts if k in victims] if len(counts) < len(victims) else \
-                [k for k in victims if k in counts]
-            for k in hit:
-                n = counts.pop(k)
-                g = group_of.get(k) if group is not None else None
-                if g is not None:
-                    self._leave(counts, (_EVENTS, g), n)
-                    last[k] = (counts, g)
-            if len(hit) > len(counts):
-                shrunk.append(i)
-        for counts, g in last.values():
-            self._leave(counts, (_GONE, g), 1)
-        for k in victims:
-            del self.totals[k]
-            group_of.pop(k, None)
-        self.evicted += len(victims)
-        self._compact(shrunk)
-
-    def _compact(self, indexes: list[int]) -> None:
-        """A dict keeps the room of its largest size: copy the buckets that lost most of theirs."""
-        for i in indexes:
-            b, counts = self.buckets[i]
-            self.buckets[i] = (b, dict(counts))
-
-    def _leave(self, counts: _Counts, residue_key: _Residue, n: int) -> None:
-        old = counts.get(residue_key)
-        if old is None:
-            self.residue += 1
-            counts[residue_key] = n
-        else:
-            counts[residue_key] = old + n
-
-    def _evict_groups(self, excess: int, keep: str | None) -> None:
-        """Forget whole groups, fewest events first, until `excess` entries are gone."""
-        group_of = self.group_of
-        members: dict[str, list[str]] = {}
-        for k in self.totals:
-            g = group_of[k]
-            if g is not None:
-                members.setdefault(g, []).append(k)
-        leftovers: dict[str, int] = {}
-        for _, counts in self.buckets:
-            for key in counts:
-                if isinstance(key, tuple):
-                    leftovers[key[1]] = leftovers.get(key[1], 0) + 1
-        victims: set[str] = set()
-        for g in sorted(self.group_totals, key=self.group_totals.__getitem__):
+        totals = {key: k.total for key, k in self.keys.items()}
+        self._evict_keys([self.keys[k] for k in fewest(totals, max(1, len(totals) // 4), keep)], -1)
+        for i in range(len(self.groupings)):
+            excess = len(self.keys) + self.residue - target
             if excess <= 0:
                 break
-            if g != keep:
-                victims.add(g)
+            self._evict_groups(i, excess, keep)
+
+    def _evict_keys(self, victims: list[Key], forget: int) -> None:
+        """Drop `victims`, leaving what they counted as residue in the groups of every grouping but `forget`."""
+        for rec in victims:
+            rec.dead = True
+        last: dict[Key, Bucket] = {}
+        for b in self.buckets:
+            keys, ns = b.keys, b.ns
+            kept: list[Key] = []
+            kept_ns: list[int] = []
+            for i, rec in enumerate(keys):
+                if rec.dead:
+                    for g in rec.groups:
+                        if g is not None and g.gi != forget:
+                            self._leave(b, (_EVENTS, g), ns[i])
+                    last[rec] = b
+                else:
+                    if rec.bucket == b.number:
+                        rec.slot = len(kept)
+                    kept.append(rec)
+                    kept_ns.append(ns[i])
+            if len(kept) < len(keys):
+                b.keys, b.ns = kept, kept_ns  # new lists: a list keeps the room of its largest size
+        for rec, b in last.items():
+            for g in rec.groups:
+                if g is not None and g.gi != forget:
+                    self._leave(b, (_GONE, g), 1)
+        for rec in victims:
+            del self.keys[rec.key]
+        self.evicted += len(victims)
+
+    def _leave(self, b: Bucket, residue_key: _Residue, n: int) -> None:
+        old = b.residue.get(residue_key)
+        if old is None:
+            self.residue += 1
+            b.residue[residue_key] = n
+        else:
+            b.residue[residue_key] = old + n
+
+    def _evict_groups(self, i: int, excess: int, keep: str) -> None:
+        """Forget whole groups of grouping `i`, fewest events first, until `excess` entries are gone."""
+        grouping = self.groupings[i]
+        kept = self.keys.get(keep)
+        keep_group = kept.groups[i] if kept is not None else None
+        members: dict[Group, list[Key]] = {}
+        for rec in self.keys.values():
+            g = rec.groups[i]
+            if g is not None:
+                members.setdefault(g, []).append(rec)
+        leftovers: dict[Group, int] = {}
+        for b in self.buckets:
+            for _, g in b.residue:
+                if g.gi == i:
+                    leftovers[g] = leftovers.get(g, 0) + 1
+        victims: list[Group] = []
+        for g in sorted(grouping.groups.values(), key=lambda g: g.total):
+            if excess <= 0:
+                break
+            if g is not keep_group:
+                victims.append(g)
                 excess -= len(members.get(g, ())) + leftovers.get(g, 0)
-        keys = {k for g in victims for k in members.get(g, ())}
-        shrunk = []
-        for i, (_, counts) in enumerate(self.buckets):
-            hit = [key for key in counts if (key[1] in victims if isinstance(key, tuple) else key in keys)]
-            for key in hit:
-                if isinstance(key, tuple):
-                    self.residue -= 1
-                del counts[key]
-            if len(hit) > len(counts):
-                shrunk.append(i)
-        self._compact(shrunk)
-        for k in keys:
-            del self.totals[k]
-            del group_of[k]
+        self._evict_keys([rec for g in victims for rec in members.get(g, ())], i)
+        gone = set(victims)
+        for b in self.buckets:
+            hit = [r for r in b.residue if r[1] in gone]
+            for r in hit:
+                self.residue -= 1
+                del b.residue[r]
+            if hit:
+                b.residue = dict(b.residue)
         for g in victims:
-            self.group_totals.pop(g, None)
-            self.group_keys.pop(g, None)
-        self.evicted += len(keys) + len(victims)
-        self.groups_evicted += len(victims)
+            del grouping.groups[g.name]
+            for s in grouping.spreads:
+                s.leave(g.names)
+        grouping.groups_evicted += len(victims)
+
+    def bucket_sizes(self) -> list[int]:
+        """Entries (keys and leftovers) in each bucket, oldest first."""
+        return [len(b) for b in self.buckets]
 
     def __len__(self) -> int:
-        return len(self.totals)
+        return len(self.keys)
+
+
+def fewest(totals: dict[str, int], n: int, keep: str) -> list[str]:
+    """The first `n` keys but `keep` of `sorted(totals, key=totals.get)` (stable: oldest first among equals),
+    in the order of `totals`, found in linear time: the cap evicts a quarter of 50,000 keys at a time."""
+    hist: dict[int, int] = {}
+    for t in totals.values():
+        hist[t] = hist.get(t, 0) + 1
+    kept = totals.get(keep)
+    if kept is not None:
+        hist[kept] -= 1
+    need = n
+    cut = 0
+    for v in sorted(hist):
+        c = hist[v]
+        if c >= need:
+            cut = v
+            break
+        need -= c
+    out = []
+    for k, t in totals.items():
+        if t < cut:
+            if k != keep:
+                out.append(k)
+        elif t == cut and need and k != keep:
+            out.append(k)
+            need -= 1
+    return out
