@@ -12,6 +12,7 @@ into Postfix's maps right after that commit (one postmap, one reload).
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -46,6 +47,7 @@ PRUNE_S = 300.0
 PRUNE_LINES = 200_000  # and after this many lines: a backlog must not grow the database
 ORIGINS_KEPT_S = 6 * 86400  # longer than Postfix keeps mail (maximal_queue_lifetime = 5d)
 DAYS_KEPT = 35  # finished days kept in meta as day:YYYY-MM-DD
+GC_YOUNG = 10_000  # container objects allocated (net) before a young collection; Python: 700
 
 
 def _log(messages: list[Message]) -> None:
@@ -106,6 +108,7 @@ class Daemon:
         self.cfg, self.store, self.blocker, self.notifier = parts.cfg, parts.store, parts.blocker, parts.notifier
         self.responder, self.parser, self.inline = parts.responder, parts.parser, parts.inline
         self.source, self.source_choice = parts.source, parts.source_choice
+        self.blocker.reload_off_loop = True
 
     def _pipeline(self, cfg: config_mod.Config) -> Pipeline:
         self.daily.block_s = cfg.block_s
@@ -142,6 +145,10 @@ class Daemon:
             self.inline.start(self.responder.block_pairs(), ((key, bucket * self.pipeline.detector.bucket_s, n) for dim,
                                                               bucket, key, n in self.store.counts_since(since)
                                                               if dim == "client"))
+        # Everything built so far lives as long as the process: the collector stops scanning it again
+        # and again while the flood's short-lived objects come and go (4.8 % of the loop's CPU).
+        gc.freeze()
+        gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
         sd_notify("READY=1")
         log.info("following %s; %d blocks in force", self.source.source_name, len(self.store.blocks(self.clock())))
         next_housekeeping = next_prune = 0.0
@@ -305,6 +312,8 @@ class Daemon:
         old = self.parts
         self._use(parts)
         old.source.close()
+        if old.blocker is not self.blocker:
+            old.blocker.close()
         if old.notifier is not None:
             old.notifier.close(timeout=5)
         self.pipeline = self._pipeline(cfg)
@@ -395,6 +404,7 @@ class Daemon:
             log.error("stopping while the state database cannot be written: the next start reads again what was"
                       " not written (its position was not saved either), so nothing is lost")
         self.source.close()
+        self.blocker.close()
         if self.notifier is not None:
             self.notifier.close(timeout=5)
             self._save_notify_state()

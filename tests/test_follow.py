@@ -9,6 +9,7 @@ import gzip
 import logging
 import lzma
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from relaywatch.model import RelaywatchError
 from relaywatch.sources import files as sources
 from relaywatch.sources import rotation
 from relaywatch.sources.follow import FileFollower
-from relaywatch.sources.lines import Batch, Follower
+from relaywatch.sources.lines import Batch, Follower, LineSplitter
 from support.follow import collect
 
 
@@ -363,3 +364,24 @@ def test_exact_resume_with_a_concurrent_writer_process(log, follow):
             f = follow(log, batch.position)
     assert writer.wait(10) == 0
     assert seen == [f"concurrent {i} {'z' * (i % 50)}" for i in range(n)]
+
+
+def test_lines_decoded_as_one_block_are_what_decoding_each_line_gives():
+    """The follower decodes and splits what it read in one go: bad and cut UTF-8 next to a newline,
+    over-long lines and their dropped tails must come out as decoding line by line gave them,
+    with the same bytes used (the position) and the same unfinished rest."""
+    rng = random.Random(15)
+    pieces = [b"a", b"postfix/smtpd[1]: ", b"\n", b"\n\n", b"\xe2\x82\xac", b"\xe2\x82", b"\xff", b"\xc3", b"\xa9",
+              b"\xf0\x9f\x98\x80", b"x" * 20]
+    for _ in range(5000):
+        cap = rng.choice([4, 8, 16, 64])
+        max_chars = rng.choice([2, cap // 4, 100])
+        one, block = LineSplitter(cap), LineSplitter(cap)
+        for _ in range(rng.randint(1, 6)):
+            data = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))
+            one.feed(data)
+            block.feed(data)
+            n = rng.choice([1, 2, 1000])
+            raw, used = one.take(n)
+            assert block.take_text(n, max_chars) == ([r.decode("utf-8", "replace")[:max_chars] for r in raw], used)
+            assert (block.buf, block.dropped) == (one.buf, one.dropped)

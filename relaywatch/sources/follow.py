@@ -42,10 +42,6 @@ from relaywatch.sources.rotation import (
 log = logging.getLogger("relaywatch.follow")
 
 
-def _text(line: bytes) -> str:
-    return line.decode("utf-8", "replace")[:sources.MAX_LINE]
-
-
 class _Wake(FileSystemEventHandler):
     """inotify only says "look now": any change to a name starting with the log's wakes the reader."""
 
@@ -179,9 +175,9 @@ class FileFollower:
         while len(out) < max_lines:
             cur = self._cur
             if cur is not None:
-                raw, used = cur.lines.take(max_lines - len(out))
+                lines, used = cur.lines.take_text(max_lines - len(out), sources.MAX_LINE)
                 cur.offset += used
-                out.extend(map(_text, raw))
+                out.extend(lines)
                 if len(out) >= max_lines or self._fill(cur):
                     continue
             if out or not self._check():
