@@ -56,6 +56,15 @@ def _log(messages: list[Message]) -> None:
         log.log(level, "%s", text)
 
 
+def _freeze() -> None:
+    """What is built lives as long as the process (or the configuration): the collector stops scanning
+    it again and again while a flood's short-lived objects come and go (4.8 % of the loop's CPU).
+    What was frozen before and is garbage now (a SIGHUP's old parts) is collected first."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 def sd_notify(message: str) -> None:
     """Tell systemd (Type=notify) how we are; a no-op outside systemd."""
     address = os.environ.get("NOTIFY_SOCKET")
@@ -146,9 +155,7 @@ class Daemon:
             self.inline.start(self.responder.block_pairs(), ((key, bucket * self.pipeline.detector.bucket_s, n) for dim,
                                                               bucket, key, n in self.store.counts_since(since)
                                                               if dim == "client"))
-        # Everything built so far lives as long as the process: the collector stops scanning it again
-        # and again while the flood's short-lived objects come and go (4.8 % of the loop's CPU).
-        gc.freeze()
+        _freeze()
         gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
         sd_notify("READY=1")
         log.info("following %s; %d blocks in force", self.source.source_name, len(self.store.blocks(self.clock())))
@@ -317,7 +324,9 @@ class Daemon:
             old.blocker.close()
         if old.notifier is not None:
             old.notifier.close(timeout=5)
+        del old
         self.pipeline = self._pipeline(cfg)
+        _freeze()  # the old configuration's parts were frozen too: collected now, the new ones frozen
         self._position = None
         self._position_stored = self.store.positions.get(self.source.source_name) is not None
         _log(audit_messages(self.responder.audit()))

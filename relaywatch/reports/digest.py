@@ -9,7 +9,6 @@ as a push: the volume, what was blocked, and anything unusual. Pure, stdlib only
 
 from __future__ import annotations
 
-import heapq
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -52,10 +51,11 @@ def _late(b: WatchedBlock, queued: float) -> None:
 def top(counts: dict[str, int], keep: int) -> list[tuple[str, int]]:
     """The `keep` largest counts, largest first, ties by key: what sorting them all gives, without
     sorting them all with a Python key (the daemon stores its day at every commit, tables of 5,000
-    keys during a flood of distinct clients)."""
+    keys during a flood of distinct clients): the keep-th count from the plain counts, then the
+    rows above it by key and the ties at it by name."""
     if len(counts) <= keep:
         return sorted(counts.items(), key=_rank)
-    least = heapq.nlargest(keep, counts.values())[-1]
+    least = sorted(counts.values(), reverse=True)[keep - 1]
     above = sorted(((k, n) for k, n in counts.items() if n > least), key=_rank)
     ties = sorted(k for k, n in counts.items() if n == least)[:keep - len(above)]
     return above + [(k, least) for k in ties]
