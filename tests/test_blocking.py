@@ -17,6 +17,7 @@ from relaywatch.postfix.mapkeys import InvalidBlock
 from relaywatch.respond.blocking import (
     MAX_BLOCK_S,
     Blocker,
+    MapState,
     maps_from_config,
     target_kind,
 )
@@ -224,3 +225,33 @@ def test_unblocks_and_expiries_are_remembered_for_the_report(postfix_instance, t
     lifted = [(d.time - 1_000_000, d.target, d.rule) for d in b.store.decisions() if d.action == "unblock"]
     assert lifted == [(60, "127.0.0.9", "manual"), (3600, "127.0.0.11", "expired")]
     assert b.sync()
+
+
+def test_off_the_loop_a_hash_block_is_in_force_without_the_reload_and_a_failed_reload_is_retried_in_line(
+        postfix_instance, tmp_path):
+    """The daemon's blocker reloads Postfix in a thread of its own: the block is in force once postmap
+    replaced the map (postmap -q answers it, smtpd reopens a changed map before its next session).
+    A reload that fails there makes the blocker due; that sync reloads in line and reports the fault."""
+    fake = tmp_path / "postfix"
+    fake.write_text("#!/bin/sh\necho 'postfix: fatal: reload refused for the test' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    clock = Clock()
+    b = blocker(postfix_instance, tmp_path, clock)
+    b.postfix = Postfix(postfix_instance.config_directory, postfix_bin=str(fake))
+    b.reload_off_loop = True
+    b.block("client", "127.0.0.9", "flood", rule="client")
+    assert b.sync()  # in force: the reload's outcome is not waited for
+    assert postfix_instance.send("127.0.0.9")[0] == 554
+    assert not b.pending
+    b.close()
+    assert b.due()
+    failed = b.sync()
+    assert failed.state is MapState.NOT_LOADED and failed.fault_began and "reload refused for the test" in failed.error
+    assert b.pending and b.last_error
+    b.postfix = Postfix(postfix_instance.config_directory)
+    clock.now += 2
+    assert b.due() and b.sync() and not b.pending
+    b.unblock("client", "127.0.0.9")
+    assert b.sync()
+    b.close()
+    assert not b.due()

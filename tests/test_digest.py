@@ -4,6 +4,7 @@ and `relaywatch digest --send` against a real HTTP endpoint on 127.0.0.1."""
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from relaywatch.notify.notices import HOST
 from relaywatch.reports import digest
 from relaywatch.reports.daily import DailyRecord
 from relaywatch.reports.digest import DayStats, digest_text, unusual
+from relaywatch.reports.report import BoundedCounter
 from relaywatch.sources import files as sources
 from relaywatch.store.sqlite import Store
 from support.configs import daemon_sections, write_config
@@ -228,3 +230,32 @@ def test_the_title_leads_with_the_worst_event():
     quiet.block("client", "203.0.113.5", T0)
     quiet.add(relayed(T0 + 2, "203.0.113.5", qid="Q2", queued=T0 + 600))
     assert digest_text(quiet, blocks)[0].startswith("relaywatch: block of client 203.0.113.5 did not hold - ")
+
+
+def test_the_stored_tables_are_the_largest_rows_ties_by_key_as_a_full_sort_gives():
+    """The daemon stores its day at every commit: `top` finds the rows without sorting a flood's
+    5,000 keys with a Python key, and must give exactly what that sort gave."""
+    rng = random.Random(15)
+    for _ in range(200):
+        counter = BoundedCounter(5000)
+        keys = rng.choice([3, 499, 500, 501, 4000])
+        for _ in range(keys * rng.choice([1, 3])):
+            counter.add(f"203.0.{rng.randrange(keys) % 256}.{rng.randrange(keys) // 256}", rng.choice([1, 1, 2]))
+        keep = rng.choice([1, 5, 499, 500])
+        assert digest.top(counter.counts, keep) == counter.top(keep)
+
+
+def test_many_blocks_of_one_day_count_late_mail_only_for_the_block_it_came_through():
+    """Mail after a block is looked up by client and SASL user (a hundred blocks a day are not a
+    hundred checks a fact); only the block the mail came through counts it."""
+    stats = DayStats(DAY)
+    for i in range(50):
+        stats.block("client", f"203.0.113.{i}", T0)
+    stats.block("sasl_user", "203.0.113.7", T0)  # a user named like a client: one block per target
+    stats.block("sasl_user", "alice", T0)
+    stats.block("subnet", "218.144.0.0/16", T0)
+    stats.add(relayed(T0 + 900, "203.0.113.7", qid="Q1", queued=T0 + 600))  # the user's block now, not a client's
+    stats.add(relayed(T0 + 901, "203.0.113.8", qid="Q2", sasl="alice", queued=T0 + 600))
+    stats.add(relayed(T0 + 902, "218.144.1.1", qid="Q3", sasl="203.0.113.7", queued=T0 + 600))
+    late = {target: b.late for target, b in stats.blocks.items() if b.late}
+    assert late == {"203.0.113.8": 1, "alice": 1, "218.144.0.0/16": 1, "203.0.113.7": 1}

@@ -9,6 +9,7 @@ import gzip
 import logging
 import lzma
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from relaywatch.model import RelaywatchError
 from relaywatch.sources import files as sources
 from relaywatch.sources import rotation
 from relaywatch.sources.follow import FileFollower
-from relaywatch.sources.lines import Batch, Follower
+from relaywatch.sources.lines import Batch, Follower, LineSplitter
 from support.follow import collect
 
 
@@ -77,6 +78,20 @@ def test_inotify_wakes_a_waiting_read(log, follow):
     timer.join()
     assert batch.lines == ["hello"]
     assert time.monotonic() - started < 15, "woken by the timeout, not by inotify"
+
+
+def test_the_follower_waits_on_inotify_itself_without_threads(log, follow):
+    """inotify is read in the follower's own wait: watchdog's two threads handled every write of a
+    flood in Python. A write to another file of the directory does not end the wait early."""
+    log.write_text("")
+    before = threading.active_count()
+    f = follow(log, None, poll_s=60)
+    assert threading.active_count() == before
+    (log.parent / "other.log").write_text("noise\n")
+    assert f._inotify is not None and not f._inotify.changed()
+    append(log, "hello\n")
+    assert f._inotify.changed()
+    assert f.read(10, timeout=5).lines == ["hello"]
 
 
 def test_a_missing_file_is_waited_for_and_read_from_its_start(log, follow):
@@ -363,3 +378,24 @@ def test_exact_resume_with_a_concurrent_writer_process(log, follow):
             f = follow(log, batch.position)
     assert writer.wait(10) == 0
     assert seen == [f"concurrent {i} {'z' * (i % 50)}" for i in range(n)]
+
+
+def test_lines_decoded_as_one_block_are_what_decoding_each_line_gives():
+    """The follower decodes and splits what it read in one go: bad and cut UTF-8 next to a newline,
+    over-long lines and their dropped tails must come out as decoding line by line gave them,
+    with the same bytes used (the position) and the same unfinished rest."""
+    rng = random.Random(15)
+    pieces = [b"a", b"postfix/smtpd[1]: ", b"\n", b"\n\n", b"\xe2\x82\xac", b"\xe2\x82", b"\xff", b"\xc3", b"\xa9",
+              b"\xf0\x9f\x98\x80", b"x" * 20]
+    for _ in range(5000):
+        cap = rng.choice([4, 8, 16, 64])
+        max_chars = rng.choice([2, cap // 4, 100])
+        one, block = LineSplitter(cap), LineSplitter(cap)
+        for _ in range(rng.randint(1, 6)):
+            data = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))
+            one.feed(data)
+            block.feed(data)
+            n = rng.choice([1, 2, 1000])
+            raw, used = one.take(n)
+            assert block.take_text(n, max_chars) == ([r.decode("utf-8", "replace")[:max_chars] for r in raw], used)
+            assert (block.buf, block.dropped) == (one.buf, one.dropped)

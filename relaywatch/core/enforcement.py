@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from relaywatch.core.policy import in_network
 from relaywatch.model import Relayed
 
 GRACE_S = 5.0
@@ -79,14 +80,9 @@ class LeakWatch:
             self._note(("client", fact.client), since, queued, fact.qid)
         if fact.sasl_user and fact.sasl_user in self._users:
             self._note(("sasl_user", fact.sasl_user), self._users[fact.sasl_user], queued, fact.qid)
-        if self._nets:
-            try:
-                addr = ipaddress.ip_address(fact.client)
-            except ValueError:
-                return
-            for net, target, since in self._nets:
-                if addr in net:
-                    self._note(("subnet", target), since, queued, fact.qid)
+        for net, target, since in self._nets:  # in_network: the address read once per distinct client, cached
+            if in_network(fact.client, net):
+                self._note(("subnet", target), since, queued, fact.qid)
 
     def _note(self, key: tuple[str, str], since: float, queued: float, qid: str) -> None:
         if queued < since + self.grace_s:

@@ -41,6 +41,30 @@ _STATUS_INDEX = {"sent": 0, "deferred": 1, "bounced": 2, "expired": 2, "undelive
 _WATCHED_KINDS = tuple(ENFORCEMENT)
 
 
+def _late(b: WatchedBlock, queued: float) -> None:
+    if queued <= b.since + GRACE_S or (b.until is not None and queued >= b.until):
+        return
+    b.late += 1
+    b.first_late = queued if b.first_late is None else min(b.first_late, queued)
+
+
+def top(counts: dict[str, int], keep: int) -> list[tuple[str, int]]:
+    """The `keep` largest counts, largest first, ties by key: what sorting them all gives, without
+    sorting them all with a Python key (the daemon stores its day at every commit, tables of 5,000
+    keys during a flood of distinct clients): the keep-th count from the plain counts, then the
+    rows above it by key and the ties at it by name."""
+    if len(counts) <= keep:
+        return sorted(counts.items(), key=_rank)
+    least = sorted(counts.values(), reverse=True)[keep - 1]
+    above = sorted(((k, n) for k, n in counts.items() if n > least), key=_rank)
+    ties = sorted(k for k, n in counts.items() if n == least)[:keep - len(above)]
+    return above + [(k, least) for k in ties]
+
+
+def _rank(kv: tuple[str, int]) -> tuple[int, str]:
+    return -kv[1], kv[0]
+
+
 def day_of(t: float) -> str:
     """The local calendar day of `t`, as YYYY-MM-DD."""
     return datetime.fromtimestamp(t).date().isoformat()
@@ -173,12 +197,20 @@ class DayStats:
         self.blocks[target] = WatchedBlock(kind, t, until)
 
     def _after_block(self, fact: Relayed, queued: float) -> None:
-        for target, b in self.blocks.items():
-            if queued <= b.since + GRACE_S or (b.until is not None and queued >= b.until):
-                continue
-            if blocked_by(b.kind, target, self._nets.get(target), fact.client, fact.sasl_user):
-                b.late += 1
-                b.first_late = queued if b.first_late is None else min(b.first_late, queued)
+        """The blocks this fact's mail came through: looked up by client and user, only subnets
+        are tried one by one (a day of a hundred blocks is no longer a hundred checks a fact)."""
+        blocks = self.blocks
+        b = blocks.get(fact.client)
+        if b is not None and b.kind == "client":
+            _late(b, queued)
+        if fact.sasl_user:
+            b = blocks.get(fact.sasl_user)
+            if b is not None and b.kind == "sasl_user":
+                _late(b, queued)
+        for target, net in self._nets.items():
+            b = blocks[target]
+            if b.kind == "subnet" and blocked_by("subnet", target, net, fact.client, fact.sasl_user):
+                _late(b, queued)
 
     def to_dict(self, keep: int = KEEP) -> JSONObject:
         """A JSON-able copy for the store; each table keeps its `keep` largest rows."""
@@ -191,7 +223,7 @@ class DayStats:
             "first": self.first,
             "last": self.last,
             "approximate": self.approximate or trimmed,
-            "tables": {name: c.top(keep) for name, c in self.tables.items()},
+            "tables": {name: top(c.counts, keep) for name, c in self.tables.items()},
             "status": [[k, *row] for k, row in self.status._by_attempts()[:keep]],
             "blocks": [[target, b.kind, b.since, b.until, b.late, b.first_late] for target, b in self.blocks.items()],
             "hourly": None if self.hourly_relayed is None or self.hourly_denied is None else

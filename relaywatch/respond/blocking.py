@@ -20,6 +20,7 @@ import enum
 import ipaddress
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -146,6 +147,49 @@ class SyncResult:
         return self.state is MapState.IN_FORCE
 
 
+class Reloads:
+    """`postfix reload` in a thread of its own, one at a time: requests made while one runs make one
+    more after it (it reads the maps as they are then). A failure waits in `take_failure`."""
+
+    def __init__(self, reload: Callable[[], None]) -> None:
+        self.reload = reload
+        self._lock = threading.Lock()
+        self._wanted = False
+        self._thread: threading.Thread | None = None
+        self._failure: Exception | None = None
+
+    def request(self) -> None:
+        with self._lock:
+            self._wanted = True
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="postfix-reload", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._wanted:
+                    self._thread = None
+                    return
+                self._wanted = False
+            try:
+                self.reload()
+            except Exception as exc:  # noqa: BLE001 - any failure is the blocker's to report and retry in line
+                with self._lock:
+                    self._failure = exc
+
+    def take_failure(self) -> Exception | None:
+        with self._lock:
+            failure, self._failure = self._failure, None
+        return failure
+
+    def wait(self, timeout: float) -> None:
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+
 class Blocker:
     def __init__(
         self,
@@ -170,6 +214,12 @@ class Blocker:
         self.pending = store.map_state.pending() is not None
         # (kind, target) -> when this process first saw the block in force (the log-check's start)
         self.in_force_since: dict[tuple[str, str], float] = {}
+        self._reloads = Reloads(lambda: self.postfix.reload())
+        self.reload_off_loop = False  # the daemon's: a command that exits after its sync reloads in line
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Wait for a reload still running off the loop."""
+        self._reloads.wait(timeout)
 
     def _map_for(self, kind: str) -> AnyMap:
         try:
@@ -230,7 +280,14 @@ class Blocker:
         self._next_try = 0.0
 
     def due(self) -> bool:
-        """Pending and its retry time has come, or the map directory changed since the last failure."""
+        """Pending and its retry time has come, or the map directory changed since the last failure,
+        or a reload off the loop failed."""
+        failed = self._reloads.take_failure()
+        if failed is not None:
+            log.warning("postfix reload after writing the access maps failed (%s): writing and reloading them again",
+                        failed)
+            self._mark_pending()
+            self._force = True
         if not self.pending:
             return False
         return self.clock() >= self._next_try or (self._failures > 0 and self._fingerprint() != self._failed_at)
@@ -257,22 +314,34 @@ class Blocker:
         return blocks_for(self.maps, access_map, active)
 
     def sync(self) -> SyncResult:
-        """Write every map from the store, one postmap and one reload each; say what happened."""
+        """Write every map from the store, one postmap and one reload each; say what happened.
+
+        A compiled map (hash, lmdb...) is in force once postmap has replaced it: `postmap -q`
+        answers the new blocks, and each smtpd reopens a changed map before its next session. Its
+        reload, which only hurries the processes along, runs off the daemon's loop (it took 45-90 ms);
+        a failed one makes the next `due` true, and that sync reloads in line and reports as ever.
+        While a fault lasts, and for maps read as text (cidr), the reload stays in line."""
         if not self.pending:
             return SyncResult(MapState.IN_FORCE)
         now = self.clock()
         active = self.store.blocks(now)
         before = self.store.map_state.pending() or MapPending(now)
+        reload = False
         try:
             for access_map in self._distinct_maps():
                 blocks = self._blocks_for(access_map, active)
                 if isinstance(access_map, PgsqlMap):  # the rows are the map: ask Postfix whether it answers them
                     access_map.verify(blocks, config_directory=self.postfix.config_directory,
                                       postmap_bin=self.postfix.postmap_bin)
+                elif self.reload_off_loop and access_map.spec.compiled is not None and not (self._failures
+                                                                                           or self._force):
+                    reload |= access_map.write(blocks, self.postfix.postmap)
                 else:
                     apply_blocks(access_map, self.postfix, blocks, force=self._failures > 0 or self._force)
         except (PostfixError, ConfigError, InvalidBlock, OSError) as exc:
             return self._failed(now, exc, before)
+        if reload:
+            self._reloads.request()
         if before.error:
             log.warning("access maps are in force again after %d failed attempts", self._failures)
         self._failures = 0

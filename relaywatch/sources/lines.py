@@ -56,7 +56,36 @@ class LineSplitter:
             self.dropped = 0
             start = end + 1
         del self.buf[:start]
+        self._cap_unfinished()
+        return out, used
+
+    def _cap_unfinished(self) -> None:
         if len(self.buf) > self.cap and b"\n" not in self.buf:
             self.dropped += len(self.buf) - self.cap
             del self.buf[self.cap:]
+
+    def take_text(self, n: int, max_chars: int) -> tuple[list[str], int]:
+        """`take`, decoded (UTF-8, bad bytes replaced) and cut to `max_chars` characters. Lines that
+        fit `cap` are decoded and split as one block (a newline is never part of a UTF-8 sequence,
+        so this is what decoding each line gives): the file follower's per-line work."""
+        buf = self.buf
+        last = buf.rfind(b"\n")
+        if last < 0 or buf.count(b"\n", 0, last) >= n:
+            return self._decoded(n, max_chars)
+        region = bytes(buf[:last])
+        out = region.decode("utf-8", "replace").split("\n")
+        longest = max(map(len, out))  # characters; a line of more than `cap` bytes has more than cap / 4
+        if longest * 4 > self.cap and max(map(len, region.split(b"\n"))) > self.cap:
+            return self._decoded(n, max_chars)
+        if longest > max_chars:
+            out = [line[:max_chars] for line in out]
+        used = last + 1 + self.dropped
+        self.dropped = 0
+        del buf[:last + 1]
+        self._cap_unfinished()
         return out, used
+
+    def _decoded(self, n: int, max_chars: int) -> tuple[list[str], int]:
+        raw, used = self.take(n)
+        return [line.decode("utf-8", "replace")[:max_chars] for line in raw], used
+
