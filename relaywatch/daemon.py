@@ -7,8 +7,7 @@ what was not committed). While lines keep arriving the commits are coalesced: on
 COMMIT (one fsync) a second, with the heartbeat, or every COMMIT_LINES lines. A
 batch that decided something commits at once, before the block is put in force
 and anyone is told, and so do a quiet log (IDLE_S), SIGHUP and shutdown. Blocks go
-into Postfix's maps right after that commit (one postmap; the reload runs off the loop,
-see Blocker.sync).
+into Postfix's maps right after that commit (one postmap, one reload).
 """
 
 from __future__ import annotations

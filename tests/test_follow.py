@@ -80,20 +80,6 @@ def test_inotify_wakes_a_waiting_read(log, follow):
     assert time.monotonic() - started < 15, "woken by the timeout, not by inotify"
 
 
-def test_the_follower_waits_on_inotify_itself_without_threads(log, follow):
-    """inotify is read in the follower's own wait: watchdog's two threads handled every write of a
-    flood in Python. A write to another file of the directory does not end the wait early."""
-    log.write_text("")
-    before = threading.active_count()
-    f = follow(log, None, poll_s=60)
-    assert threading.active_count() == before
-    (log.parent / "other.log").write_text("noise\n")
-    assert f._inotify is not None and not f._inotify.changed()
-    append(log, "hello\n")
-    assert f._inotify.changed()
-    assert f.read(10, timeout=5).lines == ["hello"]
-
-
 def test_a_missing_file_is_waited_for_and_read_from_its_start(log, follow):
     f = follow(log, None)
     batch = f.read(10, timeout=0.2)

@@ -22,7 +22,7 @@ LAYERS = (
 )
 EDGES = LAYERS[3]
 APART = {("engine", "reports"), ("reports", "engine")}
-THIRD_PARTY = {"click": "cli", "sqlite_utils": "store.sqlite", "apprise": "notify.send",
+THIRD_PARTY = {"click": "cli", "sqlite_utils": "store.sqlite", "watchdog": "sources.follow", "apprise": "notify.send",
                "psycopg": "store.postgres"}
 STDLIB_IO = {"subprocess", "socket", "sqlite3", "http", "urllib", "shutil", "os", "io", "pathlib"}
 

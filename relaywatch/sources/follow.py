@@ -4,19 +4,29 @@ Every follower hands out batches of complete lines with the exact position after
 the last one. The daemon commits that position in the same transaction as the
 counts the lines produced, so a restart from it neither loses nor repeats a line.
 Finding and opening rotated copies is `rotation.py`; the journal follower lives in
-`journal.py`; inotify is `inotify.py`.
+`journal.py`; watchdog only here.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from typing import Any
 
+from watchdog.events import (
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+
 from relaywatch.model import RelaywatchError
 from relaywatch.sources import files as sources
-from relaywatch.sources.inotify import Inotify
 from relaywatch.sources.lines import CHUNK, Batch, LineSplitter
 from relaywatch.sources.rotation import (
     COMPRESSED_ERRORS,
@@ -30,6 +40,20 @@ from relaywatch.sources.rotation import (
 )
 
 log = logging.getLogger("relaywatch.follow")
+
+
+class _Wake(FileSystemEventHandler):
+    """inotify only says "look now": any change to a name starting with the log's wakes the reader."""
+
+    def __init__(self, name: str, event: threading.Event) -> None:
+        self.name = name
+        self.event = event
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        for p in (event.src_path, event.dest_path):
+            if p and os.path.basename(os.fsdecode(p)).startswith(self.name):
+                self.event.set()
+                return
 
 
 class FileFollower:
@@ -48,12 +72,15 @@ class FileFollower:
         self._cap = 4 * sources.MAX_LINE  # bytes: enough for MAX_LINE characters
         self._cur: OpenLog | None = None
         self._pending: list[str] = []  # after a restart: rotated files newer than `_cur`, oldest first
+        self._wake = threading.Event()
         directory = os.path.dirname(self.path)
         if not os.path.isdir(directory):
             raise RelaywatchError(f"{path}: directory {directory} does not exist")
-        self._inotify: Inotify | None = None
+        self._observer = Observer()
         try:  # our own opens and reads must not wake us: no open/close events
-            self._inotify = Inotify(directory, os.path.basename(self.path))
+            self._observer.schedule(_Wake(os.path.basename(self.path), self._wake), directory, event_filter=[
+                FileModifiedEvent, FileCreatedEvent, FileMovedEvent, FileDeletedEvent])
+            self._observer.start()
         except OSError as exc:  # e.g. fs.inotify.max_user_watches reached
             log.warning("%s: no inotify (%s); looking for new lines every %.1f s only", path, exc, poll_s)
         try:
@@ -133,24 +160,13 @@ class FileFollower:
         """Up to max_lines lines, waiting up to `timeout` for the first. inotify wakes the wait;
         every call, and every `poll_s` within one, looks anyway (inotify can overflow)."""
         deadline = time.monotonic() + timeout
-        inotify = self._inotify
         while True:
-            if inotify is not None:
-                inotify.changed()  # before reading, so a write during the read wakes the wait below
+            self._wake.clear()  # before reading, so a write during the read wakes the wait below
             lines = self._pump(max_lines)
             remaining = deadline - time.monotonic()
             if lines or remaining <= 0:
                 return Batch(lines, self.position)
-            self._wait(min(remaining, self.poll_s))
-
-    def _wait(self, timeout: float) -> None:
-        """Until our names change (or `timeout`); changes to other files of the directory wait on."""
-        if self._inotify is None:
-            time.sleep(timeout)
-            return
-        deadline = time.monotonic() + timeout
-        while not self._inotify.wait(max(0.0, deadline - time.monotonic())) and time.monotonic() < deadline:
-            pass
+            self._wake.wait(min(remaining, self.poll_s))
 
     def _pump(self, max_lines: int) -> list[str]:
         out: list[str] = []
@@ -231,8 +247,8 @@ class FileFollower:
         return True
 
     def close(self) -> None:
-        if self._inotify is not None:
-            self._inotify.close()
-            self._inotify = None
+        self._observer.stop()
+        if self._observer.is_alive():
+            self._observer.join(timeout=5)
         if self._cur is not None:
             self._cur.f.close()
