@@ -214,11 +214,34 @@ _PRIVATE_FIRST_BYTES = {v: frozenset(b for ver, lo, hi in _PRIVATE_RANGES if ver
 
 def address_kind(addr: str) -> AddrKind:
     """Read once per distinct address (netaddr): the hot path never parses an address twice.
-    Documentation ranges count as public here (tests use them for remote hosts)."""
+    A plain dotted quad (a next hop: mostly new ones in a flood) is read here, without netaddr's
+    cache. Documentation ranges count as public here (tests use them for remote hosts)."""
+    n = _dotted_quad(addr)
+    if n >= 0:
+        return _kind_of(4, n)
     a = address(addr)
     if a is None:
         return _address_kind_slow(addr)
-    version, n = a
+    return _kind_of(a[0], a[1])
+
+
+def _dotted_quad(text: str) -> int:
+    """A plain dotted quad as netaddr reads it (no leading zeros, each part <= 255), else -1."""
+    parts = text.split(".")
+    if len(parts) != 4 or not text.isascii():
+        return -1
+    n = 0
+    for p in parts:
+        if not p.isdigit() or len(p) > 3 or (p[0] == "0" and len(p) > 1):
+            return -1
+        o = int(p)
+        if o > 255:
+            return -1
+        n = n << 8 | o
+    return n
+
+
+def _kind_of(version: int, n: int) -> AddrKind:
     if (n == 1) if version == 6 else (n >> 24 == 127):
         return AddrKind.LOOPBACK
     if (n >> 24 if version == 4 else n >> 120) in _PRIVATE_FIRST_BYTES[version] and any(
