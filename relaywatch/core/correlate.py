@@ -115,7 +115,7 @@ class Correlator(FilterLinks):
         self._held = OrderedDict()
         self._filters = set()
         self._filter_hops = set()
-        self._kinds = {}
+        self._kind_of_addr, self._last_kind = None, AddrKind.OTHER
         self.released = []
         self.messages = 0
         self.evicted = 0
@@ -267,9 +267,9 @@ class Correlator(FilterLinks):
         msg = opened.get(key)
         if msg is None:
             return None
-        status, reply = d.status, d.reply
+        status, reply, hop = d.status, d.reply, d.relay_addr
         filter_hop = status == "sent" and "queued as " in reply and (
-            self._link_filtered(d, msg) or _FILTER_SMTP_REPLY in reply)
+            self._link_filtered(d, host, hop, reply, msg) or _FILTER_SMTP_REPLY in reply)
         recipient = d.recipient
         seen = msg.seen
         if recipient in seen:
@@ -289,13 +289,13 @@ class Correlator(FilterLinks):
             if msg.uid is None or filter_hop:
                 return None
             domain = domain_of(recipient)
-            if not self._outbound(d, agent, recipient, domain):
+            if not self._outbound(d, host, hop, agent, recipient, domain):
                 return None
             return LocalRelayed(t, qid, msg.uid, msg.sender, recipient, domain, status, host)
         if filter_hop:
             return None
         domain = domain_of(recipient)
-        if not self._outbound(d, agent, recipient, domain):
+        if not self._outbound(d, host, hop, agent, recipient, domain):
             return None
         fact = Relayed(t, qid, client, msg.sasl_user, msg.sender, recipient, domain, status, msg.first_seen, host)
         if msg.awaiting:
@@ -303,7 +303,7 @@ class Correlator(FilterLinks):
             return None
         return fact
 
-    def _outbound(self, d: Delivery, agent: str, recipient: str, domain: str) -> bool:
+    def _outbound(self, d: Delivery, host: str, hop: str | None, agent: str, recipient: str, domain: str) -> bool:
         """Whether this delivery hands a recipient to another host, for a domain that is not ours."""
         orig_to = d.orig_to
         if orig_to is not None and orig_to != recipient:
@@ -321,16 +321,15 @@ class Correlator(FilterLinks):
         # shows the domain to be ours (local deliveries, a fixed private next hop).
         if agent != "smtp":
             return False
-        hop = d.relay_addr
         if hop is None and d.relay == "none":
             tried = _TRIED.search(d.reply)
             hop = tried[1] if tried is not None else None
         if hop is None:
-            return not (domain and self.inference.is_local(d.host, domain))
+            return not (domain and self.inference.is_local(host, domain))
         kind = self._kind(hop)
         if kind is _LOOPBACK or kind is _OTHER:
             return False
-        return not (domain and self.inference.handed_over(d.host, domain, hop, kind is _PRIVATE))
+        return not (domain and self.inference.handed_over(host, domain, hop, kind is _PRIVATE))
 
     def _note_local(self, d: Delivery) -> None:
         """A local, virtual or LMTP delivery shows its domain (and an alias's) to be ours."""

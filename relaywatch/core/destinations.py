@@ -226,19 +226,29 @@ def address_kind(addr: str) -> AddrKind:
 
 
 def _dotted_quad(text: str) -> int:
-    """A plain dotted quad as netaddr reads it (no leading zeros, each part <= 255), else -1."""
-    parts = text.split(".")
-    if len(parts) != 4 or not text.isascii():
+    """A plain dotted quad as netaddr reads it (ASCII digits, no leading zeros, each part <= 255),
+    else -1. One pass over the characters: no list, no int() per part (compiled: 3x cheaper)."""
+    n = octet = digits = dots = 0
+    for i in range(len(text)):
+        c = ord(text[i])
+        if c == 46:  # "."
+            if digits == 0 or dots == 3:
+                return -1
+            n = n << 8 | octet
+            octet = digits = 0
+            dots += 1
+        elif 48 <= c <= 57:
+            if digits and octet == 0:
+                return -1  # a leading zero
+            octet = octet * 10 + c - 48
+            if octet > 255:
+                return -1
+            digits += 1
+        else:
+            return -1
+    if digits == 0 or dots != 3:
         return -1
-    n = 0
-    for p in parts:
-        if not p.isdigit() or len(p) > 3 or (p[0] == "0" and len(p) > 1):
-            return -1
-        o = int(p)
-        if o > 255:
-            return -1
-        n = n << 8 | o
-    return n
+    return n << 8 | octet
 
 
 def _kind_of(version: int, n: int) -> AddrKind:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Final
 
 from relaywatch.core.destinations import AddrKind, address_kind
@@ -16,7 +16,6 @@ from relaywatch.model import Delivery, LocalRelayed, Origin, ProxyAccept, Relaye
 _QUEUED_AS = re.compile(r".*\bqueued as ([0-9A-Za-z]{6,24})\)?$")
 HOLD_S = 60.0
 HELD_MAX = 10_000  # copies held at once: a flood of them falls due early rather than grow memory
-KINDS_MAX: Final = 8192  # addresses whose kind is remembered (cleared when full: flat under a flood)
 _LOOPBACK: Final = AddrKind.LOOPBACK
 _PRIVATE: Final = AddrKind.PRIVATE
 _PUBLIC: Final = AddrKind.PUBLIC
@@ -48,17 +47,24 @@ def queued_as(reply: str) -> str | None:
     return qid if 6 <= len(qid) <= 24 and qid.isascii() and qid.isalnum() else None
 
 
-@dataclass(slots=True)
 class Message:
-    first_seen: float
-    last_seen: float
-    client: str | None
-    sasl_user: str | None
-    sender: str = ""
-    nrcpt: int = 0
-    seen: set[str] = field(default_factory=set)
-    awaiting: bool = False  # a filter's re-injected copy whose origin is not linked yet: its facts are held
-    uid: int | None = None  # a local submission's (pickup), for LocalRelayed
+    """An open message. A plain class, not a dataclass: compiled, its constructor is native (a
+    dataclass's generated __init__ stays Python code); slots keep it small in either form."""
+
+    __slots__ = ("first_seen", "last_seen", "client", "sasl_user", "sender", "nrcpt", "seen", "awaiting", "uid")
+
+    def __init__(self, first_seen: float, last_seen: float, client: str | None, sasl_user: str | None,
+                 sender: str = "", nrcpt: int = 0, seen: set[str] | None = None) -> None:
+        self.first_seen = first_seen
+        self.last_seen = last_seen
+        self.client = client
+        self.sasl_user = sasl_user
+        self.sender = sender
+        self.nrcpt = nrcpt
+        self.seen: set[str] = set() if seen is None else seen
+        # a filter's re-injected copy whose origin is not linked yet: its facts are held
+        self.awaiting = False
+        self.uid: int | None = None  # a local submission's (pickup), for LocalRelayed
 
 
 class FilterLinks:
@@ -76,32 +82,28 @@ class FilterLinks:
     _filter_hops: set[tuple[str, str]]  # (host, address) a content filter was reached at
     released: list[Relayed | LocalRelayed]  # held facts now due: the caller takes them after each feed
 
-    _kinds: dict[str, AddrKind]  # address_kind per address: a hop is asked twice per hand-off
+    _kind_of_addr: str | None
+    _last_kind: AddrKind
 
     def _touch(self, key: Key) -> None:
         if self._changed is not None:
             self._changed.add(key)
 
     def _kind(self, addr: str) -> AddrKind:
-        kinds = self._kinds
-        kind = kinds.get(addr)
-        if kind is None:
-            kind = address_kind(addr)
-            if len(kinds) >= KINDS_MAX:
-                kinds.clear()
-            kinds[addr] = kind
-        return kind
+        """address_kind, remembered for the last address asked: a hand-off asks about its hop twice."""
+        if addr is not self._kind_of_addr:
+            self._kind_of_addr, self._last_kind = addr, address_kind(addr)
+        return self._last_kind
 
-    def _link_filtered(self, d: Delivery, msg: Message) -> bool:
-        """Whether this hand-off went to a content filter: its `250 ... queued as NEWQID` names a
-        queue file of this host that the filter's re-injection created. Carries the origin on."""
-        hop = d.relay_addr
+    def _link_filtered(self, d: Delivery, host: str, hop: str | None, reply: str, msg: Message) -> bool:
+        """Whether this hand-off (to `hop`, replying `reply`: d's, read once) went to a content filter:
+        its `250 ... queued as NEWQID` names a queue file of this host that the filter's re-injection
+        created. Carries the origin on."""
         if hop is None:
             return False
-        new_qid = queued_as(d.reply)
+        new_qid = queued_as(reply)
         if new_qid is None:
             return False
-        host = d.host
         hop_kind = self._kind(hop)
         new_key = (host, new_qid)
         # a hop that has re-injected before, or one on this host, is a filter whatever its copy shows
