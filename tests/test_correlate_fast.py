@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relaywatch.core.correlate import Correlator
-from relaywatch.core.destinations import AddrKind, address_kind
+from relaywatch.core.destinations import AddrKind, address_kind, may_be_private
 from relaywatch.core.filterlink import _QUEUED_AS, queued_as
 from relaywatch.core.parse import LineParser, YearResolver
 
@@ -56,7 +56,20 @@ _ADDRESSES = st.one_of(
 @settings(max_examples=3000, deadline=None)
 @given(_ADDRESSES)
 def test_address_kind_answers_as_ipaddress_does(text: str) -> None:
-    assert address_kind(text) is _kind(text)
+    kind = _kind(text)
+    assert address_kind(text) is kind
+    assert may_be_private(text) or kind is not AddrKind.PRIVATE
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.one_of(st.integers(0, 2**32 - 1).map(lambda n: str(ipaddress.IPv4Address(n))),
+                 st.integers(0, 2**128 - 1).map(lambda n: ipaddress.IPv6Address(n).compressed),
+                 st.integers(0xFC00 << 112, (0xFEC0 << 112) - 1).map(
+                     lambda n: ipaddress.IPv6Address(n).exploded.upper()),
+                 st.sampled_from(["10.0.0.1", "100.64.0.1", "169.254.1.1", "172.16.0.1", "192.168.1.1", "fd00::1",
+                                  "FE80::1", "fe80::1%eth0", "IPv6:fd00::1"])))
+def test_a_private_address_is_never_told_public_by_its_first_character(text: str) -> None:
+    assert may_be_private(text) or _kind(text) is not AddrKind.PRIVATE
 
 
 def test_a_hop_asked_twice_in_a_row_keeps_its_kind_per_address() -> None:

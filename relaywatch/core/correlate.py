@@ -29,6 +29,7 @@ from relaywatch.core.destinations import (
     LocalDomains,
     LogInference,
     address_kind,
+    may_be_private,
 )
 from relaywatch.core.filterlink import (
     _LOOPBACK,
@@ -58,15 +59,15 @@ from relaywatch.model import (
 )
 
 # where Postfix tried to deliver when it logs relay=none: "connect to mx.example[192.0.2.5]:25: ..."
-_TRIED = re.compile(r"(?:connect to|host|with) [^\s\[\]]+\[([0-9A-Fa-f:.]+)\]")
-_ENDS_MESSAGE = frozenset({"DATA", "BDAT", "END-OF-MESSAGE"})
-_DROPS_MESSAGE = frozenset({"reject", "milter-reject", "discard", "milter-discard"})
+_TRIED: Final = re.compile(r"(?:connect to|host|with) [^\s\[\]]+\[([0-9A-Fa-f:.]+)\]")
+_ENDS_MESSAGE: Final = frozenset({"DATA", "BDAT", "END-OF-MESSAGE"})
+_DROPS_MESSAGE: Final = frozenset({"reject", "milter-reject", "discard", "milter-discard"})
 # delivery agents that put mail into this host's mailboxes (or an LMTP store): the domain is ours
-_LOCAL_AGENTS = frozenset({"local", "virtual", "lmtp"})
+_LOCAL_AGENTS: Final = frozenset({"local", "virtual", "lmtp"})
 # LMTP replies of a content filter (amavis), not of a mailbox store
-_FILTER_REPLY = ("queued as", "discarded", "id=", "BOUNCE")
+_FILTER_REPLY: Final = ("queued as", "discarded", "id=", "BOUNCE")
 # amavis's reply to an SMTP hand-off: a content filter, even when its copy cannot be linked (delivered and gone)
-_FILTER_SMTP_REPLY = " from MTA("
+_FILTER_SMTP_REPLY: Final = " from MTA("
 # the event types, dispatched on by identity (Final: compiled, a C global rather than a module lookup)
 _DELIVERY: Final = Delivery
 _QUEUE_ACTIVE: Final = QueueActive
@@ -199,14 +200,15 @@ class Correlator(FilterLinks):
         return None
 
     def _queue_active(self, e: QueueActive) -> None:
-        key = (e.host, e.qid)
+        host = e.host
+        key = (host, e.qid)
         msg = self._open.get(key)
         if msg is not None:
             msg.sender, msg.nrcpt, msg.last_seen = e.sender, e.nrcpt, e.time
             self._open.move_to_end(key)
             self._touch(key)
             if not self._known:
-                self._note_sender(e.host, msg)
+                self._note_sender(host, msg)
 
     def _removed(self, e: Removed) -> None:
         key = (e.host, e.qid)
@@ -228,25 +230,26 @@ class Correlator(FilterLinks):
         return msg
 
     def _client(self, e: ClientSeen) -> None:
-        host = e.host
-        key = (host, e.qid)
-        client: str | None = e.client  # a linked copy's origin may be a local submission (no client)
+        host, qid, seen_from, t = e.host, e.qid, e.client, e.time
+        key = (host, qid)
+        client: str | None = seen_from  # a linked copy's origin may be a local submission (no client)
         sasl_user = e.sasl_user
         awaiting, uid = False, None
-        if is_loopback(e.client) or (bool(self._filters) and (host, e.client) in self._filters):
+        if is_loopback(seen_from) or (bool(self._filters) and (host, seen_from) in self._filters):
             # A content filter re-injects: the real origin is the XFORWARD orig_client
             # or the message it was filtered from (linked now, or later).
             inherited = self._inherited.pop(key, None) if self._inherited else None
-            if e.orig_client is not None:
-                client = e.orig_client
+            orig_client = e.orig_client
+            if orig_client is not None:
+                client = orig_client
             elif inherited is not None:
                 client, sasl_user, uid = inherited[0], sasl_user or inherited[1], inherited[2]
             else:
                 awaiting = sasl_user is None and (host, client) in self._filters
-        msg = self._start(key, e.time, client, sasl_user)
+        msg = self._start(key, t, client, sasl_user)
         msg.awaiting, msg.uid = awaiting, uid
         if self._changed is not None:
-            self._arrived.append(Origin(e.qid, client, sasl_user, e.time))
+            self._arrived.append(Origin(qid, client, sasl_user, t))
 
     def _reject(self, e: Reject) -> RelayDenied | None:
         if e.qid is not None and e.stage in _ENDS_MESSAGE and e.action in _DROPS_MESSAGE:
@@ -343,13 +346,19 @@ class Correlator(FilterLinks):
     def _note_sender(self, host: str, msg: Message) -> None:
         """Mail from a logged-in user or a private host (not a content filter's copy) is the site's
         own: its sender domain is one the site sends from."""
-        domain = domain_of(msg.sender)
-        if not domain or msg.client is None or msg.awaiting or (host, msg.client) in self._filters:
+        client = msg.client
+        if client is None or msg.awaiting:
             return
-        if msg.sasl_user is not None:
-            self.inference.sent_from(host, domain, msg.client, True)
-        elif address_kind(msg.client) is AddrKind.PRIVATE:
-            self.inference.sent_from(host, domain, msg.client, False)
+        login = msg.sasl_user is not None
+        if not login and not may_be_private(client):
+            return  # most mail: from a public client, without a login
+        domain = domain_of(msg.sender)
+        if not domain or (bool(self._filters) and (host, client) in self._filters):
+            return
+        if login:
+            self.inference.sent_from(host, domain, client, True)
+        elif address_kind(client) is _PRIVATE:
+            self.inference.sent_from(host, domain, client, False)
 
     def _evict(self, now: float) -> None:
         while len(self._open) > self.max_messages:

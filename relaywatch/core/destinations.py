@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 from functools import lru_cache
-from typing import Protocol
+from typing import Final, Protocol
 
 from relaywatch.core.netaddr import address
 
@@ -223,6 +223,18 @@ def address_kind(addr: str) -> AddrKind:
     if a is None:
         return _address_kind_slow(addr)
     return _kind_of(a[0], a[1])
+
+
+# The first characters of every text address_kind reads as PRIVATE: "1" (10/8, 100.64/10, 169.254/16,
+# 172.16/12, 192.168/16: no leading zeros), "f"/"F" (fc00::/7, fe80::/10: a group has at most four
+# hex digits, a compressed first group is zero), "I" (an `IPv6:` prefix).
+_PRIVATE_STARTS: Final = frozenset("1fFI")
+
+
+def may_be_private(addr: str) -> bool:
+    """False when address_kind(addr) cannot be PRIVATE: the common public client is told by its first
+    character, not read."""
+    return addr[:1] in _PRIVATE_STARTS
 
 
 def _dotted_quad(text: str) -> int:
