@@ -64,6 +64,7 @@ _ENDS_MESSAGE: Final = frozenset({"DATA", "BDAT", "END-OF-MESSAGE"})
 _DROPS_MESSAGE: Final = frozenset({"reject", "milter-reject", "discard", "milter-discard"})
 # delivery agents that put mail into this host's mailboxes (or an LMTP store): the domain is ours
 _LOCAL_AGENTS: Final = frozenset({"local", "virtual", "lmtp"})
+_HOW: Final = {agent: f"delivered by {agent}" for agent in _LOCAL_AGENTS}  # the evidence, built once
 # LMTP replies of a content filter (amavis), not of a mailbox store
 _FILTER_REPLY: Final = ("queued as", "discarded", "id=", "BOUNCE")
 # amavis's reply to an SMTP hand-off: a content filter, even when its copy cannot be linked (delivered and gone)
@@ -263,7 +264,7 @@ class Correlator(FilterLinks):
     def _delivery(self, d: Delivery) -> Relayed | LocalRelayed | None:
         agent = d.agent
         if not self._known and agent in _LOCAL_AGENTS:
-            self._note_local(d)
+            self._note_local(d, agent)
         host, qid = d.host, d.qid
         key = (host, qid)
         opened = self._open
@@ -334,14 +335,15 @@ class Correlator(FilterLinks):
             return False
         return not (domain and self.inference.handed_over(host, domain, hop, kind is _PRIVATE))
 
-    def _note_local(self, d: Delivery) -> None:
+    def _note_local(self, d: Delivery, agent: str) -> None:
         """A local, virtual or LMTP delivery shows its domain (and an alias's) to be ours."""
-        if d.agent == "lmtp" and (d.status != "sent" or any(s in d.reply for s in _FILTER_REPLY)):
+        if agent == "lmtp" and (d.status != "sent" or any(s in d.reply for s in _FILTER_REPLY)):
             return
-        for address in (d.recipient, d.orig_to):
+        host, how, orig_to = d.host, _HOW[agent], d.orig_to
+        for address in (d.recipient, orig_to) if orig_to else (d.recipient,):
             domain = domain_of(address) if address else ""
             if domain:
-                self.inference.delivered_locally(d.host, domain, f"delivered by {d.agent}")
+                self.inference.delivered_locally(host, domain, how)
 
     def _note_sender(self, host: str, msg: Message) -> None:
         """Mail from a logged-in user or a private host (not a content filter's copy) is the site's
@@ -361,13 +363,16 @@ class Correlator(FilterLinks):
             self.inference.sent_from(host, domain, client, False)
 
     def _evict(self, now: float) -> None:
-        while len(self._open) > self.max_messages:
-            self._touch(self._open.popitem(last=False)[0])
+        opened = self._open
+        while len(opened) > self.max_messages:
+            self._touch(opened.popitem(last=False)[0])
             self.evicted += 1
-        while self._open:
-            key, oldest = next(iter(self._open.items()))
+        stale: list[Key] = []
+        for key, oldest in opened.items():  # least recently touched first, up to the first one in use
             if now - oldest.last_seen <= self.max_idle_s:
                 break
-            del self._open[key]
+            stale.append(key)
+        for key in stale:
+            del opened[key]
             self._touch(key)
             self.evicted += 1
