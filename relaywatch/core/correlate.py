@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from collections.abc import Iterable
+from typing import Final, cast
 
 from relaywatch.core.destinations import (
     AddrKind,
@@ -28,8 +29,19 @@ from relaywatch.core.destinations import (
     LocalDomains,
     LogInference,
     address_kind,
+    may_be_private,
 )
-from relaywatch.core.filterlink import HELD_MAX, HOLD_S, FilterLinks, Key, Message, domain_of
+from relaywatch.core.filterlink import (
+    _LOOPBACK,
+    _OTHER,
+    _PRIVATE,
+    HELD_MAX,
+    HOLD_S,
+    FilterLinks,
+    Key,
+    Message,
+    domain_of,
+)
 from relaywatch.model import (
     ClientSeen,
     Delivery,
@@ -47,15 +59,24 @@ from relaywatch.model import (
 )
 
 # where Postfix tried to deliver when it logs relay=none: "connect to mx.example[192.0.2.5]:25: ..."
-_TRIED = re.compile(r"(?:connect to|host|with) [^\s\[\]]+\[([0-9A-Fa-f:.]+)\]")
-_ENDS_MESSAGE = frozenset({"DATA", "BDAT", "END-OF-MESSAGE"})
-_DROPS_MESSAGE = frozenset({"reject", "milter-reject", "discard", "milter-discard"})
+_TRIED: Final = re.compile(r"(?:connect to|host|with) [^\s\[\]]+\[([0-9A-Fa-f:.]+)\]")
+_ENDS_MESSAGE: Final = frozenset({"DATA", "BDAT", "END-OF-MESSAGE"})
+_DROPS_MESSAGE: Final = frozenset({"reject", "milter-reject", "discard", "milter-discard"})
 # delivery agents that put mail into this host's mailboxes (or an LMTP store): the domain is ours
-_LOCAL_AGENTS = frozenset({"local", "virtual", "lmtp"})
+_LOCAL_AGENTS: Final = frozenset({"local", "virtual", "lmtp"})
+_HOW: Final = {agent: f"delivered by {agent}" for agent in _LOCAL_AGENTS}  # the evidence, built once
 # LMTP replies of a content filter (amavis), not of a mailbox store
-_FILTER_REPLY = ("queued as", "discarded", "id=", "BOUNCE")
+_FILTER_REPLY: Final = ("queued as", "discarded", "id=", "BOUNCE")
 # amavis's reply to an SMTP hand-off: a content filter, even when its copy cannot be linked (delivered and gone)
-_FILTER_SMTP_REPLY = " from MTA("
+_FILTER_SMTP_REPLY: Final = " from MTA("
+# the event types, dispatched on by identity (Final: compiled, a C global rather than a module lookup)
+_DELIVERY: Final = Delivery
+_QUEUE_ACTIVE: Final = QueueActive
+_CLIENT_SEEN: Final = ClientSeen
+_REMOVED: Final = Removed
+_REJECT: Final = Reject
+_PICKUP: Final = Pickup
+_PROXY_ACCEPT: Final = ProxyAccept
 
 
 def is_loopback(addr: str) -> bool:
@@ -85,6 +106,8 @@ class Correlator(FilterLinks):
     ) -> None:
         self.destinations: Destinations = local_domains if local_domains is not None else LocalDomains()
         self._known = self.destinations.known
+        # whether `accepts` can answer: a LocalDomains that knows nothing answers None for every domain
+        self._ask = self._known or type(self.destinations) is not LocalDomains
         self.inference = LogInference()
         self.max_messages = max_messages
         self.max_idle_s = max_idle_s
@@ -94,6 +117,7 @@ class Correlator(FilterLinks):
         self._held = OrderedDict()
         self._filters = set()
         self._filter_hops = set()
+        self._kind_of_addr, self._last_kind = None, AddrKind.OTHER
         self.released = []
         self.messages = 0
         self.evicted = 0
@@ -157,64 +181,76 @@ class Correlator(FilterLinks):
         held = self._held
         if held and (event.time - next(iter(held.values()))[0] > self.hold_s or len(held) > HELD_MAX):
             self._expire(event.time)
-        if type(event) is Delivery:
-            return self._delivery(event)
-        if type(event) is QueueActive:
-            key = (event.host, event.qid)
-            msg = self._open.get(key)
-            if msg is not None:
-                msg.sender, msg.nrcpt, msg.last_seen = event.sender, event.nrcpt, event.time
-                self._open.move_to_end(key)
-                self._touch(key)
-                if not self._known:
-                    self._note_sender(event.host, msg)
-        elif type(event) is ClientSeen:
-            self._client(event)
-        elif type(event) is Removed:
-            key = (event.host, event.qid)
-            msg = self._open.pop(key, None)
-            if msg is not None:
-                self._touch(key)
-                if msg.awaiting:
-                    held.setdefault(key, (event.time, msg.client, []))
-            if self._changed is not None:
-                self._departed.append(event.qid)
-        elif type(event) is Reject:
-            return self._reject(event)
-        elif type(event) is Pickup:
-            msg = self._start((event.host, event.qid), event.time, None, None)
-            msg.sender, msg.uid = event.sender, event.uid
-        elif type(event) is ProxyAccept:
-            self._proxy_accept(event)
+        kind = type(event)
+        if kind is _DELIVERY:
+            return self._delivery(cast(Delivery, event))
+        if kind is _QUEUE_ACTIVE:
+            self._queue_active(cast(QueueActive, event))
+        elif kind is _CLIENT_SEEN:
+            self._client(cast(ClientSeen, event))
+        elif kind is _REMOVED:
+            self._removed(cast(Removed, event))
+        elif kind is _REJECT:
+            return self._reject(cast(Reject, event))
+        elif kind is _PICKUP:
+            e = cast(Pickup, event)
+            msg = self._start((e.host, e.qid), e.time, None, None)
+            msg.sender, msg.uid = e.sender, e.uid
+        elif kind is _PROXY_ACCEPT:
+            self._proxy_accept(cast(ProxyAccept, event))
         return None
 
+    def _queue_active(self, e: QueueActive) -> None:
+        host = e.host
+        key = (host, e.qid)
+        msg = self._open.get(key)
+        if msg is not None:
+            msg.sender, msg.nrcpt, msg.last_seen = e.sender, e.nrcpt, e.time
+            self._open.move_to_end(key)
+            self._touch(key)
+            if not self._known:
+                self._note_sender(host, msg)
+
+    def _removed(self, e: Removed) -> None:
+        key = (e.host, e.qid)
+        msg = self._open.pop(key, None)
+        if msg is not None:
+            self._touch(key)
+            if msg.awaiting:
+                self._held.setdefault(key, (e.time, msg.client, []))
+        if self._changed is not None:
+            self._departed.append(e.qid)
+
     def _start(self, key: Key, t: float, client: str | None, sasl_user: str | None) -> Message:
-        self._open.pop(key, None)  # short ids are reused: a new client= is a new message
-        msg = self._open[key] = Message(t, t, client, sasl_user)
+        opened = self._open
+        opened.pop(key, None)  # short ids are reused: a new client= is a new message
+        msg = opened[key] = Message(t, t, client, sasl_user)
         self._touch(key)
         self.messages += 1
         self._evict(t)
         return msg
 
     def _client(self, e: ClientSeen) -> None:
-        key = (e.host, e.qid)
-        client: str | None = e.client  # a linked copy's origin may be a local submission (no client)
+        host, qid, seen_from, t = e.host, e.qid, e.client, e.time
+        key = (host, qid)
+        client: str | None = seen_from  # a linked copy's origin may be a local submission (no client)
         sasl_user = e.sasl_user
         awaiting, uid = False, None
-        if is_loopback(e.client) or (e.host, e.client) in self._filters:
+        if is_loopback(seen_from) or (bool(self._filters) and (host, seen_from) in self._filters):
             # A content filter re-injects: the real origin is the XFORWARD orig_client
             # or the message it was filtered from (linked now, or later).
-            inherited = self._inherited.pop(key, None)
-            if e.orig_client is not None:
-                client = e.orig_client
+            inherited = self._inherited.pop(key, None) if self._inherited else None
+            orig_client = e.orig_client
+            if orig_client is not None:
+                client = orig_client
             elif inherited is not None:
                 client, sasl_user, uid = inherited[0], sasl_user or inherited[1], inherited[2]
             else:
-                awaiting = sasl_user is None and (e.host, client) in self._filters
-        msg = self._start(key, e.time, client, sasl_user)
+                awaiting = sasl_user is None and (host, client) in self._filters
+        msg = self._start(key, t, client, sasl_user)
         msg.awaiting, msg.uid = awaiting, uid
         if self._changed is not None:
-            self._arrived.append(Origin(e.qid, client, sasl_user, e.time))
+            self._arrived.append(Origin(qid, client, sasl_user, t))
 
     def _reject(self, e: Reject) -> RelayDenied | None:
         if e.qid is not None and e.stage in _ENDS_MESSAGE and e.action in _DROPS_MESSAGE:
@@ -226,94 +262,117 @@ class Correlator(FilterLinks):
         return None
 
     def _delivery(self, d: Delivery) -> Relayed | LocalRelayed | None:
-        if not self._known and d.agent in _LOCAL_AGENTS:
-            self._note_local(d)
-        key = (d.host, d.qid)
-        msg = self._open.get(key)
+        agent = d.agent
+        if not self._known and agent in _LOCAL_AGENTS:
+            self._note_local(d, agent)
+        host, qid = d.host, d.qid
+        key = (host, qid)
+        opened = self._open
+        msg = opened.get(key)
         if msg is None:
             return None
-        filter_hop = d.status == "sent" and "queued as " in d.reply and (
-            self._link_filtered(d, msg) or _FILTER_SMTP_REPLY in d.reply)
-        if d.recipient in msg.seen:
+        status, reply, hop = d.status, d.reply, d.relay_addr
+        filter_hop = status == "sent" and "queued as " in reply and (
+            self._link_filtered(d, host, hop, reply, msg) or _FILTER_SMTP_REPLY in reply)
+        recipient = d.recipient
+        seen = msg.seen
+        if recipient in seen:
             return None
-        msg.seen.add(d.recipient)
-        msg.last_seen = d.time
-        self._open.move_to_end(key)
+        seen.add(recipient)
+        t = d.time
+        msg.last_seen = t
         self._touch(key)
-        if msg.nrcpt and len(msg.seen) >= msg.nrcpt:
-            del self._open[key]
+        if msg.nrcpt and len(seen) >= msg.nrcpt:
+            del opened[key]
             if msg.awaiting:
-                self._held.setdefault(key, (d.time, msg.client, []))
-        if msg.client is None:
-            if msg.uid is None or filter_hop or not self._outbound(d):
+                self._held.setdefault(key, (t, msg.client, []))
+        else:
+            opened.move_to_end(key)
+        client = msg.client
+        if client is None:
+            if msg.uid is None or filter_hop:
                 return None
-            return LocalRelayed(d.time, d.qid, msg.uid, msg.sender, d.recipient, domain_of(d.recipient), d.status,
-                                d.host)
-        if filter_hop or not self._outbound(d):
+            domain = domain_of(recipient)
+            if not self._outbound(d, host, hop, agent, recipient, domain):
+                return None
+            return LocalRelayed(t, qid, msg.uid, msg.sender, recipient, domain, status, host)
+        if filter_hop:
             return None
-        fact = Relayed(d.time, d.qid, msg.client, msg.sasl_user, msg.sender, d.recipient, domain_of(d.recipient),
-                       d.status, msg.first_seen, d.host)
+        domain = domain_of(recipient)
+        if not self._outbound(d, host, hop, agent, recipient, domain):
+            return None
+        fact = Relayed(t, qid, client, msg.sasl_user, msg.sender, recipient, domain, status, msg.first_seen, host)
         if msg.awaiting:
-            self._held.setdefault(key, (d.time, msg.client, []))[2].append(fact)
+            self._held.setdefault(key, (t, client, []))[2].append(fact)
             return None
         return fact
 
-    def _outbound(self, d: Delivery) -> bool:
+    def _outbound(self, d: Delivery, host: str, hop: str | None, agent: str, recipient: str, domain: str) -> bool:
         """Whether this delivery hands a recipient to another host, for a domain that is not ours."""
-        if d.orig_to is not None and d.orig_to != d.recipient:
+        orig_to = d.orig_to
+        if orig_to is not None and orig_to != recipient:
             return False  # an alias or .forward of a local recipient, not a relay
-        if d.agent == "lmtp":
+        if agent == "lmtp":
             return False  # into a mailbox store (dovecot, cyrus), or a filter: never relaying in itself
-        domain = domain_of(d.recipient)
         if domain:
-            local = self.destinations.accepts(domain)
-            if local is not None:
-                return not local
+            if self._ask:
+                local = self.destinations.accepts(domain)
+                if local is not None:
+                    return not local
         elif self._known:
             return False  # Postfix completes a bare address with its own domain
         # Nothing known: only an SMTP hand-off to another machine may relay, unless the log
         # shows the domain to be ours (local deliveries, a fixed private next hop).
-        if d.agent != "smtp":
+        if agent != "smtp":
             return False
-        hop = d.relay_addr
         if hop is None and d.relay == "none":
             tried = _TRIED.search(d.reply)
             hop = tried[1] if tried is not None else None
         if hop is None:
-            return not (domain and self.inference.is_local(d.host, domain))
-        kind = address_kind(hop)
-        if kind is AddrKind.LOOPBACK or kind is AddrKind.OTHER:
+            return not (domain and self.inference.is_local(host, domain))
+        kind = self._kind(hop)
+        if kind is _LOOPBACK or kind is _OTHER:
             return False
-        return not (domain and self.inference.handed_over(d.host, domain, hop, kind is AddrKind.PRIVATE))
+        return not (domain and self.inference.handed_over(host, domain, hop, kind is _PRIVATE))
 
-    def _note_local(self, d: Delivery) -> None:
+    def _note_local(self, d: Delivery, agent: str) -> None:
         """A local, virtual or LMTP delivery shows its domain (and an alias's) to be ours."""
-        if d.agent == "lmtp" and (d.status != "sent" or any(s in d.reply for s in _FILTER_REPLY)):
+        if agent == "lmtp" and (d.status != "sent" or any(s in d.reply for s in _FILTER_REPLY)):
             return
-        for address in (d.recipient, d.orig_to):
+        host, how, orig_to = d.host, _HOW[agent], d.orig_to
+        for address in (d.recipient, orig_to) if orig_to else (d.recipient,):
             domain = domain_of(address) if address else ""
             if domain:
-                self.inference.delivered_locally(d.host, domain, f"delivered by {d.agent}")
+                self.inference.delivered_locally(host, domain, how)
 
     def _note_sender(self, host: str, msg: Message) -> None:
         """Mail from a logged-in user or a private host (not a content filter's copy) is the site's
         own: its sender domain is one the site sends from."""
-        domain = domain_of(msg.sender)
-        if not domain or msg.client is None or msg.awaiting or (host, msg.client) in self._filters:
+        client = msg.client
+        if client is None or msg.awaiting:
             return
-        if msg.sasl_user is not None:
-            self.inference.sent_from(host, domain, msg.client, True)
-        elif address_kind(msg.client) is AddrKind.PRIVATE:
-            self.inference.sent_from(host, domain, msg.client, False)
+        login = msg.sasl_user is not None
+        if not login and not may_be_private(client):
+            return  # most mail: from a public client, without a login
+        domain = domain_of(msg.sender)
+        if not domain or (bool(self._filters) and (host, client) in self._filters):
+            return
+        if login:
+            self.inference.sent_from(host, domain, client, True)
+        elif address_kind(client) is _PRIVATE:
+            self.inference.sent_from(host, domain, client, False)
 
     def _evict(self, now: float) -> None:
-        while len(self._open) > self.max_messages:
-            self._touch(self._open.popitem(last=False)[0])
+        opened = self._open
+        while len(opened) > self.max_messages:
+            self._touch(opened.popitem(last=False)[0])
             self.evicted += 1
-        while self._open:
-            key, oldest = next(iter(self._open.items()))
+        stale: list[Key] = []
+        for key, oldest in opened.items():  # least recently touched first, up to the first one in use
             if now - oldest.last_seen <= self.max_idle_s:
                 break
-            del self._open[key]
+            stale.append(key)
+        for key in stale:
+            del opened[key]
             self._touch(key)
             self.evicted += 1
