@@ -15,14 +15,14 @@ from relaywatch.config import Config
 from relaywatch.core.parse import LineParser, YearResolver
 from relaywatch.core.policy import Network
 from relaywatch.engine import FLUSH_EVERY, Pipeline
-from relaywatch.model import Decision, Event, Unparsed
+from relaywatch.model import CountRow, Decision, Event, JSONObject, OpenMessage, Origin, Unparsed
 from relaywatch.postfix.postconf import local_destinations
 from relaywatch.reports.report import ReplayResult, Tally
 from relaywatch.reports.timeline import Timeline
 from relaywatch.sources import files as sources
 from relaywatch.sources import fleet
 from relaywatch.sources.files import MAX_LINE, TOO_LONG
-from relaywatch.store.sqlite import Store
+from relaywatch.store.records import BlockRow, FleetNews
 
 log = logging.getLogger("relaywatch.replay")
 
@@ -45,7 +45,7 @@ def replay(
     Postfix's own (config_directory), else inferred from the log.
     `panels` False: the timeline counts only what blocks would have stopped (a JSON report).
     """
-    store = Store(None)
+    store = ReplayStore()
     tally, timeline = Tally(), Timeline(config.rules, panels=panels)
     destinations, source, detail = local_destinations(local_domains, config.local_domains, config.config_directory)
     pipeline = Pipeline(config, store, destinations, persist_counts=False, sinks=(tally, timeline),
@@ -67,7 +67,7 @@ def replay(
     batches = _one_log(groups[0], parser_for) if len(groups) == 1 else fleet.merged_blocks(groups, parser_for)
     feed, totals = pipeline.feed_event, pipeline.totals
     for events, lines in batches:
-        for event, line in zip(events, lines):
+        for event, line in zip(events, lines, strict=True):
             if event is not None and event.host:
                 hosts[event.host] = hosts.get(event.host, 0) + 1
             decisions = feed(event, line)
@@ -84,8 +84,46 @@ def replay(
         warn_other_syslog_names(other_names, config.syslog_names, none_read=pipeline.totals.first_time is None)
     result = ReplayResult(pipeline.totals, pipeline.messages, store.decisions(), tally, timeline, source.value,
                           detail, pipeline.correlator.inferred(), pipeline.correlator.declined(), hosts)
-    store.close()
     return result
+
+
+class ReplayStore:
+    """A replay's scratch store: the decisions it made, in memory. A replay restores nothing, keeps
+    no counts (`persist_counts` False), no open messages and no origins, so SQLite would only cost
+    its start and its writes (engine.PipelineStore is what the pipeline asks of it)."""
+
+    def __init__(self) -> None:
+        self._decisions: list[Decision] = []
+
+    def commit_batch(self, counts: Iterable[CountRow], decisions: Iterable[Decision] = (),
+                     position: tuple[str, JSONObject] | None = None,
+                     messages: tuple[Sequence[OpenMessage], Sequence[str]] = ((), ()),
+                     origins: tuple[Sequence[Origin], Sequence[str]] = ((), ())) -> None:
+        self._decisions.extend(decisions)
+
+    def on_commit(self, fn: Callable[[], None]) -> None:
+        fn()
+
+    def prune(self, before_bucket: int) -> int:
+        return 0
+
+    def counts_since(self, bucket: int, max_keys: int | None = None) -> Iterator[CountRow]:
+        return iter(())
+
+    def blocks(self, now: float | None = None) -> list[BlockRow]:
+        return []
+
+    def decisions(self, since: float | None = None, until: float | None = None) -> list[Decision]:
+        """In time order (those made at one time in the order made), as the SQLite store returns them."""
+        lo = float("-inf") if since is None else since
+        hi = float("inf") if until is None else until
+        return sorted((d for d in self._decisions if lo <= d.time < hi), key=lambda d: d.time)
+
+    def open_messages(self) -> list[OpenMessage]:
+        return []
+
+    def fleet_news(self, since_bucket: int) -> FleetNews:
+        return FleetNews([], [], [])
 
 
 def _years(year: int | None, path: str) -> YearResolver:
