@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from relaywatch.config import Config
 from relaywatch.core.correlate import Correlator
@@ -32,7 +32,9 @@ from relaywatch.model import (
     Unparsed,
 )
 from relaywatch.sources import files as sources
-from relaywatch.store.records import BlockRow, FleetNews
+
+if TYPE_CHECKING:  # the store's records, named in annotations only: a replay starts without them
+    from relaywatch.store.records import BlockRow, FleetNews
 
 log = logging.getLogger("relaywatch.engine")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from relaywatch.config import Config
 from relaywatch.core.parse import LineParser, YearResolver
@@ -22,7 +23,9 @@ from relaywatch.reports.timeline import Timeline
 from relaywatch.sources import files as sources
 from relaywatch.sources import fleet
 from relaywatch.sources.files import MAX_LINE, TOO_LONG
-from relaywatch.store.records import BlockRow, FleetNews
+
+if TYPE_CHECKING:
+    from relaywatch.store.records import BlockRow, FleetNews
 
 log = logging.getLogger("relaywatch.replay")
 
@@ -123,6 +126,8 @@ class ReplayStore:
         return []
 
     def fleet_news(self, since_bucket: int) -> FleetNews:
+        from relaywatch.store.records import FleetNews  # never asked in a replay (no fleet shares its store)
+
         return FleetNews([], [], [])
 
 

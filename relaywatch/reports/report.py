@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from relaywatch.core.destinations import DeclinedDomain, InferredDomain
 from relaywatch.core.policy import in_network
 from relaywatch.model import Decision, JSONObject, LocalRelayed, RelayDenied, Relayed, Totals
-from relaywatch.reports.sparks import text_block
 from relaywatch.reports.timeline import Timeline
 from relaywatch.wording import describe, iso
 
@@ -241,6 +240,8 @@ def to_text(result: ReplayResult, dry_run: bool = True) -> str:
         for line in d.evidence[-2:]:
             out.append(f"      | {line[:160]}")
     out.append("")
+    from relaywatch.reports.sparks import text_block  # the text report's only: a JSON one starts without it
+
     out.append(text_block(result.timeline).rstrip("\n"))
     titles = {
         "clients": "Top relaying clients",

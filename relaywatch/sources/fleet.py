@@ -26,7 +26,6 @@ from relaywatch.core.parse import LineParser
 from relaywatch.model import Event, Forged, Unparsed
 from relaywatch.sources import files as sources
 from relaywatch.sources.files import parse_line
-from relaywatch.sources.rotation import _ROTATED_NAME
 
 SNIFF_LINES = 2000  # lines read from the start of each file to learn its hosts
 MERGE_BLOCK = 1024  # merged lines handed to the replay loop at once
@@ -64,6 +63,8 @@ def sniff(path: str, parser: LineParser, lines: int = SNIFF_LINES) -> LogFile:
 
 def rotation_base(path: str) -> str:
     """`mail.log` for mail.log.2.gz, mail.log-20251201 or mail.log.1; the path itself otherwise."""
+    from relaywatch.sources.rotation import _ROTATED_NAME  # several files only: one log's replay starts without it
+
     directory, name = os.path.split(path)
     for i in range(len(name) - 1, 0, -1):
         if name[i] in ".-_" and _ROTATED_NAME.fullmatch(name, i):
