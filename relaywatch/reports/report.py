@@ -72,6 +72,12 @@ class Tally:
         if fact.sasl_user:
             self.sasl_users.add(fact.sasl_user)
 
+    @property
+    def approximate(self) -> bool:
+        """Some table dropped keys at its cap: its counts are lower bounds."""
+        return any(c.approximate for c in (self.clients, self.senders, self.domains, self.sasl_users,
+                                           self.relay_denied))
+
     def tables(self) -> dict[str, list[tuple[str, int]]]:
         return {
             "clients": self.clients.top(),
