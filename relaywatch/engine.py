@@ -9,8 +9,8 @@ timeline, the daily record) and whether decisions are acted on.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
-from typing import Protocol
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from relaywatch.config import Config
 from relaywatch.core.correlate import Correlator
@@ -32,8 +32,9 @@ from relaywatch.model import (
     Unparsed,
 )
 from relaywatch.sources import files as sources
-from relaywatch.store.base import StateStore
-from relaywatch.store.records import BlockRow
+
+if TYPE_CHECKING:  # the store's records, named in annotations only: a replay starts without them
+    from relaywatch.store.records import BlockRow, FleetNews
 
 log = logging.getLogger("relaywatch.engine")
 
@@ -53,8 +54,32 @@ class Sink(Protocol):
     def decision(self, d: Decision) -> None: ...
 
 
+class PipelineStore(Protocol):
+    """What the pipeline asks of its store: the part of store.base.StateStore it uses (the daemon's
+    SQLite or PostgreSQL store; a replay's scratch store in memory, replay.ReplayStore)."""
+
+    def commit_batch(self, counts: Iterable[CountRow], decisions: Iterable[Decision] = (),
+                     position: tuple[str, JSONObject] | None = None,
+                     messages: tuple[Sequence[OpenMessage], Sequence[str]] = ((), ()),
+                     origins: tuple[Sequence[Origin], Sequence[str]] = ((), ())) -> None: ...
+
+    def on_commit(self, fn: Callable[[], None]) -> None: ...
+
+    def prune(self, before_bucket: int) -> int: ...
+
+    def counts_since(self, bucket: int, max_keys: int | None = None) -> Iterator[CountRow]: ...
+
+    def blocks(self, now: float | None = None) -> list[BlockRow]: ...
+
+    def decisions(self, since: float | None = None, until: float | None = None) -> list[Decision]: ...
+
+    def open_messages(self) -> list[OpenMessage]: ...
+
+    def fleet_news(self, since_bucket: int) -> FleetNews: ...
+
+
 class Pipeline:
-    def __init__(self, config: Config, store: StateStore, local_domains: Destinations | None = None,
+    def __init__(self, config: Config, store: PipelineStore, local_domains: Destinations | None = None,
                  persist_messages: bool = False, persist_counts: bool = True, sinks: Iterable[Sink] = (),
                  own_addresses: Iterable[Network] = ()) -> None:
         """`persist_messages`: keep open messages in the store too, so that a restarted

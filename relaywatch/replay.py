@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from relaywatch.config import Config
 from relaywatch.core.parse import LineParser, YearResolver
 from relaywatch.core.policy import Network
 from relaywatch.engine import FLUSH_EVERY, Pipeline
-from relaywatch.model import Decision, Event
+from relaywatch.model import CountRow, Decision, Event, JSONObject, OpenMessage, Origin, Unparsed
 from relaywatch.postfix.postconf import local_destinations
 from relaywatch.reports.report import ReplayResult, Tally
 from relaywatch.reports.timeline import Timeline
 from relaywatch.sources import files as sources
 from relaywatch.sources import fleet
-from relaywatch.store.sqlite import Store
+from relaywatch.sources.files import MAX_LINE, TOO_LONG
+
+if TYPE_CHECKING:
+    from relaywatch.store.records import BlockRow, FleetNews
 
 log = logging.getLogger("relaywatch.replay")
 
@@ -44,7 +48,7 @@ def replay(
     Postfix's own (config_directory), else inferred from the log.
     `panels` False: the timeline counts only what blocks would have stopped (a JSON report).
     """
-    store = Store(None)
+    store = ReplayStore()
     tally, timeline = Tally(), Timeline(config.rules, panels=panels)
     destinations, source, detail = local_destinations(local_domains, config.local_domains, config.config_directory)
     pipeline = Pipeline(config, store, destinations, persist_counts=False, sinks=(tally, timeline),
@@ -63,26 +67,68 @@ def replay(
         return parser
 
     hosts: dict[str, int] = {}
-    lines = _one_log(groups[0], parser_for) if len(groups) == 1 else fleet.merged(groups, parser_for)
-    for event, line in lines:
-        if event is not None and event.host:
-            hosts[event.host] = hosts.get(event.host, 0) + 1
-        decisions = pipeline.feed_event(event, line)
-        if decisions and on_decisions is not None:
-            on_decisions(decisions)
-        if pipeline.totals.lines % FLUSH_EVERY == 0:
-            pipeline.flush()
-            pipeline.prune()
-            if on_progress is not None:
-                on_progress(pipeline.totals.lines)
+    batches = _one_log(groups[0], parser_for) if len(groups) == 1 else fleet.merged_blocks(groups, parser_for)
+    feed, totals = pipeline.feed_event, pipeline.totals
+    for events, lines in batches:
+        for event, line in zip(events, lines, strict=True):
+            if event is not None and event.host:
+                hosts[event.host] = hosts.get(event.host, 0) + 1
+            decisions = feed(event, line)
+            if decisions and on_decisions is not None:
+                on_decisions(decisions)
+            if totals.lines % FLUSH_EVERY == 0:
+                pipeline.flush()
+                pipeline.prune()
+                if on_progress is not None:
+                    on_progress(totals.lines)
     pipeline.finish()
     pipeline.flush()
     if other_names:
         warn_other_syslog_names(other_names, config.syslog_names, none_read=pipeline.totals.first_time is None)
     result = ReplayResult(pipeline.totals, pipeline.messages, store.decisions(), tally, timeline, source.value,
                           detail, pipeline.correlator.inferred(), pipeline.correlator.declined(), hosts)
-    store.close()
     return result
+
+
+class ReplayStore:
+    """A replay's scratch store: the decisions it made, in memory. A replay restores nothing, keeps
+    no counts (`persist_counts` False), no open messages and no origins, so SQLite would only cost
+    its start and its writes (engine.PipelineStore is what the pipeline asks of it)."""
+
+    def __init__(self) -> None:
+        self._decisions: list[Decision] = []
+
+    def commit_batch(self, counts: Iterable[CountRow], decisions: Iterable[Decision] = (),
+                     position: tuple[str, JSONObject] | None = None,
+                     messages: tuple[Sequence[OpenMessage], Sequence[str]] = ((), ()),
+                     origins: tuple[Sequence[Origin], Sequence[str]] = ((), ())) -> None:
+        self._decisions.extend(decisions)
+
+    def on_commit(self, fn: Callable[[], None]) -> None:
+        fn()
+
+    def prune(self, before_bucket: int) -> int:
+        return 0
+
+    def counts_since(self, bucket: int, max_keys: int | None = None) -> Iterator[CountRow]:
+        return iter(())
+
+    def blocks(self, now: float | None = None) -> list[BlockRow]:
+        return []
+
+    def decisions(self, since: float | None = None, until: float | None = None) -> list[Decision]:
+        """In time order (those made at one time in the order made), as the SQLite store returns them."""
+        lo = float("-inf") if since is None else since
+        hi = float("inf") if until is None else until
+        return sorted((d for d in self._decisions if lo <= d.time < hi), key=lambda d: d.time)
+
+    def open_messages(self) -> list[OpenMessage]:
+        return []
+
+    def fleet_news(self, since_bucket: int) -> FleetNews:
+        from relaywatch.store.records import FleetNews  # never asked in a replay (no fleet shares its store)
+
+        return FleetNews([], [], [])
 
 
 def _years(year: int | None, path: str) -> YearResolver:
@@ -90,12 +136,13 @@ def _years(year: int | None, path: str) -> YearResolver:
     return YearResolver(year) if year is not None else YearResolver(reference=sources.mtime(path))
 
 
-def _one_log(paths: Sequence[str], parser_for: fleet.ParserFor) -> Iterator[tuple[Event | None, str]]:
-    """The lines of one host's (or one central) log, its files in turn: no merge to pay for."""
+def _one_log(paths: Sequence[str], parser_for: fleet.ParserFor) -> Iterator[tuple[list[Event | None], list[str]]]:
+    """The lines of one host's (or one central) log, its files in turn, a block at a time with their
+    events: no merge to pay for, and no function call per line but the parser's."""
     for path in paths:
-        parser = parser_for(path)
-        for line in sources.read_lines(path):
-            yield sources.parse_line(line, parser), line
+        parse = parser_for(path).parse
+        for lines in sources.read_blocks(path):
+            yield [parse(line) if len(line) < MAX_LINE else Unparsed(0.0, TOO_LONG) for line in lines], lines
 
 
 def warn_other_syslog_names(names: dict[str, int], syslog_names: tuple[str, ...], none_read: bool) -> None:

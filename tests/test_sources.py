@@ -54,3 +54,13 @@ def test_a_truncated_gzip_is_a_clear_error(tmp_path):
     path.write_bytes(gzip.compress(DATA * 100)[:60])
     with pytest.raises(RelaywatchError, match="cannot read further"):
         list(sources.read_lines(str(path)))
+
+
+@pytest.mark.parametrize("block", [1, 3, 7, 64, 1 << 17])
+def test_blocks_cut_anywhere_read_as_whole_lines(tmp_path, monkeypatch, block):
+    """A replay reads a block of bytes at a time: a character, a line or an over-long line cut by a
+    block's end reads as if the file were read line by line."""
+    path = tmp_path / "blocks.log"
+    path.write_bytes("é€😀\n".encode() + b"\xff\xc3\n" + b"x" * (sources.MAX_LINE + 5) + b"\n\nlast \xc3\xa9")
+    monkeypatch.setattr(sources, "BLOCK", block)
+    assert list(sources.read_lines(str(path))) == ["é€😀", "\ufffd\ufffd", "x" * sources.MAX_LINE, "", "last é"]

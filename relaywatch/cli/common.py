@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
 import click
 
 from relaywatch import config as config_mod
-from relaywatch.build import state_for
 from relaywatch.model import RelaywatchError
-from relaywatch.store.base import StateStore
-from relaywatch.store.open import is_url
+
+if TYPE_CHECKING:  # build and the stores load the daemon's parts: a replay imports neither (half its start)
+    from relaywatch.store.base import StateStore
 
 DEFAULT_CONFIG = "/etc/relaywatch/relaywatch.toml"
 log = logging.getLogger("relaywatch")
@@ -33,6 +34,8 @@ def load(config_path: str | None) -> config_mod.Config:
 
 def has_state(cfg: config_mod.Config) -> bool:
     """A state database exists (a PostgreSQL URL: it is there to be asked)."""
+    from relaywatch.store.open import is_url
+
     return is_url(cfg.database) or os.path.exists(cfg.database)
 
 
@@ -40,11 +43,15 @@ def recorded_store(cfg: config_mod.Config) -> StateStore:
     """The state database for a command that only reads it: never create one as a side effect."""
     if not has_state(cfg):
         raise RelaywatchError(f"{cfg.database} does not exist: relaywatch has not run with this configuration")
+    from relaywatch.build import state_for
+
     return state_for(cfg)
 
 
 def existing_store(cfg: config_mod.Config) -> StateStore | None:
     """The state database if there is one; None: relaywatch never ran, so nothing is blocked."""
+    from relaywatch.build import state_for
+
     return state_for(cfg) if has_state(cfg) else None
 
 

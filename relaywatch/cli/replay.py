@@ -15,7 +15,6 @@ from relaywatch.replay import replay as run_replay
 from relaywatch.reports import report
 from relaywatch.reports.report import ReplayResult
 from relaywatch.sources.sample import SAMPLE, SAMPLE_YEAR, sample_log
-from relaywatch.store.sqlite import Store
 from relaywatch.wording import iso
 
 
@@ -69,6 +68,7 @@ def _act(cfg: config_mod.Config, decisions: Sequence[Decision], apply: bool, not
     """Block what the replay decided to block and hold its queued mail (--apply), tell the [notify]
     targets (--notify); why the blocks are not in force when the maps could not be written."""
     from relaywatch.build import blocker_for, notifier_for, responder_for
+    from relaywatch.store.sqlite import Store
 
     if notify and not cfg.notify_urls and not cfg.notify_config:
         raise click.UsageError("--notify needs [notify] urls or config in the configuration")

@@ -91,7 +91,7 @@ def render(p: Period, fmt: str) -> str:
         doc.update(lines=None, unparsed=None, messages=None, source="daemon state", bin_s=3600,
                    period={"since": p.first.isoformat(), "until": p.last.isoformat()}, days=p.days,
                    missing_days=p.missing, days_without_hours=p.no_hours, partial=p.partial,
-                   approximate=any(c.approximate for c in vars(result.tally).values()), note=" ".join(notes))
+                   approximate=result.tally.approximate, note=" ".join(notes))
         return json.dumps(doc, indent=2)
     if fmt == "html":
         from relaywatch.reports.html import render_html

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from relaywatch.core.destinations import DeclinedDomain, InferredDomain
 from relaywatch.core.policy import in_network
 from relaywatch.model import Decision, JSONObject, LocalRelayed, RelayDenied, Relayed, Totals
-from relaywatch.reports.sparks import text_block
 from relaywatch.reports.timeline import Timeline
 from relaywatch.wording import describe, iso
 
@@ -72,6 +71,12 @@ class Tally:
             self.domains.add(fact.domain)
         if fact.sasl_user:
             self.sasl_users.add(fact.sasl_user)
+
+    @property
+    def approximate(self) -> bool:
+        """Some table dropped keys at its cap: its counts are lower bounds."""
+        return any(c.approximate for c in (self.clients, self.senders, self.domains, self.sasl_users,
+                                           self.relay_denied))
 
     def tables(self) -> dict[str, list[tuple[str, int]]]:
         return {
@@ -241,6 +246,8 @@ def to_text(result: ReplayResult, dry_run: bool = True) -> str:
         for line in d.evidence[-2:]:
             out.append(f"      | {line[:160]}")
     out.append("")
+    from relaywatch.reports.sparks import text_block  # the text report's only: a JSON one starts without it
+
     out.append(text_block(result.timeline).rstrip("\n"))
     titles = {
         "clients": "Top relaying clients",

@@ -148,6 +148,16 @@ class _Watched:
     after: int = 0
 
 
+@dataclass(slots=True)
+class _WatchIndex:
+    """Timeline._watched by target: clients, SASL users, and subnets by (version, host bits) and network."""
+
+    clients: dict[str, list[tuple[float, _Watched]]]
+    users: dict[str, list[tuple[float, _Watched]]]
+    subnets: list[tuple[float, _Watched]]
+    networks: list[tuple[int, int, dict[int, list[tuple[float, _Watched]]]]]
+
+
 class Timeline:
     """Collects the facts and decisions of a replay (or a daemon's period) for plotting: a pipeline sink."""
 
@@ -169,6 +179,7 @@ class Timeline:
         self.markers_dropped = 0
         # (kind, target, time) of a block -> its network and the recipients queued at or after it
         self._watched: dict[tuple[str, str, float], _Watched] = {}
+        self._index: _WatchIndex | None = None  # of _watched, made again after a change
         self._observed = 0  # relayed recipients seen one by one (none: counts known only in aggregate)
         self._first: int | None = None
         self._last = 0
@@ -226,9 +237,45 @@ class Timeline:
     def _after_blocks(self, fact: Relayed) -> None:
         """Count the blocked targets' mail queued after their block: what the block would have stopped."""
         t = fact.queued if fact.queued is not None else fact.time
+        index = self._index or self._reindex()
+        user = fact.sasl_user
+        for watched in (index.clients.get(fact.client), None if user is None else index.users.get(user)):
+            if watched is not None:
+                for since, w in watched:
+                    if t >= since:
+                        w.after += 1
+        if index.subnets:
+            a = address(fact.client)
+            if a is None:  # scoped, or not an address: what policy.in_network makes of it
+                for since, w in index.subnets:
+                    if t >= since and blocked_by("subnet", "", w.net, fact.client, None):
+                        w.after += 1
+                return
+            version, n = a
+            for v, shift, networks in index.networks:
+                watched = networks.get(n >> shift) if v == version else None
+                if watched is not None:
+                    for since, w in watched:
+                        if t >= since:
+                            w.after += 1
+
+    def _reindex(self) -> _WatchIndex:
+        """The blocks followed, by target: a fact finds its blocks by a lookup, not a walk over all of them."""
+        index = _WatchIndex({}, {}, [], [])
+        by_mask: dict[tuple[int, int], dict[int, list[tuple[float, _Watched]]]] = {}
         for (kind, target, since), w in self._watched.items():
-            if t >= since and blocked_by(kind, target, w.net, fact.client, fact.sasl_user):
-                w.after += 1
+            if kind == "client":
+                index.clients.setdefault(target, []).append((since, w))
+            elif kind == "sasl_user":
+                index.users.setdefault(target, []).append((since, w))
+            elif w.net is not None:
+                index.subnets.append((since, w))
+                shift = w.net.max_prefixlen - w.net.prefixlen
+                by_mask.setdefault((w.net.version, shift), {}).setdefault(
+                    int(w.net.network_address) >> shift, []).append((since, w))
+        index.networks = [(v, shift, networks) for (v, shift), networks in by_mask.items()]
+        self._index = index
+        return index
 
     def after_block(self, d: Decision) -> int | None:
         """Relayed recipients of `d`'s target queued at or after the block `d`; None when not known
@@ -261,6 +308,7 @@ class Timeline:
                 net = None
             if d.kind != "subnet" or net is not None:
                 self._watched[(d.kind, d.target, d.time)] = _Watched(net)
+                self._index = None
         self._mark(Marker(d.time, d.action, d.kind, d.target, d.rule, why(d), d.evidence))
 
     def _mark(self, m: Marker) -> None:

@@ -26,9 +26,9 @@ from relaywatch.core.parse import LineParser
 from relaywatch.model import Event, Forged, Unparsed
 from relaywatch.sources import files as sources
 from relaywatch.sources.files import parse_line
-from relaywatch.sources.rotation import _ROTATED_NAME
 
 SNIFF_LINES = 2000  # lines read from the start of each file to learn its hosts
+MERGE_BLOCK = 1024  # merged lines handed to the replay loop at once
 
 ParserFor = Callable[[str], LineParser]  # a fresh parser for the file at this path (its year, its syslog names)
 
@@ -63,6 +63,8 @@ def sniff(path: str, parser: LineParser, lines: int = SNIFF_LINES) -> LogFile:
 
 def rotation_base(path: str) -> str:
     """`mail.log` for mail.log.2.gz, mail.log-20251201 or mail.log.1; the path itself otherwise."""
+    from relaywatch.sources.rotation import _ROTATED_NAME  # several files only: one log's replay starts without it
+
     directory, name = os.path.split(path)
     for i in range(len(name) - 1, 0, -1):
         if name[i] in ".-_" and _ROTATED_NAME.fullmatch(name, i):
@@ -96,14 +98,30 @@ def _timed(paths: Sequence[str], parser_for: ParserFor) -> Iterator[tuple[float,
     t = 0.0
     for path in paths:
         parser = parser_for(path)
-        for line in sources.read_lines(path):
-            event = parse_line(line, parser)
-            if event is not None and event.time:
-                t = event.time
-            yield t, event, line
+        for lines in sources.read_blocks(path):
+            for line in lines:
+                event = parse_line(line, parser)
+                if event is not None and event.time:
+                    t = event.time
+                yield t, event, line
 
 
 def merged(groups: Sequence[Sequence[str]], parser_for: ParserFor) -> Iterator[tuple[Event | None, str]]:
     """Every line of every group, merged by time: (its event, the line)."""
     for _, event, line in heapq.merge(*(_timed(g, parser_for) for g in groups), key=lambda x: x[0]):
         yield event, line
+
+
+def merged_blocks(groups: Sequence[Sequence[str]], parser_for: ParserFor,
+                  size: int = MERGE_BLOCK) -> Iterator[tuple[list[Event | None], list[str]]]:
+    """`merged` in blocks of `size` lines, (their events, the lines): the replay loop's shape."""
+    events: list[Event | None] = []
+    lines: list[str] = []
+    for event, line in merged(groups, parser_for):
+        events.append(event)
+        lines.append(line)
+        if len(lines) == size:
+            yield events, lines
+            events, lines = [], []
+    if lines:
+        yield events, lines
