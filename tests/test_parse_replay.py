@@ -100,3 +100,28 @@ def test_a_second_instance_is_read_without_configuration(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="relaywatch.replay"):
         result = replay([str(log)], Config(), year=2025)
     assert result.totals.relayed == 80 and "syslog" not in caplog.text
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_replay_leaves_the_cycle_collector_as_it_found_it_even_when_the_log_breaks(tmp_path, enabled):
+    """The replay switches Python's collector off while it reads (collecting every CYCLES_EVERY lines
+    instead); whoever called it (a test, the daemon's process) gets it back as it was, also on an error."""
+    import gc
+    import gzip
+
+    from relaywatch.model import RelaywatchError
+
+    whole = gzip.compress(("\n".join(new_year_flood()) + "\n").encode() * 50)
+    broken = tmp_path / "mail.log.gz"
+    broken.write_bytes(whole[: len(whole) // 2])  # cut mid-stream: reading fails part way
+    good = tmp_path / "mail.log"
+    good.write_text("\n".join(new_year_flood()) + "\n")
+    (gc.enable if enabled else gc.disable)()
+    try:
+        assert replay([str(good)], Config(), year=2025).decisions
+        assert gc.isenabled() is enabled
+        with pytest.raises(RelaywatchError, match="cannot read further"):
+            replay([str(broken)], Config(), year=2025)
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable()
