@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -255,3 +256,21 @@ def test_off_the_loop_a_hash_block_is_in_force_without_the_reload_and_a_failed_r
     assert b.sync()
     b.close()
     assert not b.due()
+
+
+def test_a_reload_that_fails_off_the_loop_at_shutdown_is_said_and_left_pending_for_the_next_start(
+        postfix_instance, tmp_path, caplog):
+    """The daemon closes its blocker on SIGTERM and SIGHUP: a reload failing in its thread just then
+    was dropped (nothing logged, nothing pending in the store, so the next start did not reload)."""
+    fake = tmp_path / "postfix"
+    fake.write_text("#!/bin/sh\necho 'postfix: fatal: reload refused for the test' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    b = blocker(postfix_instance, tmp_path, Clock())
+    b.postfix = Postfix(postfix_instance.config_directory, postfix_bin=str(fake))
+    b.reload_off_loop = True
+    b.block("client", "127.0.0.9", "flood", rule="client")
+    assert b.sync() and not b.pending
+    with caplog.at_level(logging.WARNING, logger="relaywatch"):
+        b.close()
+    assert "reload refused for the test" in caplog.text
+    assert blocker(postfix_instance, tmp_path, Clock()).pending  # the next start writes and reloads again

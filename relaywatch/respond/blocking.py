@@ -218,8 +218,10 @@ class Blocker:
         self.reload_off_loop = False  # the daemon's: a command that exits after its sync reloads in line
 
     def close(self, timeout: float = 60.0) -> None:
-        """Wait for a reload still running off the loop."""
+        """Wait for a reload still running off the loop; if one failed, say so and leave the maps pending
+        in the store, so that the next start (or the blocker a SIGHUP makes) writes and reloads them again."""
         self._reloads.wait(timeout)
+        self._take_reload_failure()
 
     def _map_for(self, kind: str) -> AnyMap:
         try:
@@ -267,6 +269,14 @@ class Blocker:
         self.store.commit_batch([], unblocks)
         self._mark_pending()
 
+    def _take_reload_failure(self) -> None:
+        failed = self._reloads.take_failure()
+        if failed is not None:
+            log.warning("postfix reload after writing the access maps failed (%s): writing and reloading them again",
+                        failed)
+            self._mark_pending()
+            self._force = True
+
     def _mark_pending(self) -> None:
         if not self.pending:
             self.pending = True
@@ -282,12 +292,7 @@ class Blocker:
     def due(self) -> bool:
         """Pending and its retry time has come, or the map directory changed since the last failure,
         or a reload off the loop failed."""
-        failed = self._reloads.take_failure()
-        if failed is not None:
-            log.warning("postfix reload after writing the access maps failed (%s): writing and reloading them again",
-                        failed)
-            self._mark_pending()
-            self._force = True
+        self._take_reload_failure()
         if not self.pending:
             return False
         return self.clock() >= self._next_try or (self._failures > 0 and self._fingerprint() != self._failed_at)
