@@ -100,7 +100,8 @@ def test_a_shared_window_counts_what_one_counter_per_grouping_counted(evs, nbuck
 def test_shared_window_cap_invariants(evs, cap, nbuckets):
     """At the cap: sizes stay under it; a grouping's events are exact until one of its own networks was
     forgotten whole (a narrower grouping forgetting its networks leaves their events to the wider one),
-    never overcounted after; distinct narrow networks per wide one are those the narrow grouping holds."""
+    never overcounted after; distinct narrow networks per wide one are those the narrow grouping holds and
+    those it forgot whole whose last event is still in the window."""
     c = shared(nbuckets, cap)
     model: list[tuple[int, str, int]] = []
     for bucket, k, n in evs:
@@ -124,9 +125,13 @@ def test_shared_window_cap_invariants(evs, cap, nbuckets):
                 assert grouping.totals == dict(true_totals)
                 for g, ks in true_keys.items():
                     assert len(ks) <= grouping.keys[g] <= len(ks) + c.evicted
-        present: dict[str, int] = defaultdict(int)
-        for g in c.groupings[0].totals:
+        present: dict[str, int] = defaultdict(int)  # narrow networks held, and those forgotten whole at the cap
+        for g in c.groupings[0].totals:  # until their last event slides out: they still count for their wide one
             present[f"w{int(g[1:]) % 3}"] += 1
+        for b in c.buckets:
+            for (kind, wide_group), m in b.residue.items():
+                if kind >= 2:
+                    present[wide_group.name] += m
         assert c.spread(0, 1).counts == dict(present)
         for key, total in c.totals.items():
             assert 0 < total <= sum(m for _, k2, m in live if k2 == key)
@@ -142,3 +147,26 @@ def test_the_cap_picks_the_keys_a_full_sort_would_pick(size):
         for n in (1, size // 4, size // 2):
             ranked = [k for k in sorted(totals, key=totals.__getitem__) if k != keep]
             assert sorted(fewest(totals, n, keep)) == sorted(ranked[:n])
+
+
+def test_a_rotating_slash16_is_blocked_while_a_botnet_of_other_networks_fills_the_window_to_its_cap():
+    """Rules sharing a window share its key cap; the /24s forgotten whole at the cap must still count
+    among their /16's distinct /24s until they would have slid out (they were taken off at once, and a
+    /16 sending one mail per /24 beside a flood of other networks was never blocked)."""
+    from relaywatch.core.policy import Detector
+    from relaywatch.model import Relayed
+
+    d = Detector(max_keys=400, never_block=())
+    wide: list[tuple[str, int, int]] = []
+    t, i = 1_700_000_000.0, 0
+    for step in range(100):
+        t += 10
+        client = f"61.10.{step % 256}.{1 + step // 256}"  # one new /24 of 61.10/16 each step, one mail each
+        fact = Relayed(t, f"A{step}", client, None, "a@x.test", "r@y.test", f"y{step}.test", "sent")
+        wide += [(x.target, x.count, x.clients) for x in d.observe(fact, "").decisions if x.rule == "wide_subnet"]
+        for _ in range(50):  # noise: a new client in a /16 of its own
+            i += 1
+            noise = f"{11 + i % 200}.{(i // 200) % 256}.{i % 7}.{i % 250 + 1}"
+            d.observe(Relayed(t, f"N{i}", noise, None, f"n{i}@x.test", "r@z.test", f"z{i}.test", "sent"), "")
+    assert d.evictions()["wide_subnet"] > 0  # the cap did bite
+    assert wide[:1] == [("61.10.0.0/16", 30, 30)]

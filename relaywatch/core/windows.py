@@ -14,7 +14,8 @@ added to their network (events and distinct clients) until it slides out of the
 window, so a /64 or /48 flood is still seen however many addresses it uses. When
 the leftovers are too many (a flood spread over many networks), the networks
 with the fewest events are forgotten whole, those of the narrowest grouping first;
-what their keys added to the other groupings stays there as leftovers.
+what their keys added to the other groupings stays there as leftovers, and they still
+count among their wider network's distinct narrower ones until their last event slides out.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from collections.abc import Callable, Sequence
 MAX_KEYS = 50_000  # per window; far above the distinct clients, senders or domains of real mail
 
 # What evicted keys left in a group, in the bucket they were counted in: (_EVENTS, group) -> events,
-# (_GONE, group) -> keys whose last event was in this bucket.
-_EVENTS, _GONE = 0, 1
+# (_GONE, group) -> keys whose last event was in this bucket; and (_SPREAD + i, wide group) -> narrow
+# groups of grouping i forgotten whole whose last event was in this bucket: they stay among the wide
+# group's distinct narrow groups until then (a /24 evicted at the cap still counts for its /16).
+_EVENTS, _GONE, _SPREAD = 0, 1, 2
 Groups = tuple[str | None, ...]
 _NO_GROUPS: list[Group | None] = []  # shared by the keys of an ungrouped window: never changed
 
@@ -314,8 +317,16 @@ class WindowCounter:
                     g.total -= n
                     if not g.total:
                         self._vanish(g)
-                else:
+                elif kind == _GONE:
                     g.nkeys -= n
+                else:
+                    self._spread_leave(kind - _SPREAD, g, n)
+
+    def _spread_leave(self, narrow: int, wide: Group, n: int) -> None:
+        for s in self.groupings[narrow].spreads:
+            if s.wide == wide.gi:
+                for _ in range(n):
+                    s.leave(wide.names)
 
     def _vanish(self, g: Group) -> None:
         grouping = self.groupings[g.gi]
@@ -397,19 +408,36 @@ class WindowCounter:
             if g is not keep_group:
                 victims.append(g)
                 excess -= len(members.get(g, ())) + leftovers.get(g, 0)
-        self._evict_keys([rec for g in victims for rec in members.get(g, ())], i)
         gone = set(victims)
+        newest: dict[Group, Bucket] = {}  # the bucket of each victim's last event or leftover, for the spreads
+        if grouping.spreads:
+            for b in self.buckets:
+                for rec in b.keys:
+                    member = rec.groups[i]
+                    if member is not None and member in gone:
+                        newest[member] = b
+                for _, g in b.residue:
+                    if g in gone:
+                        newest[g] = b
+        self._evict_keys([rec for g in victims for rec in members.get(g, ())], i)
         for b in self.buckets:
             hit = [r for r in b.residue if r[1] in gone]
-            for r in hit:
+            for kind, g in hit:
+                n = b.residue.pop((kind, g))
                 self.residue -= 1
-                del b.residue[r]
+                if kind >= _SPREAD:  # a wide group forgotten whole: its forgotten narrow groups go with it
+                    self._spread_leave(kind - _SPREAD, g, n)
             if hit:
                 b.residue = dict(b.residue)
         for g in victims:
             del grouping.groups[g.name]
+            last = newest.get(g)
             for s in grouping.spreads:
-                s.leave(g.names)
+                wide = self.groupings[s.wide].groups.get(g.names[s.wide] or "")
+                if last is not None and wide is not None:
+                    self._leave(last, (_SPREAD + i, wide), 1)  # it leaves the spread when that bucket does
+                else:
+                    s.leave(g.names)
         grouping.groups_evicted += len(victims)
 
     def bucket_sizes(self) -> list[int]:
