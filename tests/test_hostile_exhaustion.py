@@ -28,6 +28,7 @@ from relaywatch.engine import Pipeline
 from relaywatch.sources import files as sources
 from relaywatch.sources.follow import FileFollower
 from relaywatch.store.sqlite import Store
+from support.window_model import counted_live
 
 BENCH = Path(__file__).parent.parent / "bench" / "flood.py"
 _spec = importlib.util.spec_from_file_location("flood", BENCH)
@@ -146,13 +147,7 @@ def test_window_cap_invariants(evs, cap, nbuckets, ngroups):
     distinct clients never undercounted; a key's total is never overcounted; nothing outlives the
     window."""
     c = WindowCounter(nbuckets, group=lambda k: str(int(k) % ngroups), max_keys=cap)
-    model: list[tuple[int, str, int]] = []  # (bucket counted in, key, n)
-    for bucket, k, n in evs:
-        latest = c.latest
-        c.add(bucket, str(k), n)
-        if bucket > latest - nbuckets:
-            model.append((max(bucket, latest), str(k), n))
-        live = [(b, key, m) for b, key, m in model if b > c.latest - c.nbuckets]
+    for live in counted_live(c, evs, nbuckets):
         assert len(c) <= cap and len(c.group_keys) <= cap and len(c.group_totals) <= cap
         true_totals: dict[str, int] = defaultdict(int)
         true_keys: dict[str, set[str]] = defaultdict(set)

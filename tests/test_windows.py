@@ -5,6 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relaywatch.core.windows import WindowCounter, fewest
+from support.window_model import counted_live
 
 
 def test_counts_slide_out_of_the_window():
@@ -103,13 +104,7 @@ def test_shared_window_cap_invariants(evs, cap, nbuckets):
     never overcounted after; distinct narrow networks per wide one are those the narrow grouping holds and
     those it forgot whole whose last event is still in the window."""
     c = shared(nbuckets, cap)
-    model: list[tuple[int, str, int]] = []
-    for bucket, k, n in evs:
-        latest = c.latest
-        c.add(bucket, str(k), n)
-        if bucket > latest - nbuckets:
-            model.append((max(bucket, latest), str(k), n))
-        live = [(b, key, m) for b, key, m in model if b > c.latest - c.nbuckets]
+    for live in counted_live(c, evs, nbuckets):
         assert len(c) <= cap and all(len(g.totals) <= cap and len(g.keys) <= cap for g in c.groupings)
         for grouping, fn in zip(c.groupings, (narrow, wide), strict=True):
             true_totals: dict[str, int] = defaultdict(int)
