@@ -17,13 +17,12 @@ from relaywatch.config import Config
 from relaywatch.core.parse import LineParser, YearResolver
 from relaywatch.core.policy import Network
 from relaywatch.engine import FLUSH_EVERY, Pipeline
-from relaywatch.model import CountRow, Decision, Event, JSONObject, OpenMessage, Origin, Unparsed
+from relaywatch.model import CountRow, Decision, Event, JSONObject, OpenMessage, Origin
 from relaywatch.postfix.postconf import local_destinations
 from relaywatch.reports.report import ReplayResult, Tally
 from relaywatch.reports.timeline import Timeline
 from relaywatch.sources import files as sources
 from relaywatch.sources import fleet
-from relaywatch.sources.files import MAX_LINE, TOO_LONG
 
 if TYPE_CHECKING:
     from relaywatch.store.records import BlockRow, FleetNews
@@ -153,9 +152,9 @@ def _one_log(paths: Sequence[str], parser_for: fleet.ParserFor) -> Iterator[tupl
     """The lines of one host's (or one central) log, its files in turn, a block at a time with their
     events: no merge to pay for, and no function call per line but the parser's."""
     for path in paths:
-        parse = parser_for(path).parse
+        parser = parser_for(path)
         for lines in sources.read_blocks(path):
-            yield [parse(line) if len(line) < MAX_LINE else Unparsed(0.0, TOO_LONG) for line in lines], lines
+            yield sources.parse_block(lines, parser), lines
 
 
 def warn_other_syslog_names(names: dict[str, int], syslog_names: tuple[str, ...], none_read: bool) -> None:

@@ -98,12 +98,11 @@ def _timed(paths: Sequence[str], parser_for: ParserFor) -> Iterator[tuple[float,
     t = 0.0
     for path in paths:
         parser = parser_for(path)
-        for lines in sources.read_blocks(path):
-            for line in lines:
-                event = parse_line(line, parser)
-                if event is not None and event.time:
-                    t = event.time
-                yield t, event, line
+        for line in sources.read_lines(path):
+            event = parse_line(line, parser)
+            if event is not None and event.time:
+                t = event.time
+            yield t, event, line
 
 
 def merged(groups: Sequence[Sequence[str]], parser_for: ParserFor) -> Iterator[tuple[Event | None, str]]:
