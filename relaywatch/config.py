@@ -10,17 +10,16 @@ import ipaddress
 import logging
 import os
 import re
-import socket
-import tomllib
-import urllib.parse
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from relaywatch import permissions
-from relaywatch.core.inline import parse_listen
 from relaywatch.core.policy import ALERT_ONLY_DIMS, DEFAULT_RULES, DIMS, Network, Rule
 from relaywatch.model import Action, ConfigError, Dim
+
+# tomllib, urllib.parse, socket and core.inline are imported where needed: a replay without a config
+# file needs none of them (with subprocess and socket in postfix/, a tenth of a short replay's start)
 
 log = logging.getLogger("relaywatch.config")
 
@@ -35,7 +34,7 @@ class Config:
     source_explicit: bool = field(default=False, compare=False)  # [source] path written: wait, never fall back
     database: str = "/var/lib/relaywatch/state.db"  # or postgresql://... (a fleet's shared state)
     password_file: str | None = None  # the PostgreSQL password, first line (else libpq's PGPASSFILE/~/.pgpass)
-    fleet_host: str = field(default_factory=lambda: socket.gethostname())  # this host's name in a fleet
+    fleet_host: str = field(default_factory=lambda: os.uname().nodename)  # this host's name in a fleet (gethostname)
     config_directory: str | None = "/etc/postfix"
     client_access_map: str = "hash:/etc/postfix/relaywatch_clients"
     sasl_access_map: str = "hash:/etc/postfix/relaywatch_sasl"
@@ -174,6 +173,8 @@ def _policy(s: _Section, d: Config) -> dict[str, Any]:
     """[policy]: the inline policy service (policyd.py)."""
     listen = s.get("listen", str, d.policy_listen)
     if listen:
+        from relaywatch.core.inline import parse_listen
+
         parse_listen(listen)
     budget = s.get("budget", int, d.policy_budget)
     if budget < 0:
@@ -239,6 +240,8 @@ def _database(value: str) -> str:
     scheme = value.split("://", 1)[0]
     if scheme not in ("postgresql", "postgres"):
         raise ConfigError(f"[state] database: {scheme}:// is not supported (a path, or a postgresql:// URL)")
+    import urllib.parse
+
     try:
         urllib.parse.urlsplit(value).port  # noqa: B018  (raises on a port that is not a number)
     except ValueError:
@@ -303,6 +306,8 @@ def load(path: str | Path | None) -> Config:
     """The configuration in `path`, or the defaults when `path` is None."""
     if path is None:
         return Config()
+    import tomllib
+
     try:
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())

@@ -23,6 +23,7 @@ from relaywatch.core.destinations import (
     registered_domain,
     split_list,
 )
+from relaywatch.postfix import postconf as postconf_mod
 from relaywatch.postfix.postconf import local_destinations, postfix_domains
 from support.postfix_rig import POSTMAP, postfix_installed
 
@@ -204,6 +205,20 @@ def test_the_sources_in_order(etc, tmp_path):
     assert source is Source.POSTFIX and destinations.accepts("gw.example")
     destinations, source, detail = local_destinations((), (), tmp_path / "nowhere")
     assert source is Source.LOG and destinations.known is False and "postconf" in detail
+
+
+@needs_postfix
+def test_without_main_cf_postconf_is_not_run_and_its_words_are_kept(tmp_path, monkeypatch):
+    """Issue 15: a replay where DIR/main.cf does not exist ran postconf twice, each failing after
+    Postfix's one-second sleep. Now no process runs (a postconf that cannot start proves it), and
+    the reason a report shows is word for word what postconf itself says."""
+    nowhere = tmp_path / "nowhere"
+    real = subprocess.run(["postconf", "-c", str(nowhere), "-x", "mydestination"], capture_output=True, text=True)
+    monkeypatch.setattr(postconf_mod, "POSTCONF", str(tmp_path / "no-such-postconf"))
+    _, source, detail = local_destinations((), (), nowhere)
+    assert source is Source.LOG
+    assert detail == f"postconf -c {nowhere}: {real.stderr.strip().rpartition('fatal: ')[2]}"
+    assert "main.cf: No such file or directory" in detail
 
 
 def gateway_day(n: int = 80) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-import socket
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -86,6 +85,8 @@ def postfix_addresses(params: dict[str, str], resolve: bool = True) -> set[str]:
 
 
 def _resolve(host: str, param: str) -> set[str]:
+    import socket  # a replay resolves nothing: it starts without socket
+
     try:
         return {str(info[4][0]) for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
     except OSError as exc:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,11 +29,28 @@ POSTMAP = "postmap"
 RETRY_FAILED_S = 60.0  # a table Postfix could not read is asked again after this long
 
 
+def _no_main_cf(config_directory: str | Path) -> bool:
+    """`DIR/main.cf` does not exist: postconf would only say so, a second later (Postfix sleeps
+    before every fatal exit; a replay on a machine without main.cf asked twice: 2 s of its wall time)."""
+    try:
+        os.stat(f"{config_directory}/main.cf")
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False  # unreadable here, perhaps not to postconf: let Postfix say
+    return False
+
+
 def _run(args: list[str], config_directory: str | Path | None) -> str:
     cmd = [POSTCONF]
     if config_directory is not None:
         cmd += ["-c", str(config_directory)]
     cmd += args
+    if config_directory is not None and _no_main_cf(config_directory):  # postconf's own words, without the wait
+        raise PostfixError(f"{' '.join(cmd)} failed: postconf: fatal: open {config_directory}/main.cf:"
+                           " No such file or directory")
+    import subprocess  # not needed (nor its start paid) where there is no main.cf
+
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
     except FileNotFoundError as exc:
@@ -80,6 +96,8 @@ def postconf_services(config_directory: str | Path | None = None, *, expand: boo
 
 def _postmap(args: list[str], stdin: str, config_directory: str | Path | None) -> str:
     cmd = [POSTMAP, *(["-c", str(config_directory)] if config_directory is not None else []), *args]
+    import subprocess
+
     try:
         done = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=30, check=False)
     except FileNotFoundError as exc:

@@ -6,10 +6,8 @@ logs are often renamed. Bytes that are not UTF-8 become U+FFFD, never an error.
 
 from __future__ import annotations
 
-import bz2
 import codecs
-import gzip
-import lzma
+import importlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +16,7 @@ from typing import BinaryIO
 from relaywatch.core.parse import LineParser
 from relaywatch.model import Event, RelaywatchError, Unparsed
 
-_MAGIC = ((b"\x1f\x8b", gzip.open), (b"BZh", bz2.open), (b"\xfd7zXZ\x00", lzma.open))
+_MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "lzma"))  # imported for such a file only
 MAX_LINE = 8192  # Postfix cuts records at 2,000 bytes; anything longer is not Postfix's
 TOO_LONG = "line too long"  # the Unparsed reason of a line cut at MAX_LINE
 BLOCK = 1 << 17  # bytes read at once: a third of the cost of reading line by line, and a few KiB of memory
@@ -30,10 +28,10 @@ def _open_binary(path: str) -> BinaryIO:
     try:
         with open(path, "rb") as f:
             head = f.read(6)
-        for magic, opener in _MAGIC:
+        for magic, name in _MAGIC:
             if head.startswith(magic):
                 # GzipFile, BZ2File and LZMAFile read bytes like a BinaryIO but do not subclass typing's
-                return opener(path, "rb")  # type: ignore[return-value]
+                return importlib.import_module(name).open(path, "rb")  # type: ignore[no-any-return]
         return open(path, "rb")
     except OSError as exc:
         raise RelaywatchError(f"{path}: {exc.strerror or exc}") from exc
@@ -71,11 +69,20 @@ def read_blocks(path: str) -> Iterator[list[str]]:
                 break
         if carry:
             yield [carry]
-    except (OSError, EOFError, lzma.LZMAError) as exc:
+    except _read_errors() as exc:
         raise RelaywatchError(f"{path}: cannot read further: {exc}") from exc
     finally:
         if raw is not sys.stdin.buffer:
             raw.close()
+
+
+def _read_errors() -> tuple[type[Exception], ...]:
+    """What a damaged file raises: OSError, EOFError, and an .xz its own (lzma is loaded only for one)."""
+    if "lzma" not in sys.modules:
+        return (OSError, EOFError)
+    import lzma
+
+    return (OSError, EOFError, lzma.LZMAError)
 
 
 def parse_line(line: str, parser: LineParser) -> Event | None:
