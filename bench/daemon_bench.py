@@ -5,6 +5,7 @@
     .venv/bin/python bench/daemon_bench.py --rate 10000 --seconds 30 --trials 40
     .venv/bin/python bench/daemon_bench.py --code /tmp/old-tree  # the daemon from another source tree
     .venv/bin/python bench/daemon_bench.py --flood /tmp/rotate16.log   # a flood log made beforehand
+    .venv/bin/python bench/daemon_bench.py --keep                # keep its work dir (removed by default)
 
 A real `relaywatch run` (default rules) follows a log file; a private Postfix (tests/support/
 postfix_rig.py, hash: client access map) is the one it blocks in.
@@ -33,6 +34,7 @@ import argparse
 import json
 import os
 import queue
+import shutil
 import signal
 import smtplib
 import sqlite3
@@ -218,11 +220,22 @@ def main() -> int:
     ap.add_argument("--every", type=float, default=0.5, help="a crossing client every this many s of the flood")
     ap.add_argument("--flood", help="a rotate16 flood log to use instead of generating one")
     ap.add_argument("--code", help="run the daemon from this source tree (PYTHONPATH)")
+    ap.add_argument("--keep", action="store_true", help="keep the work dir (log, state, daemon.err) and say where")
     args = ap.parse_args()
     if not postfix_installed() or os.geteuid() != 0:
         print("needs root and Debian's postfix (a private instance is started in a temp dir)")
         return 1
-    work = Path(tempfile.mkdtemp(prefix="rw-bench-"))
+    work = Path(tempfile.mkdtemp(prefix="rw-bench-"))  # 34-125 MB a run: removed unless --keep
+    try:
+        return bench(args, work)
+    finally:
+        if args.keep:
+            print(f"work dir kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def bench(args: argparse.Namespace, work: Path) -> int:
     lines = flood_lines(args, work)
     rig = PostfixRig.start("hash")
     daemon = None

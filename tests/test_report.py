@@ -8,10 +8,13 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from relaywatch.config import Config
 from relaywatch.replay import replay
 from relaywatch.reports.report import BoundedCounter, Tally, stopped, to_json, to_text
+from relaywatch.reports.timeline import keep_largest
 from support.facts import relayed
 from support.maillog import T0, Log, rcpts
 
@@ -45,6 +48,17 @@ def test_a_bounded_counter_is_exact_until_its_cap_then_keeps_the_heavy_hitters()
     for key, n in (("b", 2), ("a", 2), ("c", 3)):
         exact.add(key, n)
     assert exact.top() == [("c", 3), ("a", 2), ("b", 2)] and not exact.approximate  # ties in key order
+
+
+@given(st.lists(st.tuples(st.integers(0, 60), st.integers(1, 4)), max_size=80), st.integers(0, 90))
+def test_pruning_keeps_the_keys_and_the_order_the_stable_sort_kept(adds, keep):
+    """Issue 15: the capped counters pruned by a full sort with a Python call per key. Their pruning
+    now finds the floor instead; the survivors and their order (the next pruning's ties) stay the sort's."""
+    counts: dict[str, int] = {}
+    for key, n in adds:
+        counts[f"k{key}"] = counts.get(f"k{key}", 0) + n
+    expected = sorted(counts.items(), key=lambda kv: kv[1], reverse=True)[:keep]
+    assert list(keep_largest(counts, keep).items()) == expected
 
 
 def test_the_tally_names_the_null_sender_and_counts_sasl_users_only_when_there_are_some():

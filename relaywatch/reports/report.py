@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from relaywatch.core.destinations import DeclinedDomain, InferredDomain
 from relaywatch.core.policy import in_network
 from relaywatch.model import Decision, JSONObject, LocalRelayed, RelayDenied, Relayed, Totals
-from relaywatch.reports.timeline import Timeline
+from relaywatch.reports.timeline import Timeline, keep_largest
 from relaywatch.wording import describe, iso
 
 TOP = 10
@@ -36,8 +36,7 @@ class BoundedCounter:
         counts = self.counts
         counts[key] = counts.get(key, 0) + n
         if len(counts) > self.cap:
-            keep = sorted(counts.items(), key=lambda kv: kv[1], reverse=True)[: self.cap // 2]
-            self.counts = dict(keep)
+            self.counts = keep_largest(counts, self.cap // 2)
             self.approximate = True
 
     def top(self, n: int = TOP) -> list[tuple[str, int]]:

@@ -13,7 +13,8 @@ import ipaddress
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import cast
+from operator import itemgetter
+from typing import TypeVar, cast
 
 from relaywatch.core.netaddr import address, is_global
 from relaywatch.core.policy import DEFAULT_RULES, Network, Rule, blocked_by
@@ -76,6 +77,31 @@ class DomainStatus:
         return self.deferred / self.relayed if self.relayed else 0.0
 
 
+K = TypeVar("K", bound=Hashable)
+
+
+def keep_largest(counts: dict[K, int], keep: int) -> dict[K, int]:
+    """`dict(sorted(counts.items(), key=count, reverse=True)[:keep])` without a Python call per key: the
+    same keys in the same order (that sort is stable, so the next pruning's ties depend on the order).
+    The keep-th largest count is the floor: every key above it stays, ordered by count, then the first
+    keys at the floor in insertion order until `keep`. A capped counter prunes with it."""
+    keep = min(keep, len(counts))
+    if keep <= 0:
+        return {}
+    floor = sorted(counts.values(), reverse=True)[keep - 1]
+    above = [kv for kv in counts.items() if kv[1] > floor]
+    above.sort(key=itemgetter(1), reverse=True)
+    out = dict(above)
+    need = keep - len(out)
+    for key, n in counts.items():
+        if n == floor:
+            out[key] = n
+            need -= 1
+            if not need:
+                break
+    return out
+
+
 def _address(ip: str) -> tuple[int, int] | None:
     """(integer, version) of an address a subnet rule may group; None as in `policy.network_of`."""
     a = address(ip)
@@ -109,8 +135,7 @@ class _Ranked:
         counts = self.counts
         n = counts[key] = counts.get(key, 0) + 1
         if len(counts) > RANK_CAP:
-            keep = sorted(counts.items(), key=lambda kv: kv[1], reverse=True)[: RANK_CAP // 2]
-            self.counts = counts = dict(keep) | {k: counts[k] for k in self.series}
+            self.counts = counts = keep_largest(counts, RANK_CAP // 2) | {k: counts[k] for k in self.series}
         s = self.series.get(key)
         if s is None:
             if len(self.series) >= SERIES_KEYS and not self._make_room(n):
