@@ -2,9 +2,8 @@
 
 sources -> parse (events) -> correlate (Relayed, RelayDenied) -> policy (Decision) -> actions.
 Every value here is treated as immutable but `Totals`, a run's running counts; the other mutable
-state lives in the correlator, the sliding windows, the store and the pipeline's sinks. Events and
-facts are built for most lines of a log, so they are not `frozen` (a frozen dataclass costs several
-times as much to build) but stay hashable and are never assigned to.
+state lives in the correlator, the sliding windows, the store and the pipeline's sinks. The events
+and facts, built for most lines of a log, are defined in `relaywatch.model.events`.
 """
 
 from __future__ import annotations
@@ -12,6 +11,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple
+
+# The events and facts: their own module, compiled (see its docstring); `X as X` re-exports them.
+from relaywatch.model.events import ClientSeen as ClientSeen
+from relaywatch.model.events import Delivery as Delivery
+from relaywatch.model.events import Event as Event
+from relaywatch.model.events import Forged as Forged
+from relaywatch.model.events import LocalRelayed as LocalRelayed
+from relaywatch.model.events import Pickup as Pickup
+from relaywatch.model.events import ProxyAccept as ProxyAccept
+from relaywatch.model.events import QueueActive as QueueActive
+from relaywatch.model.events import Reject as Reject
+from relaywatch.model.events import RelayDenied as RelayDenied
+from relaywatch.model.events import Relayed as Relayed
+from relaywatch.model.events import Removed as Removed
+from relaywatch.model.events import Unparsed as Unparsed
 
 # A JSON object as json.loads returns it: a source's read position, a stored state record.
 JSONObject = dict[str, Any]
@@ -31,162 +45,6 @@ class ConfigError(RelaywatchError):
 
 class PostfixError(RelaywatchError):
     """A Postfix command failed; the previous map stays in force."""
-
-
-# --- parsed log events -------------------------------------------------------
-
-
-@dataclass(slots=True, unsafe_hash=True)
-class Event:
-    """Something one log line says. `time` is seconds since the epoch.
-
-    `host` is the syslog hostname: queue ids are unique per host only, so a
-    central log that mixes hosts is joined by (host, queue id).
-    """
-
-    time: float
-    host: str = field(default="", kw_only=True)
-
-
-@dataclass(slots=True, unsafe_hash=True)
-class Unparsed(Event):
-    """A line relaywatch could not read, or a Postfix line of a kind it uses
-    whose grammar did not match. Counted, never fatal."""
-
-    reason: str
-
-
-@dataclass(slots=True, unsafe_hash=True)
-class Forged(Event):
-    """A journal record that claims to be Postfix's but was written by another program
-    (`logger -t postfix/smtpd`): counted apart, never read as Postfix's."""
-
-
-@dataclass(slots=True, unsafe_hash=True)
-class ClientSeen(Event):
-    """smtpd `QID: client=name[addr]`: a message enters the queue from a client."""
-
-    qid: str
-    client: str
-    client_name: str
-    sasl_user: str | None
-    orig_client: str | None
-
-
-@dataclass(slots=True, unsafe_hash=True)
-class Pickup(Event):
-    """pickup `QID: uid=N from=<sender>`: local submission, no client."""
-
-    qid: str
-    uid: int
-    sender: str
-
-
-@dataclass(slots=True, unsafe_hash=True)
-class ProxyAccept(Event):
-    """smtpd in front of a before-queue filter (`smtpd_proxy_filter`):
-    `NOQUEUE: proxy-accept: END-OF-MESSAGE ... queued as QID` ties the front
-    session's client to the queue file the filter's re-injection created."""
-
-    qid: str
-    client: str
-    client_name: str
-    sasl_user: str | None
-
-
-@dataclass(slots=True, unsafe_hash=True)
-class QueueActive(Event):
-    """qmgr `QID: from=<sender>, size=N, nrcpt=N (queue active)`; repeats on every retry."""
-
-    qid: str
-    sender: str
-    size: int
-    nrcpt: int
-
-
-@dataclass(slots=True, unsafe_hash=True)
-class Delivery(Event):
-    """One recipient's delivery attempt by smtp/lmtp/local/virtual/pipe/error/...
-
-    `orig_to` is set when an alias or .forward rewrote the recipient.
-    """
-
-    qid: str
-    agent: str
-    recipient: str
-    orig_to: str | None
-    relay: str
-    relay_addr: str | None
-    status: str
-    reply: str
-
-
-@dataclass(slots=True, unsafe_hash=True)
-class Removed(Event):
-    """The queue file is gone (qmgr/postsuper `removed`, or a cleanup reject)."""
-
-    qid: str
-
-
-@dataclass(slots=True, unsafe_hash=True)
-class Reject(Event):
-    """An smtpd/postscreen/cleanup policy action: `NOQUEUE: reject: RCPT from ...`.
-
-    `client` comes only from the fixed prefix of the line; `relay_denied` is
-    true for our own `Relay access denied` replies, never for remote ones.
-    """
-
-    qid: str | None
-    action: str
-    stage: str
-    client: str
-    client_name: str
-    reply: str
-    relay_denied: bool
-
-
-# --- correlated facts --------------------------------------------------------
-
-
-@dataclass(slots=True, unsafe_hash=True)
-class Relayed:
-    """One recipient of a message from a remote smtpd client handed to another host."""
-
-    time: float
-    qid: str
-    client: str
-    sasl_user: str | None
-    sender: str
-    recipient: str
-    domain: str
-    status: str  # of the first delivery attempt
-    queued: float | None = field(default=None, compare=False)  # when its client= line was logged
-    host: str = field(default="", compare=False)  # the syslog host that relayed it (provenance, like `queued`)
-
-
-@dataclass(slots=True, unsafe_hash=True)
-class LocalRelayed:
-    """One recipient of a locally submitted message (sendmail/pickup: a web app,
-    a cron job) handed to another host. Counted per uid and sender; alerts only."""
-
-    time: float
-    qid: str
-    uid: int
-    sender: str
-    recipient: str
-    domain: str
-    status: str
-    host: str = field(default="", compare=False)
-
-
-@dataclass(slots=True, unsafe_hash=True)
-class RelayDenied:
-    """Our smtpd refused to relay for this client: a probe of the relay."""
-
-    time: float
-    client: str
-    qid: str | None
-    host: str = field(default="", compare=False)
 
 
 # --- what a run read ---------------------------------------------------------
