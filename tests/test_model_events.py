@@ -10,15 +10,16 @@ import pytest
 from relaywatch import model
 from relaywatch.model import Delivery, Event, Relayed, RelayDenied, Unparsed
 
-CLASSES = [c for c in vars(model.events).values()
-           if isinstance(c, type) and dataclasses.is_dataclass(c) and c.__module__ == model.events.__name__]
+# Totals, built once a run, keeps the __init__ dataclass generates
+CLASSES = [c for c in vars(model.events).values() if isinstance(c, type) and dataclasses.is_dataclass(c)
+           and c.__module__ == model.events.__name__ and c is not model.Totals]
 
 
 def test_every_event_and_fact_is_reexported_by_model():
     assert {c.__name__ for c in CLASSES} == {
         "Event", "Unparsed", "Forged", "ClientSeen", "Pickup", "ProxyAccept", "QueueActive", "Delivery", "Removed",
         "Reject", "Relayed", "LocalRelayed", "RelayDenied"}
-    for cls in CLASSES:
+    for cls in [*CLASSES, model.Totals]:
         assert getattr(model, cls.__name__) is cls
 
 
@@ -81,3 +82,10 @@ def test_equality_hash_repr_and_replace_stay_the_dataclass_ones():
     assert r == other and hash(r) == hash(other) and len({r, other}) == 1
     assert RelayDenied(1.0, "203.0.113.9", None, "mx1") == RelayDenied(1.0, "203.0.113.9", None)
     assert dataclasses.asdict(r)["client"] == "203.0.113.9"
+
+
+def test_totals_count_and_keep_their_own_samples():
+    a, b = model.Totals(), model.Totals(lines=2)
+    a.lines += 1
+    a.unparsed_samples.append("x")
+    assert (a.lines, b.lines, b.unparsed_samples, b.first_time) == (1, 2, [], None)

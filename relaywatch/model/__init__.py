@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-# The events and facts: their own module, compiled (see its docstring); `X as X` re-exports them.
+# The events, facts and run totals: their own module, compiled (see its docstring); `X as X` re-exports them.
 from relaywatch.model.events import ClientSeen as ClientSeen
 from relaywatch.model.events import Delivery as Delivery
 from relaywatch.model.events import Event as Event
@@ -25,6 +25,7 @@ from relaywatch.model.events import Reject as Reject
 from relaywatch.model.events import RelayDenied as RelayDenied
 from relaywatch.model.events import Relayed as Relayed
 from relaywatch.model.events import Removed as Removed
+from relaywatch.model.events import Totals as Totals
 from relaywatch.model.events import Unparsed as Unparsed
 
 # A JSON object as json.loads returns it: a source's read position, a stored state record.
@@ -45,24 +46,6 @@ class ConfigError(RelaywatchError):
 
 class PostfixError(RelaywatchError):
     """A Postfix command failed; the previous map stays in force."""
-
-
-# --- what a run read ---------------------------------------------------------
-
-
-@dataclass
-class Totals:
-    """What a run (a replay, the daemon) read: line counts and the span of log time."""
-
-    lines: int = 0
-    unparsed: int = 0
-    forged: int = 0
-    relayed: int = 0
-    relay_denied: int = 0
-    local_relayed: int = 0  # recipients of mail submitted on the host (pickup) handed to another host
-    first_time: float | None = None
-    last_time: float | None = None
-    unparsed_samples: list[str] = field(default_factory=list)
 
 
 # --- audit findings ----------------------------------------------------------
