@@ -23,7 +23,8 @@ MODULES: list[str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"
 EXPECT = os.environ.get("RELAYWATCH_EXPECT_COMPILED")
 # Beyond the pure core, the replay's per-line path: the events and facts, the pipeline, the replay's loop and
 # the report's sinks (in plain Python they were half of a compiled replay's CPU outside parse/correlate/detect).
-PER_LINE = {"relaywatch.model.events", "relaywatch.engine", "relaywatch.replay", "relaywatch.reports.report", "relaywatch.reports.timeline"}
+PER_LINE = {"relaywatch.model.events", "relaywatch.engine", "relaywatch.replay", "relaywatch.reports.report",
+            "relaywatch.reports.timeline"}
 
 
 def is_compiled(path: str) -> bool:

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from relaywatch import model
-from relaywatch.model import Delivery, Event, Relayed, RelayDenied, Unparsed
+from relaywatch.model import Delivery, Event, RelayDenied, Relayed, Unparsed
 
 # Totals, built once a run, keeps the __init__ dataclass generates
 CLASSES = [c for c in vars(model.events).values() if isinstance(c, type) and dataclasses.is_dataclass(c)
