@@ -21,9 +21,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 MODULES: list[str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["relaywatch"]["compiled"]["modules"]
 EXPECT = os.environ.get("RELAYWATCH_EXPECT_COMPILED")
-# Beyond the pure core, the replay's per-line path: the pipeline, the replay's loop and the report's sinks
-# (in plain Python they were half of a compiled replay's CPU outside parse/correlate/detect).
-PER_LINE = {"relaywatch.engine", "relaywatch.replay", "relaywatch.reports.report", "relaywatch.reports.timeline"}
+# Beyond the pure core, the replay's per-line path: the events and facts, the pipeline, the replay's loop and
+# the report's sinks (in plain Python they were half of a compiled replay's CPU outside parse/correlate/detect).
+PER_LINE = {"relaywatch.model.events", "relaywatch.engine", "relaywatch.replay", "relaywatch.reports.report",
+            "relaywatch.reports.timeline"}
 
 
 def is_compiled(path: str) -> bool:

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relaywatch.core.correlate import Correlator
-from relaywatch.core.destinations import AddrKind, address_kind, may_be_private
 from relaywatch.core.filterlink import _QUEUED_AS, queued_as
+from relaywatch.core.inference import AddrKind, address_kind, may_be_private
 from relaywatch.core.parse import LineParser, YearResolver
 
 _REPLIES = st.one_of(

@@ -11,18 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from relaywatch.core.destinations import (
-    Declined,
-    DomainList,
-    LocalDomains,
-    LogInference,
-    Pattern,
-    Reason,
-    Source,
-    mailbox_provider,
-    registered_domain,
-    split_list,
-)
+from relaywatch.core.destinations import DomainList, LocalDomains, Pattern, Source, split_list
+from relaywatch.core.inference import Declined, LogInference, Reason, mailbox_provider, registered_domain
 from relaywatch.postfix import postconf as postconf_mod
 from relaywatch.postfix.postconf import local_destinations, postfix_domains
 from support.postfix_rig import POSTMAP, postfix_installed

@@ -23,8 +23,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relaywatch.core import grammar, logtime, netaddr
-from relaywatch.core.destinations import AddrKind, address_kind
 from relaywatch.core.grouping import network_of
+from relaywatch.core.inference import AddrKind, address_kind
 from relaywatch.core.parse import _BSD, _FULL, GRAMMARS, LineParser, YearResolver
 from relaywatch.model import ClientSeen, Delivery, Event, QueueActive, Removed, Unparsed
 

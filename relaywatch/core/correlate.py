@@ -21,16 +21,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Final, cast
 
-from relaywatch.core.destinations import (
-    AddrKind,
-    DeclinedDomain,
-    Destinations,
-    InferredDomain,
-    LocalDomains,
-    LogInference,
-    address_kind,
-    may_be_private,
-)
+from relaywatch.core.destinations import Destinations, LocalDomains
 from relaywatch.core.filterlink import (
     _LOOPBACK,
     _OTHER,
@@ -41,6 +32,14 @@ from relaywatch.core.filterlink import (
     Key,
     Message,
     domain_of,
+)
+from relaywatch.core.inference import (
+    AddrKind,
+    DeclinedDomain,
+    InferredDomain,
+    LogInference,
+    address_kind,
+    may_be_private,
 )
 from relaywatch.model import (
     ClientSeen,

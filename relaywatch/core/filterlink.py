@@ -10,7 +10,7 @@ from collections import OrderedDict
 from dataclasses import replace
 from typing import Final
 
-from relaywatch.core.destinations import AddrKind, address_kind
+from relaywatch.core.inference import AddrKind, address_kind
 from relaywatch.model import Delivery, LocalRelayed, Origin, ProxyAccept, Relayed
 
 _QUEUED_AS: Final = re.compile(r".*\bqueued as ([0-9A-Za-z]{6,24})\)?$")

@@ -9,7 +9,7 @@ import ipaddress
 import json
 from dataclasses import dataclass, field
 
-from relaywatch.core.destinations import DeclinedDomain, InferredDomain
+from relaywatch.core.inference import DeclinedDomain, InferredDomain
 from relaywatch.core.policy import in_network
 from relaywatch.model import Decision, JSONObject, LocalRelayed, RelayDenied, Relayed, Totals
 from relaywatch.reports.timeline import Timeline, keep_largest
