@@ -43,8 +43,7 @@ _V6_EDGES: Final = _boundaries(getattr(ipaddress, "_IPv6Constants"), 6, _V6_BLOC
 
 _parsed: Final[dict[str, tuple[str, int, int] | None]] = {}
 _global: Final[dict[tuple[int, int], bool]] = {}
-_texts: Final[dict[tuple[int, int, int], str]] = {}
-_networks: Final[dict[str, Addr]] = {}  # network_text's answers, read back (a /64's /48)
+_texts: Final[dict[int, str]] = {}  # network_text's, by (network << 8 | prefix) << 1 | (IPv6: 1)
 
 
 def _v4(text: str) -> int | None:
@@ -154,9 +153,9 @@ def is_global(version: int, n: int) -> bool:
 
 def network_text(version: int, n: int, prefix: int) -> str:
     """The compressed text of the /prefix network holding address `n` (ipaddress's `ip_network(strict=False)`)."""
-    bits = 32 if version == 4 else 128
-    net = n >> (bits - prefix) << (bits - prefix)
-    key = (version, net, prefix)
+    shift = (32 if version == 4 else 128) - prefix
+    net = n >> shift << shift
+    key = (net << 8 | prefix) << 1 | (0 if version == 4 else 1)
     text = _texts.get(key)
     if text is None:
         if version == 4:
@@ -165,14 +164,5 @@ def network_text(version: int, n: int, prefix: int) -> str:
             text = f"{v6_text(net)}/{prefix}"
         if len(_texts) >= _CACHE_MAX:
             _texts.clear()
-            _networks.clear()
         _texts[key] = text
-        _networks[text] = (version, net)
     return text
-
-
-def network(text: str) -> Addr | None:
-    """(version, integer) of the first address of a network that network_text wrote, else of
-    the address part of `addr/prefix` text (None when it is not an address)."""
-    found = _networks.get(text)
-    return found if found is not None else address(text.partition("/")[0])
