@@ -126,12 +126,15 @@ def _reference(text: str) -> str | None:
 _V6_BITS = st.integers(0, 2**128 - 1)
 _TEXTS = st.one_of(
     st.text(alphabet="0123456789abcdefABCDEF:.%", max_size=24),
+    st.lists(st.text(alphabet="0123456789abcdefABCDEF", max_size=5), min_size=1, max_size=10).map(":".join),
     _V6_BITS.map(lambda n: ipaddress.IPv6Address(n).compressed),
     _V6_BITS.map(lambda n: ipaddress.IPv6Address(n & ~(2**64 - 1)).exploded.upper()),
     st.integers(0, 2**32 - 1).map(lambda n: str(ipaddress.IPv4Address(n))),
     st.lists(st.sampled_from(["0", "00", "01", "1", "255", "256", "", "1000"]), min_size=3, max_size=5).map(".".join),
     st.sampled_from(["::", "::1", "1::", "::ffff:1.2.3.4", "fe80::1%eth0", "1:2:3:4:5:6:7::", "::2:3:4:5:6:7:8",
-                     "1:2:3:4:5:6:7:8:9", ":1::", "1:::2", "IPv6:2001:db8::1", "192.0.0.9", "100.64.0.1"]),
+                     "1:2:3:4:5:6:7:8:9", ":1::", "1:::2", "IPv6:2001:db8::1", "192.0.0.9", "100.64.0.1",
+                     # the blocks inet_ntop writes dotted (::/96, ::ffff:0:0/96) and their neighbours
+                     "::ffff:0:1", "::FFFF:abcd:1", "::1:2", "::0:1:2", "::1:0:0", "::fffe:0:1", "0:0:0:0:1:ffff:0:1"]),
 )
 
 
@@ -239,6 +242,9 @@ def test_v6_text_is_ipaddress_compressed(n: int, groups: list[int]) -> None:
     runs = sum(g << (16 * i) for i, g in enumerate(groups))  # zero groups in runs of every length and place
     assert netaddr.v6_text(runs) == ipaddress.IPv6Address(runs).compressed
     assert netaddr.canonical(ipaddress.IPv6Address(runs).exploded) == ipaddress.IPv6Address(runs).compressed
+    for low in (runs & 0xFFFFFFFF, 0xFFFF << 32 | runs & 0xFFFFFFFF):  # inside ::/96 and ::ffff:0:0/96
+        assert netaddr.v6_text(low) == ipaddress.IPv6Address(low).compressed
+        assert netaddr.canonical(ipaddress.IPv6Address(low).exploded) == ipaddress.IPv6Address(low).compressed
 
 
 @pytest.mark.parametrize(("zone", "year"), [

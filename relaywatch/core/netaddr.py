@@ -14,6 +14,7 @@ Caches are dicts cleared when full: memory stays flat under any flood.
 from __future__ import annotations
 
 import ipaddress
+from socket import AF_INET6, inet_ntop, inet_pton
 from typing import Final
 
 Addr = tuple[int, int]  # (4 or 6, the address as an integer)
@@ -42,8 +43,7 @@ _V6_EDGES: Final = _boundaries(getattr(ipaddress, "_IPv6Constants"), 6, _V6_BLOC
 
 _parsed: Final[dict[str, tuple[str, int, int] | None]] = {}
 _global: Final[dict[tuple[int, int], bool]] = {}
-_texts: Final[dict[tuple[int, int, int], str]] = {}
-_networks: Final[dict[str, Addr]] = {}  # network_text's answers, read back (a /64's /48)
+_texts: Final[dict[int, str]] = {}  # network_text's, by (network << 8 | prefix) << 1 | (IPv6: 1)
 
 
 def _v4(text: str) -> int | None:
@@ -63,69 +63,23 @@ def _v4(text: str) -> int | None:
 
 def _v6(text: str) -> tuple[str, int] | None:
     """Hex-and-colons IPv6 text (hex digits checked by the caller) as ipaddress reads it: (its
-    compressed text, the integer), or None (not that shape: ask ipaddress)."""
-    parts = text.lower().split(":")
-    last = len(parts) - 1
-    if last < 2 or last > 8:
+    compressed text, the integer), or None (not that shape, or inside ::/96 or ::ffff:0:0/96: ask
+    ipaddress). glibc's inet_pton and inet_ntop read and write such text as ipaddress does
+    (tests/test_fast_paths.py), in C, but write those two blocks as dotted quads."""
+    try:
+        packed = inet_pton(AF_INET6, text)
+    except OSError:
         return None
-    skip = -1
-    for i in range(1, last):
-        if not parts[i]:
-            if skip >= 0:
-                return None
-            skip = i
-    groups: list[str]
-    if skip >= 0:
-        head = parts[:skip]
-        tail = parts[skip + 1:]
-        if not parts[0]:
-            if skip != 1:
-                return None
-            head = []
-        if not parts[last]:
-            if skip != last - 1:
-                return None
-            tail = []
-        missing = 8 - len(head) - len(tail)
-        if missing < 1:
-            return None
-        groups = head + ["0"] * missing + tail
-    elif last != 7 or not parts[0] or not parts[last]:
+    compressed = inet_ntop(AF_INET6, packed)
+    if "." in compressed:
         return None
-    else:
-        groups = parts
-    for g in groups:
-        if not g or len(g) > 4:
-            return None
-    return _compressed(groups), int("".join([g.zfill(4) for g in groups]), 16)
-
-
-def _compressed(groups: list[str]) -> str:
-    """ipaddress's compressed text of 8 lowercase hex groups: leading zeros dropped, the first
-    longest run of two or more zero groups written `::`."""
-    short = [g.lstrip("0") or "0" for g in groups]
-    best, best_len, i = -1, 1, 0
-    while i < 8:
-        if short[i] == "0":
-            j = i + 1
-            while j < 8 and short[j] == "0":
-                j += 1
-            if j - i > best_len:
-                best, best_len = i, j - i
-            i = j
-        else:
-            i += 1
-    if best < 0:
-        return ":".join(short)
-    return ":".join(short[:best]) + "::" + ":".join(short[best + best_len:])
-
-
-_SHIFTS: Final = (112, 96, 80, 64, 48, 32, 16, 0)
+    return compressed, int.from_bytes(packed, "big")
 
 
 def v6_text(n: int) -> str:
-    """An IPv6 integer in ipaddress's compressed form."""
-    return _compressed([f"{n >> s & 0xFFFF:x}" for s in _SHIFTS])
+    """An IPv6 integer in ipaddress's compressed form (inet_ntop's, but in the two blocks it writes dotted)."""
+    text = inet_ntop(AF_INET6, n.to_bytes(16, "big"))
+    return ipaddress.IPv6Address(n).compressed if "." in text else text
 
 
 def _read(text: str) -> tuple[str, int, int] | None:
@@ -199,9 +153,9 @@ def is_global(version: int, n: int) -> bool:
 
 def network_text(version: int, n: int, prefix: int) -> str:
     """The compressed text of the /prefix network holding address `n` (ipaddress's `ip_network(strict=False)`)."""
-    bits = 32 if version == 4 else 128
-    net = n >> (bits - prefix) << (bits - prefix)
-    key = (version, net, prefix)
+    shift = (32 if version == 4 else 128) - prefix
+    net = n >> shift << shift
+    key = (net << 8 | prefix) << 1 | (0 if version == 4 else 1)
     text = _texts.get(key)
     if text is None:
         if version == 4:
@@ -210,14 +164,5 @@ def network_text(version: int, n: int, prefix: int) -> str:
             text = f"{v6_text(net)}/{prefix}"
         if len(_texts) >= _CACHE_MAX:
             _texts.clear()
-            _networks.clear()
         _texts[key] = text
-        _networks[text] = (version, net)
     return text
-
-
-def network(text: str) -> Addr | None:
-    """(version, integer) of the first address of a network that network_text wrote, else of
-    the address part of `addr/prefix` text (None when it is not an address)."""
-    found = _networks.get(text)
-    return found if found is not None else address(text.partition("/")[0])
