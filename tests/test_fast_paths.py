@@ -109,6 +109,9 @@ def test_the_str_envelope_reads_every_line_as_the_regex_did() -> None:
               "Mar 16 01:02:03 h mail/smtpd[1]: 8D076AE17: client=a[1.2.3.4]",
               "Dec 31 23:59:59 h postfix/qmgr[1]: 8D076AE17: removed",
               "Jan  1 00:00:01 h postfix/qmgr[1]: 8D076AE17: removed"]
+    # the seconds of a minute whose stamp fitted just before (LineParser checks only them then)
+    lines += [f"Mar 16 01:02:{sec} h postfix/qmgr[1]: 8D076AE17: removed"
+              for sec in ("04", "0x", "\u0663\u0663", "5", "05", " 6", "\u00b2\u00b2", "07", "99", "0\t")]
     fast, slow = LineParser(YearResolver(2026)), RegexParser(YearResolver(2026))
     for line in lines:
         assert fast.parse(line) == slow.parse(line), line

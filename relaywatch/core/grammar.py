@@ -99,6 +99,11 @@ def _all(text: str, start: int, end: int, kind: int) -> bool:
     return True
 
 
+def is_digits(text: str, start: int, end: int) -> bool:
+    """text[start:end] is ASCII digits, one at least: what `\\d+` matches there, short of other scripts' digits."""
+    return start < end and _all(text, start, end, _DIGIT)
+
+
 def _plain(text: str) -> bool:
     """No whitespace (`\\s`) in `text`: every whitespace character but the space is unprintable.
     Other unprintable characters answer False too: the caller then asks its regex."""
