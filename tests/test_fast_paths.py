@@ -109,6 +109,9 @@ def test_the_str_envelope_reads_every_line_as_the_regex_did() -> None:
               "Mar 16 01:02:03 h mail/smtpd[1]: 8D076AE17: client=a[1.2.3.4]",
               "Dec 31 23:59:59 h postfix/qmgr[1]: 8D076AE17: removed",
               "Jan  1 00:00:01 h postfix/qmgr[1]: 8D076AE17: removed"]
+    # the seconds of a minute whose stamp fitted just before (LineParser checks only them then)
+    lines += [f"Mar 16 01:02:{sec} h postfix/qmgr[1]: 8D076AE17: removed"
+              for sec in ("04", "0x", "\u0663\u0663", "5", "05", " 6", "\u00b2\u00b2", "07", "99", "0\t")]
     fast, slow = LineParser(YearResolver(2026)), RegexParser(YearResolver(2026))
     for line in lines:
         assert fast.parse(line) == slow.parse(line), line
@@ -343,3 +346,48 @@ def test_delivery_ends_found_one_at_a_time_as_in_the_list() -> None:
              "x", "z", "E"]
     for msg in _bent(msgs, random.Random(25), 30_000, bends):
         assert grammar._delivery(1.0, "smtp", msg, "h") == _listed_delivery(1.0, "smtp", msg, "h"), msg
+
+
+_QID_CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz:\n\u0663\u00b2"
+_BASE52 = "0123456789BCDFGHJKLMNPQRSTVWXYZbcdfghjklmnpqrstvwxyz"  # Postfix's long queue ids
+
+
+@settings(max_examples=5000, deadline=None)
+@given(st.one_of(st.text(alphabet=_QID_CHARS, max_size=20), st.text(alphabet="0123456789ABCDEF", max_size=12),
+                 st.tuples(st.text(alphabet=_BASE52, min_size=8, max_size=13), st.sampled_from(["z", "", "zz"]),
+                           st.text(alphabet=_BASE52, max_size=5)).map("".join)))
+def test_is_qid_answers_as_the_regex_does(text: str) -> None:
+    assert grammar.is_qid(text) == (grammar._QID.fullmatch(text) is not None), text
+
+
+_TAIL_PIECES = st.lists(st.sampled_from([
+    "relay=", "mx.example[1.2.3.4]:25", "local", "none", "[2001:db8::1]", "[]", "]", "[", ":25", ":", "x",
+    ", ", ",", " ", "\t", "\n", "\u0663", "\u00a0", "conn_use=2", "delay=", "0.2", "1", ".", "delays=", "0/0.1/0/0.2",
+    "/", "tls=", "TLSv1.3", "dsn=", "2.0.0", "4.4.10", "2.0", "status=", "sent", "deferred", "--", "Sent", " (",
+    "(", ")", "250 ok", "orig_to=<a@b>", "relay=x[6.6.6.6]:25, "]), max_size=24).map("".join)
+
+
+@settings(max_examples=5000, deadline=None)
+@given(_TAIL_PIECES)
+def test_delivery_tail_read_with_str_is_what_the_regex_reads(text: str) -> None:
+    """_tail answers only where the regex matches, and then with the regex's groups; else the regex decides."""
+    for tail in (text, "relay=mx.example[1.2.3.4]:25, delay=1, dsn=2.0.0, status=" + text,
+                 "relay=local, conn_use=3, delay=0.1, delays=0/0/0/0.1, tls=" + text, "relay=" + text):
+        fast = grammar._tail(tail, 0)
+        if fast is not None:
+            m = grammar._DELIVERY_TAIL.match(tail, 0)
+            assert m is not None, tail
+            assert fast == m.group("orig", "relay", "raddr", "status", "reply"), tail
+
+
+def test_delivery_tails_of_the_logs_take_the_str_path() -> None:
+    """The str reading answers for the usual tails (else it would buy nothing), as the regex does."""
+    tails = [line.split(">, relay=", 1)[1] for line in _lines() if ">, relay=" in line and "orig_to=" not in line]
+    read = 0
+    for tail in tails:
+        fast = grammar._tail("relay=" + tail, 0)
+        if fast is not None:
+            read += 1
+            m = grammar._DELIVERY_TAIL.match("relay=" + tail, 0)
+            assert m is not None and fast == m.group("orig", "relay", "raddr", "status", "reply"), tail
+    assert read >= 0.95 * len(tails) > 0

@@ -25,6 +25,15 @@ QUEUE_ID = rf"(?:[0-9A-F]{{6,}}|[{_BASE52}]{{10,}}z[{_BASE51}]+)"
 PEER = r"(?P<name>[^\s\[\]]*)\[(?P<addr>[^\]\s]+)\](?::\d+)?"
 
 _QID: Final = re.compile(QUEUE_ID)
+# Character classes of ASCII, as bits, for the str readings that stand in for regexes (_all)
+_HEX, _B52, _DIGIT, _DELAY, _DELAYS, _STATUS, _FIELD = 1, 2, 4, 8, 16, 32, 64
+_CLASSES: Final = (
+    (_HEX, "0123456789ABCDEF"), (_B52, "0123456789BCDFGHJKLMNPQRSTVWXYZbcdfghjklmnpqrstvwxyz"),
+    (_DIGIT, "0123456789"), (_DELAY, "0123456789."), (_DELAYS, "0123456789./"),
+    (_STATUS, "abcdefghijklmnopqrstuvwxyz-"),
+    (_FIELD, "".join(chr(o) for o in range(0x21, 0x7F) if chr(o) != ",")),  # no \s, no comma
+)
+_CLASS: Final = bytes(sum(bit for bit, chars in _CLASSES if chr(o) in chars) for o in range(128))
 CLIENT: Final = re.compile(
     r"client=" + PEER
     + r"(?:, sasl_method=[^,\s]*)?(?:, sasl_username=(?P<user>[^,]*))?(?:, sasl_sender=[^,]*)?"
@@ -71,7 +80,28 @@ def _split(msg: str) -> tuple[str, str]:
 
 
 def is_qid(text: str) -> bool:
-    return _QID.fullmatch(text) is not None
+    """What `_QID.fullmatch` answers, without a regex (one per line): a short id is 6+ characters of
+    0-9A-F (so no `z`); a long one is all base 52 with its last `z` after ten and before the end."""
+    n = len(text)
+    z = text.rfind("z")
+    if z < 0:
+        return n >= 6 and _all(text, 0, n, _HEX)
+    return 10 <= z < n - 1 and _all(text, 0, n, _B52)
+
+
+def _all(text: str, start: int, end: int, kind: int) -> bool:
+    """Every character of text[start:end] (none: True) is ASCII of the class `kind` of _CLASS.
+    A loop over ord() compiles (mypyc) to less than a regex call or str.strip(alphabet)."""
+    for k in range(start, end):
+        o = ord(text[k])
+        if o >= 128 or not _CLASS[o] & kind:
+            return False
+    return True
+
+
+def is_digits(text: str, start: int, end: int) -> bool:
+    """text[start:end] is ASCII digits, one at least: what `\\d+` matches there, short of other scripts' digits."""
+    return start < end and _all(text, start, end, _DIGIT)
 
 
 def _plain(text: str) -> bool:
@@ -198,6 +228,85 @@ def _first_end(text: str, start: int) -> int:
         i = q + 1
 
 
+_Tail = tuple[str | None, str, str | None, str, str | None]  # orig, relay, raddr, status, reply
+
+
+def _tail(rest: str, i: int) -> _Tail | None:
+    """What _DELIVERY_TAIL.match(rest, i) gives when the tail has its usual shape, read with str
+    operations; None where it has not (then the regex decides). Each field of the tail begins with
+    its own keyword and cannot hold the `, ` that ends it, so the regex has no other way to match:
+    the relay ends at the first `, `, its address at its first `]`, and a reply at the line's last `)`.
+    Only ASCII is read here (a non-ASCII digit or space: the regex)."""
+    c = _value(rest, i, "relay=")
+    if c < 0:
+        return None  # orig_to=, or no tail here
+    j = i + 6
+    raddr: str | None = None
+    b = rest.find("[", j, c)
+    if b < 0:
+        if not _all(rest, j, c, _FIELD):
+            return None
+    else:
+        e = rest.find("]", b + 1, c)
+        if e < 0 or not (_all(rest, j, b, _FIELD) and _all(rest, b + 1, e, _FIELD)):
+            return None
+        if e + 1 < c and not (rest[e + 1] == ":" and e + 2 < c and _all(rest, e + 2, c, _DIGIT)):
+            return None
+        raddr = rest[b + 1:e]
+    relay = rest[j:c]
+    i = c + 2
+    c = _value(rest, i, "conn_use=")
+    if c >= 0:
+        if c == i + 9 or not _all(rest, i + 9, c, _DIGIT):
+            return None
+        i = c + 2
+    c = _value(rest, i, "delay=")
+    if c <= i + 6 or not _all(rest, i + 6, c, _DELAY):
+        return None
+    i = c + 2
+    c = _value(rest, i, "delays=")
+    if c >= 0:
+        if c == i + 7 or not _all(rest, i + 7, c, _DELAYS):
+            return None
+        i = c + 2
+    c = _value(rest, i, "tls=")
+    if c >= 0:
+        if not _all(rest, i + 4, c, _FIELD):
+            return None
+        i = c + 2
+    c = _value(rest, i, "dsn=")
+    if c >= 0:
+        if not _dsn(rest, i + 4, c):
+            return None
+        i = c + 2
+    if rest[i:i + 7] != "status=":
+        return None
+    i += 7
+    c = rest.find(" ", i)
+    n = len(rest)
+    if (c if c >= 0 else n) == i or not _all(rest, i, c if c >= 0 else n, _STATUS):
+        return None
+    if c < 0:
+        return None, relay, raddr, rest[i:], None
+    if rest[c + 1:c + 2] != "(" or rest[n - 1] != ")" or n < c + 3:
+        return None
+    return None, relay, raddr, rest[i:c], rest[c + 2:n - 1]
+
+
+def _value(rest: str, i: int, key: str) -> int:
+    """Where the field `key` at rest[i:] ends (its `, `), or -1 when rest[i:] does not start with it."""
+    j = i + len(key)
+    return rest.find(", ", j) if rest[i:j] == key else -1
+
+
+def _dsn(text: str, start: int, end: int) -> bool:
+    """text[start:end] is what `\\d\\.\\d{1,3}\\.\\d{1,3}` matches whole (ASCII digits only; others: the regex)."""
+    dot = text.find(".", start + 2, end)
+    return (text[start + 1:start + 2] == "." and 0 < dot - start - 2 < 4 and 0 < end - dot - 1 < 4
+            and _all(text, start, start + 1, _DIGIT) and _all(text, start + 2, dot, _DIGIT)
+            and _all(text, dot + 1, end, _DIGIT))
+
+
 def _delivery(t: float, agent: str, msg: str, host: str) -> Event | None:
     qid, rest = _split(msg)
     if not rest.startswith("to=") or not is_qid(qid):
@@ -205,19 +314,20 @@ def _delivery(t: float, agent: str, msg: str, host: str) -> Event | None:
     quoted = rest.startswith('"', 4)
     end = _first_end(rest, 4)
     while end >= 0:
-        tail = _DELIVERY_TAIL.match(rest, end + 3)
+        tail = _tail(rest, end + 3)
         if tail is None:
-            end = -1 if quoted else rest.find(">, ", end + 1)
-            continue
-        relay, raddr = tail["relay"], tail["raddr"]
+            m = _DELIVERY_TAIL.match(rest, end + 3)
+            if m is None:
+                end = -1 if quoted else rest.find(">, ", end + 1)
+                continue
+            tail = m["orig"], m["relay"], m["raddr"], m["status"], m["reply"]
+        orig, relay, raddr, status, reply = tail
         scope = rest[end:] if quoted else rest
         if scope.count(", relay=") != 1:
             # A second relay= is text an attacker put in an address or reply:
             # keep the delivery but trust no relay it names.
             relay, raddr = "?", None
-        return Delivery(
-            t, qid, agent, rest[4:end], tail["orig"], relay, raddr, tail["status"], tail["reply"] or "", host=host
-        )
+        return Delivery(t, qid, agent, rest[4:end], orig, relay, raddr, status, reply or "", host=host)
     return Unparsed(t, f"{agent} to=", host=host)
 
 

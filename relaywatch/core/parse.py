@@ -15,7 +15,17 @@ from collections.abc import Container, Iterable, Mapping
 from fnmatch import fnmatchcase
 from typing import Final
 
-from relaywatch.core.grammar import CLIENT, GRAMMARS, PEER, QUEUE_ID, Grammar, client_address, is_qid, parse_message
+from relaywatch.core.grammar import (
+    CLIENT,
+    GRAMMARS,
+    PEER,
+    QUEUE_ID,
+    Grammar,
+    client_address,
+    is_digits,
+    is_qid,
+    parse_message,
+)
 from relaywatch.core.logtime import MONTHS, YearResolver, full_epoch, rfc3339_epoch
 from relaywatch.core.replies import queued_as, relay_denied
 from relaywatch.model import ClientSeen, Event, Forged, ProxyAccept, Unparsed
@@ -107,6 +117,7 @@ class LineParser:
         self._uids_given = journal_uids is not None
         self.journal_uids: set[str] = {str(u) for u in journal_uids} if journal_uids is not None else {"0"}
         self._stamps: dict[str, float] = {}
+        self._minute_fits = ""  # line[:13] of the last classic stamp _BSD_STAMP checked and found right
         self._heads: dict[str, _Head] = {}  # "host tag" of classic lines the str fast path has checked
         self._progs: dict[str, _Head] = {}  # "host prog" of those whose tag is `prog[DIGITS]:`
         self._proxied: dict[tuple[str, str | None], ClientSeen] = {}  # (host, smtpd pid) -> NOQUEUE: client=
@@ -177,7 +188,7 @@ class LineParser:
         the host and tag if they fit: (host, prefix, program, pid, its grammar), or None (then _BSD
         itself decides). When key_end < end the tag is `prog[DIGITS]:` (key: "host prog"), and the
         regex splits it into prefix and program the same way whatever the digits."""
-        if sp <= 16 or end < 0 or _BSD_STAMP.fullmatch(line, 0, 15) is None:
+        if sp <= 16 or end < 0 or not self._stamp_fits(line):
             return None
         key = line[16:key_end]
         heads = self._heads if key_end == end else self._progs
@@ -193,6 +204,16 @@ class LineParser:
                 heads.clear()
             heads[key] = head
         return head
+
+    def _stamp_fits(self, line: str) -> bool:
+        """_BSD_STAMP fits line[:15]. The seconds are its last `\\d\\d` whatever comes before, so a line
+        of the minute (line[:13]) that fitted last needs only two digits (ASCII here; others: the regex)."""
+        if line[:13] == self._minute_fits and is_digits(line, 13, 15):
+            return True
+        if _BSD_STAMP.fullmatch(line, 0, 15) is None:
+            return False
+        self._minute_fits = line[:13]
+        return True
 
     def _message(self, t: float, grammar: Grammar, host: str, daemon: str, pid: str | None,
                  msg: str) -> Event | None:
