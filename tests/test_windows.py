@@ -4,7 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relaywatch.core.windows import WindowCounter, fewest
+from relaywatch.core.windowcap import fewest
+from relaywatch.core.windows import WindowCounter
 from support.window_model import counted_live
 
 

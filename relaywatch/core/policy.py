@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
 
-from relaywatch.core.grouping import network_of, networks_of
+from relaywatch.core.grouping import Networks, network_of, networks_of
 from relaywatch.core.netaddr import address
 from relaywatch.core.windows import MAX_KEYS, Spread, WindowCounter
 from relaywatch.model import (
@@ -161,14 +161,16 @@ class _Watch:
     """One rule on the window of its dimension and length it shares with the rules counting alike: its
     grouping there (`gi`, -1: none) and, with `min_subnets`, the count of distinct narrower networks."""
 
-    __slots__ = ("action", "gi", "group", "kind", "min_clients", "min_subnets", "quiet_gen", "quiet_target",
-                 "quiet_until", "rule", "spread", "threshold", "window")
+    __slots__ = ("action", "gi", "group", "kind", "min_clients", "min_subnets", "networks", "quiet_gen",
+                 "quiet_target", "quiet_until", "rule", "spread", "threshold", "window")
 
-    def __init__(self, rule: Rule, window: WindowCounter, gi: int, spread: Spread | None) -> None:
+    def __init__(self, rule: Rule, window: WindowCounter, gi: int, spread: Spread | None,
+                 networks: Networks | None) -> None:
         self.rule = rule
         self.window = window
         self.gi = gi
         self.spread = spread
+        self.networks = networks  # the window's groupings: the text of the networks it names by number
         self.group = network_of(rule.prefix_v4, rule.prefix_v6) if rule.prefix_v4 else None
         self.action = rule.action
         self.kind = rule.kind
@@ -197,6 +199,7 @@ def _windows(rules: list[Rule], bucket_s: int, max_keys: int) -> dict[str, list[
             if rule.min_subnets:
                 pairs.append((rule.subnet_prefix_v4, rule.subnet_prefix_v6))
     windows: dict[tuple[str, int], WindowCounter] = {}
+    networks: dict[tuple[str, int], Networks] = {}
     order: dict[tuple[str, int], tuple[tuple[int, int], ...]] = {}
     for shape, pairs in shapes.items():
         ordered = tuple(sorted(set(pairs), key=lambda p: (-p[0], -p[1])))
@@ -204,8 +207,9 @@ def _windows(rules: list[Rule], bucket_s: int, max_keys: int) -> dict[str, list[
         spreads = sorted({(ordered.index((r.subnet_prefix_v4, r.subnet_prefix_v6)),
                            ordered.index((r.prefix_v4, r.prefix_v6)))
                           for r in rules if (r.dim, max(1, r.window_s // bucket_s)) == shape and r.min_subnets})
-        windows[shape] = WindowCounter(shape[1], None, max_keys, networks_of(ordered) if ordered else None,
-                                       len(ordered), spreads)
+        if ordered:
+            networks[shape] = networks_of(ordered)
+        windows[shape] = WindowCounter(shape[1], None, max_keys, networks.get(shape), len(ordered), spreads)
     watches: dict[str, list[_Watch]] = {dim: [] for dim in DIMS}
     for rule in rules:
         shape = (rule.dim, max(1, rule.window_s // bucket_s))
@@ -213,7 +217,7 @@ def _windows(rules: list[Rule], bucket_s: int, max_keys: int) -> dict[str, list[
         gi = ordered.index((rule.prefix_v4, rule.prefix_v6)) if rule.prefix_v4 else -1
         spread = window.spread(ordered.index((rule.subnet_prefix_v4, rule.subnet_prefix_v6)), gi) \
             if rule.prefix_v4 and rule.min_subnets else None
-        watches[rule.dim].append(_Watch(rule, window, gi, spread))
+        watches[rule.dim].append(_Watch(rule, window, gi, spread, networks.get(shape)))
     return watches
 
 
@@ -326,10 +330,13 @@ class Detector:
                     clients = group.nkeys
                     if clients < watch.min_clients:
                         continue
-                    net = group.name
                     spread = watch.spread
-                    if spread is not None and spread.counts.get(net, 0) < watch.min_subnets:
+                    if spread is not None and spread.counts.get(group.name, 0) < watch.min_subnets:
                         continue
+                    net = group.text
+                    if not net:
+                        networks = watch.networks
+                        net = group.text = str(group.name) if networks is None else networks.label(gi, group.name)
                     decision = self._decide(watch, t, net, total, clients)
                 else:
                     total = window.last_total
