@@ -14,7 +14,7 @@ Caches are dicts cleared when full: memory stays flat under any flood.
 from __future__ import annotations
 
 import ipaddress
-from socket import AF_INET6, inet_ntop
+from socket import AF_INET6, inet_ntop, inet_pton
 from typing import Final
 
 Addr = tuple[int, int]  # (4 or 6, the address as an integer)
@@ -65,53 +65,18 @@ def _v4(text: str) -> int | None:
 
 def _v6(text: str) -> tuple[str, int] | None:
     """IPv6 text without a dot as ipaddress reads it: (its compressed text, the integer), or None (not
-    plain hex-and-colons, or inside ::/96 or ::ffff:0:0/96, which Python versions write differently: ask
-    ipaddress). ipaddress's own rules (at most one `::` standing for at least one zero group, eight
-    groups of 1 to 4 hex digits; the longest run of two or more zero groups, the first of equals, written
-    `::`) in a few string operations: the C inet_pton and inet_ntop cost more, through their calls and
-    the decimal-integer round trip, than this does (tests/test_fast_paths.py checks it against ipaddress)."""
-    if not text.isascii() or "x" in text or "X" in text:  # int(.., 16) reads 0x and non-ASCII digits
+    hex-and-colons, or inside ::/96 or ::ffff:0:0/96: ask ipaddress). glibc's inet_pton takes nothing but
+    hex digits, colons and a dotted tail (the caller sent text with a dot elsewhere); it and inet_ntop read
+    and write such text as ipaddress does (tests/test_fast_paths.py), in C, but write those two blocks as
+    dotted quads."""
+    try:
+        packed = inet_pton(AF_INET6, text)
+    except (OSError, ValueError):  # ValueError: a NUL in the text
         return None
-    head, sep, tail = text.partition("::")
-    if sep:
-        left = head.split(":") if head else []
-        right = tail.split(":") if tail else []
-        missing = 8 - len(left) - len(right)
-        if missing < 1:
-            return None
-        parts = left + ["0"] * missing + right
-    else:
-        parts = text.split(":")
-        if len(parts) != 8:
-            return None
-    groups: list[int] = []
-    n = 0
-    for p in parts:
-        if not 0 < len(p) <= 4 or not p.isalnum():  # also "" (a colon too many, a second ::)
-            return None
-        try:
-            g = int(p, 16)
-        except ValueError:
-            return None
-        groups.append(g)
-        n = n << 16 | g
-    if not (groups[0] or groups[1] or groups[2] or groups[3] or groups[4]) and groups[5] in (0, 0xFFFF):
+    compressed = inet_ntop(AF_INET6, packed)
+    if "." in compressed:
         return None
-    best = start = -1
-    best_len = run = 0
-    for i in range(8):
-        if groups[i]:
-            run = 0
-        else:
-            if not run:
-                start = i
-            run += 1
-            if run > best_len:
-                best, best_len = start, run
-    hexes = [f"{g:x}" for g in groups]
-    if best_len > 1:
-        return ":".join(hexes[:best]) + "::" + ":".join(hexes[best + best_len:]), n
-    return ":".join(hexes), n
+    return compressed, int.from_bytes(packed, "big")
 
 
 def v6_text(n: int) -> str:
