@@ -19,9 +19,7 @@ from typing import Final
 
 Addr = tuple[int, int]  # (4 or 6, the address as an integer)
 
-# addresses read, each under its text as logged and its canonical text: room for the clients of the
-# sessions open at once in a flood, so that its `client=` line, its fact and its networks read one once
-_CACHE_MAX: Final = 16384
+_CACHE_MAX: Final = 2048
 _V4_BLOCK, _V6_BLOCK = 8, 80  # is_global is uniform inside a /24 and a /48 outside the boundary blocks
 
 
