@@ -80,12 +80,10 @@ class Networks:
     it; `label` writes the text (`network_of`'s) only for the networks a rule decides on.
     """
 
-    __slots__ = ("cache", "nothing", "prefixes", "shifts4", "shifts6")
+    __slots__ = ("cache", "nothing", "prefixes")
 
     def __init__(self, prefixes: tuple[tuple[int, int], ...]) -> None:
         self.prefixes = prefixes
-        self.shifts4 = [32 - p4 for p4, _ in prefixes]
-        self.shifts6 = [128 - p6 for _, p6 in prefixes]
         self.nothing: tuple[int | None, ...] = (None,) * len(prefixes)
         self.cache: dict[str, tuple[int | None, ...]] = {}
 
@@ -101,15 +99,10 @@ class Networks:
             version, n = addr
             if not is_global(version, n):
                 value = self.nothing
+            elif version == 4:
+                value = tuple(-(n >> (32 - p4)) - 1 for p4, _ in self.prefixes)
             else:
-                numbers: list[int | None] = []
-                if version == 4:
-                    for shift in self.shifts4:
-                        numbers.append(-(n >> shift) - 1)
-                else:
-                    for shift in self.shifts6:
-                        numbers.append(n >> shift)
-                value = tuple(numbers)
+                value = tuple(n >> (128 - p6) for _, p6 in self.prefixes)
         if len(cache) >= _GROUP_CACHE:
             cache.clear()
         cache[ip] = value
