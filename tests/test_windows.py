@@ -1,10 +1,13 @@
+import ipaddress
 from collections import defaultdict
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relaywatch.core.windows import WindowCounter, fewest
+from relaywatch.core.grouping import network_of, networks_of
+from relaywatch.core.windowcap import fewest
+from relaywatch.core.windows import WindowCounter
 from support.window_model import counted_live
 
 
@@ -165,3 +168,30 @@ def test_a_rotating_slash16_is_blocked_while_a_botnet_of_other_networks_fills_th
             d.observe(Relayed(t, f"N{i}", noise, None, f"n{i}@x.test", "r@z.test", f"z{i}.test", "sent"), "")
     assert d.evictions()["wide_subnet"] > 0  # the cap did bite
     assert wide[:1] == [("61.10.0.0/16", 30, 30)]
+
+
+_ADDRESSES = st.one_of(
+    st.integers(0, 2**32 - 1).map(lambda n: str(ipaddress.IPv4Address(n))),
+    st.integers(0, 2**128 - 1).map(lambda n: ipaddress.IPv6Address(n).compressed),
+    st.sampled_from(["2a00::1%eth0", "fe80::1%eth0", "::ffff:81.2.69.160", "81.2.69.160", "2a0b:4000:48::1"]),
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(_ADDRESSES)
+def test_networks_named_by_number_are_written_as_network_of_writes_them(ip):
+    """The windows name networks by number (a flood's new /64s are never written out): `label` writes
+    what `network_of` answers, scoped addresses included, and the next network has another number."""
+    pairs = ((24, 64), (16, 48), (8, 32))
+    networks = networks_of(pairs)
+    numbers = networks(ip)
+    for i, (p4, p6) in enumerate(pairs):
+        text = network_of(p4, p6)(ip)
+        assert (numbers[i] is None) == (text is None)
+        if text is not None:
+            net = ipaddress.ip_network(text)
+            assert networks.label(i, numbers[i]) == text
+            if int(net.broadcast_address) + 1 < 2**net.max_prefixlen:
+                following = net.broadcast_address + 1
+                if following.is_global:
+                    assert networks(following.compressed)[i] not in (None, numbers[i])

@@ -64,19 +64,66 @@ def _network_slow(ip: str, prefix_v4: int, prefix_v6: int) -> str | None:
 
 
 @lru_cache(maxsize=64)
-def networks_of(prefixes: tuple[tuple[int, int], ...]) -> Callable[[str], tuple[str | None, ...]]:
-    """ip -> what `network_of` answers for each (prefix_v4, prefix_v6) pair, the address read once: the
-    groupings of one window. One function (and cache) per tuple of pairs, so that windows of different
-    lengths grouping alike share their answers (and the network texts in them)."""
-    nothing: tuple[str | None, ...] = (None,) * len(prefixes)
+def networks_of(prefixes: tuple[tuple[int, int], ...]) -> Networks:
+    """The groupings of one window (see Networks), one per tuple of pairs, so that windows of different
+    lengths grouping alike share their answers."""
+    return Networks(prefixes)
 
-    def compute(ip: str) -> tuple[str | None, ...]:
+
+class Networks:
+    """ip -> its network for each (prefix_v4, prefix_v6) pair (None where `network_of` says None), the
+    address read once: the groupings of one window.
+
+    A network is named by a number, not its text: the network's own number (`address >> (width - prefix)`),
+    negated less one for IPv4, unique within one pair of prefixes. A flood of distinct IPv6 clients brings
+    a new /64 with every client, and writing its text cost more than everything else the windows did for
+    it; `label` writes the text (`network_of`'s) only for the networks a rule decides on.
+    """
+
+    __slots__ = ("cache", "nothing", "prefixes")
+
+    def __init__(self, prefixes: tuple[tuple[int, int], ...]) -> None:
+        self.prefixes = prefixes
+        self.nothing: tuple[int | None, ...] = (None,) * len(prefixes)
+        self.cache: dict[str, tuple[int | None, ...]] = {}
+
+    def __call__(self, ip: str) -> tuple[int | None, ...]:
+        cache = self.cache
+        found = cache.get(ip)
+        if found is not None:
+            return found
         addr = address(ip)
         if addr is None:
-            return tuple(_network_slow(ip, p4, p6) for p4, p6 in prefixes)
-        version, n = addr
-        if not is_global(version, n):
-            return nothing
-        return tuple(network_text(version, n, p4 if version == 4 else p6) for p4, p6 in prefixes)
+            value = tuple(_network_number(ip, p4, p6) for p4, p6 in self.prefixes)
+        else:
+            version, n = addr
+            if not is_global(version, n):
+                value = self.nothing
+            elif version == 4:
+                value = tuple(-(n >> (32 - p4)) - 1 for p4, _ in self.prefixes)
+            else:
+                value = tuple(n >> (128 - p6) for _, p6 in self.prefixes)
+        if len(cache) >= _GROUP_CACHE:
+            cache.clear()
+        cache[ip] = value
+        return value
 
-    return _bounded(compute)
+    def label(self, i: int, number: int | str) -> str:
+        """The text of network `number` of the `i`th pair of prefixes."""
+        if isinstance(number, str):
+            return number
+        p4, p6 = self.prefixes[i]
+        if number < 0:
+            return network_text(4, (-number - 1) << (32 - p4), p4)
+        return network_text(6, number << (128 - p6), p6)
+
+
+@lru_cache(maxsize=1024)
+def _network_number(ip: str, prefix_v4: int, prefix_v6: int) -> int | None:
+    """Networks' number for what netaddr does not read as a number (a scoped address): ipaddress itself."""
+    addr = ipaddress.ip_address(ip)
+    if not addr.is_global:
+        return None
+    if addr.version == 4:
+        return -(int(addr) >> (32 - prefix_v4)) - 1
+    return int(addr) >> (128 - prefix_v6)

@@ -20,7 +20,6 @@ from typing import Final
 Addr = tuple[int, int]  # (4 or 6, the address as an integer)
 
 _CACHE_MAX: Final = 2048
-_HEX_COLON: Final = "0123456789abcdefABCDEF:"
 _V4_BLOCK, _V6_BLOCK = 8, 80  # is_global is uniform inside a /24 and a /48 outside the boundary blocks
 
 
@@ -42,7 +41,8 @@ _V4_EDGES: Final = _boundaries(getattr(ipaddress, "_IPv4Constants"), 4, _V4_BLOC
 _V6_EDGES: Final = _boundaries(getattr(ipaddress, "_IPv6Constants"), 6, _V6_BLOCK, 128 - _V6_BLOCK)  # noqa: B009
 
 _parsed: Final[dict[str, tuple[str, int, int] | None]] = {}
-_global: Final[dict[tuple[int, int], bool]] = {}
+_global4: Final[dict[int, bool]] = {}  # is_global's, by /24 block
+_global6: Final[dict[int, bool]] = {}  # by /48 block
 _texts: Final[dict[int, str]] = {}  # network_text's, by (network << 8 | prefix) << 1 | (IPv6: 1)
 
 
@@ -62,13 +62,14 @@ def _v4(text: str) -> int | None:
 
 
 def _v6(text: str) -> tuple[str, int] | None:
-    """Hex-and-colons IPv6 text (hex digits checked by the caller) as ipaddress reads it: (its
-    compressed text, the integer), or None (not that shape, or inside ::/96 or ::ffff:0:0/96: ask
-    ipaddress). glibc's inet_pton and inet_ntop read and write such text as ipaddress does
-    (tests/test_fast_paths.py), in C, but write those two blocks as dotted quads."""
+    """IPv6 text without a dot as ipaddress reads it: (its compressed text, the integer), or None (not
+    hex-and-colons, or inside ::/96 or ::ffff:0:0/96: ask ipaddress). glibc's inet_pton takes nothing but
+    hex digits, colons and a dotted tail (the caller sent text with a dot elsewhere); it and inet_ntop read
+    and write such text as ipaddress does (tests/test_fast_paths.py), in C, but write those two blocks as
+    dotted quads."""
     try:
         packed = inet_pton(AF_INET6, text)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in the text
         return None
     compressed = inet_ntop(AF_INET6, packed)
     if "." in compressed:
@@ -91,7 +92,7 @@ def _read(text: str) -> tuple[str, int, int] | None:
         n = _v4(text)
         if n is not None:
             return text, 4, n
-    elif ":" in text and not text.strip(_HEX_COLON):
+    elif ":" in text and "." not in text:
         r6 = _v6(text)
         if r6 is not None:
             return r6[0], 6, r6[1]
@@ -140,14 +141,14 @@ def is_global(version: int, n: int) -> bool:
         block = n >> _V6_BLOCK
         if block in _V6_EDGES:
             return ipaddress.IPv6Address(n).is_global
-    key = (version, block)
-    g = _global.get(key)
+    known = _global4 if version == 4 else _global6
+    g = known.get(block)
     if g is None:
         shift = _V4_BLOCK if version == 4 else _V6_BLOCK
         g = (ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address)(block << shift).is_global
-        if len(_global) >= _CACHE_MAX:
-            _global.clear()
-        _global[key] = g
+        if len(known) >= _CACHE_MAX:
+            known.clear()
+        known[block] = g
     return g
 
 

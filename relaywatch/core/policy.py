@@ -13,134 +13,25 @@ network that covers the abuse: a /16 rule needs clients in several /24s.
 from __future__ import annotations
 
 import ipaddress
-from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
 
-from relaywatch.core.grouping import network_of, networks_of
-from relaywatch.core.netaddr import address
+from relaywatch.core.grouping import Networks, networks_of
+from relaywatch.core.grouping import network_of as network_of
+from relaywatch.core.rules import ALERT_ONLY_DIMS as ALERT_ONLY_DIMS
+from relaywatch.core.rules import BUCKET_S as BUCKET_S
+from relaywatch.core.rules import DEFAULT_RULES as DEFAULT_RULES
+from relaywatch.core.rules import DIMS as DIMS
+from relaywatch.core.rules import Fact as Fact
+from relaywatch.core.rules import Network as Network
+from relaywatch.core.rules import Rule as Rule
+from relaywatch.core.rules import blocked_by as blocked_by
+from relaywatch.core.rules import counted as counted
+from relaywatch.core.rules import in_network as in_network
+from relaywatch.core.rules import subnet_of as subnet_of
 from relaywatch.core.windows import MAX_KEYS, Spread, WindowCounter
-from relaywatch.model import (
-    Action,
-    Decision,
-    Dim,
-    Kind,
-    LocalRelayed,
-    RelayDenied,
-    Relayed,
-)
-
-BUCKET_S = 10
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Fact = Relayed | RelayDenied | LocalRelayed
-
-
-def subnet_of(inner: Network, outer: Network) -> bool:
-    """`inner.subnet_of(outer)`, False across address families (where the stdlib raises)."""
-    if isinstance(inner, ipaddress.IPv4Network) and isinstance(outer, ipaddress.IPv4Network):
-        return inner.subnet_of(outer)
-    if isinstance(inner, ipaddress.IPv6Network) and isinstance(outer, ipaddress.IPv6Network):
-        return inner.subnet_of(outer)
-    return False
-
-def blocked_by(kind: str, target: str, net: Network | None, client: str, sasl_user: str | None) -> bool:
-    """Whether mail from `client` (logged in as `sasl_user`) is what a block of (kind, target) refuses;
-    `net` is the parsed target of a subnet block."""
-    if kind == "client":
-        return client == target
-    if kind == "sasl_user":
-        return sasl_user == target
-    return net is not None and in_network(client, net)
-
-
-def in_network(text: str, net: Network) -> bool:
-    """Whether `text` is an address inside `net` (False for anything else: a sender, a domain)."""
-    a = address(text)
-    if a is None:
-        addr = _address(text)  # scoped, or not an address
-        return addr is not None and addr.version == net.version and addr in net
-    shift = net.max_prefixlen - net.prefixlen
-    return a[0] == net.version and a[1] >> shift == int(net.network_address) >> shift
-
-
-@lru_cache(maxsize=4096)
-def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return None
-
-
-DIMS = tuple(Dim)
-_KIND_OF_DIM = {Dim.CLIENT: Kind.CLIENT, Dim.SENDER: Kind.SENDER, Dim.DOMAIN: Kind.DESTINATION,
-                Dim.SASL_USER: Kind.SASL_USER, Dim.RELAY_DENIED: Kind.CLIENT, Dim.UID: Kind.UID}
-ALERT_ONLY_DIMS = (Dim.SENDER, Dim.DOMAIN, Dim.UID)
-
-
-@dataclass(frozen=True, slots=True)
-class Rule:
-    """Count `dim` over `window_s`; at `threshold` take `action`.
-
-    With a prefix, clients are grouped into networks and the rule needs
-    `min_clients` distinct addresses in the network: that is what rotation looks like.
-    With `min_subnets`, those clients must also fall into that many distinct
-    narrower networks (/`subnet_prefix_v4`, /`subnet_prefix_v6`): a flood inside
-    one /24 is the /24's business, not its /16's.
-    """
-
-    name: str
-    dim: Dim
-    action: Action
-    threshold: int
-    window_s: int
-    prefix_v4: int = 0
-    prefix_v6: int = 0
-    min_clients: int = 0
-    min_subnets: int = 0
-    subnet_prefix_v4: int = 24
-    subnet_prefix_v6: int = 64
-
-    @property
-    def kind(self) -> Kind:
-        return Kind.SUBNET if self.prefix_v4 else _KIND_OF_DIM[self.dim]
-
-
-DEFAULT_RULES = (
-    Rule("client", Dim.CLIENT, Action.BLOCK, threshold=60, window_s=600),
-    Rule("subnet", Dim.CLIENT, Action.BLOCK, threshold=60, window_s=600, prefix_v4=24, prefix_v6=64, min_clients=4),
-    Rule("wide_subnet", Dim.CLIENT, Action.BLOCK, threshold=30, window_s=600, prefix_v4=16, prefix_v6=48,
-         min_clients=8, min_subnets=4),
-    Rule("slow_subnet", Dim.CLIENT, Action.BLOCK, threshold=160, window_s=3 * 3600, prefix_v4=24, prefix_v6=64,
-         min_clients=8),
-    Rule("slow_wide_subnet", Dim.CLIENT, Action.BLOCK, threshold=200, window_s=3 * 3600, prefix_v4=16, prefix_v6=48,
-         min_clients=12, min_subnets=6),
-    Rule("sasl_user", Dim.SASL_USER, Action.BLOCK, threshold=150, window_s=3600),
-    Rule("sender", Dim.SENDER, Action.ALERT, threshold=100, window_s=600),
-    Rule("destination", Dim.DOMAIN, Action.ALERT, threshold=100, window_s=600),
-    Rule("relay_probe", Dim.RELAY_DENIED, Action.ALERT, threshold=20, window_s=600),
-    Rule("local_submission", Dim.UID, Action.ALERT, threshold=100, window_s=600),
-)
-
-
-def counted(fact: Fact, allow_sasl_users: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
-    """The (dim, key) pairs one fact counts under: the single answer to "what feeds which rule",
-    for the windows and for the stored counts they are rebuilt from."""
-    if isinstance(fact, RelayDenied):
-        return [("relay_denied", fact.client)]
-    if isinstance(fact, LocalRelayed):
-        keys = [("uid", str(fact.uid))]
-    elif not fact.sasl_user:
-        keys = [("client", fact.client)]
-    elif fact.sasl_user in allow_sasl_users:
-        return []
-    else:
-        keys = [("sasl_user", fact.sasl_user)]
-    keys.append(("sender", fact.sender or "<>"))
-    if fact.domain:
-        keys.append(("domain", fact.domain))
-    return keys
+from relaywatch.model import Decision
 
 
 @lru_cache(maxsize=4096)
@@ -161,14 +52,16 @@ class _Watch:
     """One rule on the window of its dimension and length it shares with the rules counting alike: its
     grouping there (`gi`, -1: none) and, with `min_subnets`, the count of distinct narrower networks."""
 
-    __slots__ = ("action", "gi", "group", "kind", "min_clients", "min_subnets", "quiet_gen", "quiet_target",
-                 "quiet_until", "rule", "spread", "threshold", "window")
+    __slots__ = ("action", "gi", "group", "kind", "min_clients", "min_subnets", "networks", "quiet_gen",
+                 "quiet_target", "quiet_until", "rule", "spread", "threshold", "window")
 
-    def __init__(self, rule: Rule, window: WindowCounter, gi: int, spread: Spread | None) -> None:
+    def __init__(self, rule: Rule, window: WindowCounter, gi: int, spread: Spread | None,
+                 networks: Networks | None) -> None:
         self.rule = rule
         self.window = window
         self.gi = gi
         self.spread = spread
+        self.networks = networks  # the window's groupings: the text of the networks it names by number
         self.group = network_of(rule.prefix_v4, rule.prefix_v6) if rule.prefix_v4 else None
         self.action = rule.action
         self.kind = rule.kind
@@ -197,6 +90,7 @@ def _windows(rules: list[Rule], bucket_s: int, max_keys: int) -> dict[str, list[
             if rule.min_subnets:
                 pairs.append((rule.subnet_prefix_v4, rule.subnet_prefix_v6))
     windows: dict[tuple[str, int], WindowCounter] = {}
+    networks: dict[tuple[str, int], Networks] = {}
     order: dict[tuple[str, int], tuple[tuple[int, int], ...]] = {}
     for shape, pairs in shapes.items():
         ordered = tuple(sorted(set(pairs), key=lambda p: (-p[0], -p[1])))
@@ -204,8 +98,9 @@ def _windows(rules: list[Rule], bucket_s: int, max_keys: int) -> dict[str, list[
         spreads = sorted({(ordered.index((r.subnet_prefix_v4, r.subnet_prefix_v6)),
                            ordered.index((r.prefix_v4, r.prefix_v6)))
                           for r in rules if (r.dim, max(1, r.window_s // bucket_s)) == shape and r.min_subnets})
-        windows[shape] = WindowCounter(shape[1], None, max_keys, networks_of(ordered) if ordered else None,
-                                       len(ordered), spreads)
+        if ordered:
+            networks[shape] = networks_of(ordered)
+        windows[shape] = WindowCounter(shape[1], None, max_keys, networks.get(shape), len(ordered), spreads)
     watches: dict[str, list[_Watch]] = {dim: [] for dim in DIMS}
     for rule in rules:
         shape = (rule.dim, max(1, rule.window_s // bucket_s))
@@ -213,7 +108,7 @@ def _windows(rules: list[Rule], bucket_s: int, max_keys: int) -> dict[str, list[
         gi = ordered.index((rule.prefix_v4, rule.prefix_v6)) if rule.prefix_v4 else -1
         spread = window.spread(ordered.index((rule.subnet_prefix_v4, rule.subnet_prefix_v6)), gi) \
             if rule.prefix_v4 and rule.min_subnets else None
-        watches[rule.dim].append(_Watch(rule, window, gi, spread))
+        watches[rule.dim].append(_Watch(rule, window, gi, spread, networks.get(shape)))
     return watches
 
 
@@ -264,7 +159,11 @@ class Detector:
         self._covered: dict[str, float] = {}
         self._exempt: dict[tuple[str, str], bool] = {}  # (action, network) -> allow-listed or the host's own
         self._exempt_targets: dict[tuple[str, str], bool] = {}  # the same by (action, target text)
-        self._recent: deque[tuple[Fact, str]] = deque(maxlen=evidence)
+        # the last `evidence` facts and their lines, a ring (a deque of pairs built a tuple per fact)
+        self._evidence = max(0, evidence)
+        self._recent_facts: list[Fact] = []
+        self._recent_lines: list[str] = []
+        self._recent_at = 0  # the oldest, once the ring is full: where the next goes
 
     def bucket(self, t: float) -> int:
         return int(t // self.bucket_s)
@@ -298,7 +197,15 @@ class Detector:
 
     def observe(self, fact: Fact, line: str) -> Observed:
         """Count `fact` into the windows of the rules it feeds; decide on the ones that crossed."""
-        self._recent.append((fact, line))
+        facts = self._recent_facts
+        if len(facts) < self._evidence:
+            facts.append(fact)
+            self._recent_lines.append(line)
+        elif self._evidence:
+            at = self._recent_at
+            facts[at] = fact
+            self._recent_lines[at] = line
+            self._recent_at = at + 1 if at + 1 < self._evidence else 0
         t = fact.time
         bucket = int(t // self.bucket_s)
         decisions: list[Decision] = []
@@ -326,10 +233,13 @@ class Detector:
                     clients = group.nkeys
                     if clients < watch.min_clients:
                         continue
-                    net = group.name
                     spread = watch.spread
-                    if spread is not None and spread.counts.get(net, 0) < watch.min_subnets:
+                    if spread is not None and spread.counts.get(group.name, 0) < watch.min_subnets:
                         continue
+                    net = group.text
+                    if not net:
+                        networks = watch.networks
+                        net = group.text = str(group.name) if networks is None else networks.label(gi, group.name)
                     decision = self._decide(watch, t, net, total, clients)
                 else:
                     total = window.last_total
@@ -338,7 +248,7 @@ class Detector:
                     decision = self._decide(watch, t, key, total, 0)
                 if decision is not None:
                     decisions.append(decision)
-        return Observed(bucket, keys, decisions)
+        return tuple.__new__(Observed, (bucket, keys, decisions))  # not the interpreted __new__ namedtuple writes
 
     def _decide(self, watch: _Watch, t: float, target: str, count: int, clients: int) -> Decision | None:
         if t < watch.quiet_until and target == watch.quiet_target and watch.quiet_gen == self._quiet_gen:
@@ -363,7 +273,9 @@ class Detector:
         if rule.action == "block" and kind == "subnet":
             self._blocked_nets[ipaddress.ip_network(target)] = t + self.block_s
             self._covered.clear()
-        matching = [(f, line) for f, line in self._recent if self._target_of(watch, f) == target]
+        facts, lines, at = self._recent_facts, self._recent_lines, self._recent_at
+        matching = [(facts[i], lines[i]) for i in (*range(at, len(facts)), *range(at))
+                    if self._target_of(watch, facts[i]) == target]
         evidence = matching[-5:]
         # the hosts whose facts in the window led here: several when a fleet's logs are replayed as one
         since = t - rule.window_s

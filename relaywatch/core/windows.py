@@ -16,6 +16,7 @@ the leftovers are too many (a flood spread over many networks), the networks
 with the fewest events are forgotten whole, those of the narrowest grouping first;
 what their keys added to the other groupings stays there as leftovers, and they still
 count among their wider network's distinct narrower ones until their last event slides out.
+The cap's eviction lives in windowcap.py.
 """
 
 from __future__ import annotations
@@ -23,31 +24,28 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Sequence
 
+from relaywatch.core.windowcap import EVENTS, GONE, SPREAD, Residue, shrink
+
 MAX_KEYS = 50_000  # per window; far above the distinct clients, senders or domains of real mail
 
-# What evicted keys left in a group, in the bucket they were counted in: (_EVENTS, group) -> events,
-# (_GONE, group) -> keys whose last event was in this bucket; and (_SPREAD + i, wide group) -> narrow
-# groups of grouping i forgotten whole whose last event was in this bucket: they stay among the wide
-# group's distinct narrow groups until then (a /24 evicted at the cap still counts for its /16).
-_EVENTS, _GONE, _SPREAD = 0, 1, 2
-Groups = tuple[str | None, ...]
+# a group's name: what the groups function answers (grouping.Networks: a network's number)
+GroupId = int | str
+Groups = tuple[GroupId | None, ...]
 _NO_GROUPS: list[Group | None] = []  # shared by the keys of an ungrouped window: never changed
 
 
 class Group:
     """One network (or other group) of one grouping, in the window: its events and distinct keys."""
 
-    __slots__ = ("gi", "name", "names", "nkeys", "total")
+    __slots__ = ("gi", "name", "names", "nkeys", "text", "total")
 
-    def __init__(self, gi: int, name: str, names: Groups) -> None:
+    def __init__(self, gi: int, name: GroupId, names: Groups) -> None:
         self.gi = gi
         self.name = name
         self.names = names  # the groups of the key that opened it: its wider groups, for the spreads
         self.total = 0
         self.nkeys = 0
-
-
-_Residue = tuple[int, Group]
+        self.text = ""  # its name as a rule's target writes it, once one asked (policy)
 
 
 class Key:
@@ -74,7 +72,7 @@ class Bucket:
         self.number = number
         self.keys: list[Key] = []
         self.ns: list[int] = []
-        self.residue: dict[_Residue, int] = {}
+        self.residue: dict[Residue, int] = {}
 
     def __len__(self) -> int:
         return len(self.keys) + len(self.residue)
@@ -88,7 +86,7 @@ class Spread:
     def __init__(self, narrow: int, wide: int) -> None:
         self.narrow = narrow
         self.wide = wide
-        self.counts: dict[str, int] = {}
+        self.counts: dict[GroupId, int] = {}
 
     def enter(self, names: Groups) -> None:
         wide = names[self.wide]
@@ -112,17 +110,17 @@ class Grouping:
     __slots__ = ("groups", "groups_evicted", "spreads")
 
     def __init__(self) -> None:
-        self.groups: dict[str, Group] = {}
+        self.groups: dict[GroupId, Group] = {}
         self.spreads: list[Spread] = []
         self.groups_evicted = 0
 
     @property
-    def totals(self) -> dict[str, int]:
+    def totals(self) -> dict[GroupId, int]:
         """Group -> events in the window."""
         return {name: g.total for name, g in self.groups.items()}
 
     @property
-    def keys(self) -> dict[str, int]:
+    def keys(self) -> dict[GroupId, int]:
         """Group -> distinct keys in the window."""
         return {name: g.nkeys for name, g in self.groups.items() if g.nkeys}
 
@@ -191,11 +189,11 @@ class WindowCounter:
 
     # the first grouping, for a counter built with `group`
     @property
-    def group_totals(self) -> dict[str, int]:
+    def group_totals(self) -> dict[GroupId, int]:
         return self.groupings[0].totals if self.groupings else {}
 
     @property
-    def group_keys(self) -> dict[str, int]:
+    def group_keys(self) -> dict[GroupId, int]:
         return self.groupings[0].keys if self.groupings else {}
 
     @property
@@ -203,7 +201,7 @@ class WindowCounter:
         return sum(g.groups_evicted for g in self.groupings)
 
     @property
-    def last_group(self) -> str | None:
+    def last_group(self) -> GroupId | None:
         return self.last_groups[0] if self.last_groups else None
 
     def spread(self, narrow: int, wide: int) -> Spread:
@@ -255,7 +253,7 @@ class WindowCounter:
                 if g is not None:
                     g.total += n
             if len(self.keys) + self.residue > self.max_keys:
-                self._shrink(key)
+                shrink(self, key)
         return total
 
     def _enter(self, key: str) -> Key:
@@ -313,16 +311,16 @@ class WindowCounter:
                     del keys[rec.key]
             for (kind, g), n in b.residue.items():  # what evicted keys left in their group
                 self.residue -= 1
-                if kind == _EVENTS:
+                if kind == EVENTS:
                     g.total -= n
                     if not g.total:
                         self._vanish(g)
-                elif kind == _GONE:
+                elif kind == GONE:
                     g.nkeys -= n
                 else:
-                    self._spread_leave(kind - _SPREAD, g, n)
+                    self.spread_leave(kind - SPREAD, g, n)
 
-    def _spread_leave(self, narrow: int, wide: Group, n: int) -> None:
+    def spread_leave(self, narrow: int, wide: Group, n: int) -> None:
         for s in self.groupings[narrow].spreads:
             if s.wide == wide.gi:
                 for _ in range(n):
@@ -333,144 +331,9 @@ class WindowCounter:
         del grouping.groups[g.name]
         for s in grouping.spreads:
             s.leave(g.names)
-    # --- the cap: at most max_keys keys and leftovers of evicted keys ----------------------
-
-    def _shrink(self, keep: str) -> None:
-        """Back to 3/4 of the cap: first the quarter of keys with the fewest events (every grouping keeps
-        their share in their group), then, if the leftovers are still too many (a flood spread over many
-        networks), the networks with the fewest events, whole, those of the narrowest grouping first."""
-        target = self.max_keys * 3 // 4
-        totals = {key: k.total for key, k in self.keys.items()}
-        self._evict_keys([self.keys[k] for k in fewest(totals, max(1, len(totals) // 4), keep)], -1)
-        for i in range(len(self.groupings)):
-            excess = len(self.keys) + self.residue - target
-            if excess <= 0:
-                break
-            self._evict_groups(i, excess, keep)
-
-    def _evict_keys(self, victims: list[Key], forget: int) -> None:
-        """Drop `victims`, leaving what they counted as residue in the groups of every grouping but `forget`."""
-        for rec in victims:
-            rec.dead = True
-        last: dict[Key, Bucket] = {}
-        for b in self.buckets:
-            keys, ns = b.keys, b.ns
-            kept: list[Key] = []
-            kept_ns: list[int] = []
-            for i, rec in enumerate(keys):
-                if rec.dead:
-                    for g in rec.groups:
-                        if g is not None and g.gi != forget:
-                            self._leave(b, (_EVENTS, g), ns[i])
-                    last[rec] = b
-                else:
-                    if rec.bucket == b.number:
-                        rec.slot = len(kept)
-                    kept.append(rec)
-                    kept_ns.append(ns[i])
-            if len(kept) < len(keys):
-                b.keys, b.ns = kept, kept_ns  # new lists: a list keeps the room of its largest size
-        for rec, b in last.items():
-            for g in rec.groups:
-                if g is not None and g.gi != forget:
-                    self._leave(b, (_GONE, g), 1)
-        for rec in victims:
-            del self.keys[rec.key]
-        self.evicted += len(victims)
-
-    def _leave(self, b: Bucket, residue_key: _Residue, n: int) -> None:
-        old = b.residue.get(residue_key)
-        if old is None:
-            self.residue += 1
-            b.residue[residue_key] = n
-        else:
-            b.residue[residue_key] = old + n
-
-    def _evict_groups(self, i: int, excess: int, keep: str) -> None:
-        """Forget whole groups of grouping `i`, fewest events first, until `excess` entries are gone."""
-        grouping = self.groupings[i]
-        kept = self.keys.get(keep)
-        keep_group = kept.groups[i] if kept is not None else None
-        members: dict[Group, list[Key]] = {}
-        for rec in self.keys.values():
-            g = rec.groups[i]
-            if g is not None:
-                members.setdefault(g, []).append(rec)
-        leftovers: dict[Group, int] = {}
-        for b in self.buckets:
-            for _, g in b.residue:
-                if g.gi == i:
-                    leftovers[g] = leftovers.get(g, 0) + 1
-        victims: list[Group] = []
-        for g in sorted(grouping.groups.values(), key=lambda g: g.total):
-            if excess <= 0:
-                break
-            if g is not keep_group:
-                victims.append(g)
-                excess -= len(members.get(g, ())) + leftovers.get(g, 0)
-        gone = set(victims)
-        newest: dict[Group, Bucket] = {}  # the bucket of each victim's last event or leftover, for the spreads
-        if grouping.spreads:
-            for b in self.buckets:
-                for rec in b.keys:
-                    member = rec.groups[i]
-                    if member is not None and member in gone:
-                        newest[member] = b
-                for _, g in b.residue:
-                    if g in gone:
-                        newest[g] = b
-        self._evict_keys([rec for g in victims for rec in members.get(g, ())], i)
-        for b in self.buckets:
-            hit = [r for r in b.residue if r[1] in gone]
-            for kind, g in hit:
-                n = b.residue.pop((kind, g))
-                self.residue -= 1
-                if kind >= _SPREAD:  # a wide group forgotten whole: its forgotten narrow groups go with it
-                    self._spread_leave(kind - _SPREAD, g, n)
-            if hit:
-                b.residue = dict(b.residue)
-        for g in victims:
-            del grouping.groups[g.name]
-            last = newest.get(g)
-            for s in grouping.spreads:
-                wide = self.groupings[s.wide].groups.get(g.names[s.wide] or "")
-                if last is not None and wide is not None:
-                    self._leave(last, (_SPREAD + i, wide), 1)  # it leaves the spread when that bucket does
-                else:
-                    s.leave(g.names)
-        grouping.groups_evicted += len(victims)
-
     def bucket_sizes(self) -> list[int]:
         """Entries (keys and leftovers) in each bucket, oldest first."""
         return [len(b) for b in self.buckets]
 
     def __len__(self) -> int:
         return len(self.keys)
-
-
-def fewest(totals: dict[str, int], n: int, keep: str) -> list[str]:
-    """The first `n` keys but `keep` of `sorted(totals, key=totals.get)` (stable: oldest first among equals),
-    in the order of `totals`, found in linear time: the cap evicts a quarter of 50,000 keys at a time."""
-    hist: dict[int, int] = {}
-    for t in totals.values():
-        hist[t] = hist.get(t, 0) + 1
-    kept = totals.get(keep)
-    if kept is not None:
-        hist[kept] -= 1
-    need = n
-    cut = 0
-    for v in sorted(hist):
-        c = hist[v]
-        if c >= need:
-            cut = v
-            break
-        need -= c
-    out = []
-    for k, t in totals.items():
-        if t < cut:
-            if k != keep:
-                out.append(k)
-        elif t == cut and need and k != keep:
-            out.append(k)
-            need -= 1
-    return out
