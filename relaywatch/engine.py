@@ -172,6 +172,11 @@ class Pipeline:
 
     def _observe(self, fact: Fact, line: str) -> Sequence[Decision]:
         totals, sinks = self.totals, self.sinks
+        for observe in self.fact_observers:
+            observe(fact)
+        bucket, counted, decisions = self.detector.observe(fact, line)
+        # the sinks see the fact after the detector (which never reads them): the address it just read
+        # is still in netaddr's cache when the timeline asks which blocks the fact's client is under
         if isinstance(fact, RelayDenied):
             totals.relay_denied += 1
             for sink in sinks:
@@ -183,9 +188,6 @@ class Pipeline:
                 totals.relayed += 1
             for sink in sinks:
                 sink.fact(fact)
-        for observe in self.fact_observers:
-            observe(fact)
-        bucket, counted, decisions = self.detector.observe(fact, line)
         if self.persist_counts:  # exactly what the windows counted, so that a restart rebuilds those windows
             counts = self._counts
             for dim, value in counted:

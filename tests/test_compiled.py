@@ -24,7 +24,7 @@ EXPECT = os.environ.get("RELAYWATCH_EXPECT_COMPILED")
 # Beyond the pure core, the replay's per-line path: the events and facts, the pipeline, the replay's loop and
 # the report's sinks (in plain Python they were half of a compiled replay's CPU outside parse/correlate/detect).
 PER_LINE = {"relaywatch.model.events", "relaywatch.engine", "relaywatch.replay", "relaywatch.reports.report",
-            "relaywatch.reports.timeline"}
+            "relaywatch.reports.timeline", "relaywatch.reports.blockwatch"}
 
 
 def is_compiled(path: str) -> bool:

@@ -17,8 +17,9 @@ from operator import itemgetter
 from typing import TypeVar, cast
 
 from relaywatch.core.netaddr import address, is_global
-from relaywatch.core.policy import DEFAULT_RULES, Network, Rule, blocked_by
+from relaywatch.core.policy import DEFAULT_RULES, Rule
 from relaywatch.model import Decision, LocalRelayed, RelayDenied, Relayed
+from relaywatch.reports.blockwatch import BlockWatch
 from relaywatch.wording import why
 
 BIN_SIZES = (60, 3600, 86400)
@@ -27,7 +28,6 @@ RANK_CAP = 4096  # keys ranked per dimension before the smaller half is dropped
 SERIES_KEYS = 12  # keys per dimension that keep a per-bin series
 STATUS_CAP = 4096  # destination domains with delivery status counts
 MAX_MARKERS = 1000
-MAX_WATCHED = 200  # blocks whose target's later traffic is counted ("would have stopped")
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,24 +165,6 @@ def _rebin(series: dict[int, int], factor: int) -> dict[int, int]:
     return out
 
 
-@dataclass(slots=True)
-class _Watched:
-    """A block the timeline follows: its network (subnets only) and the recipients queued at or after it."""
-
-    net: Network | None
-    after: int = 0
-
-
-@dataclass(slots=True)
-class _WatchIndex:
-    """Timeline._watched by target: clients, SASL users, and subnets by (version, host bits) and network."""
-
-    clients: dict[str, list[tuple[float, _Watched]]]
-    users: dict[str, list[tuple[float, _Watched]]]
-    subnets: list[tuple[float, _Watched]]
-    networks: list[tuple[int, int, dict[int, list[tuple[float, _Watched]]]]]
-
-
 class Timeline:
     """Collects the facts and decisions of a replay (or a daemon's period) for plotting: a pipeline sink."""
 
@@ -202,9 +184,7 @@ class Timeline:
         self._status: dict[str, list[int]] = {}
         self._markers: list[Marker] = []
         self.markers_dropped = 0
-        # (kind, target, time) of a block -> its network and the recipients queued at or after it
-        self._watched: dict[tuple[str, str, float], _Watched] = {}
-        self._index: _WatchIndex | None = None  # of _watched, made again after a change
+        self.blocks = BlockWatch()
         self._observed = 0  # relayed recipients seen one by one (none: counts known only in aggregate)
         self._first: int | None = None
         self._last = 0
@@ -235,15 +215,15 @@ class Timeline:
             return
         if not self.panels:
             self._observed += 1
-            if self._watched:
-                self._after_blocks(fact)
+            if self.blocks.watched:
+                self.blocks.fact(fact)
             return
         b = self._bin(fact.time)
         dims = self._dims
         self._relayed[b] = self._relayed.get(b, 0) + 1
         self._observed += 1
-        if self._watched:
-            self._after_blocks(fact)
+        if self.blocks.watched:
+            self.blocks.fact(fact)
         dims["client"].add(fact.client, b)
         addr = _address(fact.client)
         if addr is not None:
@@ -259,54 +239,10 @@ class Timeline:
             dims["domain"].add(fact.domain, b)
             self._count_status(fact.domain, fact.status)
 
-    def _after_blocks(self, fact: Relayed) -> None:
-        """Count the blocked targets' mail queued after their block: what the block would have stopped."""
-        t = fact.queued if fact.queued is not None else fact.time
-        index = self._index or self._reindex()
-        user = fact.sasl_user
-        for watched in (index.clients.get(fact.client), None if user is None else index.users.get(user)):
-            if watched is not None:
-                for since, w in watched:
-                    if t >= since:
-                        w.after += 1
-        if index.subnets:
-            a = address(fact.client)
-            if a is None:  # scoped, or not an address: what policy.in_network makes of it
-                for since, w in index.subnets:
-                    if t >= since and blocked_by("subnet", "", w.net, fact.client, None):
-                        w.after += 1
-                return
-            version, n = a
-            for v, shift, networks in index.networks:
-                watched = networks.get(n >> shift) if v == version else None
-                if watched is not None:
-                    for since, w in watched:
-                        if t >= since:
-                            w.after += 1
-
-    def _reindex(self) -> _WatchIndex:
-        """The blocks followed, by target: a fact finds its blocks by a lookup, not a walk over all of them."""
-        index = _WatchIndex({}, {}, [], [])
-        by_mask: dict[tuple[int, int], dict[int, list[tuple[float, _Watched]]]] = {}
-        for (kind, target, since), w in self._watched.items():
-            if kind == "client":
-                index.clients.setdefault(target, []).append((since, w))
-            elif kind == "sasl_user":
-                index.users.setdefault(target, []).append((since, w))
-            elif w.net is not None:
-                index.subnets.append((since, w))
-                shift = w.net.max_prefixlen - w.net.prefixlen
-                by_mask.setdefault((w.net.version, shift), {}).setdefault(
-                    int(w.net.network_address) >> shift, []).append((since, w))
-        index.networks = [(v, shift, networks) for (v, shift), networks in by_mask.items()]
-        self._index = index
-        return index
-
     def after_block(self, d: Decision) -> int | None:
         """Relayed recipients of `d`'s target queued at or after the block `d`; None when not known
         (not a block, too many blocks, or a timeline fed only aggregate counts)."""
-        w = self._watched.get((d.kind, d.target, d.time))
-        return None if w is None or not self._observed else w.after
+        return self.blocks.after(d) if self._observed else None
 
     def add_counts(self, t: float, relayed: int = 0, refused: int = 0) -> None:
         """Counts known only in aggregate (a daemon's hourly record of a day), added to the bin of `t`.
@@ -326,14 +262,7 @@ class Timeline:
 
     def decision(self, d: Decision) -> None:
         """A block, alert or unblock (the daemon records unblocks as decisions) on the time axis."""
-        if d.action == "block" and d.kind in ("client", "subnet", "sasl_user") and len(self._watched) < MAX_WATCHED:
-            try:
-                net = ipaddress.ip_network(d.target, strict=False) if d.kind == "subnet" else None
-            except ValueError:
-                net = None
-            if d.kind != "subnet" or net is not None:
-                self._watched[(d.kind, d.target, d.time)] = _Watched(net)
-                self._index = None
+        self.blocks.decision(d)
         self._mark(Marker(d.time, d.action, d.kind, d.target, d.rule, why(d), d.evidence))
 
     def _mark(self, m: Marker) -> None:
