@@ -221,7 +221,7 @@ def check_decisions(decisions: Sequence, canary_free: bool) -> None:
 def _pipeline():
     from relaywatch.config import Config
     from relaywatch.core.parse import LineParser, YearResolver
-    from relaywatch.core.policy import DEFAULT_RULES
+    from relaywatch.core.rules import DEFAULT_RULES
     from relaywatch.engine import Pipeline
     from relaywatch.reports.report import Tally
     from relaywatch.reports.timeline import Timeline

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from relaywatch import permissions
-from relaywatch.core.policy import ALERT_ONLY_DIMS, DEFAULT_RULES, DIMS, Network, Rule
+from relaywatch.core.rules import ALERT_ONLY_DIMS, DEFAULT_RULES, DIMS, Network, Rule
 from relaywatch.model import Action, ConfigError, Dim
 
 # tomllib, urllib.parse, socket and core.inline are imported where needed: a replay without a config

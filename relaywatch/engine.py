@@ -16,7 +16,8 @@ from relaywatch.config import Config
 from relaywatch.core.correlate import Correlator
 from relaywatch.core.destinations import Destinations, LocalDomains
 from relaywatch.core.parse import LineParser
-from relaywatch.core.policy import Detector, Fact, Network
+from relaywatch.core.policy import Detector
+from relaywatch.core.rules import Fact, Network
 from relaywatch.model import (
     CountRow,
     Decision,

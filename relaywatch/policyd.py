@@ -37,7 +37,7 @@ from relaywatch.core.inline import (
     parse_listen,
     parse_request,
 )
-from relaywatch.core.policy import Fact
+from relaywatch.core.rules import Fact
 from relaywatch.model import Action, Decision, Kind, Relayed, RelaywatchError
 from relaywatch.store.relayers import RelayHistory, day_number
 

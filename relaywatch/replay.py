@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from relaywatch.config import Config
 from relaywatch.core.parse import LineParser, YearResolver
-from relaywatch.core.policy import Network
+from relaywatch.core.rules import Network
 from relaywatch.engine import FLUSH_EVERY, Pipeline
 from relaywatch.model import CountRow, Decision, Event, JSONObject, OpenMessage, Origin
 from relaywatch.postfix.postconf import local_destinations

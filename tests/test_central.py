@@ -210,7 +210,7 @@ def test_status_shows_each_host_its_lag_and_last_contact(tmp_path: Path):
 
 
 def test_check_answers_for_the_fleet_with_the_counts_summed(tmp_path: Path):
-    from relaywatch.core.policy import BUCKET_S
+    from relaywatch.core.rules import BUCKET_S
     from relaywatch.model import CountRow
 
     t = datetime_2025_11_30_10_05()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from relaywatch import config
-from relaywatch.core.policy import DEFAULT_RULES
+from relaywatch.core.rules import DEFAULT_RULES
 from relaywatch.model import ConfigError
 
 EXAMPLE = Path(__file__).parent.parent / "conf" / "relaywatch.toml"

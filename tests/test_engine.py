@@ -8,7 +8,7 @@ from pathlib import Path
 
 from relaywatch.config import Config
 from relaywatch.core.parse import LineParser
-from relaywatch.core.policy import Rule
+from relaywatch.core.rules import Rule
 from relaywatch.engine import Pipeline
 from relaywatch.reports.daily import DailyRecord
 from relaywatch.reports.digest import DayStats

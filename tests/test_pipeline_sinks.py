@@ -7,7 +7,8 @@ import dataclasses
 
 from relaywatch.config import Config
 from relaywatch.core.parse import LineParser, YearResolver
-from relaywatch.core.policy import Detector, Fact
+from relaywatch.core.policy import Detector
+from relaywatch.core.rules import Fact
 from relaywatch.engine import Pipeline
 from relaywatch.model import Decision, LocalRelayed, RelayDenied, Relayed, Totals
 from relaywatch.notify.notices import notice_for_decision

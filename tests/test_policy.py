@@ -8,7 +8,8 @@ from functools import partial
 import pytest
 
 from relaywatch import config
-from relaywatch.core.policy import DEFAULT_RULES, Detector, Rule, counted
+from relaywatch.core.policy import Detector
+from relaywatch.core.rules import DEFAULT_RULES, Rule, counted
 from relaywatch.model import ConfigError, LocalRelayed, RelayDenied
 from support.facts import relayed as fact
 

@@ -6,7 +6,8 @@ from functools import partial
 
 import pytest
 
-from relaywatch.core.policy import DEFAULT_RULES, network_of
+from relaywatch.core.grouping import network_of
+from relaywatch.core.rules import DEFAULT_RULES
 from relaywatch.model import Decision, RelayDenied
 from relaywatch.reports import timeline as tl_mod
 from relaywatch.reports.sparks import sparkline, text_block

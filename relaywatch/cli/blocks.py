@@ -11,7 +11,7 @@ from relaywatch import config as config_mod
 from relaywatch.build import blocker_for as make_blocker
 from relaywatch.build import map_type, state_for
 from relaywatch.cli.common import config_option, existing_store, load, log
-from relaywatch.core.policy import BUCKET_S
+from relaywatch.core.rules import BUCKET_S
 from relaywatch.model import Action, Decision, Kind, RelaywatchError
 from relaywatch.reports import blocks as blocks_report
 from relaywatch.reports import check as check_mod

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from relaywatch.core.policy import in_network
+from relaywatch.core.rules import in_network
 from relaywatch.model import Relayed
 
 GRACE_S = 5.0

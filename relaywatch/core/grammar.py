@@ -255,25 +255,18 @@ def _tail(rest: str, i: int) -> _Tail | None:
         raddr = rest[b + 1:e]
     relay = rest[j:c]
     i = c + 2
-    c = _value(rest, i, "conn_use=")
-    if c >= 0:
-        if c == i + 9 or not _all(rest, i + 9, c, _DIGIT):
-            return None
-        i = c + 2
+    i = _optional(rest, i, "conn_use=", _DIGIT, False)
+    if i < 0:
+        return None
     c = _value(rest, i, "delay=")
     if c <= i + 6 or not _all(rest, i + 6, c, _DELAY):
         return None
-    i = c + 2
-    c = _value(rest, i, "delays=")
-    if c >= 0:
-        if c == i + 7 or not _all(rest, i + 7, c, _DELAYS):
-            return None
-        i = c + 2
-    c = _value(rest, i, "tls=")
-    if c >= 0:
-        if not _all(rest, i + 4, c, _FIELD):
-            return None
-        i = c + 2
+    i = _optional(rest, c + 2, "delays=", _DELAYS, False)
+    if i < 0:
+        return None
+    i = _optional(rest, i, "tls=", _FIELD, True)
+    if i < 0:
+        return None
     c = _value(rest, i, "dsn=")
     if c >= 0:
         if not _dsn(rest, i + 4, c):
@@ -297,6 +290,18 @@ def _value(rest: str, i: int, key: str) -> int:
     """Where the field `key` at rest[i:] ends (its `, `), or -1 when rest[i:] does not start with it."""
     j = i + len(key)
     return rest.find(", ", j) if rest[i:j] == key else -1
+
+
+def _optional(rest: str, i: int, key: str, chars: int, empty: bool) -> int:
+    """Past the optional field `key` at rest[i:] and its `, ` (i where it is absent), or -1 when its value
+    is empty (unless `empty`) or has a character outside the class `chars`."""
+    c = _value(rest, i, key)
+    if c < 0:
+        return i
+    start = i + len(key)
+    if (c == start and not empty) or not _all(rest, start, c, chars):
+        return -1
+    return c + 2
 
 
 def _dsn(text: str, start: int, end: int) -> bool:

@@ -17,19 +17,8 @@ from collections.abc import Iterable
 from functools import lru_cache
 from typing import NamedTuple
 
-from relaywatch.core.grouping import Networks, networks_of
-from relaywatch.core.grouping import network_of as network_of
-from relaywatch.core.rules import ALERT_ONLY_DIMS as ALERT_ONLY_DIMS
-from relaywatch.core.rules import BUCKET_S as BUCKET_S
-from relaywatch.core.rules import DEFAULT_RULES as DEFAULT_RULES
-from relaywatch.core.rules import DIMS as DIMS
-from relaywatch.core.rules import Fact as Fact
-from relaywatch.core.rules import Network as Network
-from relaywatch.core.rules import Rule as Rule
-from relaywatch.core.rules import blocked_by as blocked_by
-from relaywatch.core.rules import counted as counted
-from relaywatch.core.rules import in_network as in_network
-from relaywatch.core.rules import subnet_of as subnet_of
+from relaywatch.core.grouping import Networks, network_of, networks_of
+from relaywatch.core.rules import BUCKET_S, DEFAULT_RULES, DIMS, Fact, Network, Rule, counted, subnet_of
 from relaywatch.core.windows import MAX_KEYS, Spread, WindowCounter
 from relaywatch.model import Decision
 

@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from relaywatch.core.policy import Network
+from relaywatch.core.rules import Network
 from relaywatch.model import PostfixError
 from relaywatch.postfix.postconf import postconf
 

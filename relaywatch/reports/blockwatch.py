@@ -11,7 +11,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from relaywatch.core.netaddr import address
-from relaywatch.core.policy import Network, blocked_by
+from relaywatch.core.rules import Network, blocked_by
 from relaywatch.model import Decision, Relayed
 
 MAX_WATCHED = 200  # blocks whose target's later traffic is counted ("would have stopped")
@@ -75,7 +75,7 @@ class BlockWatch:
             _count_after(index.users.get(user), t)
         if index.subnets:
             a = address(fact.client)
-            if a is None:  # scoped, or not an address: what policy.in_network makes of it
+            if a is None:  # scoped, or not an address: what rules.in_network makes of it
                 for since, w in index.subnets:
                     if t >= since and blocked_by("subnet", "", w.net, fact.client, None):
                         w.after += 1

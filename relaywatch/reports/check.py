@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from relaywatch.config import Config
-from relaywatch.core.policy import in_network, subnet_of
+from relaywatch.core.rules import in_network, subnet_of
 from relaywatch.model import CountRow, Decision, RelaywatchError
 from relaywatch.postfix.audit_blocks import AuditMaps, block_ineffective_reason
 from relaywatch.postfix.postconf import postconf, postconf_services

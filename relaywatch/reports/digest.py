@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from datetime import time as clock_time
 
-from relaywatch.core.policy import DEFAULT_RULES, Rule, blocked_by
+from relaywatch.core.rules import DEFAULT_RULES, Rule, blocked_by
 from relaywatch.model import ENFORCEMENT, Decision, JSONObject, RelayDenied, Relayed, Totals
 from relaywatch.reports.report import BoundedCounter, ReplayResult, Tally
 from relaywatch.reports.timeline import Timeline

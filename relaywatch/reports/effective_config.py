@@ -13,7 +13,7 @@ from enum import Enum
 from importlib import resources
 
 from relaywatch.config import Config, redact_database
-from relaywatch.core.policy import DEFAULT_RULES, Rule
+from relaywatch.core.rules import DEFAULT_RULES, Rule
 
 EXAMPLE = "relaywatch.toml"
 

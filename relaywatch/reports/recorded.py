@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from relaywatch.core.policy import Rule
+from relaywatch.core.rules import Rule
 from relaywatch.model import RelaywatchError
 from relaywatch.reports import report
 from relaywatch.reports.digest import (

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 
 from relaywatch.core.inference import DeclinedDomain, InferredDomain
-from relaywatch.core.policy import in_network
+from relaywatch.core.rules import in_network
 from relaywatch.model import Decision, JSONObject, LocalRelayed, RelayDenied, Relayed, Totals
 from relaywatch.reports.timeline import Timeline, keep_largest
 from relaywatch.wording import describe, iso

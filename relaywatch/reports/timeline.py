@@ -17,7 +17,7 @@ from operator import itemgetter
 from typing import TypeVar, cast
 
 from relaywatch.core.netaddr import address, is_global
-from relaywatch.core.policy import DEFAULT_RULES, Rule
+from relaywatch.core.rules import DEFAULT_RULES, Rule
 from relaywatch.model import Decision, LocalRelayed, RelayDenied, Relayed
 from relaywatch.reports.blockwatch import BlockWatch
 from relaywatch.wording import why
@@ -103,7 +103,7 @@ def keep_largest(counts: dict[K, int], keep: int) -> dict[K, int]:
 
 
 def _address(ip: str) -> tuple[int, int] | None:
-    """(integer, version) of an address a subnet rule may group; None as in `policy.network_of`."""
+    """(integer, version) of an address a subnet rule may group; None as in `grouping.network_of`."""
     a = address(ip)
     if a is None:
         return _scoped(ip)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
-from relaywatch.core.policy import BUCKET_S
+from relaywatch.core.rules import BUCKET_S
 from relaywatch.model import Action, Decision, Kind, RelaywatchError
 from relaywatch.store import postgres_schema as sql
 from relaywatch.store.sqlite_file import StoreUnavailable
