@@ -21,16 +21,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 
 from relaywatch import config as config_mod
 from relaywatch.build import Parts, build
+from relaywatch.daemon_days import save_days, send_digest
 from relaywatch.engine import Pipeline
 from relaywatch.model import Decision, JSONObject, RelaywatchError
 from relaywatch.notify.notices import notice_for_text
 from relaywatch.postfix import hostaddrs
 from relaywatch.reports.daily import DailyRecord
-from relaywatch.reports.digest import DayStats, day_of, digest_text, unusual
+from relaywatch.reports.digest import DayStats
 from relaywatch.respond.pgsql_follow import follower_for
 from relaywatch.respond.responder import Counts, Message, Outcome, audit_messages
 from relaywatch.store.records import DaemonStatus
@@ -46,7 +46,6 @@ READ_WAIT_S = 0.25  # with everything committed, wait this long for a line (sign
 PRUNE_S = 300.0
 PRUNE_LINES = 200_000  # and after this many lines: a backlog must not grow the database
 ORIGINS_KEPT_S = 6 * 86400  # longer than Postfix keeps mail (maximal_queue_lifetime = 5d)
-DAYS_KEPT = 35  # finished days kept in meta as day:YYYY-MM-DD
 GC_YOUNG = 10_000  # container objects allocated (net) before a young collection; Python: 700
 
 
@@ -232,7 +231,7 @@ class Daemon:
             with self.store.transaction():
                 recorded = self.responder.record(self._claimed(decisions))
                 self.pipeline.flush(self._position)
-                self._save_days()
+                save_days(self.store, self.daily)
                 if also is not None:
                     also()
         except StoreUnavailable as exc:
@@ -359,43 +358,10 @@ class Daemon:
                 _log(alarm.messages())
         else:
             self.store.status.put(status)
-        self._send_digest(now)
+        send_digest(now, self.cfg.notify_digest_at, self.store, self.daily, self.notifier)
         self._save_notify_state()
         sd_notify(f"STATUS={totals.lines} lines, {totals.relayed} relayed, "
                   f"{len(self.store.blocks(now))} blocks\nWATCHDOG=1")
-
-    def _save_days(self) -> None:
-        """Keep finished days as day:YYYY-MM-DD (the last DAYS_KEPT) and the current one as day_current."""
-        finished = self.daily.take_finished()
-        for day in finished:
-            self.store.days.put(day.day, day.to_dict())
-        if finished:
-            oldest = day_of(datetime.fromisoformat(finished[-1].day).timestamp() - DAYS_KEPT * 86400)
-            self.store.days.prune(oldest)
-        self.store.days.put_current(self.daily.day.to_dict())
-
-    def _send_digest(self, now: float) -> None:
-        """At [notify] digest_at (local time), send yesterday's digest once."""
-        if not self.cfg.notify_digest_at or self.notifier is None:
-            return
-        local = datetime.fromtimestamp(now)
-        if local.strftime("%H:%M") < self.cfg.notify_digest_at:
-            return
-        day = (local.date() - timedelta(days=1)).isoformat()
-        if self.store.days.digest_sent() >= day:
-            return
-        if self.daily.day.day <= day:
-            return  # still reading yesterday's log (a backlog): wait until it is finished
-        self.store.days.mark_digest_sent(day)  # before submitting: a crash loses it rather than repeat it
-        saved = self.store.days.get(day)
-        if saved is None:
-            log.info("no digest for %s: relaywatch did not watch the log that day", day)
-            return
-        stats = DayStats.from_dict(saved)
-        title, body = digest_text(stats, self.store.decisions(stats.start, stats.end))
-        severity = "warning" if unusual(stats) else "info"
-        self.notifier.submit(notice_for_text(severity, title, body, ("digest", severity)))
-        log.info("daily digest of %s submitted", day)
 
     def _save_notify_state(self) -> None:
         """Cooldowns and the keyed notices sent, so that a restart neither resets nor repeats them."""

@@ -13,6 +13,7 @@ import pytest
 
 from relaywatch.core.destinations import DomainList, LocalDomains, Pattern, Source, split_list
 from relaywatch.core.inference import Declined, LogInference, Reason, mailbox_provider, registered_domain
+from relaywatch.model import PostfixError
 from relaywatch.postfix import postconf as postconf_mod
 from relaywatch.postfix.postconf import local_destinations, postfix_domains
 from support.postfix_rig import POSTMAP, postfix_installed
@@ -197,18 +198,57 @@ def test_the_sources_in_order(etc, tmp_path):
     assert source is Source.LOG and destinations.known is False and "postconf" in detail
 
 
+def recording_postconf(tmp_path: Path) -> tuple[Path, Path]:
+    """An executable `postconf` that only writes down that it ran (and fails as a real one would)."""
+    binary, ran = tmp_path / "bin" / "postconf", tmp_path / "ran"
+    binary.parent.mkdir()
+    binary.write_text(f'#!/bin/sh\necho "$@" >> {ran}\nexit 1\n')
+    binary.chmod(0o755)
+    return binary, ran
+
+
 @needs_postfix
 def test_without_main_cf_postconf_is_not_run_and_its_words_are_kept(tmp_path, monkeypatch):
     """Issue 15: a replay where DIR/main.cf does not exist ran postconf twice, each failing after
-    Postfix's one-second sleep. Now no process runs (a postconf that cannot start proves it), and
-    the reason a report shows is word for word what postconf itself says."""
+    Postfix's one-second sleep. Now no process runs (a postconf that writes down each start proves
+    it), and the reason a report shows is word for word what postconf itself says."""
     nowhere = tmp_path / "nowhere"
     real = subprocess.run(["postconf", "-c", str(nowhere), "-x", "mydestination"], capture_output=True, text=True)
-    monkeypatch.setattr(postconf_mod, "POSTCONF", str(tmp_path / "no-such-postconf"))
+    binary, ran = recording_postconf(tmp_path)
+    monkeypatch.setattr(postconf_mod, "POSTCONF", str(binary))
     _, source, detail = local_destinations((), (), nowhere)
     assert source is Source.LOG
     assert detail == f"postconf -c {nowhere}: {real.stderr.strip().rpartition('fatal: ')[2]}"
     assert "main.cf: No such file or directory" in detail
+    assert not ran.exists()
+    (nowhere / "main.cf").parent.mkdir()
+    (nowhere / "main.cf").write_text("")
+    with pytest.raises(PostfixError):  # with a main.cf it does run
+        postconf_mod.postconf(nowhere)
+    assert ran.read_text().startswith(f"-c {nowhere} ")
+
+
+def test_without_postfix_the_error_says_so_rather_than_naming_main_cf(tmp_path, monkeypatch):
+    """Review of issue 15: on a host without Postfix and without DIR/main.cf, the reason named main.cf
+    (the no-wait path answered first). A missing postconf is named, found on PATH without a start."""
+    nowhere, empty = tmp_path / "nowhere", tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))  # the module's own name, "postconf", looked up on PATH
+    _, source, detail = local_destinations((), (), nowhere)
+    assert source is Source.LOG
+    assert detail == f"postconf -c {nowhere}: postconf not found: is Postfix installed? (not in PATH {empty})"
+    (empty / "postconf").write_text("#!/bin/sh\n")  # there, but not executable: not found either
+    with pytest.raises(PostfixError, match=r"^postconf not found: is Postfix installed\?"):
+        postconf_mod.postconf(nowhere)
+
+
+def test_a_postconf_path_that_is_not_there_is_named(tmp_path, monkeypatch):
+    missing = tmp_path / "sbin" / "postconf"
+    monkeypatch.setattr(postconf_mod, "POSTCONF", str(missing))
+    for config_directory in (tmp_path / "nowhere", None):  # with or without -c, main.cf or none
+        with pytest.raises(PostfixError) as caught:
+            postconf_mod.postconf(config_directory)
+        assert str(caught.value) == f"{missing} not found: is Postfix installed? (no such executable file)"
 
 
 def gateway_day(n: int = 80) -> str:

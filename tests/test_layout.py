@@ -17,7 +17,7 @@ LAYERS = (
     {"sources", "store", "postfix", "notify"},  # the edges: one family each, not importing each other
     {"respond"},  # acting on decisions: block, hold, notify, check enforcement
     {"engine", "reports"},  # the pipeline, and the reports that are its sinks: neither imports the other
-    {"daemon", "policyd", "replay", "build"},
+    {"daemon", "daemon_days", "policyd", "replay", "build"},
     {"cli", "__main__"},
 )
 EDGES = LAYERS[3]

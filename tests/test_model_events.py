@@ -1,9 +1,12 @@
 """The events and facts: each writes out its `__init__` (compiled, it is native code), so these
-hold each `__init__` to the dataclass fields beside it, in either form (pure or compiled)."""
+hold each `__init__` to the dataclass fields beside it, in either form (pure or compiled), and
+check that each can be copied and pickled (compiled, `__new__` runs that `__init__`)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import pickle
 
 import pytest
 
@@ -89,3 +92,44 @@ def test_totals_count_and_keep_their_own_samples():
     a.lines += 1
     a.unparsed_samples.append("x")
     assert (a.lines, b.lines, b.unparsed_samples, b.first_time) == (1, 2, [], None)
+
+
+# Every way a value is taken apart and built again: copy, deepcopy, pickle at every protocol.
+COPIES = {"copy": copy.copy, "deepcopy": copy.deepcopy,
+          **{f"pickle{p}": (lambda v, p=p: pickle.loads(pickle.dumps(v, protocol=p)))
+             for p in range(pickle.HIGHEST_PROTOCOL + 1)}}
+
+
+def field_values(value: object) -> dict[str, object]:
+    """Every field, those left out of == (a fact's `queued` and `host`) included."""
+    return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+
+
+@pytest.mark.parametrize("how", COPIES)
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_copy_deepcopy_and_pickle_keep_the_class_and_every_field(cls, how):
+    original = cls(**sample(cls))
+    again = COPIES[how](original)
+    assert again is not original and type(again) is cls
+    assert field_values(again) == field_values(original) and again == original and hash(again) == hash(original)
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_replace_changes_the_one_field_named(cls):
+    values = sample(cls)
+    original = cls(**values)
+    for name, value in values.items():
+        other = not value if isinstance(value, bool) else value + 100 if isinstance(value, int | float) else "other"
+        changed = dataclasses.replace(original, **{name: other})
+        assert type(changed) is cls and field_values(changed) == {**values, name: other}, name
+    assert field_values(original) == values
+
+
+@pytest.mark.parametrize("how", COPIES)
+def test_totals_copy_and_pickle_with_their_samples(how):
+    totals = model.Totals(lines=5, unparsed=1, relayed=2, first_time=1.5, last_time=9.5, unparsed_samples=["bad line"])
+    again = COPIES[how](totals)
+    assert type(again) is model.Totals and again == totals
+    if how != "copy":  # a shallow copy shares the list, as a dataclass's does
+        again.unparsed_samples.append("another")
+        assert totals.unparsed_samples == ["bad line"]

@@ -6,6 +6,9 @@ compiled by mypyc (pyproject's [tool.relaywatch.compiled]), an explicit `__init_
 that the compiled parser and correlator call directly, where the one `dataclass` generates stays an
 interpreted frame (0.04 against 0.39 us a Delivery). The `__init__` takes the fields in their
 order, `host` keyword-only on events; tests/test_model_events.py holds the two to each other.
+Compiled, a class's `__new__` runs that `__init__` (mypyc keeps its attributes always set), so the
+default way to copy or pickle (`cls.__new__(cls)`, then the state) fails: each class's `__reduce__`
+builds it again through `__init__`, by field name, and copy, deepcopy and pickle use that in either form.
 Not `frozen` (a frozen dataclass costs several times as much to build), but hashable and never
 assigned to. `Totals`, built once a run, keeps the generated `__init__`; compiled, its fields are
 read and counted natively by the compiled pipeline.
@@ -13,7 +16,23 @@ read and counted natively by the compiled pipeline.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+# What `__reduce__` returns: how to build the value again, and from what.
+Reduced = tuple[Callable[..., object], tuple[object, ...]]
+
+
+def _rebuilt(cls: Callable[..., object], values: dict[str, Any]) -> object:
+    """An event or fact built again from its fields by name (`host` is keyword-only on events)."""
+    return cls(**values)
+
+
+def _reduced(value: Any) -> Reduced:
+    """Each class's `__reduce__`: its fields by name, for `_rebuilt`."""
+    return _rebuilt, (type(value), {f.name: getattr(value, f.name) for f in fields(value)})
+
 
 # --- parsed log events -------------------------------------------------------
 
@@ -32,6 +51,9 @@ class Event:
     def __init__(self, time: float, *, host: str = "") -> None:
         self.time = time
         self.host = host
+
+    def __reduce__(self) -> Reduced:
+        return _reduced(self)
 
 
 @dataclass(slots=True, unsafe_hash=True)
@@ -235,6 +257,9 @@ class Relayed:
         self.queued = queued
         self.host = host
 
+    def __reduce__(self) -> Reduced:
+        return _reduced(self)
+
 
 @dataclass(slots=True, unsafe_hash=True)
 class LocalRelayed:
@@ -261,6 +286,9 @@ class LocalRelayed:
         self.status = status
         self.host = host
 
+    def __reduce__(self) -> Reduced:
+        return _reduced(self)
+
 
 @dataclass(slots=True, unsafe_hash=True)
 class RelayDenied:
@@ -276,6 +304,9 @@ class RelayDenied:
         self.client = client
         self.qid = qid
         self.host = host
+
+    def __reduce__(self) -> Reduced:
+        return _reduced(self)
 
 
 # --- what a run read ---------------------------------------------------------
@@ -294,3 +325,6 @@ class Totals:
     first_time: float | None = None
     last_time: float | None = None
     unparsed_samples: list[str] = field(default_factory=list)
+
+    def __reduce__(self) -> Reduced:  # compiled, pickle's protocols 0 and 1 refuse the class otherwise
+        return _reduced(self)

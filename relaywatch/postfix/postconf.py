@@ -41,11 +41,21 @@ def _no_main_cf(config_directory: str | Path) -> bool:
     return False
 
 
+def _executable(name: str) -> bool:
+    """`name` would start: a path to an executable file, or one in a directory of PATH, looked up
+    as the process start looks (`os.get_exec_path`), without starting one (nor importing shutil)."""
+    dirs = [""] if "/" in name else os.get_exec_path()
+    return any(os.path.isfile(path := os.path.join(d, name)) and os.access(path, os.X_OK) for d in dirs)
+
+
 def _run(args: list[str], config_directory: str | Path | None) -> str:
     cmd = [POSTCONF]
     if config_directory is not None:
         cmd += ["-c", str(config_directory)]
     cmd += args
+    if not _executable(POSTCONF):  # first: on a host without Postfix, say that rather than what it lacks
+        where = "no such executable file" if "/" in POSTCONF else f"not in PATH {os.pathsep.join(os.get_exec_path())}"
+        raise PostfixError(f"{POSTCONF} not found: is Postfix installed? ({where})")
     if config_directory is not None and _no_main_cf(config_directory):  # postconf's own words, without the wait
         raise PostfixError(f"{' '.join(cmd)} failed: postconf: fatal: open {config_directory}/main.cf:"
                            " No such file or directory")

@@ -10,9 +10,7 @@ When PostgreSQL cannot be reached the store degrades like the SQLite one (store.
 StoreUnavailable and wait in memory, reads answer from what was last read, and everything is
 written with the first transaction that succeeds. The URL's password never reaches a message.
 
-A commit whose answer was lost (the connection died after the server committed, before the client
-heard) is settled on the next transaction: the host's row shows whether its number landed, and if it
-did, the counts of that batch are dropped from the batch the pipeline sends again (no double count).
+A commit whose answer was lost is settled on the next transaction (store.postgres_state.Unheard).
 The reads are store.postgres_reads's.
 """
 
@@ -21,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -32,12 +29,10 @@ from relaywatch.config import redact_database
 from relaywatch.model import CountRow, Decision, JSONObject, OpenMessage, Origin, RelaywatchError
 from relaywatch.store import postgres_schema as sql
 from relaywatch.store.postgres_reads import BlockChanges, Reads
-from relaywatch.store.postgres_state import BlockKeys, Claims, Meta, decision_row, make_schema
+from relaywatch.store.postgres_state import BlockKeys, Claims, Meta, Unheard, decision_row, make_schema
 from relaywatch.store.records import BlockRow
 from relaywatch.store.sqlite_file import StoreUnavailable
 from relaywatch.store.state import DayArchive, EnforcementAlarms, MapState, NotifyState, Positions, StatusRecord
-
-log = logging.getLogger("relaywatch.store")
 
 OUTAGE_RETRY_S = 5.0  # while PostgreSQL cannot be reached, a write is tried again this often
 CONNECT_TIMEOUT_S = 5
@@ -82,10 +77,7 @@ class Store(Reads):
         self._conn: psycopg.Connection[Any] | None = None
         self._locked = False
         self._seq: int | None = None  # this transaction's number in the host's row
-        self._sent: dict[tuple[str, int, str], int] = {}  # the counts this transaction wrote
-        self._doubt: tuple[int, dict[tuple[str, int, str], int]] | None = None  # a commit not heard: (seq, counts)
-        self._landed: dict[tuple[str, int, str], int] = {}  # counts of a batch that landed unheard: not again
-        self._dropped = False  # this transaction left out the landed counts
+        self.unheard = Unheard()
         self._on_commit: list[Callable[[], None]] = []
         self._unsaved_blocks: dict[tuple[str, str], BlockRow] = {}
         self._blocks_read: dict[tuple[str, str], BlockRow] = {}  # the last blocks read: answered during an outage
@@ -177,7 +169,7 @@ class Store(Reads):
             with self._errors("write"):
                 conn = self._connection()
                 with conn.transaction():
-                    self._settle(conn)
+                    self.unheard.settle(conn, self.host, self.name)
                     self._write_backlog(conn)
                     yield
                     committing = True
@@ -186,34 +178,19 @@ class Store(Reads):
             if isinstance(exc, StoreUnavailable):
                 self.unavailable, self._retry_at = exc, self.clock() + OUTAGE_RETRY_S
                 if committing and self._seq is not None:  # it may have landed: the next transaction asks
-                    self._doubt = (self._seq, self._sent)
+                    self.unheard.not_heard(self._seq)
+            self.unheard.end(committed=False)
             raise
         finally:
-            self._depth, self._seq, self._sent = 0, None, {}
-            dropped, self._dropped = self._dropped, False
+            self._depth, self._seq = 0, None
             self.claims.end()
-        if dropped:  # committed without the landed counts: the pipeline's batch no longer holds them
-            self._landed = {}
+        self.unheard.end(committed=True)
         self._unsaved_blocks.clear()
         self.meta.saved()
         done, self._on_commit = self._on_commit, []
         for fn in done:
             fn()
         self.unavailable = None
-
-    def _settle(self, conn: psycopg.Connection[Any]) -> None:
-        """A commit that was not heard: if the host's row shows its number, it landed, and its counts
-        are left out of the batch sent again (the pipeline still holds them)."""
-        if self._doubt is None:
-            return
-        seq, counts = self._doubt
-        row = conn.execute(sql.HOST_SEQ, [self.host]).fetchone()
-        self._doubt = None
-        if row is not None and int(row[0]) >= seq:
-            log.warning("state database %s: the batch %d committed though its answer was lost: it is not"
-                        " written again", self.name, seq)
-            for key, n in counts.items():
-                self._landed[key] = self._landed.get(key, 0) + n
 
     def on_commit(self, fn: Callable[[], None]) -> None:
         if self._depth:
@@ -322,13 +299,13 @@ class Store(Reads):
                     cur.execute("DELETE FROM relaywatch_open_messages WHERE host = %s AND qid = ANY(%s)",
                                 [me, list(gone)])
                 won = self._claim_all(conn, me, decisions)
-                counts = self._unlanded(counts)
+                counts = self.unheard.unlanded(counts)
                 if counts or won:
                     seq = self._next_seq(conn)
                     with cur.copy(sql.COPY_COUNTS) as copy:
                         for dim, bucket, key, n in counts:
                             copy.write_row((me, seq, dim, bucket, key, n))
-                            self._sent[(dim, bucket, key)] = self._sent.get((dim, bucket, key), 0) + n
+                            self.unheard.sent(dim, bucket, key, n)
                     cur.executemany(sql.INSERT_DECISION, [decision_row(me, seq, d) for d in won])
                 if position is not None:
                     value = json.dumps(position[1], sort_keys=True)
@@ -336,18 +313,6 @@ class Store(Reads):
                     # what `status` shows of this host: HostRow's shape, the source named (as SQLite's own row)
                     cur.execute(sql.HOST_POSITION, [me, json.dumps({"source": position[0], **position[1]},
                                                                    sort_keys=True)])
-
-    def _unlanded(self, counts: Iterable[CountRow]) -> list[CountRow]:
-        """`counts` without those of a batch that landed unheard (`_settle`)."""
-        if not self._landed:
-            return list(counts)
-        self._dropped = True
-        out = []
-        for dim, bucket, key, n in counts:
-            n -= self._landed.get((dim, bucket, key), 0)
-            if n > 0:
-                out.append(CountRow(dim, bucket, key, n))
-        return out
 
     def prune(self, before_bucket: int) -> int:
         """Forget counts older than every window (any host's: they are the fleet's windows)."""

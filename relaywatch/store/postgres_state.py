@@ -1,5 +1,6 @@
 """The PostgreSQL store's parts that need no driver: the decision claims of one transaction, the
-host's state records (store.state's KeyValue over relaywatch_meta) and the row conversions.
+commits whose answer was lost, the host's state records (store.state's KeyValue over relaywatch_meta)
+and the row conversions.
 
 `conn` below is the store's psycopg connection (only store.postgres imports psycopg)."""
 
@@ -7,12 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
 from relaywatch.core.rules import BUCKET_S
-from relaywatch.model import Action, Decision, Kind, RelaywatchError
+from relaywatch.model import Action, CountRow, Decision, Kind, RelaywatchError
 from relaywatch.store import postgres_schema as sql
 from relaywatch.store.sqlite_file import StoreUnavailable
 
@@ -64,6 +65,58 @@ class Claims:
     def end(self) -> None:
         """The transaction ended: its claims were committed or rolled back with it."""
         self._won.clear()
+
+
+class Unheard:
+    """A commit whose answer was lost (the connection died after the server committed, before the client
+    heard) is settled on the next transaction: the host's row shows whether its number landed, and if it
+    did, the counts of that batch are dropped from the batch the pipeline sends again (no double count)."""
+
+    def __init__(self) -> None:
+        self._sent: dict[tuple[str, int, str], int] = {}  # the counts this transaction wrote
+        self._doubt: tuple[int, dict[tuple[str, int, str], int]] | None = None  # a commit not heard: (seq, counts)
+        self._landed: dict[tuple[str, int, str], int] = {}  # counts of a batch that landed unheard: not again
+        self._dropped = False  # this transaction left out the landed counts
+
+    def sent(self, dim: str, bucket: int, key: str, n: int) -> None:
+        self._sent[(dim, bucket, key)] = self._sent.get((dim, bucket, key), 0) + n
+
+    def not_heard(self, seq: int) -> None:
+        """The commit of the transaction numbered `seq` failed unheard: it may have landed."""
+        self._doubt = (seq, self._sent)
+
+    def settle(self, conn: Any, host: str, name: str) -> None:
+        """A commit that was not heard: if the host's row shows its number, it landed, and its counts
+        are left out of the batch sent again (the pipeline still holds them)."""
+        if self._doubt is None:
+            return
+        seq, counts = self._doubt
+        row = conn.execute(sql.HOST_SEQ, [host]).fetchone()
+        self._doubt = None
+        if row is not None and int(row[0]) >= seq:
+            log.warning("state database %s: the batch %d committed though its answer was lost: it is not"
+                        " written again", name, seq)
+            for key, n in counts.items():
+                self._landed[key] = self._landed.get(key, 0) + n
+
+    def unlanded(self, counts: Iterable[CountRow]) -> list[CountRow]:
+        """`counts` without those of a batch that landed unheard (`settle`)."""
+        if not self._landed:
+            return list(counts)
+        self._dropped = True
+        out = []
+        for dim, bucket, key, n in counts:
+            n -= self._landed.get((dim, bucket, key), 0)
+            if n > 0:
+                out.append(CountRow(dim, bucket, key, n))
+        return out
+
+    def end(self, *, committed: bool) -> None:
+        """The transaction is over. Committed without the landed counts: the pipeline's batch no longer
+        holds them."""
+        if committed and self._dropped:
+            self._landed = {}
+        self._sent, self._dropped = {}, False
 
 
 _DIMS_OF_KIND = {Kind.CLIENT: ["client", "relay_denied"], Kind.SUBNET: ["client", "relay_denied"],

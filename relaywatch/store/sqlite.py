@@ -1,5 +1,5 @@
 """The state database in SQLite: window counts, decisions, blocks, open messages, origins and
-read positions, and the typed state records (store.state) over its `meta` table.
+read positions, and the typed state records (store.state) over its `meta` table (store.sqlite_meta).
 
 Counts are written in batches, each batch in one transaction together with
 the read position that produced it, so a crash loses or repeats nothing.
@@ -15,7 +15,6 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import sqlite_utils
 
@@ -23,6 +22,7 @@ from relaywatch.model import Action, CountRow, Decision, JSONObject, Kind, OpenM
 from relaywatch.store import sqlite_file
 from relaywatch.store.records import BlockRow, FleetNews, HostRow
 from relaywatch.store.sqlite_file import StoreUnavailable, sqlite_errors
+from relaywatch.store.sqlite_meta import Meta
 from relaywatch.store.state import (
     DayArchive,
     EnforcementAlarms,
@@ -65,15 +65,14 @@ class Store:
         self._depth = 0
         self._on_commit: list[Callable[[], None]] = []
         self._unsaved_blocks: dict[tuple[str, str], BlockRow] = {}
-        self._unsaved_meta: dict[str, Any] = {}
         self._lock_fd: int | None = None
         self.db = sqlite_utils.Database(sqlite_file.open_connection(path))
-        meta = _Meta(self)
-        self.days = DayArchive(meta)
-        self.status = StatusRecord(meta)
-        self.map_state = MapState(meta)
-        self.notify_state = NotifyState(meta)
-        self.alarms = EnforcementAlarms(meta)
+        self.meta = Meta(self)
+        self.days = DayArchive(self.meta)
+        self.status = StatusRecord(self.meta)
+        self.map_state = MapState(self.meta)
+        self.notify_state = NotifyState(self.meta)
+        self.alarms = EnforcementAlarms(self.meta)
         self.positions = Positions(self._position)
 
     @contextlib.contextmanager
@@ -115,7 +114,7 @@ class Store:
         finally:
             self._depth = 0
         self._unsaved_blocks.clear()
-        self._unsaved_meta.clear()
+        self.meta.saved()
         done, self._on_commit = self._on_commit, []
         for fn in done:
             fn()
@@ -134,8 +133,7 @@ class Store:
     def _write_backlog(self) -> None:
         for row in self._unsaved_blocks.values():
             self._insert_block(row)
-        for key, value in self._unsaved_meta.items():
-            write_meta(self, key, value)
+        self.meta.write_unsaved()
 
     @contextlib.contextmanager
     def _kept_if_unavailable(self) -> Iterator[None]:
@@ -149,7 +147,11 @@ class Store:
     @property
     def backlog(self) -> int:
         """Blocks and state records waiting in memory for the store to be writable again."""
-        return len(self._unsaved_blocks) + len(self._unsaved_meta)
+        return len(self._unsaved_blocks) + self.meta.unsaved_count()
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._depth > 0
 
     def lock_for_daemon(self) -> None:
         """One daemon per state database, for its whole life (see sqlite_file.lock_for_daemon)."""
@@ -364,49 +366,3 @@ class Store:
     def block_changes(self) -> None:
         return None
 
-
-class _Meta:
-    """The `meta` table as store.state's KeyValue: JSON values by key. In degrade mode a value that
-    cannot be written now is kept (and read back) from memory and written with the next transaction."""
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-
-    def get(self, key: str) -> Any:
-        unsaved = self._store._unsaved_meta
-        if key in unsaved:
-            return unsaved[key]
-        row = self._store.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
-        return json.loads(row[0]) if row else None
-
-    def put(self, key: str, value: Any) -> None:
-        store = self._store
-        store._unsaved_meta[key] = value
-        nested = store._depth > 0
-        try:
-            with store.transaction():
-                if nested:  # else the backlog, this value included, was written as the transaction began
-                    write_meta(store, key, value)
-        except StoreUnavailable:
-            if not store.degrade:
-                del store._unsaved_meta[key]
-                raise
-
-    def keys(self, prefix: str) -> list[str]:
-        rows = self._store.db.execute("SELECT key FROM meta WHERE substr(key, 1, ?) = ? ORDER BY key",
-                                      [len(prefix), prefix])
-        return sorted({r[0] for r in rows} | {k for k in self._store._unsaved_meta if k.startswith(prefix)})
-
-    def prune(self, prefix: str, before: str) -> int:
-        store = self._store
-        with store._kept_if_unavailable(), store.transaction():
-            return int(store.db.execute("DELETE FROM meta WHERE substr(key, 1, ?) = ? AND substr(key, ?) < ?",
-                                        [len(prefix), prefix, len(prefix) + 1, before]).rowcount)
-        return 0
-
-
-def write_meta(store: Store, key: str, value: Any) -> None:
-    store.db.execute(
-        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        [key, json.dumps(value, sort_keys=True)],
-    )
