@@ -230,16 +230,33 @@ def test_without_main_cf_postconf_is_not_run_and_its_words_are_kept(tmp_path, mo
 
 def test_without_postfix_the_error_says_so_rather_than_naming_main_cf(tmp_path, monkeypatch):
     """Review of issue 15: on a host without Postfix and without DIR/main.cf, the reason named main.cf
-    (the no-wait path answered first). A missing postconf is named, found on PATH without a start."""
-    nowhere, empty = tmp_path / "nowhere", tmp_path / "empty"
+    (the no-wait path answered first). A missing postconf is named, looked up without a start."""
+    nowhere, empty, sbin = tmp_path / "nowhere", tmp_path / "empty", tmp_path / "sbin"
     empty.mkdir()
+    sbin.mkdir()
     monkeypatch.setenv("PATH", str(empty))  # the module's own name, "postconf", looked up on PATH
+    monkeypatch.setattr(postconf_mod, "SBIN", (str(sbin),))  # then in Postfix's directories: not there either
     _, source, detail = local_destinations((), (), nowhere)
     assert source is Source.LOG
-    assert detail == f"postconf -c {nowhere}: postconf not found: is Postfix installed? (not in PATH {empty})"
-    (empty / "postconf").write_text("#!/bin/sh\n")  # there, but not executable: not found either
+    assert detail == f"postconf -c {nowhere}: postconf not found: is Postfix installed? (not in {empty}:{sbin})"
+    (sbin / "postconf").write_text("#!/bin/sh\n")  # there, but not executable: not found either
     with pytest.raises(PostfixError, match=r"^postconf not found: is Postfix installed\?"):
         postconf_mod.postconf(nowhere)
+    monkeypatch.setenv("PATH", "")
+    with pytest.raises(PostfixError, match=rf"^postmap not found: is Postfix installed\? \(not in {sbin}\)$"):
+        postconf_mod.postmap_lookup("hash:/nowhere/table", ("x",))
+
+
+@needs_postfix
+def test_a_login_whose_path_lacks_sbin_still_finds_postfix(tmp_path, monkeypatch):
+    """Review: Debian's PATH for a non-root login has no /usr/sbin, where postconf lives; "postconf not
+    found: is Postfix installed?" would then be false. Postfix's own directories are looked in after PATH."""
+    monkeypatch.setenv("PATH", "/usr/local/bin:/usr/bin:/bin")
+    assert not any(os.path.exists(f"{d}/postconf") for d in ("/usr/local/bin", "/usr/bin", "/bin"))
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "main.cf").write_text("mydestination = example.net\n")
+    assert postconf_mod.postconf(etc, ("mydestination",))["mydestination"] == "example.net"
 
 
 def test_a_postconf_path_that_is_not_there_is_named(tmp_path, monkeypatch):

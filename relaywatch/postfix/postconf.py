@@ -26,6 +26,7 @@ log = logging.getLogger("relaywatch.postconf")
 
 POSTCONF = "postconf"
 POSTMAP = "postmap"
+SBIN = ("/usr/sbin", "/usr/local/sbin")  # where Postfix's packages put postconf and postmap
 RETRY_FAILED_S = 60.0  # a table Postfix could not read is asked again after this long
 
 
@@ -41,11 +42,19 @@ def _no_main_cf(config_directory: str | Path) -> bool:
     return False
 
 
-def _executable(name: str) -> bool:
-    """`name` would start: a path to an executable file, or one in a directory of PATH, looked up
-    as the process start looks (`os.get_exec_path`), without starting one (nor importing shutil)."""
-    dirs = [""] if "/" in name else os.get_exec_path()
-    return any(os.path.isfile(path := os.path.join(d, name)) and os.access(path, os.X_OK) for d in dirs)
+def _is_exe(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+def _command(name: str) -> tuple[str | None, str]:
+    """The file `name` starts, looked up without starting a process (nor importing shutil): a path as
+    given; a bare name in PATH, then in Postfix's own directories (a non-root login's PATH on Debian
+    lacks /usr/sbin). With None, where it was looked for, for the error."""
+    if "/" in name:
+        return (name if _is_exe(name) else None), "no such executable file"
+    dirs = [d for d in (*os.get_exec_path(), *SBIN) if d]
+    found = next((path for d in dirs if _is_exe(path := os.path.join(d, name))), None)
+    return found, f"not in {os.pathsep.join(dirs)}"
 
 
 def _run(args: list[str], config_directory: str | Path | None) -> str:
@@ -53,8 +62,8 @@ def _run(args: list[str], config_directory: str | Path | None) -> str:
     if config_directory is not None:
         cmd += ["-c", str(config_directory)]
     cmd += args
-    if not _executable(POSTCONF):  # first: on a host without Postfix, say that rather than what it lacks
-        where = "no such executable file" if "/" in POSTCONF else f"not in PATH {os.pathsep.join(os.get_exec_path())}"
+    binary, where = _command(POSTCONF)
+    if binary is None:  # first: on a host without Postfix, say that rather than what it lacks
         raise PostfixError(f"{POSTCONF} not found: is Postfix installed? ({where})")
     if config_directory is not None and _no_main_cf(config_directory):  # postconf's own words, without the wait
         raise PostfixError(f"{' '.join(cmd)} failed: postconf: fatal: open {config_directory}/main.cf:"
@@ -62,9 +71,9 @@ def _run(args: list[str], config_directory: str | Path | None) -> str:
     import subprocess  # not needed (nor its start paid) where there is no main.cf
 
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
-    except FileNotFoundError as exc:
-        raise PostfixError(f"{POSTCONF} not found: is Postfix installed? ({exc})") from exc
+        done = subprocess.run([binary, *cmd[1:]], capture_output=True, text=True, timeout=30, check=False)
+    except OSError as exc:  # found a moment ago: gone since, or a script whose interpreter is missing
+        raise PostfixError(f"could not start {binary}: {exc}") from exc
     except subprocess.TimeoutExpired as exc:
         raise PostfixError(f"{' '.join(cmd)} took longer than 30 s") from exc
     if done.returncode != 0:
@@ -106,12 +115,16 @@ def postconf_services(config_directory: str | Path | None = None, *, expand: boo
 
 def _postmap(args: list[str], stdin: str, config_directory: str | Path | None) -> str:
     cmd = [POSTMAP, *(["-c", str(config_directory)] if config_directory is not None else []), *args]
+    binary, where = _command(POSTMAP)
+    if binary is None:
+        raise PostfixError(f"{POSTMAP} not found: is Postfix installed? ({where})")
     import subprocess
 
     try:
-        done = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=30, check=False)
-    except FileNotFoundError as exc:
-        raise PostfixError(f"{POSTMAP} not found: is Postfix installed? ({exc})") from exc
+        done = subprocess.run([binary, *cmd[1:]], input=stdin, capture_output=True, text=True, timeout=30,
+                              check=False)
+    except OSError as exc:
+        raise PostfixError(f"could not start {binary}: {exc}") from exc
     except subprocess.TimeoutExpired as exc:
         raise PostfixError(f"{' '.join(cmd)} took longer than 30 s") from exc
     # exit 1 is both "none found" and a fatal error: only the error says something on stderr

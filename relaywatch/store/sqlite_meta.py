@@ -24,6 +24,8 @@ class _Store(Protocol):
 
 
 class Meta:
+    """The KeyValue store.state's records read and write (`Store.meta`, as on store.postgres.Store)."""
+
     def __init__(self, store: _Store) -> None:
         self._store = store
         self._unsaved: dict[str, Any] = {}
