@@ -46,12 +46,15 @@ class _WatchIndex:
 class BlockWatch:
     """The blocks followed, each with the recipients queued at or after it."""
 
-    __slots__ = ("_index", "watched")
+    __slots__ = ("_addr", "_client", "_index", "watched")
 
     def __init__(self) -> None:
         # (kind, target, time) of a block -> its network and the recipients queued at or after it
         self.watched: dict[tuple[str, str, float], _Watched] = {}
         self._index: _WatchIndex | None = None  # of watched, made again after a change
+        # the last client read and its address: a message's recipients come one after another, same client
+        self._client: str | None = None
+        self._addr: tuple[int, int] | None = None
 
     def decision(self, d: Decision) -> None:
         """Follow a block of a client, subnet or SASL user (up to MAX_WATCHED of them)."""
@@ -74,7 +77,10 @@ class BlockWatch:
         if user is not None and index.users:
             _count_after(index.users.get(user), t)
         if index.subnets:
-            a = address(fact.client)
+            client = fact.client
+            if client is not self._client:
+                self._client, self._addr = client, address(client)
+            a = self._addr
             if a is None:  # scoped, or not an address: what rules.in_network makes of it
                 for since, w in index.subnets:
                     if t >= since and blocked_by("subnet", "", w.net, fact.client, None):
