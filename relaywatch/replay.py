@@ -17,7 +17,7 @@ from relaywatch.config import Config
 from relaywatch.core.parse import LineParser, YearResolver
 from relaywatch.core.rules import Network
 from relaywatch.engine import FLUSH_EVERY, Pipeline
-from relaywatch.model import CountRow, Decision, Event, JSONObject, OpenMessage, Origin
+from relaywatch.model import CountRow, Decision, Event, JSONObject, OpenMessage, Origin, Unparsed
 from relaywatch.postfix.postconf import local_destinations
 from relaywatch.reports.report import ReplayResult, Tally
 from relaywatch.reports.timeline import Timeline
@@ -176,7 +176,15 @@ def _one_log(paths: Sequence[str], parser_for: fleet.ParserFor) -> Iterator[tupl
     for path in paths:
         parser = parser_for(path)
         for lines in sources.read_blocks(path):
-            yield sources.parse_block(lines, parser), lines
+            yield parse_block(lines, parser), lines
+
+
+def parse_block(lines: list[str], parser: LineParser) -> list[Event | None]:
+    """`sources.parse_line` of each line of a block from `sources.read_blocks`, in one call rather than one
+    per line. Here, compiled, rather than in sources (plain Python): the loop and the parser's call are
+    native (the interpreted loop was 2 % of a replay of rotate16)."""
+    max_line, too_long = sources.MAX_LINE, sources.TOO_LONG
+    return [parser.parse(line) if len(line) < max_line else Unparsed(0.0, too_long) for line in lines]
 
 
 def warn_other_syslog_names(names: dict[str, int], syslog_names: tuple[str, ...], none_read: bool) -> None:
