@@ -121,3 +121,23 @@ def test_the_text_report_shows_the_first_unparsed_lines_and_cuts_long_evidence(t
     assert "First unparsed lines:\n  not a syslog line at all" in text
     evidence = [line for line in text.splitlines() if line.startswith("      | ")]
     assert evidence and all(len(line) == len("      | ") + 160 for line in evidence)
+
+
+def test_within_sums_the_keys_in_a_network_as_in_network_does_and_follows_the_counts():
+    import ipaddress
+
+    from relaywatch.core.rules import in_network
+
+    counter = BoundedCounter()
+    for key, n in [("203.0.113.5", 3), ("203.0.113.77", 2), ("198.51.100.1", 4), ("2001:db8::1", 5),
+                   ("2001:db8:1::9", 6), ("fe80::1%eth0", 1), ("unknown", 7)]:
+        counter.add(key, n)
+    nets = [ipaddress.ip_network(n) for n in ("203.0.113.0/24", "198.51.100.0/24", "2001:db8::/48", "2001:db8::/32",
+                                              "fe80::/10", "0.0.0.0/0", "::/0", "192.0.2.0/24")]
+    for net in nets:
+        assert counter.within(net) == sum(n for key, n in counter.counts.items() if in_network(key, net)), net
+    assert counter.within(nets[0]) == 5 and counter.within(nets[3]) == 11
+    counter.add("203.0.113.9")  # a new count after a question: the next answer has it
+    assert counter.within(nets[0]) == 6
+    counter.counts = {"203.0.113.1": 1}  # replaced (a digest reading a stored day)
+    assert counter.within(nets[0]) == 1

@@ -68,12 +68,13 @@ def test_blocks_cut_anywhere_read_as_whole_lines(tmp_path, monkeypatch, block):
 
 def test_a_block_parses_as_its_lines_do_and_a_line_cut_at_max_line_is_not_read():
     from relaywatch.core.parse import LineParser, YearResolver
+    from relaywatch.replay import parse_block
 
     client = "Mar 16 01:59:39 zebra postfix/smtpd[29327]: 1A2B3C4D5E: client=unknown[218.144.108.161]"
     cut = client + "x" * sources.MAX_LINE
     block = [LINES[0], client, cut[:sources.MAX_LINE], "garbage"]
     parser = LineParser(YearResolver(2003))
-    events = sources.parse_block(block, parser)
+    events = parse_block(block, parser)
     assert events == [sources.parse_line(line, LineParser(YearResolver(2003))) for line in block]
     assert events[1] is not None and events[1].qid == "1A2B3C4D5E"
     assert events[2] is not None and events[2].reason == sources.TOO_LONG

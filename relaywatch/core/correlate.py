@@ -367,8 +367,10 @@ class Correlator(FilterLinks):
             self._touch(opened.popitem(last=False)[0])
             self.evicted += 1
         stale: list[Key] = []
-        for key, oldest in opened.items():  # least recently touched first, up to the first one in use
-            if now - oldest.last_seen <= self.max_idle_s:
+        # least recently touched first, up to the first one in use; by key (compiled, .items() of an
+        # OrderedDict is a method call and a view for each new message, and the first key is enough)
+        for key in opened:
+            if now - opened[key].last_seen <= self.max_idle_s:
                 break
             stale.append(key)
         for key in stale:

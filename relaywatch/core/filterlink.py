@@ -14,8 +14,8 @@ from relaywatch.core.inference import AddrKind, address_kind
 from relaywatch.model import Delivery, LocalRelayed, Origin, ProxyAccept, Relayed
 
 _QUEUED_AS: Final = re.compile(r".*\bqueued as ([0-9A-Za-z]{6,24})\)?$")
-HOLD_S = 60.0
-HELD_MAX = 10_000  # copies held at once: a flood of them falls due early rather than grow memory
+HOLD_S: Final = 60.0
+HELD_MAX: Final = 10_000  # copies held at once: a flood of them falls due early rather than grow memory
 _LOOPBACK: Final = AddrKind.LOOPBACK
 _PRIVATE: Final = AddrKind.PRIVATE
 _PUBLIC: Final = AddrKind.PUBLIC

@@ -8,7 +8,6 @@ address's networks), not a walk over all of them.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
 
 from relaywatch.core.netaddr import address
 from relaywatch.core.rules import Network, blocked_by
@@ -17,12 +16,15 @@ from relaywatch.model import Decision, Relayed
 MAX_WATCHED = 200  # blocks whose target's later traffic is counted ("would have stopped")
 
 
-@dataclass(slots=True)
 class _Watched:
-    """A block the timeline follows: its network (subnets only) and the recipients queued at or after it."""
+    """A block the timeline follows: its network (subnets only) and the recipients queued at or after it.
+    Plain classes here, not dataclasses: making a dataclass costs ~5M instructions at every start."""
 
-    net: Network | None
-    after: int = 0
+    __slots__ = ("after", "net")
+
+    def __init__(self, net: Network | None) -> None:
+        self.net = net
+        self.after = 0
 
 
 def _count_after(watched: list[tuple[float, _Watched]] | None, t: float) -> None:
@@ -33,25 +35,30 @@ def _count_after(watched: list[tuple[float, _Watched]] | None, t: float) -> None
                 w.after += 1
 
 
-@dataclass(slots=True)
 class _WatchIndex:
     """BlockWatch.watched by target: clients, SASL users, and subnets by (version, host bits) and network."""
 
-    clients: dict[str, list[tuple[float, _Watched]]]
-    users: dict[str, list[tuple[float, _Watched]]]
-    subnets: list[tuple[float, _Watched]]
-    networks: list[tuple[int, int, dict[int, list[tuple[float, _Watched]]]]]
+    __slots__ = ("clients", "networks", "subnets", "users")
+
+    def __init__(self) -> None:
+        self.clients: dict[str, list[tuple[float, _Watched]]] = {}
+        self.users: dict[str, list[tuple[float, _Watched]]] = {}
+        self.subnets: list[tuple[float, _Watched]] = []
+        self.networks: list[tuple[int, int, dict[int, list[tuple[float, _Watched]]]]] = []
 
 
 class BlockWatch:
     """The blocks followed, each with the recipients queued at or after it."""
 
-    __slots__ = ("_index", "watched")
+    __slots__ = ("_addr", "_client", "_index", "watched")
 
     def __init__(self) -> None:
         # (kind, target, time) of a block -> its network and the recipients queued at or after it
         self.watched: dict[tuple[str, str, float], _Watched] = {}
         self._index: _WatchIndex | None = None  # of watched, made again after a change
+        # the last client read and its address: a message's recipients come one after another, same client
+        self._client: str | None = None
+        self._addr: tuple[int, int] | None = None
 
     def decision(self, d: Decision) -> None:
         """Follow a block of a client, subnet or SASL user (up to MAX_WATCHED of them)."""
@@ -74,7 +81,10 @@ class BlockWatch:
         if user is not None and index.users:
             _count_after(index.users.get(user), t)
         if index.subnets:
-            a = address(fact.client)
+            client = fact.client
+            if client is not self._client:
+                self._client, self._addr = client, address(client)
+            a = self._addr
             if a is None:  # scoped, or not an address: what rules.in_network makes of it
                 for since, w in index.subnets:
                     if t >= since and blocked_by("subnet", "", w.net, fact.client, None):
@@ -87,7 +97,7 @@ class BlockWatch:
 
     def _reindex(self) -> _WatchIndex:
         """The blocks followed, by target: a fact finds its blocks by a lookup, not a walk over all of them."""
-        index = _WatchIndex({}, {}, [], [])
+        index = _WatchIndex()
         by_mask: dict[tuple[int, int], dict[int, list[tuple[float, _Watched]]]] = {}
         for (kind, target, since), w in self.watched.items():
             if kind == "client":

@@ -14,7 +14,7 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from operator import itemgetter
-from typing import TypeVar, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from relaywatch.core.netaddr import address, is_global
 from relaywatch.core.rules import DEFAULT_RULES, Rule
@@ -22,34 +22,15 @@ from relaywatch.model import Decision, LocalRelayed, RelayDenied, Relayed
 from relaywatch.reports.blockwatch import BlockWatch
 from relaywatch.wording import why
 
+if TYPE_CHECKING:  # built by the readers below, for a text or HTML report only (a JSON replay never loads them)
+    from relaywatch.reports.panelrows import DomainStatus, Series, Threshold
+
 BIN_SIZES = (60, 3600, 86400)
 MAX_BINS = 2 * 24 * 60  # two days of minutes; longer spans switch to hours
 RANK_CAP = 4096  # keys ranked per dimension before the smaller half is dropped
 SERIES_KEYS = 12  # keys per dimension that keep a per-bin series
 STATUS_CAP = 4096  # destination domains with delivery status counts
 MAX_MARKERS = 1000
-
-
-@dataclass(frozen=True, slots=True)
-class Series:
-    """A key's count per bin. `missed`: counted before it led (not in `values`)."""
-
-    label: str
-    total: int
-    missed: int
-    values: list[int]
-
-
-@dataclass(frozen=True, slots=True)
-class Threshold:
-    """A rule drawn in its dimension's panel: `per_bin` is threshold/window scaled to one bin."""
-
-    rule: str
-    action: str
-    threshold: int
-    window_s: int
-    min_clients: int
-    per_bin: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,18 +44,6 @@ class Marker:
     rule: str = ""
     detail: str = ""
     evidence: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class DomainStatus:
-    domain: str
-    relayed: int
-    deferred: int
-    bounced: int
-
-    @property
-    def deferred_ratio(self) -> float:
-        return self.deferred / self.relayed if self.relayed else 0.0
 
 
 K = TypeVar("K", bound=Hashable)
@@ -344,6 +313,8 @@ class Timeline:
 
     def top(self, dim: str, n: int = 5) -> list[Series]:
         """The `n` keys with the most counts that have a series, heaviest first."""
+        from relaywatch.reports.panelrows import Series
+
         ranked = self._dims[dim]
         keys = sorted(ranked.series, key=lambda k: (-ranked.counts[k], self._label(dim, k)))[:n]
         return [Series(self._label(dim, k), ranked.counts[k], ranked.missed[k], self._dense(ranked.series[k]))
@@ -358,6 +329,8 @@ class Timeline:
 
     def thresholds(self, dim: str) -> list[Threshold]:
         """The rules that count `dim`, each with its threshold spread evenly over one bin."""
+        from relaywatch.reports.panelrows import Threshold
+
         out = []
         for r in self.rules:
             rule_dim = f"net:{r.prefix_v4}/{r.prefix_v6}" if r.prefix_v4 else r.dim
@@ -371,11 +344,15 @@ class Timeline:
 
     def delivery(self, n: int = 10) -> list[DomainStatus]:
         """Destination domains by relayed recipients, with their first attempt's status counts."""
+        from relaywatch.reports.panelrows import DomainStatus
+
         rows = sorted(self._status.items(), key=lambda kv: (-kv[1][0], kv[0]))[:n]
         return [DomainStatus(d, *counts) for d, counts in rows]
 
     def most_deferred(self, n: int = 10, at_least: int = 10) -> list[DomainStatus]:
         """Domains deferring most of our mail: often a sign we are on their blocklist."""
+        from relaywatch.reports.panelrows import DomainStatus
+
         rows = [DomainStatus(d, *c) for d, c in self._status.items() if c[0] >= at_least and c[1]]
         return sorted(rows, key=lambda r: (-r.deferred_ratio, -r.relayed, r.domain))[:n]
 

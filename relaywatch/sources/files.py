@@ -90,12 +90,6 @@ def parse_line(line: str, parser: LineParser) -> Event | None:
     return parser.parse(line) if len(line) < MAX_LINE else Unparsed(0.0, TOO_LONG)
 
 
-def parse_block(lines: list[str], parser: LineParser) -> list[Event | None]:
-    """`parse_line` of each line of a block from `read_blocks`, in one call rather than one per line."""
-    parse = parser.parse
-    return [parse(line) if len(line) < MAX_LINE else Unparsed(0.0, TOO_LONG) for line in lines]
-
-
 def mtime(path: str) -> float | None:
     """When the file was last written: the latest moment its lines can be from."""
     if path == "-":
