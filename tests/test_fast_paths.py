@@ -396,8 +396,6 @@ def test_delivery_tails_of_the_logs_take_the_str_path() -> None:
 def test_in_network_answers_for_the_network_asked_not_the_last_one() -> None:
     """in_network keeps the last network it read: a different network (even an equal one, or one of the
     same prefix elsewhere) must be read afresh, in either address family."""
-    import ipaddress
-
     from relaywatch.core.rules import in_network
 
     a, b = ipaddress.ip_network("2a0b:4000:48::/48"), ipaddress.ip_network("2a0b:4000:49::/48")
