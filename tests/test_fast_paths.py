@@ -391,3 +391,19 @@ def test_delivery_tails_of_the_logs_take_the_str_path() -> None:
             m = grammar._DELIVERY_TAIL.match("relay=" + tail, 0)
             assert m is not None and fast == m.group("orig", "relay", "raddr", "status", "reply"), tail
     assert read >= 0.95 * len(tails) > 0
+
+
+def test_in_network_answers_for_the_network_asked_not_the_last_one() -> None:
+    """in_network keeps the last network it read: a different network (even an equal one, or one of the
+    same prefix elsewhere) must be read afresh, in either address family."""
+    from relaywatch.core.rules import in_network
+
+    a, b = ipaddress.ip_network("2a0b:4000:48::/48"), ipaddress.ip_network("2a0b:4000:49::/48")
+    c, d = ipaddress.ip_network("218.144.0.0/16"), ipaddress.ip_network("218.144.7.0/24")
+    for _ in range(2):
+        assert in_network("2a0b:4000:48:c7:1190::cc8e", a) and not in_network("2a0b:4000:48:c7:1190::cc8e", b)
+        assert in_network("2a0b:4000:49::1", b) and not in_network("2a0b:4000:49::1", a)
+        assert not in_network("218.144.7.9", a)
+        assert in_network("218.144.7.9", c) and in_network("218.144.7.9", d) and not in_network("218.144.8.9", d)
+        assert in_network("218.144.8.9", c) and not in_network("2a0b:4000:48::1", c)
+        assert in_network("2a0b:4000:48::1", ipaddress.ip_network("2a0b:4000:48::/48"))  # equal, not the same

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import TypeVar
 
-from relaywatch.core.netaddr import address, is_global, network_text
+from relaywatch.core.netaddr import address, is_global, network_text, read
 
 _GROUP_CACHE = 2048  # addresses per grouping, cleared when full: flat under a flood of distinct clients
 
@@ -92,11 +92,11 @@ class Networks:
         found = cache.get(ip)
         if found is not None:
             return found
-        addr = address(ip)
-        if addr is None:
+        r = read(ip)  # not address(): no tuple built per new client
+        if r is None or r[2] < 0:
             value = tuple(_network_number(ip, p4, p6) for p4, p6 in self.prefixes)
         else:
-            version, n = addr
+            version, n = r[1], r[2]
             if not is_global(version, n):
                 value = self.nothing
             elif version == 4:

@@ -40,6 +40,11 @@ def _boundaries(constants: type, version: int, shift: int, prefix: int) -> froze
 _V4_EDGES: Final = _boundaries(getattr(ipaddress, "_IPv4Constants"), 4, _V4_BLOCK, 32 - _V4_BLOCK)  # noqa: B009
 _V6_EDGES: Final = _boundaries(getattr(ipaddress, "_IPv6Constants"), 6, _V6_BLOCK, 128 - _V6_BLOCK)  # noqa: B009
 
+# compiled, a Final name is a C static; an imported one a dict lookup in the module's globals per use
+_PTON: Final = inet_pton
+_NTOP: Final = inet_ntop
+_AF_INET6: Final = int(AF_INET6)
+
 _parsed: Final[dict[str, tuple[str, int, int] | None]] = {}
 _global4: Final[dict[int, bool]] = {}  # is_global's, by /24 block
 _global6: Final[dict[int, bool]] = {}  # by /48 block
@@ -68,13 +73,13 @@ def _v6(text: str) -> tuple[str, int] | None:
     and write such text as ipaddress does (tests/test_fast_paths.py), in C, but write those two blocks as
     dotted quads."""
     try:
-        packed = inet_pton(AF_INET6, text)
+        packed = _PTON(_AF_INET6, text)
     except (OSError, ValueError):  # ValueError: a NUL in the text
         return None
-    compressed = inet_ntop(AF_INET6, packed)
+    compressed = _NTOP(_AF_INET6, packed)
     if "." in compressed:
         return None
-    return compressed, int.from_bytes(packed, "big")
+    return compressed, int.from_bytes(packed)
 
 
 def v6_text(n: int) -> str:

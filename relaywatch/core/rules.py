@@ -7,8 +7,9 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Final
 
-from relaywatch.core.netaddr import address
+from relaywatch.core.netaddr import read
 from relaywatch.model import Action, Dim, Kind, LocalRelayed, RelayDenied, Relayed
 
 BUCKET_S = 10
@@ -36,12 +37,29 @@ def blocked_by(kind: str, target: str, net: Network | None, client: str, sasl_us
 
 def in_network(text: str, net: Network) -> bool:
     """Whether `text` is an address inside `net` (False for anything else: a sender, a domain)."""
-    a = address(text)
-    if a is None:
+    r = read(text)
+    if r is None or r[2] < 0:
         addr = _address(text)  # scoped, or not an address
         return addr is not None and addr.version == net.version and addr in net
-    shift = net.max_prefixlen - net.prefixlen
-    return a[0] == net.version and a[1] >> shift == int(net.network_address) >> shift
+    last = _LAST.net
+    if last[0] is not net:  # a report asks about one network for every client it counted
+        shift = net.max_prefixlen - net.prefixlen
+        last = _LAST.net = (net, net.version, shift, int(net.network_address) >> shift)
+    return r[1] == last[1] and r[2] >> last[2] == last[3]
+
+
+class _Last:
+    """The network in_network asked about last, read: (it, its version, host bits, its number). Holding
+    the object makes an `is` test enough (its id cannot be reused meanwhile); one tuple, replaced whole,
+    so that threads asking about different networks never see a mix."""
+
+    __slots__ = ("net",)
+
+    def __init__(self) -> None:
+        self.net: tuple[Network | None, int, int, int] = (None, 0, 0, 0)
+
+
+_LAST: Final = _Last()
 
 
 @lru_cache(maxsize=4096)

@@ -229,7 +229,7 @@ class WindowCounter:
             self.buckets.append(newest)
         rec = self.keys.get(key)
         if rec is None:
-            rec = self._enter(key)
+            rec = self._enter(key, n)
             fresh = True
         else:
             fresh = False
@@ -248,15 +248,12 @@ class WindowCounter:
         total = rec.total + n
         rec.total = total
         self.last_total = total
-        if fresh:
-            for g in rec.groups:
-                if g is not None:
-                    g.total += n
-            if len(self.keys) + self.residue > self.max_keys:
-                shrink(self, key)
+        if fresh and len(self.keys) + self.residue > self.max_keys:
+            shrink(self, key)
         return total
 
-    def _enter(self, key: str) -> Key:
+    def _enter(self, key: str, n: int) -> Key:
+        """A key new in the window, `n` counted into its groups (the caller counts the key's own total)."""
         groupings = self.groupings
         if not groupings:
             rec = Key(key, (), _NO_GROUPS)
@@ -283,6 +280,7 @@ class WindowCounter:
                     for s in grouping.spreads:
                         s.enter(names)
                 g.nkeys += 1
+                g.total += n
                 found.append(g)
             rec = Key(key, names, found)
         self.keys[key] = rec
