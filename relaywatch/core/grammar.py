@@ -26,7 +26,14 @@ PEER = r"(?P<name>[^\s\[\]]*)\[(?P<addr>[^\]\s]+)\](?::\d+)?"
 
 _QID: Final = re.compile(QUEUE_ID)
 # Character classes of ASCII, as bits, for the str readings that stand in for regexes (_all)
-_HEX, _B52, _DIGIT, _DELAY, _DELAYS, _STATUS, _FIELD = 1, 2, 4, 8, 16, 32, 64
+# (Final: mypyc compiles each into the code; a plain module name is a dict lookup at every use)
+_HEX: Final = 1
+_B52: Final = 2
+_DIGIT: Final = 4
+_DELAY: Final = 8
+_DELAYS: Final = 16
+_STATUS: Final = 32
+_FIELD: Final = 64
 _CLASSES: Final = (
     (_HEX, "0123456789ABCDEF"), (_B52, "0123456789BCDFGHJKLMNPQRSTVWXYZbcdfghjklmnpqrstvwxyz"),
     (_DIGIT, "0123456789"), (_DELAY, "0123456789."), (_DELAYS, "0123456789./"),
