@@ -53,7 +53,23 @@ class RegexParser:
         grammar = GRAMMARS.get(daemon)
         if grammar is None or prefix is None or not prefix.startswith(inner.syslog_names):
             return inner._not_postfix(host, prefix, daemon, msg)
-        return inner._message(inner._bsd(m["stamp"]), grammar, host, daemon, m["pid"], msg)
+        t = inner._bsd(m["stamp"])
+        if not 86400.0 <= t <= 253_370_764_800.0:
+            return Unparsed(0.0, "impossible timestamp")
+        event = grammar(t, daemon, msg.rstrip("\r"), host)
+        if event is None and daemon == "smtpd" and msg.startswith(("NOQUEUE: ", "proxy-accept: ")):
+            return inner._proxy(t, host, m["pid"], msg.rstrip("\r"))
+        return event
+
+
+def test_each_family_number_reads_as_its_grammar() -> None:
+    """LineParser calls grammar.read(KINDS[program], ...) where GRAMMARS[program] was called."""
+    assert set(grammar.KINDS) == set(GRAMMARS) and grammar.NOT_OURS not in grammar.KINDS.values()
+    msgs = [line.split(": ", 1)[1] for line in _lines() if ": " in line][::7]
+    for daemon, kind in grammar.KINDS.items():
+        for msg in msgs:
+            assert grammar.read(kind, 1.0, daemon, msg, "h") == GRAMMARS[daemon](1.0, daemon, msg, "h"), msg
+    assert grammar.read(grammar.NOT_OURS, 1.0, "smtpd", "8D076AE17: client=a[1.2.3.4]", "h") is None
 
 
 def _regex_qmgr(t: float, daemon: str, msg: str, host: str) -> Event | None:

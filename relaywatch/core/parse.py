@@ -18,13 +18,16 @@ from typing import Final
 from relaywatch.core.grammar import (
     CLIENT,
     GRAMMARS,
+    KINDS,
+    NOT_OURS,
     PEER,
     QUEUE_ID,
-    Grammar,
+    SMTPD,
     client_address,
     is_digits,
     is_qid,
     parse_message,
+    read,
 )
 from relaywatch.core.logtime import MONTHS, YearResolver, full_epoch, rfc3339_epoch
 from relaywatch.core.replies import queued_as, relay_denied
@@ -53,8 +56,7 @@ _BSD_STAMP: Final = re.compile(r"[A-Z][a-z]{2} {1,2}\d{1,2} \d\d:\d\d:\d\d")
 _HOST: Final = re.compile(r"\S+")
 _TAG_TOKEN: Final = re.compile(r"(?P<prefix>[^\s\[:]*/)?(?P<daemon>[^\s\[:/]+)(?:\[(?P<pid>\d+)\])?:?")
 _PIECES_MAX: Final = 4096
-_Head = tuple[str, str | None, str, str | None, "Grammar | None"]  # host, prefix, program, pid, grammar
-_SESSION_EDGES: Final = ("connect from ", "disconnect from ")  # smtpd lines no grammar reads (no queue id)
+_Head = tuple[str, str | None, str, str | None, int]  # host, prefix, program, pid, grammar.KINDS or NOT_OURS
 NO_HOSTNAME = "line without a hostname"  # Unparsed.reason: journalctl omits it when a record has none
 # Times every report can print (datetime's years 1..9999 in any time zone): others are impossible
 _MIN_T: Final = 86400.0  # 1970-01-02
@@ -153,18 +155,19 @@ class LineParser:
             if head is None or t is None:
                 head = self._learn(line, sp, end, key_end)
             if head is not None:
-                host, prefix, daemon, learned_pid, grammar = head
+                host, prefix, daemon, learned_pid, kind = head
                 if key_end == end:
                     pid = learned_pid
                 msg = line[end + 1:]
-                if grammar is None or prefix is None or not prefix.startswith(self.syslog_names):
+                if kind == NOT_OURS:
                     return self._not_postfix(host, prefix, daemon, msg)
                 if t is None:
                     t = self._bsd(line[:15])
-                if daemon == "smtpd" and msg.startswith(_SESSION_EDGES):
-                    # what _smtpd makes of them, without asking it: most lines of a busy log
+                if kind == SMTPD and (msg.startswith("connect from ") or msg.startswith("disconnect from ")):
+                    # smtpd lines no grammar reads (no queue id): what _smtpd makes of them, without
+                    # asking it; most lines of a busy log
                     return None if _MIN_T <= t <= _MAX_T else Unparsed(0.0, "impossible timestamp")
-                return self._message(t, grammar, host, daemon, pid, msg)
+                return self._message(t, kind, host, daemon, pid, msg)
             envelope = _FULL if line[8:9] == "-" else _BSD
         else:
             envelope = _FULL if line[8:9] == "-" else _BSD
@@ -172,8 +175,8 @@ class LineParser:
         if m is None:
             return Unparsed(0.0, "no syslog envelope")
         host, prefix, daemon, msg = m.group("host", "prefix", "daemon", "msg")
-        grammar = GRAMMARS.get(daemon)
-        if grammar is None or prefix is None or not prefix.startswith(self.syslog_names):
+        kind = self._kind(prefix, daemon)
+        if kind == NOT_OURS:
             return self._not_postfix(host, prefix, daemon, msg)
         if envelope is _BSD:
             t = self._bsd(m["stamp"])
@@ -181,7 +184,13 @@ class LineParser:
             t = self._rfc3339(m)
         else:
             t = self._full(m) if envelope is _FULL else float(m["unix"])
-        return self._message(t, grammar, host, daemon, m["pid"], msg)
+        return self._message(t, kind, host, daemon, m["pid"], msg)
+
+    def _kind(self, prefix: str | None, daemon: str) -> int:
+        """The grammar family (grammar.KINDS) of a Postfix program under one of our syslog names, else NOT_OURS."""
+        if prefix is None or not prefix.startswith(self.syslog_names):
+            return NOT_OURS
+        return KINDS.get(daemon, NOT_OURS)
 
     def _learn(self, line: str, sp: int, end: int, key_end: int) -> _Head | None:
         """Check the stamp, host and tag of a classic line against the pieces of _BSD and remember
@@ -199,7 +208,7 @@ class LineParser:
             if _HOST.fullmatch(host) is None or tm is None:
                 return None
             prefix, daemon, pid = tm.group("prefix", "daemon", "pid")
-            head = (host, prefix, daemon, pid, GRAMMARS.get(daemon))
+            head = (host, prefix, daemon, pid, self._kind(prefix, daemon))
             if len(heads) >= _PIECES_MAX:
                 heads.clear()
             heads[key] = head
@@ -215,14 +224,14 @@ class LineParser:
         self._minute_fits = line[:13]
         return True
 
-    def _message(self, t: float, grammar: Grammar, host: str, daemon: str, pid: str | None,
+    def _message(self, t: float, kind: int, host: str, daemon: str, pid: str | None,
                  msg: str) -> Event | None:
         if not _MIN_T <= t <= _MAX_T:  # also NaN
             return Unparsed(0.0, "impossible timestamp")
         if msg[-1:] == "\r":
             msg = msg.rstrip("\r")
-        event = grammar(t, daemon, msg, host)
-        if event is None and daemon == "smtpd" and msg.startswith(_PROXY_STARTS):
+        event = read(kind, t, daemon, msg, host)
+        if event is None and kind == SMTPD and msg.startswith(_PROXY_STARTS):
             return self._proxy(t, host, pid, msg)
         return event
 
