@@ -16,6 +16,7 @@ import gzip
 import ipaddress
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -109,7 +110,12 @@ def _mutants(lines: list[str], rng: random.Random, n: int) -> list[str]:
     return out
 
 
-def test_the_str_envelope_reads_every_line_as_the_regex_did() -> None:
+_REFERENCE = time.mktime((2026, 3, 16, 1, 2, 30, 0, 0, -1))  # local time; its limit 2 days on falls mid-minute
+
+
+@pytest.mark.parametrize("years", [lambda: YearResolver(2026), lambda: YearResolver(reference=_REFERENCE)],
+                         ids=["explicit year", "reference"])
+def test_the_str_envelope_reads_every_line_as_the_regex_did(years: Callable[[], YearResolver]) -> None:
     lines = _lines()
     lines += _mutants(lines, random.Random(15), 20_000)
     lines += ["Mar  6 01:02:03 h postfix/smtpd[1]: connect from a[1.2.3.4]",
@@ -128,7 +134,10 @@ def test_the_str_envelope_reads_every_line_as_the_regex_did() -> None:
     # the seconds of a minute whose stamp fitted just before (LineParser checks only them then)
     lines += [f"Mar 16 01:02:{sec} h postfix/qmgr[1]: 8D076AE17: removed"
               for sec in ("04", "0x", "\u0663\u0663", "5", "05", " 6", "\u00b2\u00b2", "07", "99", "0\t")]
-    fast, slow = LineParser(YearResolver(2026)), RegexParser(YearResolver(2026))
+    # minutes around the reference's limit (a line after it is last year's), every second of them
+    lines += [f"Mar 18 01:{mi:02}:{sec:02} h postfix/qmgr[1]: 8D076AE17: removed" for mi in (1, 2, 3)
+              for sec in range(62)]
+    fast, slow = LineParser(years()), RegexParser(years())
     for line in lines:
         assert fast.parse(line) == slow.parse(line), line
     assert fast.other_names == slow.inner.other_names
@@ -296,6 +305,45 @@ def test_timestamps_per_minute_are_mktime_per_second(zone: str, year: int, monke
             expected = logtime.local_epoch(*case)
             got = resolver._local(*case)
             assert got == expected or (got != got and expected != expected), (zone, case)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Berlin", "Australia/Lord_Howe", "Africa/Monrovia"])
+def test_a_minute_plus_its_seconds_is_the_time_of_each_second(zone: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """YearResolver.minute + s is what mktime per second gives (the year chosen as epoch chooses it), for
+    every second of minutes around offset changes, around the reference's limit and elsewhere; else NaN."""
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        year = 1972 if zone == "Africa/Monrovia" else 2026
+        rng = random.Random(zone)
+        hours = [time.mktime((year, 1, 1, 0, 0, 0, 0, 0, -1)) + 3600 * i for i in range(366 * 24)]
+        changes = [hours[i] for i in range(1, len(hours))
+                   if time.localtime(hours[i]).tm_gmtoff != time.localtime(hours[i - 1]).tm_gmtoff]
+        fast = 0
+        for reference in (time.mktime((year, 12, 31, 0, 0, 0, 0, 0, -1)), rng.choice(hours) + 30.5, *changes[:2]):
+            resolver = YearResolver(reference=reference)
+            limit = reference + 2 * 86400
+            ref_year = time.localtime(reference).tm_year
+            moments = [limit + 60 * k for k in range(-3, 4)] + [t + 60 * k for t in changes for k in range(-90, 90, 7)]
+            moments += rng.sample(hours, 50) + [limit - 86400 * 200, limit + 86400 * 200]
+            for moment in moments:
+                lt = time.localtime(moment)
+                base = resolver.minute(lt.tm_mon, lt.tm_mday, lt.tm_hour, lt.tm_min)
+                if base != base:
+                    continue
+                fast += 1
+                for sec in range(61):
+                    wall = (lt.tm_mon, lt.tm_mday, lt.tm_hour, lt.tm_min, sec)
+                    expected = logtime.local_epoch(ref_year, *wall)
+                    if expected > limit:
+                        expected = logtime.local_epoch(ref_year - 1, *wall)
+                    assert base + sec == expected, (zone, reference, wall)
+        assert fast > 100
+        assert YearResolver(year).minute(3, 16, 1, 2) != YearResolver(year).minute(3, 16, 1, 2)  # NaN
+        assert YearResolver().minute(3, 16, 1, 2) != YearResolver().minute(3, 16, 1, 2)
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()

@@ -56,6 +56,7 @@ _BSD_STAMP: Final = re.compile(r"[A-Z][a-z]{2} {1,2}\d{1,2} \d\d:\d\d:\d\d")
 _HOST: Final = re.compile(r"\S+")
 _TAG_TOKEN: Final = re.compile(r"(?P<prefix>[^\s\[:]*/)?(?P<daemon>[^\s\[:/]+)(?:\[(?P<pid>\d+)\])?:?")
 _PIECES_MAX: Final = 4096
+_NAN: Final = float("nan")
 _Head = tuple[str, str | None, str, str | None, int]  # host, prefix, program, pid, grammar.KINDS or NOT_OURS
 NO_HOSTNAME = "line without a hostname"  # Unparsed.reason: journalctl omits it when a record has none
 # Times every report can print (datetime's years 1..9999 in any time zone): others are impossible
@@ -120,6 +121,7 @@ class LineParser:
         self.journal_uids: set[str] = {str(u) for u in journal_uids} if journal_uids is not None else {"0"}
         self._stamps: dict[str, float] = {}
         self._minute_fits = ""  # line[:13] of the last classic stamp _BSD_STAMP checked and found right
+        self._minute_t = _NAN  # YearResolver.minute of that minute: its second 0, or NaN (ask per second)
         self._heads: dict[str, _Head] = {}  # "host tag" of classic lines the str fast path has checked
         self._progs: dict[str, _Head] = {}  # "host prog" of those whose tag is `prog[DIGITS]:`
         self._proxied: dict[tuple[str, str | None], ClientSeen] = {}  # (host, smtpd pid) -> NOQUEUE: client=
@@ -151,7 +153,8 @@ class LineParser:
                         if pid.isdecimal():
                             key_end = b
                 head = self._heads.get(line[16:end]) if key_end == end else self._progs.get(line[16:key_end])
-            t = self._stamps.get(line[:15])
+            known = self._in_minute(line)
+            t = self._stamps.get(line[:15]) if known != known else known
             if head is None or t is None:
                 head = self._learn(line, sp, end, key_end)
             if head is not None:
@@ -222,7 +225,23 @@ class LineParser:
         if _BSD_STAMP.fullmatch(line, 0, 15) is None:
             return False
         self._minute_fits = line[:13]
+        month = MONTHS.get(line[:3])
+        day, _, hm = line[4:13].lstrip(" ").partition(" ")  # as _bsd reads the stamp
+        self._minute_t = self.years.minute(month, int(day), int(hm[0:2]), int(hm[3:5])) if month else _NAN
         return True
+
+    def _in_minute(self, line: str) -> float:
+        """The time of a classic line (line[15] is a space) of the minute that _stamp_fits checked last:
+        YearResolver.minute's second 0 plus its two seconds digits (ASCII, at most 60: else, and where
+        minute said NaN, this answers NaN and the stamp is resolved per second by _bsd)."""
+        base = self._minute_t
+        if base != base or line[:13] != self._minute_fits:
+            return _NAN
+        a = ord(line[13]) - 48
+        b = ord(line[14]) - 48
+        if not (0 <= a <= 6 and 0 <= b <= 9) or a * 10 + b > 60:
+            return _NAN
+        return base + (a * 10 + b)
 
     def _message(self, t: float, kind: int, host: str, daemon: str, pid: str | None,
                  msg: str) -> Event | None:
