@@ -421,7 +421,10 @@ _BASE52 = "0123456789BCDFGHJKLMNPQRSTVWXYZbcdfghjklmnpqrstvwxyz"  # Postfix's lo
                  st.tuples(st.text(alphabet=_BASE52, min_size=8, max_size=13), st.sampled_from(["z", "", "zz"]),
                            st.text(alphabet=_BASE52, max_size=5)).map("".join)))
 def test_is_qid_answers_as_the_regex_does(text: str) -> None:
-    assert grammar.is_qid(text) == (grammar._QID.fullmatch(text) is not None), text
+    expected = grammar._QID.fullmatch(text) is not None
+    assert grammar.is_qid(text) == expected, text
+    assert grammar.is_qid(text) == expected, text  # the second time from the last id it kept, if any
+    assert not grammar.is_qid(text + ":") and not grammar.is_qid("") and grammar.is_qid("000000")
 
 
 _TAIL_PIECES = st.lists(st.sampled_from([

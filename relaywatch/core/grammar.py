@@ -86,14 +86,31 @@ def _split(msg: str) -> tuple[str, str]:
     return (msg[:i], msg[i + 2 :]) if i > 0 else ("", msg)
 
 
+class _LastQid:
+    """The last text is_qid found to be a queue id: a message's lines mostly follow one another
+    (client=, cleanup, qmgr, its deliveries, removed), so most lines ask about the id just checked."""
+
+    def __init__(self) -> None:
+        self.text = "000000"  # a queue id: only ids are ever kept here
+
+
+_LAST_QID: Final = _LastQid()
+
+
 def is_qid(text: str) -> bool:
     """What `_QID.fullmatch` answers, without a regex (one per line): a short id is 6+ characters of
     0-9A-F (so no `z`); a long one is all base 52 with its last `z` after ten and before the end."""
+    if text == _LAST_QID.text:
+        return True
     n = len(text)
     z = text.rfind("z")
     if z < 0:
-        return n >= 6 and _all(text, 0, n, _HEX)
-    return 10 <= z < n - 1 and _all(text, 0, n, _B52)
+        ok = n >= 6 and _all(text, 0, n, _HEX)
+    else:
+        ok = 10 <= z < n - 1 and _all(text, 0, n, _B52)
+    if ok:
+        _LAST_QID.text = text
+    return ok
 
 
 def _all(text: str, start: int, end: int, kind: int) -> bool:

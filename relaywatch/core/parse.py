@@ -143,24 +143,21 @@ class LineParser:
             end = line.find(" ", sp + 1)
             # `prog[pid]:` is remembered without its pid (a new one each session): by "host prog"
             key_end = end
-            pid: str | None = None
             head: _Head | None = None
             if sp > 16 and end > 0:
                 if line.find("]:", end - 2, end) > 0:
                     b = line.find("[", sp + 1, end)
-                    if b > 0:
-                        pid = line[b + 1:end - 2]
-                        if pid.isdecimal():
-                            key_end = b
+                    if b > 0 and is_digits(line, b + 1, end - 2):  # (others, \d+ too: the regex's pid)
+                        key_end = b
                 head = self._heads.get(line[16:end]) if key_end == end else self._progs.get(line[16:key_end])
             known = self._in_minute(line)
             t = self._stamps.get(line[:15]) if known != known else known
             if head is None or t is None:
                 head = self._learn(line, sp, end, key_end)
             if head is not None:
-                host, prefix, daemon, learned_pid, kind = head
-                if key_end == end:
-                    pid = learned_pid
+                host, prefix, daemon, pid, kind = head
+                if key_end != end and kind == SMTPD:  # only smtpd's pid is read (_proxy's sessions)
+                    pid = line[key_end + 1:end - 2]
                 msg = line[end + 1:]
                 if kind == NOT_OURS:
                     return self._not_postfix(host, prefix, daemon, msg)
