@@ -145,7 +145,7 @@ class LineParser:
             key_end = end
             head: _Head | None = None
             if sp > 16 and end > 0:
-                if line.find("]:", end - 2, end) > 0:
+                if ord(line[end - 1]) == 58 and ord(line[end - 2]) == 93:  # the tag ends with "]:"
                     b = line.find("[", sp + 1, end)
                     if b > 0 and is_digits(line, b + 1, end - 2):  # (others, \d+ too: the regex's pid)
                         key_end = b
@@ -232,7 +232,7 @@ class LineParser:
         YearResolver.minute's second 0 plus its two seconds digits (ASCII, at most 60: else, and where
         minute said NaN, this answers NaN and the stamp is resolved per second by _bsd)."""
         base = self._minute_t
-        if base != base or line[:13] != self._minute_fits:
+        if base != base or not line.startswith(self._minute_fits):  # (13 characters: no slice to build)
             return _NAN
         a = ord(line[13]) - 48
         b = ord(line[14]) - 48
