@@ -39,6 +39,21 @@ class RegexParser:
 
     def __init__(self, years: YearResolver) -> None:
         self.inner = LineParser(years)
+        self.stamps: dict[str, float] = {}
+
+    def bsd(self, stamp: str) -> float:
+        """A classic stamp resolved by YearResolver.epoch once per distinct second (no minute arithmetic)."""
+        t = self.stamps.get(stamp)
+        if t is None:
+            years = self.inner.years
+            month = logtime.MONTHS.get(stamp[:3])
+            day, _, hms = stamp[4:].lstrip(" ").partition(" ")
+            year = years.year
+            t = years.epoch(month, int(day), hms) if month else float("nan")
+            if years.year != year or len(self.stamps) >= 4096:
+                self.stamps.clear()
+            self.stamps[stamp] = t
+        return t
 
     def parse(self, line: str) -> Event | None:
         inner = self.inner
@@ -54,7 +69,7 @@ class RegexParser:
         grammar = GRAMMARS.get(daemon)
         if grammar is None or prefix is None or not prefix.startswith(inner.syslog_names):
             return inner._not_postfix(host, prefix, daemon, msg)
-        t = inner._bsd(m["stamp"])
+        t = self.bsd(m["stamp"])
         if not 86400.0 <= t <= 253_370_764_800.0:
             return Unparsed(0.0, "impossible timestamp")
         event = grammar(t, daemon, msg.rstrip("\r"), host)
@@ -342,8 +357,39 @@ def test_a_minute_plus_its_seconds_is_the_time_of_each_second(zone: str, monkeyp
                         expected = logtime.local_epoch(ref_year - 1, *wall)
                     assert base + sec == expected, (zone, reference, wall)
         assert fast > 100
-        assert YearResolver(year).minute(3, 16, 1, 2) != YearResolver(year).minute(3, 16, 1, 2)  # NaN
-        assert YearResolver().minute(3, 16, 1, 2) != YearResolver().minute(3, 16, 1, 2)
+        assert YearResolver().minute(3, 16, 1, 2) != YearResolver().minute(3, 16, 1, 2)  # NaN: now moves
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Berlin"])
+def test_forward_seconds_from_the_minute_are_what_epoch_gives(zone: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With an explicit year, YearResolver.second (second 0 of a minute computed earlier, maybe under another
+    year, plus s) gives what epoch() gives and moves the latest and the year as it does, or NaN and nothing:
+    runs of seconds of a minute, New Year with late lines, jumps of months back and forth, DST changes."""
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        rng = random.Random(zone)
+        # (no wall time a DST change makes ambiguous: glibc's mktime answers those by its last call)
+        starts = [(12, 31, 23, 59), (1, 1, 0, 0), (3, 29, 1, 59), (10, 25, 1, 59), (10, 25, 3, 0), (6, 15, 12, 0),
+                  (7, 1, 0, 0)]
+        for _ in range(200):
+            fast, slow = YearResolver(2026), YearResolver(2026)
+            bases: dict[tuple[int, int, int, int], tuple[float, int | None]] = {}
+            for _ in range(60):
+                minute = rng.choice(starts) if rng.random() < 0.7 else (
+                    rng.randint(1, 12), rng.randint(1, 24), rng.randint(0, 23), rng.randint(0, 59))
+                if minute not in bases or rng.random() < 0.2:
+                    bases[minute] = (fast.minute(*minute), fast.year)
+                base, year = bases[minute]
+                for sec in rng.sample(range(61), rng.randint(1, 4)):
+                    t = fast.second(base, year, sec) if base == base else float("nan")
+                    if t != t:
+                        t = fast.epoch(minute[0], minute[1], f"{minute[2]:02}:{minute[3]:02}:{sec:02}")
+                    expected = slow.epoch(minute[0], minute[1], f"{minute[2]:02}:{minute[3]:02}:{sec:02}")
+                    assert (t, fast.latest, fast.year) == (expected, slow.latest, slow.year), (minute, sec)
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()

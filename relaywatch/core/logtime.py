@@ -57,9 +57,11 @@ class YearResolver:
     def minute(self, month: int, day: int, h: int, mi: int) -> float:
         """The time of second 0 of a minute when epoch() gives it plus s for every second s of it (0 to 60),
         so that a parser can add the seconds itself; NaN where that does not hold or is not known once for
-        all: near an offset change, a minute that straddles the reference's limit, and with an explicit
-        year (the forward reading decides each line by the latest before it) or no reference (now moves)."""
-        if self.year is not None or self.reference is None:
+        all: near an offset change, a minute that straddles the reference's limit, or no reference (now
+        moves). With an explicit year: second 0 in that year, which `second` checks line by line."""
+        if self.year is not None:
+            return self._base(self.year, month, day, h, mi)
+        if self.reference is None:
             return _PER_SECOND
         year = self._reference_year
         limit = self.reference + 2 * 86400
@@ -69,6 +71,23 @@ class YearResolver:
         if base > limit:  # every second of it is last year's
             return self._base(year - 1, month, day, h, mi)
         return _PER_SECOND
+
+    def second(self, base: float, year: int | None, s: int) -> float:
+        """epoch() of second s (0 to 60) of the minute that minute() gave `base` (not NaN) for, while the
+        year was `year`: base + s, and with an explicit year the latest moved as epoch() moves it; NaN
+        (nothing changed) where epoch() must decide: the year changed since, or the time is more than half
+        a year from the latest (epoch() then takes the next year, or the previous one for a late line)."""
+        if year is None:
+            return base + s if self.year is None else _PER_SECOND
+        if year != self.year:
+            return _PER_SECOND
+        t = base + s
+        latest = self.latest
+        if t < latest - HALF_YEAR_S or t > latest + HALF_YEAR_S:
+            return _PER_SECOND
+        if t > latest:
+            self.latest = t
+        return t
 
     def _base(self, year: int, month: int, day: int, h: int, mi: int) -> float:
         """local_epoch of second 0 of a minute, mktime asked once per minute, or NaN where its seconds must be

@@ -122,6 +122,7 @@ class LineParser:
         self._stamps: dict[str, float] = {}
         self._minute_fits = ""  # line[:13] of the last classic stamp _BSD_STAMP checked and found right
         self._minute_t = _NAN  # YearResolver.minute of that minute: its second 0, or NaN (ask per second)
+        self._minute_year: int | None = None  # the resolver's year then (None: the reference reading)
         self._heads: dict[str, _Head] = {}  # "host tag" of classic lines the str fast path has checked
         self._progs: dict[str, _Head] = {}  # "host prog" of those whose tag is `prog[DIGITS]:`
         self._proxied: dict[tuple[str, str | None], ClientSeen] = {}  # (host, smtpd pid) -> NOQUEUE: client=
@@ -225,20 +226,29 @@ class LineParser:
         month = MONTHS.get(line[:3])
         day, _, hm = line[4:13].lstrip(" ").partition(" ")  # as _bsd reads the stamp
         self._minute_t = self.years.minute(month, int(day), int(hm[0:2]), int(hm[3:5])) if month else _NAN
+        self._minute_year = self.years.year
         return True
 
     def _in_minute(self, line: str) -> float:
-        """The time of a classic line (line[15] is a space) of the minute that _stamp_fits checked last:
-        YearResolver.minute's second 0 plus its two seconds digits (ASCII, at most 60: else, and where
-        minute said NaN, this answers NaN and the stamp is resolved per second by _bsd)."""
+        """The time of a classic line (line[15] is a space) of the minute that _stamp_fits checked last, read
+        without a dict: YearResolver.minute's second 0 plus its seconds (see _second_of). Only for the
+        reference reading; NaN otherwise and where minute said NaN: then _bsd resolves it per second."""
         base = self._minute_t
-        if base != base or not line.startswith(self._minute_fits):  # (13 characters: no slice to build)
+        if base != base or self._minute_year is not None:
             return _NAN
-        a = ord(line[13]) - 48
-        b = ord(line[14]) - 48
+        s = self._second_of(line)
+        return base + s if s >= 0 else _NAN
+
+    def _second_of(self, text: str) -> int:
+        """The second of a stamp (text[:15]) of the minute _stamp_fits checked last: its two digits (ASCII,
+        at most 60), or -1 (another minute, other characters: the stamp is resolved as a whole)."""
+        if not text.startswith(self._minute_fits):  # (13 characters: no slice to build)
+            return -1
+        a = ord(text[13]) - 48
+        b = ord(text[14]) - 48
         if not (0 <= a <= 6 and 0 <= b <= 9) or a * 10 + b > 60:
-            return _NAN
-        return base + (a * 10 + b)
+            return -1
+        return a * 10 + b
 
     def _message(self, t: float, kind: int, host: str, daemon: str, pid: str | None,
                  msg: str) -> Event | None:
@@ -304,12 +314,17 @@ class LineParser:
         """A classic stamp (`Mar 16 01:59:39`, `Mar  6 ...`, `Mar 6 ...`), resolved once per distinct second."""
         t = self._stamps.get(stamp)
         if t is None:
-            month = MONTHS.get(stamp[:3])
-            day, _, hms = stamp[4:].lstrip(" ").partition(" ")
-            year = self.years.year
-            t = self.years.epoch(month, int(day), hms) if month else float("nan")
-            if self.years.year != year:
-                self._stamps.clear()  # a new year: last year's stamps mean other times now
+            # a new second of the minute _stamp_fits checked last: its second 0 plus s, as epoch() gives it
+            base = self._minute_t
+            s = self._second_of(stamp) if base == base and len(stamp) == 15 and self._minute_fits else -1
+            t = self.years.second(base, self._minute_year, s) if s >= 0 else _NAN
+            if t != t:
+                month = MONTHS.get(stamp[:3])
+                day, _, hms = stamp[4:].lstrip(" ").partition(" ")
+                year = self.years.year
+                t = self.years.epoch(month, int(day), hms) if month else _NAN
+                if self.years.year != year:
+                    self._stamps.clear()  # a new year: last year's stamps mean other times now
             self._remember(stamp, t)
         return t
 
