@@ -16,6 +16,7 @@ import gzip
 import ipaddress
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,21 @@ class RegexParser:
 
     def __init__(self, years: YearResolver) -> None:
         self.inner = LineParser(years)
+        self.stamps: dict[str, float] = {}
+
+    def bsd(self, stamp: str) -> float:
+        """A classic stamp resolved by YearResolver.epoch once per distinct second (no minute arithmetic)."""
+        t = self.stamps.get(stamp)
+        if t is None:
+            years = self.inner.years
+            month = logtime.MONTHS.get(stamp[:3])
+            day, _, hms = stamp[4:].lstrip(" ").partition(" ")
+            year = years.year
+            t = years.epoch(month, int(day), hms) if month else float("nan")
+            if years.year != year or len(self.stamps) >= 4096:
+                self.stamps.clear()
+            self.stamps[stamp] = t
+        return t
 
     def parse(self, line: str) -> Event | None:
         inner = self.inner
@@ -53,7 +69,23 @@ class RegexParser:
         grammar = GRAMMARS.get(daemon)
         if grammar is None or prefix is None or not prefix.startswith(inner.syslog_names):
             return inner._not_postfix(host, prefix, daemon, msg)
-        return inner._message(inner._bsd(m["stamp"]), grammar, host, daemon, m["pid"], msg)
+        t = self.bsd(m["stamp"])
+        if not 86400.0 <= t <= 253_370_764_800.0:
+            return Unparsed(0.0, "impossible timestamp")
+        event = grammar(t, daemon, msg.rstrip("\r"), host)
+        if event is None and daemon == "smtpd" and msg.startswith(("NOQUEUE: ", "proxy-accept: ")):
+            return inner._proxy(t, host, m["pid"], msg.rstrip("\r"))
+        return event
+
+
+def test_each_family_number_reads_as_its_grammar() -> None:
+    """LineParser calls grammar.read(KINDS[program], ...) where GRAMMARS[program] was called."""
+    assert set(grammar.KINDS) == set(GRAMMARS) and grammar.NOT_OURS not in grammar.KINDS.values()
+    msgs = [line.split(": ", 1)[1] for line in _lines() if ": " in line][::7]
+    for daemon, kind in grammar.KINDS.items():
+        for msg in msgs:
+            assert grammar.read(kind, 1.0, daemon, msg, "h") == GRAMMARS[daemon](1.0, daemon, msg, "h"), msg
+    assert grammar.read(grammar.NOT_OURS, 1.0, "smtpd", "8D076AE17: client=a[1.2.3.4]", "h") is None
 
 
 def _regex_qmgr(t: float, daemon: str, msg: str, host: str) -> Event | None:
@@ -93,7 +125,12 @@ def _mutants(lines: list[str], rng: random.Random, n: int) -> list[str]:
     return out
 
 
-def test_the_str_envelope_reads_every_line_as_the_regex_did() -> None:
+_REFERENCE = time.mktime((2026, 3, 16, 1, 2, 30, 0, 0, -1))  # local time; its limit 2 days on falls mid-minute
+
+
+@pytest.mark.parametrize("years", [lambda: YearResolver(2026), lambda: YearResolver(reference=_REFERENCE)],
+                         ids=["explicit year", "reference"])
+def test_the_str_envelope_reads_every_line_as_the_regex_did(years: Callable[[], YearResolver]) -> None:
     lines = _lines()
     lines += _mutants(lines, random.Random(15), 20_000)
     lines += ["Mar  6 01:02:03 h postfix/smtpd[1]: connect from a[1.2.3.4]",
@@ -112,7 +149,10 @@ def test_the_str_envelope_reads_every_line_as_the_regex_did() -> None:
     # the seconds of a minute whose stamp fitted just before (LineParser checks only them then)
     lines += [f"Mar 16 01:02:{sec} h postfix/qmgr[1]: 8D076AE17: removed"
               for sec in ("04", "0x", "\u0663\u0663", "5", "05", " 6", "\u00b2\u00b2", "07", "99", "0\t")]
-    fast, slow = LineParser(YearResolver(2026)), RegexParser(YearResolver(2026))
+    # minutes around the reference's limit (a line after it is last year's), every second of them
+    lines += [f"Mar 18 01:{mi:02}:{sec:02} h postfix/qmgr[1]: 8D076AE17: removed" for mi in (1, 2, 3)
+              for sec in range(62)]
+    fast, slow = LineParser(years()), RegexParser(years())
     for line in lines:
         assert fast.parse(line) == slow.parse(line), line
     assert fast.other_names == slow.inner.other_names
@@ -285,6 +325,76 @@ def test_timestamps_per_minute_are_mktime_per_second(zone: str, year: int, monke
         time.tzset()
 
 
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Berlin", "Australia/Lord_Howe", "Africa/Monrovia"])
+def test_a_minute_plus_its_seconds_is_the_time_of_each_second(zone: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """YearResolver.minute + s is what mktime per second gives (the year chosen as epoch chooses it), for
+    every second of minutes around offset changes, around the reference's limit and elsewhere; else NaN."""
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        year = 1972 if zone == "Africa/Monrovia" else 2026
+        rng = random.Random(zone)
+        hours = [time.mktime((year, 1, 1, 0, 0, 0, 0, 0, -1)) + 3600 * i for i in range(366 * 24)]
+        changes = [hours[i] for i in range(1, len(hours))
+                   if time.localtime(hours[i]).tm_gmtoff != time.localtime(hours[i - 1]).tm_gmtoff]
+        fast = 0
+        for reference in (time.mktime((year, 12, 31, 0, 0, 0, 0, 0, -1)), rng.choice(hours) + 30.5, *changes[:2]):
+            resolver = YearResolver(reference=reference)
+            limit = reference + 2 * 86400
+            ref_year = time.localtime(reference).tm_year
+            moments = [limit + 60 * k for k in range(-3, 4)] + [t + 60 * k for t in changes for k in range(-90, 90, 7)]
+            moments += rng.sample(hours, 50) + [limit - 86400 * 200, limit + 86400 * 200]
+            for moment in moments:
+                lt = time.localtime(moment)
+                base = resolver.minute(lt.tm_mon, lt.tm_mday, lt.tm_hour, lt.tm_min)
+                if base != base:
+                    continue
+                fast += 1
+                for sec in range(61):
+                    wall = (lt.tm_mon, lt.tm_mday, lt.tm_hour, lt.tm_min, sec)
+                    expected = logtime.local_epoch(ref_year, *wall)
+                    if expected > limit:
+                        expected = logtime.local_epoch(ref_year - 1, *wall)
+                    assert base + sec == expected, (zone, reference, wall)
+        assert fast > 100
+        assert YearResolver().minute(3, 16, 1, 2) != YearResolver().minute(3, 16, 1, 2)  # NaN: now moves
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Berlin"])
+def test_forward_seconds_from_the_minute_are_what_epoch_gives(zone: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With an explicit year, YearResolver.second (second 0 of a minute computed earlier, maybe under another
+    year, plus s) gives what epoch() gives and moves the latest and the year as it does, or NaN and nothing:
+    runs of seconds of a minute, New Year with late lines, jumps of months back and forth, DST changes."""
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        rng = random.Random(zone)
+        # (no wall time a DST change makes ambiguous: glibc's mktime answers those by its last call)
+        starts = [(12, 31, 23, 59), (1, 1, 0, 0), (3, 29, 1, 59), (10, 25, 1, 59), (10, 25, 3, 0), (6, 15, 12, 0),
+                  (7, 1, 0, 0)]
+        for _ in range(200):
+            fast, slow = YearResolver(2026), YearResolver(2026)
+            bases: dict[tuple[int, int, int, int], tuple[float, int | None]] = {}
+            for _ in range(60):
+                minute = rng.choice(starts) if rng.random() < 0.7 else (
+                    rng.randint(1, 12), rng.randint(1, 24), rng.randint(0, 23), rng.randint(0, 59))
+                if minute not in bases or rng.random() < 0.2:
+                    bases[minute] = (fast.minute(*minute), fast.year)
+                base, year = bases[minute]
+                for sec in rng.sample(range(61), rng.randint(1, 4)):
+                    t = fast.second(base, year, sec) if base == base else float("nan")
+                    if t != t:
+                        t = fast.epoch(minute[0], minute[1], f"{minute[2]:02}:{minute[3]:02}:{sec:02}")
+                    expected = slow.epoch(minute[0], minute[1], f"{minute[2]:02}:{minute[3]:02}:{sec:02}")
+                    assert (t, fast.latest, fast.year) == (expected, slow.latest, slow.year), (minute, sec)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
 def _every_end(text: str, start: int) -> list[int]:
     """Candidate ends of an address opened at `start`, all at once (grammar's way before _first_end)."""
     if text.startswith('"', start):
@@ -357,7 +467,10 @@ _BASE52 = "0123456789BCDFGHJKLMNPQRSTVWXYZbcdfghjklmnpqrstvwxyz"  # Postfix's lo
                  st.tuples(st.text(alphabet=_BASE52, min_size=8, max_size=13), st.sampled_from(["z", "", "zz"]),
                            st.text(alphabet=_BASE52, max_size=5)).map("".join)))
 def test_is_qid_answers_as_the_regex_does(text: str) -> None:
-    assert grammar.is_qid(text) == (grammar._QID.fullmatch(text) is not None), text
+    expected = grammar._QID.fullmatch(text) is not None
+    assert grammar.is_qid(text) == expected, text
+    assert grammar.is_qid(text) == expected, text  # the second time from the last id it kept, if any
+    assert not grammar.is_qid(text + ":") and not grammar.is_qid("") and grammar.is_qid("000000")
 
 
 _TAIL_PIECES = st.lists(st.sampled_from([

@@ -26,7 +26,14 @@ PEER = r"(?P<name>[^\s\[\]]*)\[(?P<addr>[^\]\s]+)\](?::\d+)?"
 
 _QID: Final = re.compile(QUEUE_ID)
 # Character classes of ASCII, as bits, for the str readings that stand in for regexes (_all)
-_HEX, _B52, _DIGIT, _DELAY, _DELAYS, _STATUS, _FIELD = 1, 2, 4, 8, 16, 32, 64
+# (Final: mypyc compiles each into the code; a plain module name is a dict lookup at every use)
+_HEX: Final = 1
+_B52: Final = 2
+_DIGIT: Final = 4
+_DELAY: Final = 8
+_DELAYS: Final = 16
+_STATUS: Final = 32
+_FIELD: Final = 64
 _CLASSES: Final = (
     (_HEX, "0123456789ABCDEF"), (_B52, "0123456789BCDFGHJKLMNPQRSTVWXYZbcdfghjklmnpqrstvwxyz"),
     (_DIGIT, "0123456789"), (_DELAY, "0123456789."), (_DELAYS, "0123456789./"),
@@ -79,14 +86,31 @@ def _split(msg: str) -> tuple[str, str]:
     return (msg[:i], msg[i + 2 :]) if i > 0 else ("", msg)
 
 
+class _LastQid:
+    """The last text is_qid found to be a queue id: a message's lines mostly follow one another
+    (client=, cleanup, qmgr, its deliveries, removed), so most lines ask about the id just checked."""
+
+    def __init__(self) -> None:
+        self.text = "000000"  # a queue id: only ids are ever kept here
+
+
+_LAST_QID: Final = _LastQid()
+
+
 def is_qid(text: str) -> bool:
     """What `_QID.fullmatch` answers, without a regex (one per line): a short id is 6+ characters of
     0-9A-F (so no `z`); a long one is all base 52 with its last `z` after ten and before the end."""
+    if text == _LAST_QID.text:
+        return True
     n = len(text)
     z = text.rfind("z")
     if z < 0:
-        return n >= 6 and _all(text, 0, n, _HEX)
-    return 10 <= z < n - 1 and _all(text, 0, n, _B52)
+        ok = n >= 6 and _all(text, 0, n, _HEX)
+    else:
+        ok = 10 <= z < n - 1 and _all(text, 0, n, _B52)
+    if ok:
+        _LAST_QID.text = text
+    return ok
 
 
 def _all(text: str, start: int, end: int, kind: int) -> bool:
@@ -163,13 +187,15 @@ def _qmgr(t: float, daemon: str, msg: str, host: str) -> Event | None:
     # what _QMGR gives (its greedy sender ends at the last `>, size=`); anything else asks _QMGR.
     k = msg.find(": ", 0, 40)
     if k > 0:
-        if msg.endswith(" (queue active)") and msg.startswith("from=<", k + 2):
+        if msg.endswith(" (queue active)") and msg[k + 2:k + 8] == "from=<":
             j = msg.rfind(">, size=")
-            if j >= k + 8:
-                size, _, nrcpt = msg[j + 8:-15].partition(", nrcpt=")
+            n = len(msg) - 15
+            c = msg.find(", nrcpt=", j + 8, n) if j >= k + 8 else -1
+            # ASCII digits here; others (which \d and int() take too) go to _QMGR
+            if c > 0 and is_digits(msg, j + 8, c) and is_digits(msg, c + 8, n):
                 qid = msg[:k]
-                if size.isdecimal() and nrcpt.isdecimal() and is_qid(qid):
-                    return QueueActive(t, qid, msg[k + 8:j], int(size), int(nrcpt), host=host)
+                if is_qid(qid):
+                    return QueueActive(t, qid, msg[k + 8:j], int(msg[j + 8:c]), int(msg[c + 8:n]), host=host)
         elif len(msg) == k + 9 and msg.endswith(": removed"):
             qid = msg[:k]
             if is_qid(qid):
@@ -216,7 +242,7 @@ def _first_end(text: str, start: int) -> int:
     candidate. An unquoted one from an older Postfix is ambiguous, so every
     '>, ' is a candidate and the caller tries them in order.
     """
-    if not text.startswith('"', start):
+    if text[start:start + 1] != '"':  # (a slice: startswith at an offset is a generic call, compiled)
         return text.find(">, ", start)
     i = start + 1
     while True:
@@ -316,7 +342,7 @@ def _delivery(t: float, agent: str, msg: str, host: str) -> Event | None:
     qid, rest = _split(msg)
     if not rest.startswith("to=") or not is_qid(qid):
         return None
-    quoted = rest.startswith('"', 4)
+    quoted = rest[4:5] == '"'
     end = _first_end(rest, 4)
     while end >= 0:
         tail = _tail(rest, end + 3)
@@ -339,6 +365,47 @@ def _delivery(t: float, agent: str, msg: str, host: str) -> Event | None:
 def _postscreen(t: float, daemon: str, msg: str, host: str) -> Event | None:
     qid, rest = _split(msg)
     return _reject(t, qid, rest, host) if qid == "NOQUEUE" else None
+
+
+# The same families as numbers, for LineParser: a native call through `read` instead of a Python-level
+# call of the function a dict holds (argument parsing, the time boxed as a float), on every line.
+NOT_OURS: Final = 0  # no grammar, or a syslog name relaywatch does not read
+SMTPD: Final = 1
+_QMGR_KIND: Final = 2
+_CLEANUP_KIND: Final = 3
+_PICKUP_KIND: Final = 4
+_POSTSCREEN_KIND: Final = 5
+_POSTSUPER_KIND: Final = 6
+_DELIVERY_KIND: Final = 7
+KINDS: Final[dict[str, int]] = {
+    "smtpd": SMTPD,
+    "qmgr": _QMGR_KIND,
+    "nqmgr": _QMGR_KIND,
+    "cleanup": _CLEANUP_KIND,
+    "pickup": _PICKUP_KIND,
+    "postscreen": _POSTSCREEN_KIND,
+    "postsuper": _POSTSUPER_KIND,
+    **{agent: _DELIVERY_KIND for agent in DELIVERY_AGENTS},
+}
+
+
+def read(kind: int, t: float, daemon: str, msg: str, host: str) -> Event | None:
+    """GRAMMARS[daemon](t, daemon, msg, host) for the family `kind` (KINDS[daemon]), NOT_OURS: None."""
+    if kind == _DELIVERY_KIND:
+        return _delivery(t, daemon, msg, host)
+    if kind == SMTPD:
+        return _smtpd(t, daemon, msg, host)
+    if kind == _QMGR_KIND:
+        return _qmgr(t, daemon, msg, host)
+    if kind == _CLEANUP_KIND:
+        return _cleanup(t, daemon, msg, host)
+    if kind == _PICKUP_KIND:
+        return _pickup(t, daemon, msg, host)
+    if kind == _POSTSCREEN_KIND:
+        return _postscreen(t, daemon, msg, host)
+    if kind == _POSTSUPER_KIND:
+        return _postsuper(t, daemon, msg, host)
+    return None
 
 
 GRAMMARS: Final[dict[str, Grammar]] = {

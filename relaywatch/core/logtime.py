@@ -54,10 +54,46 @@ class YearResolver:
             t = self._local(year - 1, month, day, h, mi, s)
         return t
 
-    def _local(self, year: int, month: int, day: int, h: int, mi: int, s: int) -> float:
-        """local_epoch, with mktime asked once per minute: where the zone's UTC offset is the same a day
-        before and a day after that minute, no transition lies near it, so each of its wall times
-        exists once and second s is second 0 plus s (60 included: mktime carries it into the next minute)."""
+    def minute(self, month: int, day: int, h: int, mi: int) -> float:
+        """The time of second 0 of a minute when epoch() gives it plus s for every second s of it (0 to 60),
+        so that a parser can add the seconds itself; NaN where that does not hold or is not known once for
+        all: near an offset change, a minute that straddles the reference's limit, or no reference (now
+        moves). With an explicit year: second 0 in that year, which `second` checks line by line."""
+        if self.year is not None:
+            return self._base(self.year, month, day, h, mi)
+        if self.reference is None:
+            return _PER_SECOND
+        year = self._reference_year
+        limit = self.reference + 2 * 86400
+        base = self._base(year, month, day, h, mi)
+        if base + 60 <= limit:  # (NaN: False, and False below)
+            return base
+        if base > limit:  # every second of it is last year's
+            return self._base(year - 1, month, day, h, mi)
+        return _PER_SECOND
+
+    def second(self, base: float, year: int | None, s: int) -> float:
+        """epoch() of second s (0 to 60) of the minute that minute() gave `base` (not NaN) for, while the
+        year was `year`: base + s, and with an explicit year the latest moved as epoch() moves it; NaN
+        (nothing changed) where epoch() must decide: the year changed since, or the time is more than half
+        a year from the latest (epoch() then takes the next year, or the previous one for a late line)."""
+        if year is None:
+            return base + s if self.year is None else _PER_SECOND
+        if year != self.year:
+            return _PER_SECOND
+        t = base + s
+        latest = self.latest
+        if t < latest - HALF_YEAR_S or t > latest + HALF_YEAR_S:
+            return _PER_SECOND
+        if t > latest:
+            self.latest = t
+        return t
+
+    def _base(self, year: int, month: int, day: int, h: int, mi: int) -> float:
+        """local_epoch of second 0 of a minute, mktime asked once per minute, or NaN where its seconds must be
+        asked one by one: where the zone's UTC offset is the same a day before and a day after that minute,
+        no transition lies near it, so each of its wall times exists once and second s is second 0 plus s
+        (60 included: mktime carries it into the next minute)."""
         key = (year, month, day, h, mi)
         base = self._minutes.get(key)
         if base is None:
@@ -67,6 +103,11 @@ class YearResolver:
             if len(self._minutes) >= 4096:
                 self._minutes.clear()
             self._minutes[key] = base
+        return base
+
+    def _local(self, year: int, month: int, day: int, h: int, mi: int, s: int) -> float:
+        """local_epoch, with mktime asked once per minute (_base)."""
+        base = self._base(year, month, day, h, mi)
         if base != base or s > 60:
             return local_epoch(year, month, day, h, mi, s)
         return base + s

@@ -18,13 +18,16 @@ from typing import Final
 from relaywatch.core.grammar import (
     CLIENT,
     GRAMMARS,
+    KINDS,
+    NOT_OURS,
     PEER,
     QUEUE_ID,
-    Grammar,
+    SMTPD,
     client_address,
     is_digits,
     is_qid,
     parse_message,
+    read,
 )
 from relaywatch.core.logtime import MONTHS, YearResolver, full_epoch, rfc3339_epoch
 from relaywatch.core.replies import queued_as, relay_denied
@@ -53,8 +56,8 @@ _BSD_STAMP: Final = re.compile(r"[A-Z][a-z]{2} {1,2}\d{1,2} \d\d:\d\d:\d\d")
 _HOST: Final = re.compile(r"\S+")
 _TAG_TOKEN: Final = re.compile(r"(?P<prefix>[^\s\[:]*/)?(?P<daemon>[^\s\[:/]+)(?:\[(?P<pid>\d+)\])?:?")
 _PIECES_MAX: Final = 4096
-_Head = tuple[str, str | None, str, str | None, "Grammar | None"]  # host, prefix, program, pid, grammar
-_SESSION_EDGES: Final = ("connect from ", "disconnect from ")  # smtpd lines no grammar reads (no queue id)
+_NAN: Final = float("nan")
+_Head = tuple[str, str | None, str, str | None, int]  # host, prefix, program, pid, grammar.KINDS or NOT_OURS
 NO_HOSTNAME = "line without a hostname"  # Unparsed.reason: journalctl omits it when a record has none
 # Times every report can print (datetime's years 1..9999 in any time zone): others are impossible
 _MIN_T: Final = 86400.0  # 1970-01-02
@@ -118,6 +121,8 @@ class LineParser:
         self.journal_uids: set[str] = {str(u) for u in journal_uids} if journal_uids is not None else {"0"}
         self._stamps: dict[str, float] = {}
         self._minute_fits = ""  # line[:13] of the last classic stamp _BSD_STAMP checked and found right
+        self._minute_t = _NAN  # YearResolver.minute of that minute: its second 0, or NaN (ask per second)
+        self._minute_year: int | None = None  # the resolver's year then (None: the reference reading)
         self._heads: dict[str, _Head] = {}  # "host tag" of classic lines the str fast path has checked
         self._progs: dict[str, _Head] = {}  # "host prog" of those whose tag is `prog[DIGITS]:`
         self._proxied: dict[tuple[str, str | None], ClientSeen] = {}  # (host, smtpd pid) -> NOQUEUE: client=
@@ -139,32 +144,31 @@ class LineParser:
             end = line.find(" ", sp + 1)
             # `prog[pid]:` is remembered without its pid (a new one each session): by "host prog"
             key_end = end
-            pid: str | None = None
             head: _Head | None = None
             if sp > 16 and end > 0:
-                if line.find("]:", end - 2, end) > 0:
+                if ord(line[end - 1]) == 58 and ord(line[end - 2]) == 93:  # the tag ends with "]:"
                     b = line.find("[", sp + 1, end)
-                    if b > 0:
-                        pid = line[b + 1:end - 2]
-                        if pid.isdecimal():
-                            key_end = b
+                    if b > 0 and is_digits(line, b + 1, end - 2):  # (others, \d+ too: the regex's pid)
+                        key_end = b
                 head = self._heads.get(line[16:end]) if key_end == end else self._progs.get(line[16:key_end])
-            t = self._stamps.get(line[:15])
+            known = self._in_minute(line)
+            t = self._stamps.get(line[:15]) if known != known else known
             if head is None or t is None:
                 head = self._learn(line, sp, end, key_end)
             if head is not None:
-                host, prefix, daemon, learned_pid, grammar = head
-                if key_end == end:
-                    pid = learned_pid
+                host, prefix, daemon, pid, kind = head
+                if key_end != end and kind == SMTPD:  # only smtpd's pid is read (_proxy's sessions)
+                    pid = line[key_end + 1:end - 2]
                 msg = line[end + 1:]
-                if grammar is None or prefix is None or not prefix.startswith(self.syslog_names):
+                if kind == NOT_OURS:
                     return self._not_postfix(host, prefix, daemon, msg)
                 if t is None:
                     t = self._bsd(line[:15])
-                if daemon == "smtpd" and msg.startswith(_SESSION_EDGES):
-                    # what _smtpd makes of them, without asking it: most lines of a busy log
+                if kind == SMTPD and (msg.startswith("connect from ") or msg.startswith("disconnect from ")):
+                    # smtpd lines no grammar reads (no queue id): what _smtpd makes of them, without
+                    # asking it; most lines of a busy log
                     return None if _MIN_T <= t <= _MAX_T else Unparsed(0.0, "impossible timestamp")
-                return self._message(t, grammar, host, daemon, pid, msg)
+                return self._message(t, kind, host, daemon, pid, msg)
             envelope = _FULL if line[8:9] == "-" else _BSD
         else:
             envelope = _FULL if line[8:9] == "-" else _BSD
@@ -172,8 +176,8 @@ class LineParser:
         if m is None:
             return Unparsed(0.0, "no syslog envelope")
         host, prefix, daemon, msg = m.group("host", "prefix", "daemon", "msg")
-        grammar = GRAMMARS.get(daemon)
-        if grammar is None or prefix is None or not prefix.startswith(self.syslog_names):
+        kind = self._kind(prefix, daemon)
+        if kind == NOT_OURS:
             return self._not_postfix(host, prefix, daemon, msg)
         if envelope is _BSD:
             t = self._bsd(m["stamp"])
@@ -181,7 +185,13 @@ class LineParser:
             t = self._rfc3339(m)
         else:
             t = self._full(m) if envelope is _FULL else float(m["unix"])
-        return self._message(t, grammar, host, daemon, m["pid"], msg)
+        return self._message(t, kind, host, daemon, m["pid"], msg)
+
+    def _kind(self, prefix: str | None, daemon: str) -> int:
+        """The grammar family (grammar.KINDS) of a Postfix program under one of our syslog names, else NOT_OURS."""
+        if prefix is None or not prefix.startswith(self.syslog_names):
+            return NOT_OURS
+        return KINDS.get(daemon, NOT_OURS)
 
     def _learn(self, line: str, sp: int, end: int, key_end: int) -> _Head | None:
         """Check the stamp, host and tag of a classic line against the pieces of _BSD and remember
@@ -199,7 +209,7 @@ class LineParser:
             if _HOST.fullmatch(host) is None or tm is None:
                 return None
             prefix, daemon, pid = tm.group("prefix", "daemon", "pid")
-            head = (host, prefix, daemon, pid, GRAMMARS.get(daemon))
+            head = (host, prefix, daemon, pid, self._kind(prefix, daemon))
             if len(heads) >= _PIECES_MAX:
                 heads.clear()
             heads[key] = head
@@ -213,16 +223,41 @@ class LineParser:
         if _BSD_STAMP.fullmatch(line, 0, 15) is None:
             return False
         self._minute_fits = line[:13]
+        month = MONTHS.get(line[:3])
+        day, _, hm = line[4:13].lstrip(" ").partition(" ")  # as _bsd reads the stamp
+        self._minute_t = self.years.minute(month, int(day), int(hm[0:2]), int(hm[3:5])) if month else _NAN
+        self._minute_year = self.years.year
         return True
 
-    def _message(self, t: float, grammar: Grammar, host: str, daemon: str, pid: str | None,
+    def _in_minute(self, line: str) -> float:
+        """The time of a classic line (line[15] is a space) of the minute that _stamp_fits checked last, read
+        without a dict: YearResolver.minute's second 0 plus its seconds (see _second_of). Only for the
+        reference reading; NaN otherwise and where minute said NaN: then _bsd resolves it per second."""
+        base = self._minute_t
+        if base != base or self._minute_year is not None:
+            return _NAN
+        s = self._second_of(line)
+        return base + s if s >= 0 else _NAN
+
+    def _second_of(self, text: str) -> int:
+        """The second of a stamp (text[:15]) of the minute _stamp_fits checked last: its two digits (ASCII,
+        at most 60), or -1 (another minute, other characters: the stamp is resolved as a whole)."""
+        if not text.startswith(self._minute_fits):  # (13 characters: no slice to build)
+            return -1
+        a = ord(text[13]) - 48
+        b = ord(text[14]) - 48
+        if not (0 <= a <= 6 and 0 <= b <= 9) or a * 10 + b > 60:
+            return -1
+        return a * 10 + b
+
+    def _message(self, t: float, kind: int, host: str, daemon: str, pid: str | None,
                  msg: str) -> Event | None:
         if not _MIN_T <= t <= _MAX_T:  # also NaN
             return Unparsed(0.0, "impossible timestamp")
         if msg[-1:] == "\r":
             msg = msg.rstrip("\r")
-        event = grammar(t, daemon, msg, host)
-        if event is None and daemon == "smtpd" and msg.startswith(_PROXY_STARTS):
+        event = read(kind, t, daemon, msg, host)
+        if event is None and kind == SMTPD and msg.startswith(_PROXY_STARTS):
             return self._proxy(t, host, pid, msg)
         return event
 
@@ -279,12 +314,17 @@ class LineParser:
         """A classic stamp (`Mar 16 01:59:39`, `Mar  6 ...`, `Mar 6 ...`), resolved once per distinct second."""
         t = self._stamps.get(stamp)
         if t is None:
-            month = MONTHS.get(stamp[:3])
-            day, _, hms = stamp[4:].lstrip(" ").partition(" ")
-            year = self.years.year
-            t = self.years.epoch(month, int(day), hms) if month else float("nan")
-            if self.years.year != year:
-                self._stamps.clear()  # a new year: last year's stamps mean other times now
+            # a new second of the minute _stamp_fits checked last: its second 0 plus s, as epoch() gives it
+            base = self._minute_t
+            s = self._second_of(stamp) if base == base and len(stamp) == 15 and self._minute_fits else -1
+            t = self.years.second(base, self._minute_year, s) if s >= 0 else _NAN
+            if t != t:
+                month = MONTHS.get(stamp[:3])
+                day, _, hms = stamp[4:].lstrip(" ").partition(" ")
+                year = self.years.year
+                t = self.years.epoch(month, int(day), hms) if month else _NAN
+                if self.years.year != year:
+                    self._stamps.clear()  # a new year: last year's stamps mean other times now
             self._remember(stamp, t)
         return t
 
