@@ -100,6 +100,18 @@ def test_impossible_date_is_unparsed():
     assert isinstance(LineParser().parse("2023-02-30T00:00:00Z h postfix/qmgr[1]: ABCDEF123: removed"), Unparsed)
 
 
+def test_feb_29_read_early_next_year_is_last_years():
+    """Review: a log rotated in January of 2025 (its mtime the reference) holds Feb 29 2024; the
+    reference's year has no Feb 29 and the stamp was unparsed as impossible. It is 2024's."""
+    line = "Feb 29 12:00:00 mx postfix/qmgr[1]: 4BCDEF0123: removed"
+    reference = time.mktime((2025, 1, 10, 0, 0, 0, 0, 0, -1))
+    event = LineParser(YearResolver(reference=reference)).parse(line)
+    assert isinstance(event, Removed)
+    assert event.time == time.mktime((2024, 2, 29, 12, 0, 0, 0, 0, -1))
+    still = LineParser(YearResolver(reference=time.mktime((2026, 1, 10, 0, 0, 0, 0, 0, -1)))).parse(line)
+    assert isinstance(still, Unparsed)  # 2026 and 2025 have none: more than a year back is not guessed
+
+
 def test_syslog_names_other_than_postfix_are_ignored_unless_configured():
     line = "Mar 16 01:59:39 zebra mail/smtpd[29327]: 8D076AE17: client=unknown[218.144.108.161]"
     assert LineParser().parse(line) is None

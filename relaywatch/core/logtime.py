@@ -50,7 +50,7 @@ class YearResolver:
         reference = _time.time() if self.reference is None else self.reference
         year = self._reference_year if self.reference is not None else _time.localtime(reference).tm_year
         t = self._local(year, month, day, h, mi, s)
-        if t > reference + 2 * 86400:
+        if t > reference + 2 * 86400 or t != t:  # NaN: Feb 29 in a common year may be last year's
             t = self._local(year - 1, month, day, h, mi, s)
         return t
 
