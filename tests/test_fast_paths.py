@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relaywatch.core import grammar, logtime, netaddr
+from relaywatch.core import deliverytail, grammar, logtime, netaddr
 from relaywatch.core.grouping import network_of
 from relaywatch.core.inference import AddrKind, address_kind
 from relaywatch.core.parse import _BSD, _FULL, GRAMMARS, LineParser, YearResolver
@@ -396,7 +396,7 @@ def test_forward_seconds_from_the_minute_are_what_epoch_gives(zone: str, monkeyp
 
 
 def _every_end(text: str, start: int) -> list[int]:
-    """Candidate ends of an address opened at `start`, all at once (grammar's way before _first_end)."""
+    """Candidate ends of an address opened at `start`, all at once (grammar's way before first_end)."""
     if text.startswith('"', start):
         i = start + 1
         while True:
@@ -421,7 +421,7 @@ def _listed_delivery(t: float, agent: str, msg: str, host: str) -> Event | None:
     if not rest.startswith("to=") or grammar._QID.fullmatch(qid) is None:
         return None
     for end in _every_end(rest, 4):
-        tail = grammar._DELIVERY_TAIL.match(rest, end + 3)
+        tail = deliverytail.DELIVERY_TAIL.match(rest, end + 3)
         if tail is None:
             continue
         relay, raddr = tail["relay"], tail["raddr"]
@@ -483,12 +483,12 @@ _TAIL_PIECES = st.lists(st.sampled_from([
 @settings(max_examples=5000, deadline=None)
 @given(_TAIL_PIECES)
 def test_delivery_tail_read_with_str_is_what_the_regex_reads(text: str) -> None:
-    """_tail answers only where the regex matches, and then with the regex's groups; else the regex decides."""
+    """read_tail answers only where the regex matches, and then with the regex's groups; else the regex decides."""
     for tail in (text, "relay=mx.example[1.2.3.4]:25, delay=1, dsn=2.0.0, status=" + text,
                  "relay=local, conn_use=3, delay=0.1, delays=0/0/0/0.1, tls=" + text, "relay=" + text):
-        fast = grammar._tail(tail, 0)
+        fast = deliverytail.read_tail(tail, 0)
         if fast is not None:
-            m = grammar._DELIVERY_TAIL.match(tail, 0)
+            m = deliverytail.DELIVERY_TAIL.match(tail, 0)
             assert m is not None, tail
             assert fast == m.group("orig", "relay", "raddr", "status", "reply"), tail
 
@@ -498,10 +498,10 @@ def test_delivery_tails_of_the_logs_take_the_str_path() -> None:
     tails = [line.split(">, relay=", 1)[1] for line in _lines() if ">, relay=" in line and "orig_to=" not in line]
     read = 0
     for tail in tails:
-        fast = grammar._tail("relay=" + tail, 0)
+        fast = deliverytail.read_tail("relay=" + tail, 0)
         if fast is not None:
             read += 1
-            m = grammar._DELIVERY_TAIL.match("relay=" + tail, 0)
+            m = deliverytail.DELIVERY_TAIL.match("relay=" + tail, 0)
             assert m is not None and fast == m.group("orig", "relay", "raddr", "status", "reply"), tail
     assert read >= 0.95 * len(tails) > 0
 

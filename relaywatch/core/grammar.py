@@ -13,6 +13,8 @@ import re
 from collections.abc import Callable
 from typing import Final
 
+from relaywatch.core.charclass import B52, DIGIT, HEX, in_class
+from relaywatch.core.deliverytail import DELIVERY_TAIL, first_end, read_tail
 from relaywatch.core.netaddr import canonical
 from relaywatch.core.replies import relay_denied
 from relaywatch.model import ClientSeen, Delivery, Event, Pickup, QueueActive, Reject, Removed, Unparsed
@@ -25,22 +27,6 @@ QUEUE_ID = rf"(?:[0-9A-F]{{6,}}|[{_BASE52}]{{10,}}z[{_BASE51}]+)"
 PEER = r"(?P<name>[^\s\[\]]*)\[(?P<addr>[^\]\s]+)\](?::\d+)?"
 
 _QID: Final = re.compile(QUEUE_ID)
-# Character classes of ASCII, as bits, for the str readings that stand in for regexes (_all)
-# (Final: mypyc compiles each into the code; a plain module name is a dict lookup at every use)
-_HEX: Final = 1
-_B52: Final = 2
-_DIGIT: Final = 4
-_DELAY: Final = 8
-_DELAYS: Final = 16
-_STATUS: Final = 32
-_FIELD: Final = 64
-_CLASSES: Final = (
-    (_HEX, "0123456789ABCDEF"), (_B52, "0123456789BCDFGHJKLMNPQRSTVWXYZbcdfghjklmnpqrstvwxyz"),
-    (_DIGIT, "0123456789"), (_DELAY, "0123456789."), (_DELAYS, "0123456789./"),
-    (_STATUS, "abcdefghijklmnopqrstuvwxyz-"),
-    (_FIELD, "".join(chr(o) for o in range(0x21, 0x7F) if chr(o) != ",")),  # no \s, no comma
-)
-_CLASS: Final = bytes(sum(bit for bit, chars in _CLASSES if chr(o) in chars) for o in range(128))
 CLIENT: Final = re.compile(
     r"client=" + PEER
     + r"(?:, sasl_method=[^,\s]*)?(?:, sasl_username=(?P<user>[^,]*))?(?:, sasl_sender=[^,]*)?"
@@ -58,14 +44,6 @@ _QMGR: Final = re.compile(
     re.DOTALL,
 )
 _PICKUP: Final = re.compile(r"uid=(?P<uid>\d+) from=<(?P<sender>.*)>$", re.DOTALL)
-_DELIVERY_TAIL: Final = re.compile(
-    r'(?:orig_to=<(?P<orig>"(?:[^"\\]|\\.)*"[^>]*|[^>]*)>, )?'
-    r"relay=(?P<relay>[^\s,\[]*(?:\[(?P<raddr>[^\]\s]*)\])?(?::\d+)?), "
-    r"(?:conn_use=\d+, )?delay=[\d.]+, (?:delays=[\d./]+, )?(?:tls=[^,\s]*, )?(?:dsn=\d\.\d{1,3}\.\d{1,3}, )?"
-    r"status=(?P<status>[a-z-]+)(?: \((?P<reply>.*)\))?$",
-    re.DOTALL,
-)
-
 DELIVERY_AGENTS: Final = frozenset({"smtp", "lmtp", "local", "virtual", "pipe", "error", "retry", "discard"})
 
 
@@ -105,27 +83,17 @@ def is_qid(text: str) -> bool:
     n = len(text)
     z = text.rfind("z")
     if z < 0:
-        ok = n >= 6 and _all(text, 0, n, _HEX)
+        ok = n >= 6 and in_class(text, 0, n, HEX)
     else:
-        ok = 10 <= z < n - 1 and _all(text, 0, n, _B52)
+        ok = 10 <= z < n - 1 and in_class(text, 0, n, B52)
     if ok:
         _LAST_QID.text = text
     return ok
 
 
-def _all(text: str, start: int, end: int, kind: int) -> bool:
-    """Every character of text[start:end] (none: True) is ASCII of the class `kind` of _CLASS.
-    A loop over ord() compiles (mypyc) to less than a regex call or str.strip(alphabet)."""
-    for k in range(start, end):
-        o = ord(text[k])
-        if o >= 128 or not _CLASS[o] & kind:
-            return False
-    return True
-
-
 def is_digits(text: str, start: int, end: int) -> bool:
     """text[start:end] is ASCII digits, one at least: what `\\d+` matches there, short of other scripts' digits."""
-    return start < end and _all(text, start, end, _DIGIT)
+    return start < end and in_class(text, start, end, DIGIT)
 
 
 def _plain(text: str) -> bool:
@@ -234,120 +202,16 @@ def _postsuper(t: float, daemon: str, msg: str, host: str) -> Event | None:
     return Removed(t, qid, host=host) if rest == "removed" and is_qid(qid) else None
 
 
-def _first_end(text: str, start: int) -> int:
-    """The first candidate end (index of '>') of an address opened at `start`, or -1.
-
-    A quoted local part (Postfix >= 3.5 logs the external form) may hold '>'
-    and ', ': its end is the first '>, ' after the closing quote, the only
-    candidate. An unquoted one from an older Postfix is ambiguous, so every
-    '>, ' is a candidate and the caller tries them in order.
-    """
-    if text[start:start + 1] != '"':  # (a slice: startswith at an offset is a generic call, compiled)
-        return text.find(">, ", start)
-    i = start + 1
-    while True:
-        q = text.find('"', i)
-        if q < 0:
-            return -1
-        if text[q - 1] != "\\":
-            return text.find(">, ", q)
-        i = q + 1
-
-
-_Tail = tuple[str | None, str, str | None, str, str | None]  # orig, relay, raddr, status, reply
-
-
-def _tail(rest: str, i: int) -> _Tail | None:
-    """What _DELIVERY_TAIL.match(rest, i) gives when the tail has its usual shape, read with str
-    operations; None where it has not (then the regex decides). Each field of the tail begins with
-    its own keyword and cannot hold the `, ` that ends it, so the regex has no other way to match:
-    the relay ends at the first `, `, its address at its first `]`, and a reply at the line's last `)`.
-    Only ASCII is read here (a non-ASCII digit or space: the regex)."""
-    c = _value(rest, i, "relay=")
-    if c < 0:
-        return None  # orig_to=, or no tail here
-    j = i + 6
-    raddr: str | None = None
-    b = rest.find("[", j, c)
-    if b < 0:
-        if not _all(rest, j, c, _FIELD):
-            return None
-    else:
-        e = rest.find("]", b + 1, c)
-        if e < 0 or not (_all(rest, j, b, _FIELD) and _all(rest, b + 1, e, _FIELD)):
-            return None
-        if e + 1 < c and not (rest[e + 1] == ":" and e + 2 < c and _all(rest, e + 2, c, _DIGIT)):
-            return None
-        raddr = rest[b + 1:e]
-    relay = rest[j:c]
-    i = c + 2
-    i = _optional(rest, i, "conn_use=", _DIGIT, False)
-    if i < 0:
-        return None
-    c = _value(rest, i, "delay=")
-    if c <= i + 6 or not _all(rest, i + 6, c, _DELAY):
-        return None
-    i = _optional(rest, c + 2, "delays=", _DELAYS, False)
-    if i < 0:
-        return None
-    i = _optional(rest, i, "tls=", _FIELD, True)
-    if i < 0:
-        return None
-    c = _value(rest, i, "dsn=")
-    if c >= 0:
-        if not _dsn(rest, i + 4, c):
-            return None
-        i = c + 2
-    if rest[i:i + 7] != "status=":
-        return None
-    i += 7
-    c = rest.find(" ", i)
-    n = len(rest)
-    if (c if c >= 0 else n) == i or not _all(rest, i, c if c >= 0 else n, _STATUS):
-        return None
-    if c < 0:
-        return None, relay, raddr, rest[i:], None
-    if rest[c + 1:c + 2] != "(" or rest[n - 1] != ")" or n < c + 3:
-        return None
-    return None, relay, raddr, rest[i:c], rest[c + 2:n - 1]
-
-
-def _value(rest: str, i: int, key: str) -> int:
-    """Where the field `key` at rest[i:] ends (its `, `), or -1 when rest[i:] does not start with it."""
-    j = i + len(key)
-    return rest.find(", ", j) if rest[i:j] == key else -1
-
-
-def _optional(rest: str, i: int, key: str, chars: int, empty: bool) -> int:
-    """Past the optional field `key` at rest[i:] and its `, ` (i where it is absent), or -1 when its value
-    is empty (unless `empty`) or has a character outside the class `chars`."""
-    c = _value(rest, i, key)
-    if c < 0:
-        return i
-    start = i + len(key)
-    if (c == start and not empty) or not _all(rest, start, c, chars):
-        return -1
-    return c + 2
-
-
-def _dsn(text: str, start: int, end: int) -> bool:
-    """text[start:end] is what `\\d\\.\\d{1,3}\\.\\d{1,3}` matches whole (ASCII digits only; others: the regex)."""
-    dot = text.find(".", start + 2, end)
-    return (text[start + 1:start + 2] == "." and 0 < dot - start - 2 < 4 and 0 < end - dot - 1 < 4
-            and _all(text, start, start + 1, _DIGIT) and _all(text, start + 2, dot, _DIGIT)
-            and _all(text, dot + 1, end, _DIGIT))
-
-
 def _delivery(t: float, agent: str, msg: str, host: str) -> Event | None:
     qid, rest = _split(msg)
     if not rest.startswith("to=") or not is_qid(qid):
         return None
     quoted = rest[4:5] == '"'
-    end = _first_end(rest, 4)
+    end = first_end(rest, 4)
     while end >= 0:
-        tail = _tail(rest, end + 3)
+        tail = read_tail(rest, end + 3)
         if tail is None:
-            m = _DELIVERY_TAIL.match(rest, end + 3)
+            m = DELIVERY_TAIL.match(rest, end + 3)
             if m is None:
                 end = -1 if quoted else rest.find(">, ", end + 1)
                 continue
