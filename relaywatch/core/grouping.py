@@ -80,11 +80,13 @@ class Networks:
     it; `label` writes the text (`network_of`'s) only for the networks a rule decides on.
     """
 
-    __slots__ = ("cache", "nothing", "prefixes")
+    __slots__ = ("cache", "nothing", "prefixes", "shifts4", "shifts6")
 
     def __init__(self, prefixes: tuple[tuple[int, int], ...]) -> None:
         self.prefixes = prefixes
         self.nothing: tuple[int | None, ...] = (None,) * len(prefixes)
+        self.shifts4 = tuple(32 - p4 for p4, _ in prefixes)  # the host bits of each network, per family
+        self.shifts6 = tuple(128 - p6 for _, p6 in prefixes)
         self.cache: dict[str, tuple[int | None, ...]] = {}
 
     def __call__(self, ip: str) -> tuple[int | None, ...]:
@@ -100,9 +102,9 @@ class Networks:
             if not is_global(version, n):
                 value = self.nothing
             elif version == 4:
-                value = tuple(-(n >> (32 - p4)) - 1 for p4, _ in self.prefixes)
+                value = tuple(-(n >> shift) - 1 for shift in self.shifts4)
             else:
-                value = tuple(n >> (128 - p6) for _, p6 in self.prefixes)
+                value = tuple(n >> shift for shift in self.shifts6)
         if len(cache) >= _GROUP_CACHE:
             cache.clear()
         cache[ip] = value

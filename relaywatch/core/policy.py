@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from relaywatch.core.grouping import Networks, network_of, networks_of
 from relaywatch.core.rules import BUCKET_S, DEFAULT_RULES, DIMS, Fact, Network, Rule, counted, subnet_of
@@ -35,6 +35,10 @@ class Observed(NamedTuple):
     bucket: int
     counted: list[tuple[str, str]]
     decisions: list[Decision]
+
+
+# tuple's own __new__, held: compiled, `tuple.__new__(...)` looks the method up on every call
+_NEW: Final = tuple.__new__
 
 
 class _Watch:
@@ -225,7 +229,7 @@ class Detector:
                     if clients < watch.min_clients:
                         continue
                     spread = watch.spread
-                    if spread is not None and spread.counts.get(group.name, 0) < watch.min_subnets:
+                    if spread is not None and spread.count(group.name) < watch.min_subnets:
                         continue
                     net = group.text
                     if not net:
@@ -239,7 +243,7 @@ class Detector:
                     decision = self._decide(watch, t, key, total, 0)
                 if decision is not None:
                     decisions.append(decision)
-        return tuple.__new__(Observed, (bucket, keys, decisions))  # not the interpreted __new__ namedtuple writes
+        return _NEW(Observed, (bucket, keys, decisions))  # not the interpreted __new__ namedtuple writes
 
     def _decide(self, watch: _Watch, t: float, target: str, count: int, clients: int) -> Decision | None:
         if t < watch.quiet_until and target == watch.quiet_target and watch.quiet_gen == self._quiet_gen:

@@ -78,30 +78,54 @@ class Bucket:
         return len(self.keys) + len(self.residue)
 
 
+class _Cell:
+    """One wide group's count of distinct narrow groups: changed in place, one dict lookup per change."""
+
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 1
+
+
 class Spread:
     """Distinct groups of the `narrow` grouping in each group of the `wide` one, in the window."""
 
-    __slots__ = ("counts", "narrow", "wide")
+    __slots__ = ("cells", "narrow", "wide")
 
     def __init__(self, narrow: int, wide: int) -> None:
         self.narrow = narrow
         self.wide = wide
-        self.counts: dict[GroupId, int] = {}
+        self.cells: dict[GroupId, _Cell] = {}  # wide group -> its count (never 0: gone at 0)
+
+    @property
+    def counts(self) -> dict[GroupId, int]:
+        """Wide group -> distinct narrow groups in it."""
+        return {name: cell.n for name, cell in self.cells.items()}
+
+    def count(self, wide: GroupId) -> int:
+        cell = self.cells.get(wide)
+        return 0 if cell is None else cell.n
 
     def enter(self, names: Groups) -> None:
         wide = names[self.wide]
         if wide is not None:
-            self.counts[wide] = self.counts.get(wide, 0) + 1
+            cell = self.cells.get(wide)
+            if cell is None:
+                self.cells[wide] = _Cell()
+            else:
+                cell.n += 1
 
     def leave(self, names: Groups) -> None:
         wide = names[self.wide]
         if wide is None:
             return
-        left = self.counts.get(wide, 0) - 1
-        if left > 0:
-            self.counts[wide] = left
+        cell = self.cells.get(wide)
+        if cell is None:
+            return
+        if cell.n > 1:
+            cell.n -= 1
         else:
-            self.counts.pop(wide, None)
+            del self.cells[wide]
 
 
 class Grouping:
@@ -260,7 +284,9 @@ class WindowCounter:
         else:
             names: Groups | None = None
             for peer in self.peers:
-                known = peer.keys.get(key)
+                known = peer.last  # the detector counts a key into every window of its dimension in turn
+                if known is None or known.key is not key:
+                    known = peer.keys.get(key)
                 if known is not None:
                     names = known.names
                     break
