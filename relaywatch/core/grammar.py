@@ -272,16 +272,12 @@ def read(kind: int, t: float, daemon: str, msg: str, host: str) -> Event | None:
     return None
 
 
-GRAMMARS: Final[dict[str, Grammar]] = {
-    "smtpd": _smtpd,
-    "qmgr": _qmgr,
-    "nqmgr": _qmgr,
-    "cleanup": _cleanup,
-    "pickup": _pickup,
-    "postscreen": _postscreen,
-    "postsuper": _postsuper,
-    **{agent: _delivery for agent in DELIVERY_AGENTS},
+_BY_KIND: Final[dict[int, Grammar]] = {
+    SMTPD: _smtpd, _QMGR_KIND: _qmgr, _CLEANUP_KIND: _cleanup, _PICKUP_KIND: _pickup,
+    _POSTSCREEN_KIND: _postscreen, _POSTSUPER_KIND: _postsuper, _DELIVERY_KIND: _delivery,
 }
+# by syslog name, for callers outside the parser's per-line path: KINDS read through _BY_KIND (one list of names)
+GRAMMARS: Final[dict[str, Grammar]] = {daemon: _BY_KIND[kind] for daemon, kind in KINDS.items()}
 
 
 def parse_message(daemon: str, t: float, msg: str, host: str = "") -> Event | None:
